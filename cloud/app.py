@@ -1,0 +1,115 @@
+"""The hub as a Ray Serve application. Every ``ray.*`` call in the project is in this module.
+
+    gRPC :9000 tandem.v1.Escalation ─┐
+                                      ├─> Ingress ──handle──> StrongModel (ONNX Runtime)
+    HTTP :8000 /v1/traces, /healthz ─┘      │
+                                            └─> trace store (SQLite) ─> MQTT results topic
+
+Why Ray Serve's own gRPC proxy rather than a gRPC server inside a
+deployment: the proxy runs on every node and routes to healthy replicas, so
+the ingress scales like any deployment and a replica restart drops no
+listening socket; a server inside a replica would bind one port per replica
+and need its own load balancer. Requests carry ``application`` metadata
+(``HubConfig.app_name``) to pick this application.
+
+``serve run cloud.app:build_app model_path=...`` works too (typed builder).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import ray
+from fastapi import FastAPI
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from cloud.config import HubConfig
+from cloud.dispatch.mqtt import MqttDispatcher
+from cloud.escalations import EscalationService, ModelClient
+from cloud.ingress import grpc as grpc_ingress
+from cloud.ingress.http import build_http_app
+from cloud.models.classifier import Classifier
+from cloud.traces.store import TraceStore
+from protocol.codec import Encoding
+from protocol.messages import EscalationRequest, Prediction
+
+logger = logging.getLogger(__name__)
+
+GRPC_SERVICER = "protocol._generated.tandem.v1.tandem_pb2_grpc.add_EscalationServicer_to_server"
+
+
+@serve.deployment(name="StrongModel", max_ongoing_requests=32)
+class StrongModel:
+    def __init__(self, model_path: str) -> None:
+        self._classifier = Classifier(Path(model_path))
+
+    async def predict(self, request: EscalationRequest) -> Prediction:
+        return self._classifier.predict(request.input)
+
+
+class HandleModelClient(ModelClient):
+    def __init__(self, handle: DeploymentHandle) -> None:
+        self._handle = handle
+
+    async def predict(self, request: EscalationRequest) -> Prediction:
+        return await self._handle.predict.remote(request)
+
+
+@serve.deployment(name="Ingress", max_ongoing_requests=256)
+@serve.ingress()
+class Ingress:
+    async def __init__(self, model: DeploymentHandle, config: dict[str, Any]) -> None:
+        # async so that recovery can schedule work on the replica's event loop.
+        hub = HubConfig.model_validate(config)
+        self._store = TraceStore(hub.trace_store_path)
+        self._store.open()
+        self._dispatcher = MqttDispatcher(
+            hub.mqtt_host,
+            hub.mqtt_port,
+            hub.mqtt_username,
+            hub.mqtt_password,
+            on_delivered=lambda trace_id: self._service.mark_delivered(trace_id),  # noqa: PLW0108 - built below
+        )
+        self._service = EscalationService(
+            self._store, HandleModelClient(model), self._dispatcher, Encoding(hub.result_encoding)
+        )
+        self._dispatcher.start()
+        self._service.recover()
+
+    async def Escalate(self, request, grpc_context):
+        return await grpc_ingress.escalate(self._service, request, grpc_context)
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        return build_http_app(self._store)
+
+
+def build_app(config: HubConfig) -> serve.Application:
+    config = config.absolute()
+    options = {"ray_actor_options": {"num_cpus": config.replica_num_cpus}}
+    model = StrongModel.options(**options).bind(str(config.model_path))
+    return Ingress.options(**options).bind(model, config.model_dump(mode="json"))
+
+
+def start_hub(config: HubConfig) -> None:
+    """Start (or join) Ray, start Serve's HTTP and gRPC proxies, deploy the app; return when it is healthy."""
+    ray.init(
+        address=config.ray_address,
+        include_dashboard=False,
+        log_to_driver=False,
+        # A small object store: escalations are small, and CI machines have little shared memory.
+        object_store_memory=None if config.ray_address else 256 * 1024 * 1024,
+    )
+    serve.start(
+        http_options={"host": config.http_host, "port": config.http_port},
+        grpc_options={"port": config.grpc_port, "grpc_servicer_functions": [GRPC_SERVICER]},
+    )
+    serve.run(build_app(config), name=config.app_name, route_prefix="/")
+    logger.info("hub: HTTP on %s:%d, gRPC on %d", config.http_host, config.http_port, config.grpc_port)
+
+
+def stop_hub() -> None:
+    serve.shutdown()
+    ray.shutdown()

@@ -1,0 +1,166 @@
+"""MQTT brokers for development, tests and the demo: Mosquitto from the project's config, or embedded amqtt.
+
+Production runs its own Mosquitto (or EMQX) from ``deploy/cloud/mosquitto.conf``;
+these helpers start one on a chosen port for a single run and stop it after.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Optional
+
+logger = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parents[1]
+MOSQUITTO_CONF = ROOT / "deploy" / "cloud" / "mosquitto.conf"
+
+
+class BrokerError(Exception):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def find_mosquitto() -> Optional[str]:
+    """The mosquitto binary: on PATH, or in /usr/sbin where Debian puts it (not on a user's PATH)."""
+    return shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/usr/local/sbin")
+
+
+def wait_for_port(host: str, port: int, timeout_s: float) -> bool:
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        try:
+            with socket.create_connection((host, port), timeout=0.2):
+                return True
+        except OSError:
+            time.sleep(0.05)
+    return False
+
+
+class MosquittoBroker:
+    """Mosquitto started from the project's mosquitto.conf, listening on 127.0.0.1:port."""
+
+    def __init__(self, port: int, conf: Path = MOSQUITTO_CONF, binary: Optional[str] = None) -> None:
+        self.host = "127.0.0.1"
+        self.port = port
+        self._conf = conf
+        self._binary = binary or find_mosquitto()
+        self._dir: Optional[tempfile.TemporaryDirectory[str]] = None
+        self._process: Optional[subprocess.Popen[bytes]] = None
+
+    def start(self) -> None:
+        if self._binary is None:
+            raise BrokerError("mosquitto is not installed (Debian/Ubuntu: sudo apt-get install mosquitto)")
+        self._dir = tempfile.TemporaryDirectory(prefix="tandem-mosquitto-")
+        work = Path(self._dir.name)
+        # The project's settings, plus this run's listener and persistence folder.
+        conf = work / "mosquitto.conf"
+        conf.write_text(
+            self._conf.read_text()
+            + f"\n# added for this run\nlistener {self.port} {self.host}\npersistence_location {work}/\n"
+        )
+        log = (work / "mosquitto.log").open("wb")
+        self._process = subprocess.Popen([self._binary, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT)
+        if not wait_for_port(self.host, self.port, 10.0):
+            self.stop()
+            raise BrokerError(f"mosquitto did not listen on port {self.port}; see its log")
+        logger.info("mosquitto %s on %s:%d", self._binary, self.host, self.port)
+
+    def stop(self) -> None:
+        if self._process is not None:
+            self._process.terminate()
+            try:
+                self._process.wait(5)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+            self._process = None
+        if self._dir is not None:
+            self._dir.cleanup()
+            self._dir = None
+
+    def __enter__(self) -> MosquittoBroker:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class EmbeddedBroker:
+    """amqtt in a background thread, for machines without Mosquitto.
+
+    amqtt keeps QoS 1 messages for an offline persistent session only when the
+    client is not anonymous, so anonymous log-in is off and any client that
+    gives a user name is accepted (tandem's clients always give one).
+    """
+
+    def __init__(self, port: int) -> None:
+        self.host = "127.0.0.1"
+        self.port = port
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._thread: Optional[threading.Thread] = None
+        self._broker: object = None
+
+    def start(self) -> None:
+        from amqtt.broker import Broker
+
+        config = {
+            "listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{self.port}"}},
+            "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": False}},
+        }
+        loop = asyncio.new_event_loop()
+        started = threading.Event()
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            asyncio.set_event_loop(loop)
+            try:
+                self._broker = Broker(config, loop=loop)
+                loop.run_until_complete(self._broker.start())  # type: ignore[attr-defined]
+            except BaseException as exc:  # reported to start() below
+                failure.append(exc)
+                started.set()
+                return
+            started.set()
+            loop.run_forever()
+
+        self._loop = loop
+        self._thread = threading.Thread(target=run, name="tandem-embedded-broker", daemon=True)
+        self._thread.start()
+        started.wait(10.0)
+        if failure:
+            raise BrokerError(f"embedded broker failed to start: {failure[0]}") from failure[0]
+        logger.info("embedded amqtt broker on %s:%d", self.host, self.port)
+
+    def stop(self) -> None:
+        if self._loop is None or self._broker is None:
+            return
+        future = asyncio.run_coroutine_threadsafe(self._broker.shutdown(), self._loop)  # type: ignore[attr-defined]
+        try:
+            future.result(10.0)
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            if self._thread is not None:
+                self._thread.join(5.0)
+            self._loop = None
+            self._broker = None
+
+    def __enter__(self) -> EmbeddedBroker:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,34 @@
+"""The hub's settings. Also the typed argument of ``cloud.app:build_app`` for ``serve run``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class HubConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    app_name: str = Field("tandem", description="the Ray Serve application name; devices send it as gRPC metadata")
+    http_host: str = Field("127.0.0.1", description="address Ray Serve's HTTP proxy listens on")
+    http_port: int = Field(8000, gt=0, lt=65536, description="HTTP port: /v1/traces and /healthz")
+    grpc_port: int = Field(9000, gt=0, lt=65536, description="gRPC port: tandem.v1.Escalation")
+    mqtt_host: str = Field("127.0.0.1", description="the MQTT broker results are published to")
+    mqtt_port: int = Field(1883, gt=0, lt=65536, description="the MQTT broker's port")
+    mqtt_username: str = Field("tandem-hub", description="MQTT user name (and client id) of the hub")
+    mqtt_password: Optional[str] = Field(None, description="MQTT password, if the broker asks for one")
+    model_path: Path = Field(description="the strong ONNX model the hub runs")
+    trace_store_path: Path = Field(Path("tandem-hub.db"), description="SQLite file of the hub's traces")
+    result_encoding: Literal["protobuf", "json"] = Field(
+        "protobuf", description="how results are published: protobuf (compact) or JSON (readable with mosquitto_sub)"
+    )
+    replica_num_cpus: float = Field(0.25, gt=0, description="CPUs Ray reserves for each replica")
+    ray_address: Optional[str] = Field(None, description="join this Ray cluster instead of starting a local one")
+
+    def absolute(self) -> HubConfig:
+        """Paths made absolute: Ray replicas do not run in the caller's working folder."""
+        return self.model_copy(
+            update={"model_path": self.model_path.resolve(), "trace_store_path": self.trace_store_path.resolve()}
+        )

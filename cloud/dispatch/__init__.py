@@ -1,0 +1,3 @@
+from cloud.dispatch.mqtt import MqttDispatcher, Publisher
+
+__all__ = ["MqttDispatcher", "Publisher"]

@@ -1,0 +1,32 @@
+"""The hub's exception tree, and the one place domain errors become gRPC and HTTP status codes."""
+
+from __future__ import annotations
+
+import grpc
+
+from protocol.errors import MalformedMessage, ProtocolError, UnsupportedSchemaVersion
+
+
+class HubError(Exception):
+    """Base class for errors the hub raises on purpose."""
+
+
+class TraceNotFound(HubError):
+    pass
+
+
+# (gRPC code, HTTP status) per error type; the first match in order wins.
+_STATUS: list[tuple[type[Exception], grpc.StatusCode, int]] = [
+    (UnsupportedSchemaVersion, grpc.StatusCode.FAILED_PRECONDITION, 400),
+    (MalformedMessage, grpc.StatusCode.INVALID_ARGUMENT, 400),
+    (ProtocolError, grpc.StatusCode.INVALID_ARGUMENT, 400),
+    (TraceNotFound, grpc.StatusCode.NOT_FOUND, 404),
+]
+
+
+def grpc_status(exc: Exception) -> grpc.StatusCode:
+    return next((code for kind, code, _ in _STATUS if isinstance(exc, kind)), grpc.StatusCode.INTERNAL)
+
+
+def http_status(exc: Exception) -> int:
+    return next((status for kind, _, status in _STATUS if isinstance(exc, kind)), 500)

@@ -1,0 +1,1 @@
+"""Thin adapters from gRPC and HTTP onto ``cloud.escalations.EscalationService``."""

@@ -1,0 +1,3 @@
+from cloud.models.classifier import Classifier
+
+__all__ = ["Classifier"]

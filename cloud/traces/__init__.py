@@ -1,0 +1,3 @@
+from cloud.traces.store import HubTrace, TraceStatus, TraceStore
+
+__all__ = ["HubTrace", "TraceStatus", "TraceStore"]

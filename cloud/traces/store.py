@@ -1,0 +1,151 @@
+"""The hub's trace store (SQLite, WAL): one row per trace_id, the key that makes delivery idempotent.
+
+    PENDING (recorded, acknowledged to the device) -> RUNNING -> SUCCESS | FAILED | TIMED_OUT
+    delivered_at is set when the broker acknowledged the result (MQTT PUBACK).
+
+The request bytes are kept until the trace finishes, so a hub that restarts
+runs what it had accepted; a finished result not yet delivered is published
+again. Devices deduplicate on trace_id, so a repeat is harmless.
+"""
+
+from __future__ import annotations
+
+import enum
+import sqlite3
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import sqlite_utils
+
+from cloud.errors import HubError
+
+
+class TraceStatus(str, enum.Enum):
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    SUCCESS = "SUCCESS"
+    FAILED = "FAILED"
+    TIMED_OUT = "TIMED_OUT"
+
+
+FINISHED = (TraceStatus.SUCCESS, TraceStatus.FAILED, TraceStatus.TIMED_OUT)
+
+
+@dataclass(frozen=True)
+class HubTrace:
+    trace_id: str
+    device_id: str
+    status: TraceStatus
+    received_at: float
+    started_at: Optional[float]
+    finished_at: Optional[float]
+    delivered_at: Optional[float]
+    result: Optional[bytes]
+    """The EscalationResult as protobuf bytes, once finished."""
+    error: Optional[str]
+
+
+_COLUMNS = "trace_id, device_id, status, received_at, started_at, finished_at, delivered_at, result, error"
+
+
+class TraceStore:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._conn: Optional[sqlite3.Connection] = None
+
+    def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10.0)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        db = sqlite_utils.Database(conn)
+        db["traces"].create(
+            {
+                "trace_id": str,
+                "device_id": str,
+                "status": str,
+                "request": bytes,
+                "received_at": float,
+                "started_at": float,
+                "finished_at": float,
+                "delivered_at": float,
+                "result": bytes,
+                "error": str,
+            },
+            pk="trace_id",
+            not_null={"device_id", "status", "received_at"},
+            if_not_exists=True,
+        )
+        db["traces"].create_index(["status"], if_not_exists=True)
+        self._conn = conn
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def _run(self, sql: str, params: tuple[object, ...] = ()) -> tuple[list[tuple], int]:
+        """Execute one statement (autocommit); return its rows and how many rows it changed."""
+        with self._lock:
+            if self._conn is None:
+                raise HubError(f"trace store {self.path} is not open")
+            cursor = self._conn.execute(sql, params)
+            return cursor.fetchall(), cursor.rowcount
+
+    def _execute(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple]:
+        return self._run(sql, params)[0]
+
+    def insert_if_absent(self, trace_id: str, device_id: str, request: bytes, now: float) -> bool:
+        """Record a new trace as PENDING; False if the trace_id is already known."""
+        _, changed = self._run(
+            "INSERT OR IGNORE INTO traces (trace_id, device_id, status, request, received_at)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (trace_id, device_id, TraceStatus.PENDING.value, request, now),
+        )
+        return changed == 1
+
+    def set_running(self, trace_id: str, now: float) -> None:
+        self._execute(
+            "UPDATE traces SET status = ?, started_at = ? WHERE trace_id = ?",
+            (TraceStatus.RUNNING.value, now, trace_id),
+        )
+
+    def set_finished(self, trace_id: str, status: TraceStatus, result: bytes, error: Optional[str], now: float) -> None:
+        self._execute(
+            "UPDATE traces SET status = ?, result = ?, error = ?, finished_at = ?, request = NULL WHERE trace_id = ?",
+            (status.value, result, error, now, trace_id),
+        )
+
+    def mark_delivered(self, trace_id: str, now: float) -> None:
+        self._execute("UPDATE traces SET delivered_at = ? WHERE trace_id = ? AND delivered_at IS NULL", (now, trace_id))
+
+    def get(self, trace_id: str) -> Optional[HubTrace]:
+        rows = self._execute(f"SELECT {_COLUMNS} FROM traces WHERE trace_id = ?", (trace_id,))
+        return _trace(rows[0]) if rows else None
+
+    def unfinished(self) -> list[tuple[str, bytes]]:
+        """(trace_id, request bytes) of every accepted trace that has no result yet."""
+        return [
+            (r[0], r[1])
+            for r in self._execute(
+                "SELECT trace_id, request FROM traces WHERE status IN (?, ?) ORDER BY received_at",
+                (TraceStatus.PENDING.value, TraceStatus.RUNNING.value),
+            )
+        ]
+
+    def undelivered(self) -> list[HubTrace]:
+        placeholders = ", ".join("?" * len(FINISHED))
+        rows = self._execute(
+            f"SELECT {_COLUMNS} FROM traces WHERE delivered_at IS NULL AND status IN ({placeholders})"
+            " ORDER BY finished_at",
+            tuple(s.value for s in FINISHED),
+        )
+        return [_trace(r) for r in rows]
+
+
+def _trace(row: tuple) -> HubTrace:
+    return HubTrace(row[0], row[1], TraceStatus(row[2]), row[3], row[4], row[5], row[6], row[7], row[8])

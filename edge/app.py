@@ -1,0 +1,226 @@
+"""The edge runtime's composition root: builds every part from config and runs the frame loop.
+
+    frame -> detector -> judge -> COMPLETE (local)
+                               -> PENDING_CLOUD: trace + outbox row in one transaction
+                                  -> worker sends it over gRPC, retrying while the hub is down
+                                  -> verdict on MQTT -> COMPLETE, or deadline -> FALLBACK_COMPLETE
+
+Constructors do no I/O; ``start()`` opens the store, loads the model and
+connects; ``close()`` undoes it. Nothing here stops on a bad frame, a dead
+hub or a dead broker: each becomes a recorded state, a log line and a metric.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Optional
+
+import cv2
+import numpy as np
+
+from edge.comms.grpc_client import GrpcTransport
+from edge.comms.mqtt import Handled, ResultSubscriber
+from edge.comms.transport import Transport
+from edge.config import EdgeConfig
+from edge.detectors import create_detector
+from edge.detectors.base import Detector
+from edge.errors import DetectorError, StoreError
+from edge.judge import Judge, TraceMachine, TraceState, Verdict
+from edge.metrics import EdgeMetrics
+from edge.outbox.store import EdgeStore, VerdictOutcome
+from edge.outbox.worker import EscalationWorker
+from edge.sources import Frame, open_source
+from protocol.codec import decode_result, encode_request
+from protocol.errors import ProtocolError
+from protocol.messages import EncodedImage, EscalationRequest, Prediction, new_trace_id
+
+logger = logging.getLogger(__name__)
+
+MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg"}
+
+
+class EdgeRuntime:
+    def __init__(
+        self,
+        config: EdgeConfig,
+        *,
+        detector: Optional[Detector] = None,
+        transport: Optional[Transport] = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self.metrics = EdgeMetrics()
+        self.store = EdgeStore(config.state_path, config.outbox.synchronous)
+        self.detector = detector or create_detector(config.detector)
+        self.judge = Judge.from_config(config.judge)
+        self.transport = transport or GrpcTransport(config.transport)
+        self.worker = EscalationWorker(self.store, self.transport, config.outbox, self.metrics, clock)
+        self.subscriber = ResultSubscriber(config.device_id, config.mqtt, self.on_result)
+        self._stop = threading.Event()
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def start(self) -> None:
+        self.store.open()
+        self.detector.start()
+        self.transport.start()
+        # Subscribe before escalating anything, so no verdict can be published
+        # before the broker holds a session for this device.
+        self.subscriber.start()
+        self.worker.start()
+        logger.info("edge %s: running", self.config.device_id)
+
+    def stop(self) -> None:
+        """Ask ``run()`` to return after the current frame (for signal handlers)."""
+        self._stop.set()
+
+    def close(self) -> None:
+        self.worker.stop()
+        self.subscriber.close()
+        self.transport.close()
+        self.detector.close()
+        self.store.close()
+        logger.info("edge %s: closed", self.config.device_id)
+
+    def __enter__(self) -> EdgeRuntime:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- the frame loop --------------------------------------------------------
+
+    def run(self, max_frames: Optional[int] = None) -> int:
+        """Read the configured source until it ends, ``stop()`` is called, or max_frames; return frames read."""
+        count = 0
+        with open_source(self.config.source) as source:
+            for frame in source.frames():
+                self.process(frame)
+                count += 1
+                if self._stop.is_set() or (max_frames is not None and count >= max_frames):
+                    break
+        return count
+
+    def process(self, frame: Frame) -> Optional[TraceState]:
+        """One frame through detector and judge; returns the trace's state, or None if it could not be stored."""
+        trace_id = new_trace_id()
+        now = self.clock()
+        machine = TraceMachine()
+        prediction: Optional[Prediction] = None
+        reasons: tuple[str, ...] = ()
+        escalation: Optional[bytes] = None
+        deadline_at: Optional[float] = None
+        if frame.image is None:
+            machine.advance(TraceState.UNJUDGEABLE, f"undecodable frame: {frame.error}", now)
+        else:
+            try:
+                prediction = self.detector.predict(frame.image)
+            except DetectorError as exc:
+                machine.advance(TraceState.UNJUDGEABLE, f"inference failed: {exc}", now)
+        if prediction is not None and frame.image is not None:
+            machine.advance(
+                TraceState.INFERRED, f"{prediction.model_id}: {prediction.label} ({prediction.confidence:.3f})", now
+            )
+            decision = self.judge.decide(prediction)
+            reasons = decision.reasons
+            if decision.verdict is Verdict.UNJUDGEABLE:
+                machine.advance(TraceState.UNJUDGEABLE, "; ".join(reasons), now)
+            else:
+                machine.advance(TraceState.JUDGED, "; ".join(reasons), now)
+                if decision.escalate:
+                    escalation = self._escalation(trace_id, frame.image, prediction, frame, reasons, now)
+                if escalation is not None:
+                    deadline_at = now + self.config.escalation.deadline_ms / 1000.0
+                    machine.advance(TraceState.PENDING_CLOUD, "escalated to the hub", now)
+                else:
+                    why = "confident" if not decision.escalate else "cannot escalate: frame did not encode"
+                    machine.advance(TraceState.COMPLETE, f"local answer stands ({why})", now)
+        if machine.state is TraceState.UNJUDGEABLE:
+            logger.warning("frame %s/%d unjudgeable: %s", frame.source_id, frame.index, machine.last_reason)
+        try:
+            self.store.record_trace(
+                trace_id,
+                machine,
+                source_id=frame.source_id,
+                frame_index=frame.index,
+                truth=frame.truth,
+                prediction=prediction,
+                reasons=reasons,
+                created_at=now,
+                escalation=escalation,
+                deadline_at=deadline_at,
+            )
+        except StoreError as exc:
+            logger.error("frame %s/%d: could not be recorded: %s", frame.source_id, frame.index, exc)
+            self.metrics.store_errors.labels(operation="record_trace").inc()
+            return None
+        self.metrics.frames.labels(outcome=machine.state.value.lower()).inc()
+        if escalation is not None:
+            self.worker.wake()
+        return machine.state
+
+    def _escalation(
+        self,
+        trace_id: str,
+        image: np.ndarray,
+        prediction: Prediction,
+        frame: Frame,
+        reasons: tuple[str, ...],
+        now: float,
+    ) -> Optional[bytes]:
+        fmt = self.config.escalation.image_format
+        ok, encoded = cv2.imencode(f".{fmt}", image)
+        if not ok:
+            logger.error("frame %s/%d: cannot encode as %s for the hub", frame.source_id, frame.index, fmt)
+            return None
+        request = EscalationRequest(
+            trace_id=trace_id,
+            device_id=self.config.device_id,
+            local_prediction=prediction,
+            input=EncodedImage(MEDIA_TYPES[fmt], encoded.tobytes(), int(image.shape[1]), int(image.shape[0])),
+            deadline_ms=self.config.escalation.deadline_ms,
+            model_hint=self.config.escalation.model_hint,
+            sent_at=now,
+            attributes={"source_id": frame.source_id, "frame_index": str(frame.index), "reasons": "; ".join(reasons)},
+        )
+        return encode_request(request)
+
+    # -- verdicts ------------------------------------------------------------
+
+    def on_result(self, payload: bytes) -> Handled:
+        """Apply one result message from the hub (paho's thread)."""
+        try:
+            result = decode_result(payload)
+        except ProtocolError as exc:
+            logger.error("result message dropped: %s", exc)
+            self.metrics.bad_results.labels(error=type(exc).__name__).inc()
+            return Handled.ACK  # it will never decode; redelivery cannot help
+        if result.device_id != self.config.device_id:
+            logger.error("result %s is for device %s, not this one; dropped", result.trace_id, result.device_id)
+            self.metrics.bad_results.labels(error="WrongDevice").inc()
+            return Handled.ACK
+        try:
+            outcome = self.store.apply_result(result, self.clock())
+        except StoreError as exc:
+            logger.error("result %s could not be stored, asking for redelivery: %s", result.trace_id, exc)
+            self.metrics.store_errors.labels(operation="apply_result").inc()
+            return Handled.RETRY
+        self.metrics.verdicts.labels(outcome=outcome.value).inc()
+        log = logger.warning if outcome in (VerdictOutcome.UNKNOWN_TRACE, VerdictOutcome.FAILED) else logger.debug
+        log("result %s: %s", result.trace_id, outcome.value)
+        return Handled.ACK
+
+    def wait_resolved(self, timeout_s: float, poll_s: float = 0.05) -> bool:
+        """Wait until every escalated trace has a verdict or a fallback; True if it happened in time."""
+        end = time.monotonic() + timeout_s
+        while time.monotonic() < end:
+            if self.store.unresolved() == 0:
+                return True
+            self.worker.wake()
+            time.sleep(poll_s)
+        return self.store.unresolved() == 0

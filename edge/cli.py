@@ -1,0 +1,126 @@
+"""The ``tandem`` command.
+
+    tandem edge run --config FILE        run the device runtime
+    tandem edge check-config FILE        validate a config; names the bad field
+    tandem hub run [...]                 run the cloud hub (needs the cloud extra)
+    tandem demo [--json]                 hub + broker + one device on the demo stream
+
+The root lives in ``edge`` because the device is where ``tandem`` must run
+with the fewest packages; ``hub`` and ``demo`` import the cloud side only when
+they are used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Optional
+
+from edge.errors import EdgeError
+
+logger = logging.getLogger(__name__)
+
+
+def _edge_run(args: argparse.Namespace) -> int:
+    from edge.app import EdgeRuntime
+    from edge.config import load_config
+    from edge.summary import format_table, summarize
+
+    config = load_config(args.config)
+    runtime = EdgeRuntime(config)
+    signal.signal(signal.SIGTERM, lambda *_: runtime.stop())
+    with runtime:
+        frames = runtime.run(max_frames=args.max_frames)
+        logger.info("source done after %d frames; waiting for outstanding verdicts", frames)
+        runtime.wait_resolved(config.escalation.deadline_ms / 1000.0 + 1.0)
+        summary = summarize(runtime.store)
+    print(json.dumps(summary.as_dict()) if args.json else format_table(summary))
+    return 0
+
+
+def _edge_check(args: argparse.Namespace) -> int:
+    from edge.config import load_config
+
+    load_config(args.file)
+    print(f"{args.file}: ok")
+    return 0
+
+
+def _hub_run(args: argparse.Namespace) -> int:
+    from cloud.cli import hub_run
+
+    return hub_run(args)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from cloud.demo import run_demo
+
+    return run_demo(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tandem", description="Edge-cloud inference: devices answer, the hub decides the hard cases."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    edge = commands.add_parser("edge", help="the device runtime").add_subparsers(dest="edge_command", required=True)
+    run = edge.add_parser("run", help="run the device runtime")
+    run.add_argument("--config", type=Path, required=True, help="YAML config (see README)")
+    run.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
+    run.add_argument("--json", action="store_true", help="print the end-of-run summary as one JSON line")
+    run.set_defaults(handler=_edge_run)
+    check = edge.add_parser("check-config", help="validate a config file")
+    check.add_argument("file", type=Path)
+    check.set_defaults(handler=_edge_check)
+
+    hub = commands.add_parser("hub", help="the cloud hub").add_subparsers(dest="hub_command", required=True)
+    hub_run = hub.add_parser("run", help="run the hub on this machine until interrupted")
+    hub_run.add_argument("--model", type=Path, required=True, help="the strong ONNX model")
+    hub_run.add_argument("--http-port", type=int, default=8000)
+    hub_run.add_argument("--grpc-port", type=int, default=9000)
+    hub_run.add_argument("--mqtt-host", default="127.0.0.1")
+    hub_run.add_argument("--mqtt-port", type=int, default=1883)
+    hub_run.add_argument("--store", type=Path, default=Path("tandem-hub.db"), help="SQLite file of the hub's traces")
+    hub_run.add_argument("--result-encoding", choices=["protobuf", "json"], default="protobuf")
+    hub_run.set_defaults(handler=_hub_run)
+
+    demo = commands.add_parser("demo", help="run hub, broker and one device on the demo digits stream")
+    demo.add_argument("--models", type=Path, default=Path(".tandem/demo"), help="output of python -m tools.demo_models")
+    demo.add_argument("--json", action="store_true", help="end with the summary as one JSON object on the last line")
+    demo.add_argument("--threshold", type=float, default=0.9, help="the judge's confidence threshold")
+    demo.add_argument("--deadline-ms", type=int, default=10_000, help="how long a frame waits for the hub")
+    demo.add_argument("--frames", type=int, default=None, help="stop after this many frames")
+    demo.add_argument(
+        "--broker",
+        choices=["auto", "mosquitto", "embedded"],
+        default="auto",
+        help="auto: Mosquitto when installed, else the embedded amqtt broker",
+    )
+    demo.set_defaults(handler=_demo)
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except EdgeError as exc:
+        print(f"tandem: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

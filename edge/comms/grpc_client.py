@@ -1,0 +1,87 @@
+"""Escalations over gRPC to the hub's ``tandem.v1.Escalation`` service (through Ray Serve's gRPC proxy)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+import grpc
+
+from edge.comms.transport import Transport
+from edge.config import GrpcConfig
+from edge.errors import TransportError
+from protocol._generated.tandem.v1 import tandem_pb2 as pb
+from protocol.errors import ProtocolError
+from protocol.messages import EscalationAck
+
+logger = logging.getLogger(__name__)
+
+# Codes after which the same request can succeed later. NOT_FOUND is here
+# because Ray Serve's proxy answers it while the application is still deploying.
+RETRYABLE = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.CANCELLED,
+    }
+)
+
+
+class GrpcTransport(Transport):
+    def __init__(self, config: GrpcConfig) -> None:
+        self._config = config
+        self._channel: Optional[grpc.Channel] = None
+        self._call: Optional[grpc.UnaryUnaryMultiCallable] = None
+
+    def start(self) -> None:
+        limit = self._config.max_message_bytes
+        # Connecting is lazy: a hub that is down shows up as UNAVAILABLE on send.
+        self._channel = grpc.insecure_channel(
+            self._config.target,
+            options=[
+                ("grpc.max_send_message_length", limit),
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.initial_reconnect_backoff_ms", 200),
+                ("grpc.max_reconnect_backoff_ms", 2000),
+            ],
+        )
+        # Raw bytes in, parsed ack out: the outbox already holds serialized requests.
+        self._call = self._channel.unary_unary(
+            "/tandem.v1.Escalation/Escalate",
+            request_serializer=None,
+            response_deserializer=pb.EscalationAck.FromString,
+        )
+
+    def send(self, payload: bytes) -> EscalationAck:
+        if self._call is None:
+            raise TransportError("gRPC transport used before start()", retryable=True)
+        if len(payload) > self._config.max_message_bytes:
+            raise TransportError(
+                f"escalation of {len(payload)} bytes exceeds max_message_bytes {self._config.max_message_bytes}",
+                retryable=False,
+            )
+        try:
+            reply = self._call(
+                payload,
+                timeout=self._config.timeout_ms / 1000.0,
+                metadata=(("application", self._config.application),),
+            )
+        except grpc.RpcError as exc:
+            code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
+            details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
+            raise TransportError(f"gRPC {code.name}: {details}", retryable=code in RETRYABLE) from exc
+        try:
+            return EscalationAck.from_proto(reply)
+        except ProtocolError as exc:
+            raise TransportError(f"hub sent a bad ack: {exc}", retryable=True) from exc
+
+    def close(self) -> None:
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
+            self._call = None

@@ -1,0 +1,129 @@
+"""Verdicts from the hub: the device's results topic, QoS 1, persistent session.
+
+The broker keeps the session (``clean_session=False``, a fixed client id), so
+results published while the device is offline are delivered when it comes
+back. A message is acknowledged (PUBACK) only after the handler has dealt with
+it, so a verdict that could not be stored is redelivered, not lost.
+
+``tandem/v1/devices/{id}/availability`` is ``online`` (retained) while the
+device is connected and ``offline`` (the retained last will) after it is gone.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import socket
+import threading
+from collections.abc import Callable
+
+import paho.mqtt.client as mqtt
+
+from edge.config import MqttConfig
+from protocol.topics import DeviceTopic
+
+logger = logging.getLogger(__name__)
+
+
+class Handled(enum.Enum):
+    """What a message handler tells the subscriber to do with the message."""
+
+    ACK = "ack"  # dealt with (or never will be: malformed); the broker may forget it
+    RETRY = "retry"  # not stored; leave it unacknowledged so the broker sends it again
+
+
+MessageHandler = Callable[[bytes], Handled]
+
+
+def set_tcp_nodelay(client: mqtt.Client) -> None:
+    """paho leaves Nagle's algorithm on, which turns QoS 1 round trips into tens of ms."""
+    sock = client.socket()
+    if isinstance(sock, socket.socket):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+class ResultSubscriber:
+    def __init__(self, device_id: str, config: MqttConfig, handler: MessageHandler) -> None:
+        self._config = config
+        self._handler = handler
+        self._results = str(DeviceTopic.results(device_id))
+        self._availability = str(DeviceTopic.availability(device_id))
+        self._subscribed = threading.Event()
+        self._client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=f"tandem-edge-{device_id}",
+            clean_session=False,
+            protocol=mqtt.MQTTv311,
+            manual_ack=True,
+        )
+        self._client.username_pw_set(config.username or device_id, config.password)
+        self._client.will_set(self._availability, b"offline", qos=1, retain=True)
+        self._client.reconnect_delay_set(min_delay=1, max_delay=30)
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_subscribe = self._on_subscribe
+        self._client.on_message = self._on_message
+        self.counts = {"messages": 0, "redeliveries_requested": 0, "handler_errors": 0, "disconnects": 0}
+
+    @property
+    def subscribed(self) -> bool:
+        return self._subscribed.is_set()
+
+    def start(self) -> None:
+        """Connect in the background; wait up to connect_timeout_ms for the subscription."""
+        self._client.connect_async(self._config.host, self._config.port, keepalive=self._config.keepalive_s)
+        self._client.loop_start()
+        if not self._subscribed.wait(self._config.connect_timeout_ms / 1000.0):
+            logger.warning(
+                "mqtt: broker %s:%d not reachable yet; going on, verdicts arrive once it is",
+                self._config.host,
+                self._config.port,
+            )
+
+    def wait_subscribed(self, timeout_s: float) -> bool:
+        return self._subscribed.wait(timeout_s)
+
+    def close(self) -> None:
+        if self._client.is_connected():
+            self._client.publish(self._availability, b"offline", qos=1, retain=True).wait_for_publish(2.0)
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    # -- paho callbacks (paho's network thread) --------------------------------
+
+    def _on_connect(
+        self, client: mqtt.Client, _userdata: object, flags: mqtt.ConnectFlags, reason: object, _props: object
+    ) -> None:
+        if getattr(reason, "is_failure", False):
+            logger.error("mqtt: broker refused the connection: %s", reason)
+            return
+        set_tcp_nodelay(client)
+        logger.info("mqtt: connected (session present: %s)", flags.session_present)
+        client.publish(self._availability, b"online", qos=1, retain=True)
+        client.subscribe(self._results, qos=1)
+
+    def _on_subscribe(self, _client: mqtt.Client, _userdata: object, _mid: int, reasons: list, _props: object) -> None:
+        if any(getattr(r, "is_failure", False) for r in reasons):
+            logger.error("mqtt: broker refused the subscription to %s: %s", self._results, reasons)
+            return
+        self._subscribed.set()
+
+    def _on_disconnect(
+        self, _client: mqtt.Client, _userdata: object, _flags: object, reason: object, _props: object
+    ) -> None:
+        self._subscribed.clear()
+        self.counts["disconnects"] += 1
+        logger.warning("mqtt: disconnected (%s); paho reconnects with backoff", reason)
+
+    def _on_message(self, client: mqtt.Client, _userdata: object, message: mqtt.MQTTMessage) -> None:
+        self.counts["messages"] += 1
+        try:
+            handled = self._handler(message.payload)
+        except Exception:  # a handler bug must not kill paho's network thread
+            logger.exception("mqtt: result handler failed on %s", message.topic)
+            self.counts["handler_errors"] += 1
+            handled = Handled.RETRY
+        if handled is Handled.ACK:
+            client.ack(message.mid, message.qos)
+        else:
+            self.counts["redeliveries_requested"] += 1

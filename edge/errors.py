@@ -1,0 +1,35 @@
+"""The edge runtime's exception tree. Library errors are translated at each boundary."""
+
+from __future__ import annotations
+
+
+class EdgeError(Exception):
+    """Base class for every error the edge runtime raises on purpose."""
+
+
+class ConfigError(EdgeError):
+    """A configuration file that cannot be read or does not validate."""
+
+
+class SourceError(EdgeError):
+    """A frame source that cannot be opened."""
+
+
+class DetectorError(EdgeError):
+    """A model that cannot be loaded or cannot run on an input."""
+
+
+class StoreError(EdgeError):
+    """The device's SQLite store cannot be opened or written."""
+
+
+class TransportError(EdgeError):
+    """An escalation that did not reach the hub.
+
+    ``retryable`` says whether sending the same bytes again can succeed (the
+    hub is down or busy) or not (the hub rejected the request as invalid).
+    """
+
+    def __init__(self, message: str, *, retryable: bool) -> None:
+        super().__init__(message)
+        self.retryable = retryable

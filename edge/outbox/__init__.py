@@ -1,0 +1,10 @@
+"""The device's durable state: every trace and the outbox of escalations, in one SQLite file.
+
+Both live in one file so that a trace and its outbox row are written in one
+transaction: an escalation is never recorded without its trace, or the other
+way round.
+"""
+
+from edge.outbox.store import EdgeStore, OutboxRow, TraceRecord, VerdictOutcome
+
+__all__ = ["EdgeStore", "OutboxRow", "TraceRecord", "VerdictOutcome"]

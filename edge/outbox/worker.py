@@ -1,0 +1,136 @@
+"""The escalation worker: sends due outbox rows to the hub and expires overdue traces.
+
+One background thread does both, because both are timed work on the same
+store: it sleeps until the next retry or deadline is due, or until the frame
+loop wakes it with a new escalation.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from typing import Optional
+
+from edge.comms.transport import Transport
+from edge.config import OutboxConfig
+from edge.errors import StoreError, TransportError
+from edge.metrics import EdgeMetrics
+from edge.outbox.store import EdgeStore, OutboxRow
+from protocol.messages import EscalationAck
+
+logger = logging.getLogger(__name__)
+
+IDLE_WAKE_S = 1.0  # wake at least this often, to notice a clock that moved
+
+
+def backoff_s(attempts: int, config: OutboxConfig, rand: Callable[[], float] = random.random) -> float:
+    """Delay before retry number ``attempts`` (1-based): doubling, capped, with "equal jitter".
+
+    Half the delay is fixed and half random, so a fleet that lost the hub at
+    the same moment does not retry in lockstep, yet no retry comes too soon.
+    """
+    capped = min(config.retry_max_ms, config.retry_initial_ms * 2 ** max(0, attempts - 1)) / 1000.0
+    return capped / 2 + rand() * capped / 2
+
+
+class EscalationWorker:
+    def __init__(
+        self,
+        store: EdgeStore,
+        transport: Transport,
+        config: OutboxConfig,
+        metrics: EdgeMetrics,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._transport = transport
+        self._config = config
+        self._metrics = metrics
+        self._clock = clock
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        self._pool: Optional[ThreadPoolExecutor] = None
+
+    def start(self) -> None:
+        self._pool = ThreadPoolExecutor(self._config.max_in_flight, thread_name_prefix="tandem-send")
+        self._thread = threading.Thread(target=self._run, name="tandem-escalations", daemon=True)
+        self._thread.start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        self._stopping.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+            if self._thread.is_alive():
+                logger.error("escalation worker did not stop within %.1f s", timeout_s)
+            self._thread = None
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                self.expire_overdue()
+                self.send_due()
+                wait = self._seconds_to_next_event()
+            except StoreError as exc:
+                logger.error("escalation worker: store error, retrying in %.1f s: %s", IDLE_WAKE_S, exc)
+                self._metrics.store_errors.labels(operation="worker").inc()
+                wait = IDLE_WAKE_S
+            self._wake.wait(wait)
+            self._wake.clear()
+
+    def _seconds_to_next_event(self) -> float:
+        now = self._clock()
+        due = [t for t in (self._store.next_due_at(), self._store.next_deadline()) if t is not None]
+        return max(0.0, min([IDLE_WAKE_S, *(t - now for t in due)]))
+
+    def expire_overdue(self) -> int:
+        expired = self._store.expire(self._clock())
+        for trace_id in expired:
+            logger.info("trace %s: no verdict before its deadline; the local answer stands", trace_id)
+        if expired:
+            self._metrics.fallbacks.inc(len(expired))
+        return len(expired)
+
+    def send_due(self) -> int:
+        """Send due rows, up to max_in_flight at once; each failure schedules its own retry."""
+        if self._pool is None:
+            raise RuntimeError("escalation worker used before start()")
+        rows = self._store.due(self._clock(), limit=self._config.max_in_flight)
+        sends: dict[Future[EscalationAck], OutboxRow] = {
+            self._pool.submit(self._transport.send, row.payload): row for row in rows
+        }
+        sent = 0
+        for future in as_completed(sends):
+            row = sends[future]
+            try:
+                ack = future.result()
+            except TransportError as exc:
+                self._failed(row, exc)
+                continue
+            self._store.mark_sent(row.trace_id)
+            self._metrics.escalations_sent.labels(ack=ack.status.name.lower()).inc()
+            sent += 1
+        return sent
+
+    def _failed(self, row: OutboxRow, exc: TransportError) -> None:
+        self._metrics.send_errors.labels(retryable=str(exc.retryable).lower()).inc()
+        if not exc.retryable:
+            logger.error("trace %s: hub rejected the escalation, kept as FAILED: %s", row.trace_id, exc)
+            self._store.mark_failed(row.trace_id, str(exc))
+            return
+        delay = backoff_s(row.attempts + 1, self._config)
+        logger.warning(
+            "trace %s: send attempt %d failed, retrying in %.2f s: %s", row.trace_id, row.attempts + 1, delay, exc
+        )
+        self._store.mark_retry(row.trace_id, str(exc), self._clock() + delay)

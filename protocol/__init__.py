@@ -1,0 +1,50 @@
+"""Tandem's wire protocol: message types, MQTT topics and codecs. No I/O lives here.
+
+The ``.proto`` source is ``protocol/proto/tandem/v1/tandem.proto``; the code
+generated from it is in ``protocol._generated`` (committed; regenerate with
+``python -m tools.gen_proto``). Everything else in the project uses the domain
+types below, which convert themselves with ``to_proto``/``from_proto``.
+"""
+
+from protocol.errors import (
+    InvalidTopic,
+    MalformedMessage,
+    ProtocolError,
+    UnsupportedSchemaVersion,
+)
+from protocol.messages import (
+    SCHEMA_VERSION,
+    AckStatus,
+    EncodedImage,
+    EscalationAck,
+    EscalationRequest,
+    EscalationResult,
+    HopTiming,
+    Prediction,
+    ResultStatus,
+    Tensor,
+    new_trace_id,
+    validate_trace_id,
+)
+from protocol.topics import Channel, DeviceTopic
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "AckStatus",
+    "Channel",
+    "DeviceTopic",
+    "EncodedImage",
+    "EscalationAck",
+    "EscalationRequest",
+    "EscalationResult",
+    "HopTiming",
+    "InvalidTopic",
+    "MalformedMessage",
+    "Prediction",
+    "ProtocolError",
+    "ResultStatus",
+    "Tensor",
+    "UnsupportedSchemaVersion",
+    "new_trace_id",
+    "validate_trace_id",
+]

@@ -1,0 +1,58 @@
+# Shared set-up for tools/demo, tools/test and tools/lock (sourced, not run).
+# Creates .venv if it is missing and installs the project into it, pinned by constraints.txt;
+# reinstalls only when pyproject.toml or constraints.txt changed. Sets ROOT and VENV.
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+VENV=${TANDEM_VENV:-$ROOT/.venv}
+
+_tandem_python() {
+  local candidate
+  for candidate in ${PYTHON:-} python3 python3.13 python3.12 python3.11 python3.10; do
+    if command -v "$candidate" >/dev/null 2>&1 &&
+       "$candidate" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else 1)' 2>/dev/null; then
+      echo "$candidate"; return 0
+    fi
+  done
+  echo "tandem: needs Python 3.10 or newer (Debian/Ubuntu: sudo apt-get install python3 python3-venv)" >&2
+  return 1
+}
+
+_tandem_venv() {
+  if [[ ! -x "$VENV/bin/python" ]]; then
+    local python
+    python=$(_tandem_python) || return 1
+    echo "tandem: creating $VENV with $python" >&2
+    "$python" -m venv "$VENV" || {
+      echo "tandem: venv failed (Debian/Ubuntu: sudo apt-get install python3-venv)" >&2; return 1; }
+  fi
+  local want
+  want=$(cat "$ROOT/pyproject.toml" "$ROOT/constraints.txt" | sha256sum | cut -d' ' -f1)
+  if [[ "$(cat "$VENV/.tandem-installed" 2>/dev/null)" != "$want" ]]; then
+    echo "tandem: installing the project and its pinned dependencies into $VENV (a few minutes the first time)" >&2
+    "$VENV/bin/python" -m pip install --quiet --upgrade pip >&2 &&
+    "$VENV/bin/python" -m pip install --quiet -c "$ROOT/constraints.txt" -e "$ROOT[dev]" >&2 || return 1
+    echo "$want" > "$VENV/.tandem-installed"
+  fi
+}
+
+# Mosquitto: installed with apt-get when we are root (or have password-less sudo); otherwise say how.
+# With "optional", a missing broker is only a notice (the demo falls back to its embedded broker).
+_tandem_mosquitto() {
+  if command -v mosquitto >/dev/null 2>&1 || [[ -x /usr/sbin/mosquitto ]]; then return 0; fi
+  local sudo=""
+  if [[ $(id -u) -ne 0 ]]; then
+    if sudo -n true 2>/dev/null; then sudo="sudo -n"; else sudo="none"; fi
+  fi
+  if [[ $sudo != none ]] && command -v apt-get >/dev/null 2>&1; then
+    echo "tandem: installing mosquitto with apt-get" >&2
+    $sudo apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq mosquitto >&2 && return 0
+  fi
+  if [[ ${1:-} == optional ]]; then
+    echo "tandem: mosquitto not installed; using the embedded broker (to install: sudo apt-get install -y mosquitto)" >&2
+    return 0
+  fi
+  echo "tandem: the tests need mosquitto: sudo apt-get install -y mosquitto" >&2
+  return 1
+}
+
+_tandem_venv
