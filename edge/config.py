@@ -63,7 +63,7 @@ class OutboxConfig(_Strict):
 
 
 class GrpcConfig(_Strict):
-    kind: Literal["grpc"] = "grpc"
+    kind: Literal["grpc"] = Field("grpc", description="the escalation transport; gRPC is the one so far")
     target: str = Field("127.0.0.1:9000", description="the hub's gRPC address, host:port")
     timeout_ms: int = Field(3000, gt=0, description="deadline of one Escalate call")
     max_message_bytes: int = Field(4 * 1024 * 1024, gt=0, description="largest request or response, both directions")

@@ -54,10 +54,10 @@ class EscalationWorker:
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: Optional[threading.Thread] = None
-        self._pool: Optional[ThreadPoolExecutor] = None
+        # The pool starts its threads on first use, not here.
+        self._pool = ThreadPoolExecutor(config.max_in_flight, thread_name_prefix="tandem-send")
 
     def start(self) -> None:
-        self._pool = ThreadPoolExecutor(self._config.max_in_flight, thread_name_prefix="tandem-send")
         self._thread = threading.Thread(target=self._run, name="tandem-escalations", daemon=True)
         self._thread.start()
 
@@ -72,9 +72,7 @@ class EscalationWorker:
             if self._thread.is_alive():
                 logger.error("escalation worker did not stop within %.1f s", timeout_s)
             self._thread = None
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
+        self._pool.shutdown(wait=True)
 
     def _run(self) -> None:
         while not self._stopping.is_set():
@@ -104,8 +102,6 @@ class EscalationWorker:
 
     def send_due(self) -> int:
         """Send due rows, up to max_in_flight at once; each failure schedules its own retry."""
-        if self._pool is None:
-            raise RuntimeError("escalation worker used before start()")
         rows = self._store.due(self._clock(), limit=self._config.max_in_flight)
         sends: dict[Future[EscalationAck], OutboxRow] = {
             self._pool.submit(self._transport.send, row.payload): row for row in rows

@@ -1,0 +1,123 @@
+"""Real parts: Mosquitto from deploy/cloud/mosquitto.conf and the hub as a `tandem hub run` process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Optional
+
+import pytest
+
+from cloud.broker import MosquittoBroker, find_mosquitto, free_port
+from edge.config import (
+    DetectorConfig,
+    EdgeConfig,
+    EscalationConfig,
+    GrpcConfig,
+    JudgeConfig,
+    MqttConfig,
+    OutboxConfig,
+    SourceConfig,
+)
+
+HUB_START_TIMEOUT_S = 180
+
+
+@pytest.fixture(scope="session")
+def mosquitto() -> Iterator[MosquittoBroker]:
+    if find_mosquitto() is None:
+        pytest.fail("mosquitto is not installed: sudo apt-get install -y mosquitto (tools/test does this as root)")
+    with MosquittoBroker(free_port()) as broker:
+        yield broker
+
+
+class HubProcess:
+    """`tandem hub run` in a child process, stoppable and restartable on the same ports and store."""
+
+    def __init__(self, model: Path, mqtt_port: int, store: Path, log: Path) -> None:
+        self.model = model
+        self.mqtt_port = mqtt_port
+        self.store = store
+        self.log = log
+        self.grpc_port = free_port()
+        self.http_port = free_port()
+        self._process: Optional[subprocess.Popen[str]] = None
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None
+
+    def start(self) -> None:
+        if self._process is not None:
+            return
+        command = [
+            sys.executable, "-m", "edge.cli", "hub", "run", "--model", str(self.model),
+            "--grpc-port", str(self.grpc_port), "--http-port", str(self.http_port),
+            "--mqtt-port", str(self.mqtt_port), "--store", str(self.store),
+        ]
+        log = self.log.open("a")
+        self._process = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=log, text=True, env={**os.environ, "RAY_AUTH_MODE": "disabled"},
+            start_new_session=True,
+        )
+        ready = threading.Event()
+
+        def watch() -> None:
+            assert self._process is not None and self._process.stdout is not None
+            for line in self._process.stdout:
+                if line.startswith("hub ready"):
+                    ready.set()
+
+        threading.Thread(target=watch, daemon=True).start()
+        deadline = time.monotonic() + HUB_START_TIMEOUT_S
+        while not ready.wait(0.5):
+            if self._process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                pytest.fail(f"the hub did not start; its log: {self.log}\n{self.log.read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        if self._process is None:
+            return
+        self._process.send_signal(signal.SIGTERM)
+        try:
+            self._process.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(self._process.pid, signal.SIGKILL)
+            self._process.wait()
+        self._process = None
+
+
+@pytest.fixture(scope="session")
+def hub(demo_assets, mosquitto, tmp_path_factory) -> Iterator[HubProcess]:
+    """The hub, not yet started: a test calls start() (or stop()) as it needs."""
+    work = tmp_path_factory.mktemp("hub")
+    process = HubProcess(demo_assets / "models" / "digits-strong.onnx", mosquitto.port, work / "hub.db",
+                         work / "hub.log")
+    yield process
+    process.stop()
+
+
+def edge_config(tmp_path: Path, demo_assets: Path, hub: HubProcess, mqtt_port: int, *, device_id: str,
+                threshold: float = 0.9, deadline_ms: int = 20_000, source: str = "video") -> EdgeConfig:
+    stream = demo_assets / "stream"
+    return EdgeConfig(
+        device_id=device_id,
+        state_path=tmp_path / f"{device_id}.db",
+        source=SourceConfig(
+            kind=source,
+            path=stream / ("digits.avi" if source == "video" else "images"),
+            labels_csv=stream / "labels.csv",
+        ),
+        detector=DetectorConfig(model_path=demo_assets / "models" / "digits-weak.onnx"),
+        judge=JudgeConfig(confidence_threshold=threshold),
+        outbox=OutboxConfig(retry_initial_ms=100, retry_max_ms=1000),
+        transport=GrpcConfig(target=f"127.0.0.1:{hub.grpc_port}", timeout_ms=5000),
+        mqtt=MqttConfig(port=mqtt_port),
+        escalation=EscalationConfig(deadline_ms=deadline_ms),
+    )

@@ -1,0 +1,45 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from edge.config import load_config
+from edge.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "deploy" / "jetson" / "edge.example.yaml"
+
+
+def test_example_config_is_valid():
+    config = load_config(EXAMPLE)
+    assert config.device_id == "jetson-dock-07" and config.outbox.synchronous == "FULL"
+
+
+@pytest.mark.parametrize(
+    ("change", "names"),
+    [
+        ("judge:\n  confidence_threshold: 1.5\n", "judge.confidence_threshold"),
+        ("judge:\n  confidence_treshold: 0.5\n", "judge.confidence_treshold: Extra inputs are not permitted"),
+        ("device_id: 'cam/1'\n", "device_id"),
+    ],
+)
+def test_bad_field_is_named(tmp_path, change, names):
+    text = EXAMPLE.read_text()
+    key = change.split(":")[0]
+    kept = [line for line in text.splitlines() if not line.startswith(key + ":")]
+    if key == "judge":
+        kept = [line for line in kept if "confidence_threshold" not in line]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("\n".join(kept) + "\n" + change)
+    with pytest.raises(ConfigError, match=names.replace(".", r"\.")):
+        load_config(bad)
+
+
+def test_check_config_command_reports_the_field(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("device_id: cam-1\nsource: {kind: video}\n")
+    out = subprocess.run([sys.executable, "-m", "edge.cli", "edge", "check-config", str(bad)],
+                         capture_output=True, text=True, check=False)
+    assert out.returncode == 2
+    assert "detector: Field required" in out.stderr

@@ -1,0 +1,109 @@
+"""Bad input never stops the runtime and never loses a trace. No network: nothing is started."""
+
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+
+from edge.app import EdgeRuntime
+from edge.comms.mqtt import Handled
+from edge.config import DetectorConfig, EdgeConfig, JudgeConfig, SourceConfig
+from edge.detectors.onnx import OnnxClassifier
+from edge.errors import DetectorError
+from edge.judge import TraceState
+from protocol import EscalationResult, Prediction, ResultStatus
+from protocol.codec import encode_result
+
+
+@pytest.fixture
+def runtime(tmp_path, demo_assets):
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    images = sorted((demo_assets / "stream" / "images").iterdir())[:6]
+    for p in images:
+        shutil.copy(p, frames / p.name)
+    (frames / "000003.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")  # replaces a good frame
+    config = EdgeConfig(
+        device_id="cam-1",
+        state_path=tmp_path / "edge.db",
+        source=SourceConfig(kind="images", path=frames, labels_csv=demo_assets / "stream" / "labels.csv"),
+        detector=DetectorConfig(model_path=demo_assets / "models" / "digits-weak.onnx"),
+        judge=JudgeConfig(confidence_threshold=0.999),  # escalate nearly everything
+    )
+    rt = EdgeRuntime(config)
+    rt.store.open()
+    rt.detector.start()
+    yield rt
+    rt.store.close()
+
+
+def test_undecodable_frame_is_recorded_as_unjudgeable_and_the_rest_go_on(runtime):
+    assert runtime.run() == 6
+    traces = runtime.store.traces()
+    assert len(traces) == 6
+    bad = [t for t in traces if t.state is TraceState.UNJUDGEABLE]
+    assert [t.frame_index for t in bad] == [3]
+    assert "cannot decode 000003.png" in bad[0].history[-1].reason
+    assert len(runtime.store.outbox()) == sum(t.state is TraceState.PENDING_CLOUD for t in traces) > 0
+    assert runtime.metrics.value("frames", outcome="unjudgeable") == 1
+
+
+def test_malformed_result_is_dropped_with_a_metric_and_good_ones_still_apply(runtime):
+    runtime.run()
+    pending = next(t for t in runtime.store.traces() if t.state is TraceState.PENDING_CLOUD)
+    assert runtime.on_result(b"\x00garbage\xff") is Handled.ACK
+    assert runtime.metrics.value("bad_results", error="MalformedMessage") == 1
+    final = Prediction("strong", "1", tuple(str(d) for d in range(10)), tuple([0.0] * 9 + [1.0]))
+    good = EscalationResult(pending.trace_id, "cam-1", ResultStatus.SUCCESS, (final,), final)
+    assert runtime.on_result(encode_result(good)) is Handled.ACK
+    assert runtime.store.trace(pending.trace_id).state is TraceState.COMPLETE
+
+
+def test_result_for_another_device_is_dropped(runtime):
+    runtime.run()
+    pending = next(t for t in runtime.store.traces() if t.state is TraceState.PENDING_CLOUD)
+    final = Prediction("strong", "1", ("0",), (1.0,))
+    stray = EscalationResult(pending.trace_id, "cam-2", ResultStatus.SUCCESS, (final,), final)
+    runtime.on_result(encode_result(stray))
+    assert runtime.store.trace(pending.trace_id).state is TraceState.PENDING_CLOUD
+    assert runtime.metrics.value("bad_results", error="WrongDevice") == 1
+
+
+def test_store_failure_asks_the_broker_to_redeliver(runtime):
+    runtime.run()
+    pending = next(t for t in runtime.store.traces() if t.state is TraceState.PENDING_CLOUD)
+    final = Prediction("strong", "1", ("0",), (1.0,))
+    runtime.store.close()  # the disk went away
+    result = EscalationResult(pending.trace_id, "cam-1", ResultStatus.SUCCESS, (final,), final)
+    assert runtime.on_result(encode_result(result)) is Handled.RETRY
+    runtime.store.open()
+    assert runtime.on_result(encode_result(result)) is Handled.ACK
+
+
+def test_model_that_does_not_load_is_a_clear_error(tmp_path):
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not a model")
+    with pytest.raises(DetectorError, match=r"cannot load ONNX model .*broken.onnx"):
+        OnnxClassifier(DetectorConfig(model_path=broken)).start()
+
+
+def test_model_without_tandem_metadata_is_refused(tmp_path, demo_assets):
+    import onnx
+
+    model = onnx.load(demo_assets / "models" / "digits-weak.onnx")
+    del model.metadata_props[:]
+    path = tmp_path / "bare.onnx"
+    onnx.save(model, path)
+    with pytest.raises(DetectorError, match="tandem"):
+        OnnxClassifier(DetectorConfig(model_path=path)).start()
+
+
+def test_detector_accepts_colour_and_grey_frames_of_any_size(demo_assets):
+    detector = OnnxClassifier(DetectorConfig(model_path=demo_assets / "models" / "digits-weak.onnx"))
+    detector.start()
+    grey = cv2.imread(str(demo_assets / "stream" / "images" / "000000.png"), cv2.IMREAD_GRAYSCALE)
+    colour = cv2.resize(cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR), (96, 96), interpolation=cv2.INTER_NEAREST)
+    a, b = detector.predict(grey), detector.predict(colour)
+    assert a.label == b.label
+    assert np.isclose(sum(a.scores), 1.0, atol=1e-4)

@@ -1,0 +1,118 @@
+"""The escalation worker against a fake transport (a subclass of the real interface)."""
+
+import pytest
+
+from edge.comms.transport import Transport
+from edge.config import OutboxConfig
+from edge.errors import TransportError
+from edge.judge import TraceMachine, TraceState
+from edge.metrics import EdgeMetrics
+from edge.outbox import EdgeStore
+from edge.outbox.store import OutboxStatus
+from edge.outbox.worker import EscalationWorker, backoff_s
+from protocol import AckStatus, EscalationAck, Prediction, new_trace_id
+
+
+class ScriptedTransport(Transport):
+    """Answers each send with the next scripted outcome: an exception or an ack."""
+
+    def __init__(self, outcomes):
+        self.outcomes = list(outcomes)
+        self.sent: list[bytes] = []
+
+    def start(self):
+        pass
+
+    def send(self, payload):
+        self.sent.append(payload)
+        outcome = self.outcomes.pop(0)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return EscalationAck(payload.decode(), outcome)
+
+    def close(self):
+        pass
+
+
+class Clock:
+    def __init__(self, now=1000.0):
+        self.now = now
+
+    def __call__(self):
+        return self.now
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = EdgeStore(tmp_path / "edge.db")
+    s.open()
+    yield s
+    s.close()
+
+
+def enqueue(store, now):
+    trace_id = new_trace_id()
+    m = TraceMachine()
+    for s in (TraceState.INFERRED, TraceState.JUDGED, TraceState.PENDING_CLOUD):
+        m.advance(s, "", at=now)
+    store.record_trace(trace_id, m, source_id="c", frame_index=0, truth=None,
+                       prediction=Prediction("m", "1", ("a", "b"), (0.5, 0.5)), reasons=(), created_at=now,
+                       escalation=trace_id.encode(), deadline_at=now + 60)
+    return trace_id
+
+
+def make_worker(store, transport, clock, max_in_flight=1):
+    config = OutboxConfig(retry_initial_ms=200, retry_max_ms=1000, max_in_flight=max_in_flight)
+    return EscalationWorker(store, transport, config, EdgeMetrics(), clock), config
+
+
+def test_hub_down_then_back(store):
+    clock = Clock()
+    trace_id = enqueue(store, clock.now)
+    transport = ScriptedTransport([TransportError("UNAVAILABLE", retryable=True), AckStatus.ACCEPTED])
+    worker, config = make_worker(store, transport, clock)
+    assert worker.send_due() == 0
+    (row,) = store.outbox()
+    assert row.status is OutboxStatus.QUEUED and row.attempts == 1 and "UNAVAILABLE" in row.last_error
+    assert config.retry_initial_ms / 2000 <= row.next_attempt_at - clock.now <= config.retry_initial_ms / 1000
+    assert worker.send_due() == 0  # not due yet: nothing is sent
+    clock.now = row.next_attempt_at
+    assert worker.send_due() == 1
+    assert store.outbox()[0].status is OutboxStatus.SENT
+    assert transport.sent == [trace_id.encode()] * 2
+
+
+def test_permanent_rejection_is_kept_for_an_operator(store):
+    clock = Clock()
+    enqueue(store, clock.now)
+    worker, _ = make_worker(store, ScriptedTransport([TransportError("INVALID_ARGUMENT", retryable=False)]), clock)
+    worker.send_due()
+    (row,) = store.outbox()
+    assert row.status is OutboxStatus.FAILED and "INVALID_ARGUMENT" in row.last_error
+
+
+def test_sends_in_parallel_up_to_the_limit(store):
+    clock = Clock()
+    ids = {enqueue(store, clock.now) for _ in range(5)}
+    transport = ScriptedTransport([AckStatus.ACCEPTED] * 5)
+    worker, _ = make_worker(store, transport, clock, max_in_flight=3)
+    assert worker.send_due() == 3
+    assert worker.send_due() == 2
+    assert {p.decode() for p in transport.sent} == ids
+
+
+def test_overdue_traces_fall_back(store):
+    clock = Clock()
+    trace_id = enqueue(store, clock.now)
+    worker, _ = make_worker(store, ScriptedTransport([]), clock)
+    clock.now += 61
+    assert worker.expire_overdue() == 1
+    assert store.trace(trace_id).state is TraceState.FALLBACK_COMPLETE
+
+
+@pytest.mark.parametrize("attempt", range(1, 12))
+def test_backoff_doubles_is_capped_and_jittered(attempt):
+    config = OutboxConfig(retry_initial_ms=100, retry_max_ms=2000)
+    cap = min(2.0, 0.1 * 2 ** (attempt - 1))
+    low, high = backoff_s(attempt, config, rand=lambda: 0.0), backoff_s(attempt, config, rand=lambda: 1.0)
+    assert low == pytest.approx(cap / 2) and high == pytest.approx(cap)
