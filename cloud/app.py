@@ -96,7 +96,8 @@ def build_app(config: HubConfig) -> serve.Application:
 def start_hub(config: HubConfig) -> None:
     """Start (or join) Ray, start Serve's HTTP and gRPC proxies, deploy the app; return when it is healthy."""
     ray.init(
-        address=config.ray_address,
+        # "local" always starts a new local cluster; joining one takes an explicit address.
+        address=config.ray_address or "local",
         include_dashboard=False,
         log_to_driver=False,
         # A small object store: escalations are small, and CI machines have little shared memory.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import threading
 
@@ -22,6 +23,7 @@ def hub_run(args: argparse.Namespace) -> int:
         mqtt_port=args.mqtt_port,
         trace_store_path=args.store,
         result_encoding=args.result_encoding,
+        ray_address=os.environ.get("RAY_ADDRESS") or None,
     )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -25,7 +25,9 @@ class HubConfig(BaseModel):
         "protobuf", description="how results are published: protobuf (compact) or JSON (readable with mosquitto_sub)"
     )
     replica_num_cpus: float = Field(0.25, gt=0, description="CPUs Ray reserves for each replica")
-    ray_address: Optional[str] = Field(None, description="join this Ray cluster instead of starting a local one")
+    ray_address: Optional[str] = Field(
+        None, description="join this Ray cluster instead of starting a local one (tandem hub run: $RAY_ADDRESS)"
+    )
 
     def absolute(self) -> HubConfig:
         """Paths made absolute: Ray replicas do not run in the caller's working folder."""

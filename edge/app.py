@@ -108,40 +108,15 @@ class EdgeRuntime:
 
     def process(self, frame: Frame) -> Optional[TraceState]:
         """One frame through detector and judge; returns the trace's state, or None if it could not be stored."""
-        trace_id = new_trace_id()
-        now = self.clock()
-        machine = TraceMachine()
-        prediction: Optional[Prediction] = None
+        trace_id, now, machine = new_trace_id(), self.clock(), TraceMachine()
+        prediction = self._infer(frame, machine, now)
         reasons: tuple[str, ...] = ()
         escalation: Optional[bytes] = None
-        deadline_at: Optional[float] = None
-        if frame.image is None:
-            machine.advance(TraceState.UNJUDGEABLE, f"undecodable frame: {frame.error}", now)
-        else:
-            try:
-                prediction = self.detector.predict(frame.image)
-            except DetectorError as exc:
-                machine.advance(TraceState.UNJUDGEABLE, f"inference failed: {exc}", now)
         if prediction is not None and frame.image is not None:
-            machine.advance(
-                TraceState.INFERRED, f"{prediction.model_id}: {prediction.label} ({prediction.confidence:.3f})", now
-            )
-            decision = self.judge.decide(prediction)
-            reasons = decision.reasons
-            if decision.verdict is Verdict.UNJUDGEABLE:
-                machine.advance(TraceState.UNJUDGEABLE, "; ".join(reasons), now)
-            else:
-                machine.advance(TraceState.JUDGED, "; ".join(reasons), now)
-                if decision.escalate:
-                    escalation = self._escalation(trace_id, frame.image, prediction, frame, reasons, now)
-                if escalation is not None:
-                    deadline_at = now + self.config.escalation.deadline_ms / 1000.0
-                    machine.advance(TraceState.PENDING_CLOUD, "escalated to the hub", now)
-                else:
-                    why = "confident" if not decision.escalate else "cannot escalate: frame did not encode"
-                    machine.advance(TraceState.COMPLETE, f"local answer stands ({why})", now)
+            reasons, escalation = self._judge(trace_id, frame, frame.image, prediction, machine, now)
         if machine.state is TraceState.UNJUDGEABLE:
             logger.warning("frame %s/%d unjudgeable: %s", frame.source_id, frame.index, machine.last_reason)
+        deadline_at = now + self.config.escalation.deadline_ms / 1000.0 if escalation is not None else None
         try:
             self.store.record_trace(
                 trace_id,
@@ -163,6 +138,39 @@ class EdgeRuntime:
         if escalation is not None:
             self.worker.wake()
         return machine.state
+
+    def _infer(self, frame: Frame, machine: TraceMachine, now: float) -> Optional[Prediction]:
+        """RAW -> INFERRED with the model's answer, or RAW -> UNJUDGEABLE when there is none."""
+        if frame.image is None:
+            machine.advance(TraceState.UNJUDGEABLE, f"undecodable frame: {frame.error}", now)
+            return None
+        try:
+            prediction = self.detector.predict(frame.image)
+        except DetectorError as exc:
+            machine.advance(TraceState.UNJUDGEABLE, f"inference failed: {exc}", now)
+            return None
+        answer = f"{prediction.model_id}: {prediction.label} ({prediction.confidence:.3f})"
+        machine.advance(TraceState.INFERRED, answer, now)
+        return prediction
+
+    def _judge(
+        self, trace_id: str, frame: Frame, image: np.ndarray, prediction: Prediction, machine: TraceMachine, now: float
+    ) -> tuple[tuple[str, ...], Optional[bytes]]:
+        """INFERRED -> JUDGED -> COMPLETE or PENDING_CLOUD (or UNJUDGEABLE); returns the reasons and any escalation."""
+        decision = self.judge.decide(prediction)
+        if decision.verdict is Verdict.UNJUDGEABLE:
+            machine.advance(TraceState.UNJUDGEABLE, "; ".join(decision.reasons), now)
+            return decision.reasons, None
+        machine.advance(TraceState.JUDGED, "; ".join(decision.reasons), now)
+        if not decision.escalate:
+            machine.advance(TraceState.COMPLETE, "local answer stands (confident)", now)
+            return decision.reasons, None
+        escalation = self._escalation(trace_id, image, prediction, frame, decision.reasons, now)
+        if escalation is None:
+            machine.advance(TraceState.COMPLETE, "local answer stands (cannot escalate: frame did not encode)", now)
+        else:
+            machine.advance(TraceState.PENDING_CLOUD, "escalated to the hub", now)
+        return decision.reasons, escalation
 
     def _escalation(
         self,

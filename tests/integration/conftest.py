@@ -63,7 +63,7 @@ class HubProcess:
         ]
         log = self.log.open("a")
         self._process = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=log, text=True, env={**os.environ, "RAY_AUTH_MODE": "disabled"},
+            command, stdout=subprocess.PIPE, stderr=log, text=True,
             start_new_session=True,
         )
         ready = threading.Event()

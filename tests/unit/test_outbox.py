@@ -26,14 +26,6 @@ def pending_machine() -> TraceMachine:
     return m
 
 
-@pytest.fixture
-def store(tmp_path):
-    s = EdgeStore(tmp_path / "edge.db")
-    s.open()
-    yield s
-    s.close()
-
-
 def escalate(store: EdgeStore, now: float = 100.0, deadline_s: float = 5.0, truth: str = "1") -> str:
     trace_id = new_trace_id()
     store.record_trace(

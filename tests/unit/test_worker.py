@@ -7,7 +7,6 @@ from edge.config import OutboxConfig
 from edge.errors import TransportError
 from edge.judge import TraceMachine, TraceState
 from edge.metrics import EdgeMetrics
-from edge.outbox import EdgeStore
 from edge.outbox.store import OutboxStatus
 from edge.outbox.worker import EscalationWorker, backoff_s
 from protocol import AckStatus, EscalationAck, Prediction, new_trace_id
@@ -40,14 +39,6 @@ class Clock:
 
     def __call__(self):
         return self.now
-
-
-@pytest.fixture
-def store(tmp_path):
-    s = EdgeStore(tmp_path / "edge.db")
-    s.open()
-    yield s
-    s.close()
 
 
 def enqueue(store, now):
