@@ -61,7 +61,10 @@ def run_demo(args: argparse.Namespace) -> int:
             device_id=DEVICE_ID,
             state_path=work / "edge.db",
             source=SourceConfig(
-                kind="video", path=models / "stream" / "digits.avi", labels_csv=models / "stream" / "labels.csv"
+                kind="video",
+                path=models / "stream" / "digits.avi",
+                labels_csv=models / "stream" / "labels.csv",
+                max_fps=args.fps,
             ),
             detector=DetectorConfig(model_path=models / "models" / "digits-weak.onnx"),
             judge=JudgeConfig(confidence_threshold=args.threshold),

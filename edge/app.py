@@ -98,12 +98,18 @@ class EdgeRuntime:
     def run(self, max_frames: Optional[int] = None) -> int:
         """Read the configured source until it ends, ``stop()`` is called, or max_frames; return frames read."""
         count = 0
+        fps = self.config.source.max_fps
+        interval = 1.0 / fps if fps else 0.0
+        next_at = time.monotonic()
         with open_source(self.config.source) as source:
             for frame in source.frames():
                 self.process(frame)
                 count += 1
                 if self._stop.is_set() or (max_frames is not None and count >= max_frames):
                     break
+                if interval:
+                    next_at = max(next_at + interval, time.monotonic() - interval)
+                    self._stop.wait(max(0.0, next_at - time.monotonic()))
         return count
 
     def process(self, frame: Frame) -> Optional[TraceState]:

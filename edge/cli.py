@@ -97,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--threshold", type=float, default=0.9, help="the judge's confidence threshold")
     demo.add_argument("--deadline-ms", type=int, default=10_000, help="how long a frame waits for the hub")
     demo.add_argument("--frames", type=int, default=None, help="stop after this many frames")
+    demo.add_argument("--fps", type=float, default=None,
+                      help="play the stream at this rate, like a camera (default: as fast as the device can)")
     demo.add_argument(
         "--broker",
         choices=["auto", "mosquitto", "embedded"],

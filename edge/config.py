@@ -36,6 +36,9 @@ class SourceConfig(_Strict):
         description="optional ground truth: a CSV with columns frame,file,label; lets the runtime report accuracy",
     )
     source_id: str = Field("cam0", min_length=1, description="a name for this source, recorded with each trace")
+    max_fps: Optional[float] = Field(
+        None, gt=0, description="read at most this many frames a second (a file plays back at this rate); none: no cap"
+    )
 
 
 class DetectorConfig(_Strict):

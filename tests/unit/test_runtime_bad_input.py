@@ -107,3 +107,16 @@ def test_detector_accepts_colour_and_grey_frames_of_any_size(demo_assets):
     a, b = detector.predict(grey), detector.predict(colour)
     assert a.label == b.label
     assert np.isclose(sum(a.scores), 1.0, atol=1e-4)
+
+
+def test_max_fps_paces_the_source(runtime):
+    """Six frames at 20 fps take at least five intervals (the cap is a floor on time, not a speed claim)."""
+    import time
+
+    paced = EdgeRuntime(runtime.config.model_copy(
+        update={"source": runtime.config.source.model_copy(update={"max_fps": 20.0})}))
+    paced.store = runtime.store
+    paced.detector = runtime.detector
+    started = time.monotonic()
+    assert paced.run() == 6
+    assert time.monotonic() - started >= 5 * 0.05 * 0.9
