@@ -108,6 +108,7 @@ class EdgeRuntime:
                 if self._stop.is_set() or (max_frames is not None and count >= max_frames):
                     break
                 if interval:
+                    # The next frame's slot; after a stall, catch up by at most one frame, never in a burst.
                     next_at = max(next_at + interval, time.monotonic() - interval)
                     self._stop.wait(max(0.0, next_at - time.monotonic()))
         return count
