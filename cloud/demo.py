@@ -22,6 +22,8 @@ from cloud.broker import EmbeddedBroker, MosquittoBroker, find_mosquitto, free_p
 from cloud.config import HubConfig
 from edge.app import EdgeRuntime
 from edge.config import DetectorConfig, EdgeConfig, EscalationConfig, GrpcConfig, JudgeConfig, MqttConfig, SourceConfig
+from edge.detectors import create_detector
+from edge.judge import calibrate
 from edge.summary import format_table, summarize
 
 logger = logging.getLogger(__name__)
@@ -35,6 +37,27 @@ def _broker(choice: str, port: int) -> Union[MosquittoBroker, EmbeddedBroker]:
     return EmbeddedBroker(port)
 
 
+def _calibrated_threshold(weak: DetectorConfig, models: Path, args: argparse.Namespace) -> float:
+    """The threshold ``tandem edge calibrate`` would pick on the calibration stream."""
+    detector = create_detector(weak)
+    detector.start()
+    try:
+        calibration = SourceConfig(
+            kind="images", path=models / "calibration" / "images", labels_csv=models / "calibration" / "labels.csv"
+        )
+        samples, _ = calibrate.collect(detector, calibration, JudgeConfig())
+    finally:
+        detector.close()
+    chosen = calibrate.choose(calibrate.sweep(samples), target_escalation=args.target_escalation)
+    logger.info(
+        "demo: calibrated on %d frames: confidence_threshold %.4f escalates %.1f%% of them",
+        len(samples),
+        chosen.threshold,
+        chosen.escalation_rate * 100,
+    )
+    return chosen.threshold
+
+
 def run_demo(args: argparse.Namespace) -> int:
     models = args.models
     needed = [
@@ -42,11 +65,14 @@ def run_demo(args: argparse.Namespace) -> int:
         models / "models" / "digits-strong.onnx",
         models / "stream" / "digits.avi",
         models / "stream" / "labels.csv",
+        models / "calibration" / "labels.csv",
     ]
     missing = [str(p) for p in needed if not p.exists()]
     if missing:
         print(f"tandem demo: missing {', '.join(missing)}; build them with: python -m tools.demo_models {models}")
         return 2
+    weak = DetectorConfig(model_path=models / "models" / "digits-weak.onnx")
+    threshold = args.threshold if args.threshold is not None else _calibrated_threshold(weak, models, args)
     with tempfile.TemporaryDirectory(prefix="tandem-demo-") as tmp:
         work = Path(tmp)
         broker = _broker(args.broker, free_port())
@@ -66,8 +92,8 @@ def run_demo(args: argparse.Namespace) -> int:
                 labels_csv=models / "stream" / "labels.csv",
                 max_fps=args.fps,
             ),
-            detector=DetectorConfig(model_path=models / "models" / "digits-weak.onnx"),
-            judge=JudgeConfig(confidence_threshold=args.threshold),
+            detector=weak,
+            judge=JudgeConfig(confidence_threshold=threshold),
             transport=GrpcConfig(target=f"127.0.0.1:{hub.grpc_port}"),
             mqtt=MqttConfig(port=broker.port),
             escalation=EscalationConfig(deadline_ms=args.deadline_ms),

@@ -28,11 +28,12 @@ from edge.config import EdgeConfig
 from edge.detectors import create_detector
 from edge.detectors.base import Detector
 from edge.errors import DetectorError, StoreError
-from edge.judge import Judge, TraceMachine, TraceState, Verdict
+from edge.judge import Judge, JudgeInput, TraceMachine, TraceState, Verdict
 from edge.metrics import EdgeMetrics
 from edge.outbox.store import EdgeStore, VerdictOutcome
 from edge.outbox.worker import EscalationWorker
 from edge.sources import Frame, open_source
+from edge.sources.sensors import SensorState, open_sensor
 from protocol.codec import decode_result, encode_request
 from protocol.errors import ProtocolError
 from protocol.messages import EncodedImage, EscalationRequest, Prediction, new_trace_id
@@ -60,6 +61,10 @@ class EdgeRuntime:
         self.transport = transport or GrpcTransport(config.transport)
         self.worker = EscalationWorker(self.store, self.transport, config.outbox, self.metrics, clock)
         self.subscriber = ResultSubscriber(config.device_id, config.mqtt, self.on_result)
+        self.sensors = SensorState()
+        self.sensor_readers = [
+            open_sensor(s, self.sensors, config.mqtt, config.device_id, self._on_sensor_error) for s in config.sensors
+        ]
         self._stop = threading.Event()
 
     # -- lifecycle -----------------------------------------------------------
@@ -72,6 +77,8 @@ class EdgeRuntime:
         # before the broker holds a session for this device.
         self.subscriber.start()
         self.worker.start()
+        for reader in self.sensor_readers:
+            reader.start()
         logger.info("edge %s: running", self.config.device_id)
 
     def stop(self) -> None:
@@ -79,6 +86,8 @@ class EdgeRuntime:
         self._stop.set()
 
     def close(self) -> None:
+        for reader in self.sensor_readers:
+            reader.close()
         self.worker.stop()
         self.subscriber.close()
         self.transport.close()
@@ -164,7 +173,7 @@ class EdgeRuntime:
         self, trace_id: str, frame: Frame, image: np.ndarray, prediction: Prediction, machine: TraceMachine, now: float
     ) -> tuple[tuple[str, ...], Optional[bytes]]:
         """INFERRED -> JUDGED -> COMPLETE or PENDING_CLOUD (or UNJUDGEABLE); returns the reasons and any escalation."""
-        decision = self.judge.decide(prediction)
+        decision = self.judge.decide(JudgeInput(prediction, image, self.sensors.values()))
         if decision.verdict is Verdict.UNJUDGEABLE:
             machine.advance(TraceState.UNJUDGEABLE, "; ".join(decision.reasons), now)
             return decision.reasons, None
@@ -204,6 +213,9 @@ class EdgeRuntime:
             attributes={"source_id": frame.source_id, "frame_index": str(frame.index), "reasons": "; ".join(reasons)},
         )
         return encode_request(request)
+
+    def _on_sensor_error(self, sensor: str, error: str) -> None:
+        self.metrics.sensor_errors.labels(sensor=sensor, error=error).inc()
 
     # -- verdicts ------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
     tandem edge run --config FILE        run the device runtime
     tandem edge check-config FILE        validate a config; names the bad field
+    tandem edge calibrate --config FILE  pick the judge's threshold from a labelled stream
     tandem hub run [...]                 run the cloud hub (needs the cloud extra)
     tandem demo [--json]                 hub + broker + one device on the demo stream
 
@@ -51,6 +52,56 @@ def _edge_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _edge_calibrate(args: argparse.Namespace) -> int:
+    from edge.config import SourceConfig, load_config
+    from edge.detectors import create_detector
+    from edge.judge import calibrate
+
+    config = load_config(args.config)
+    source = config.source
+    if args.source is not None:
+        kind = "images" if args.source.is_dir() else "video"
+        source = SourceConfig(kind=kind, path=args.source, labels_csv=args.labels, source_id="calibration")
+    elif args.labels is not None:
+        source = source.model_copy(update={"labels_csv": args.labels})
+    if source.labels_csv is None:
+        print("tandem edge calibrate: the stream needs labels (--labels CSV with columns frame,file,label)")
+        return 2
+    source = source.model_copy(update={"max_fps": None})
+    detector = create_detector(config.detector)
+    strong = (
+        create_detector(config.detector.model_copy(update={"model_path": args.strong_model}))
+        if args.strong_model
+        else None
+    )
+    detector.start()
+    if strong is not None:
+        strong.start()
+    try:
+        samples, stats = calibrate.collect(detector, source, config.judge, strong)
+    finally:
+        detector.close()
+        if strong is not None:
+            strong.close()
+    points = calibrate.sweep(samples)
+    chosen = calibrate.choose(points, target_escalation=args.target_escalation, target_accuracy=args.target_accuracy)
+    print(f"{len(samples)} labelled frames from {source.path}")
+    print(calibrate.format_table(points, chosen, strong is not None))
+    print(
+        f"chosen: confidence_threshold {chosen.threshold:.4f}: {chosen.escalation_rate:.1%} escalated, "
+        f"cascade accuracy {chosen.cascade_accuracy:.2%}"
+    )
+    print(
+        f"stream: brightness {stats.brightness_mean:.1f} +- {stats.brightness_std:.1f}, contrast "
+        f"{stats.contrast_mean:.1f} +- {stats.contrast_std:.1f}, sharpness p5 {stats.sharpness_p5:.0f} "
+        f"p50 {stats.sharpness_p50:.0f}"
+    )
+    if args.write:
+        calibrate.write_config(args.config, chosen.threshold, stats.ood() if args.ood else None)
+        print(f"wrote judge.confidence_threshold{' and judge.ood' if args.ood else ''} to {args.config}")
+    return 0
+
+
 def _hub_run(args: argparse.Namespace) -> int:
     from cloud.cli import hub_run
 
@@ -76,6 +127,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
     run.add_argument("--json", action="store_true", help="print the end-of-run summary as one JSON line")
     run.set_defaults(handler=_edge_run)
+    cal = edge.add_parser("calibrate", help="pick the judge's threshold from a labelled stream")
+    cal.add_argument("--config", type=Path, required=True, help="the device config (its detector and judge)")
+    cal.add_argument("--source", type=Path, help="a video file or image folder (default: the config's source)")
+    cal.add_argument("--labels", type=Path, help="ground truth CSV: frame,file,label")
+    goal = cal.add_mutually_exclusive_group(required=True)
+    goal.add_argument("--target-escalation", type=float, help="the highest share of frames to escalate, e.g. 0.15")
+    goal.add_argument("--target-accuracy", type=float, help="the accuracy to reach at the least escalation")
+    cal.add_argument("--strong-model", type=Path, help="the hub's model, to count its real answers on escalations")
+    cal.add_argument("--ood", action="store_true", help="also write the stream's statistics as judge.ood")
+    cal.add_argument("--write", action="store_true", help="write the chosen values into the config file")
+    cal.set_defaults(handler=_edge_calibrate)
     check = edge.add_parser("check-config", help="validate a config file")
     check.add_argument("file", type=Path)
     check.set_defaults(handler=_edge_check)
@@ -94,11 +156,23 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="run hub, broker and one device on the demo digits stream")
     demo.add_argument("--models", type=Path, default=Path(".tandem/demo"), help="output of python -m tools.demo_models")
     demo.add_argument("--json", action="store_true", help="end with the summary as one JSON object on the last line")
-    demo.add_argument("--threshold", type=float, default=0.9, help="the judge's confidence threshold")
+    demo.add_argument(
+        "--threshold", type=float, default=None, help="the judge's confidence threshold (default: calibrated)"
+    )
+    demo.add_argument(
+        "--target-escalation",
+        type=float,
+        default=0.15,
+        help="without --threshold: calibrate on the calibration stream for this share of escalations",
+    )
     demo.add_argument("--deadline-ms", type=int, default=10_000, help="how long a frame waits for the hub")
     demo.add_argument("--frames", type=int, default=None, help="stop after this many frames")
-    demo.add_argument("--fps", type=float, default=None,
-                      help="play the stream at this rate, like a camera (default: as fast as the device can)")
+    demo.add_argument(
+        "--fps",
+        type=float,
+        default=None,
+        help="play the stream at this rate, like a camera (default: as fast as the device can)",
+    )
     demo.add_argument(
         "--broker",
         choices=["auto", "mosquitto", "embedded"],

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edge.errors import ConfigError
 from protocol.errors import InvalidTopic
@@ -41,6 +41,20 @@ class SourceConfig(_Strict):
     )
 
 
+class SensorConfig(_Strict):
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$", description="the sensor's name; its fields are '<name>.<field>'")
+    kind: Literal["mqtt", "serial", "stdin"] = Field(
+        description="mqtt: messages on a topic of the device's broker; serial: lines from a serial port; stdin: lines "
+        "on standard input"
+    )
+    topic: Optional[str] = Field(None, description="the MQTT topic to read (mqtt)")
+    port: Optional[str] = Field(None, description="the serial device, e.g. /dev/ttyUSB0 (serial)")
+    baudrate: int = Field(115_200, gt=0, description="the serial port's speed (serial)")
+    fields: dict[str, Literal["number", "boolean", "string"]] = Field(
+        min_length=1, description="the schema: every reading must carry these fields with these types"
+    )
+
+
 class DetectorConfig(_Strict):
     type: Literal["onnx"] = Field("onnx", description="the inference backend")
     model_path: Path = Field(description="the ONNX model file")
@@ -49,10 +63,102 @@ class DetectorConfig(_Strict):
     )
 
 
+class OodConfig(_Strict):
+    brightness_mean: float = Field(description="mean frame brightness (0-255) of the calibration stream")
+    brightness_std: float = Field(gt=0, description="its standard deviation across frames")
+    contrast_mean: float = Field(description="mean frame contrast (standard deviation of the pixels)")
+    contrast_std: float = Field(gt=0, description="its standard deviation across frames")
+    z_tolerance: float = Field(
+        3.0, ge=0, description="z-scores up to this leave confidence alone; past it, confidence decays as exp(-excess)"
+    )
+
+
+class SensorGateConfig(_Strict):
+    sensor: str = Field(description="the sensor field, as '<sensor name>.<field>' (see sensors)")
+    above: Optional[float] = Field(None, description="escalate every frame while the value is above this")
+    below: Optional[float] = Field(None, description="escalate every frame while the value is below this")
+
+
+PRESETS: dict[str, dict[str, object]] = {
+    # Escalate uncertain answers and hold them until the verdict or the deadline.
+    "default": {"escalate": "uncertain", "answer": "after_verdict"},
+    # Act on the local answer at once; uncertain ones (and a 1% audit of confident ones)
+    # still go to the hub, and a differing verdict corrects the answer afterwards.
+    "edge_answers_with_escalation": {"escalate": "uncertain", "answer": "immediately", "audit_rate": 0.01},
+    # Never escalate; uncertain answers are kept and their reasons recorded.
+    "no_cloud": {"escalate": "never", "answer": "immediately"},
+    # Escalate every judgeable frame.
+    "cloud_only": {"escalate": "always", "answer": "after_verdict"},
+}
+
+
 class JudgeConfig(_Strict):
+    preset: Literal["default", "edge_answers_with_escalation", "no_cloud", "cloud_only"] = Field(
+        "default", description="a starting set of the fields below; any field set here overrides it"
+    )
+    escalate: Literal["uncertain", "never", "always"] = Field(
+        "uncertain", description="which frames go to the hub: those the policies find uncertain, none, or all"
+    )
+    answer: Literal["after_verdict", "immediately"] = Field(
+        "after_verdict",
+        description="when actions fire for an escalated frame: on the verdict (or fallback), or at once on the local "
+        "answer and again if the verdict differs",
+    )
     confidence_threshold: float = Field(
         0.9, ge=0.0, le=1.0, description="answers with a top score below this are escalated to the hub"
     )
+    class_thresholds: dict[str, float] = Field(
+        {}, description="per-class confidence thresholds (label: threshold) that override confidence_threshold"
+    )
+    min_margin: float = Field(
+        0.0, ge=0.0, le=1.0, description="escalate when the top two scores are closer than this; 0 turns it off"
+    )
+    max_entropy: float = Field(
+        1.0,
+        ge=0.0,
+        le=1.0,
+        description="escalate when the normalised entropy of the scores is above this; 1 turns it off",
+    )
+    unknown_labels: list[str] = Field(
+        [], description="classes that mean 'unknown' or 'anomaly': a frame whose top class is one is always escalated"
+    )
+    min_sharpness: float = Field(
+        0.0, ge=0.0, description="escalate frames whose variance of the Laplacian is below this (blur); 0 turns it off"
+    )
+    box_threshold: float = Field(0.5, ge=0.0, le=1.0, description="detectors: a box scoring below this is weak")
+    max_weak_box_share: float = Field(
+        1.0,
+        ge=0.0,
+        le=1.0,
+        description="detectors: escalate when more than this share of boxes is weak; 1 turns it off",
+    )
+    ood: Optional[OodConfig] = Field(
+        None, description="out-of-distribution down-weighting, from the calibration stream; none turns it off"
+    )
+    sensor_gates: list[SensorGateConfig] = Field([], description="escalate while a sensor reads out of range")
+    audit_rate: float = Field(
+        0.0, ge=0.0, le=1.0, description="share of confident answers escalated anyway, to keep checking the edge model"
+    )
+    audit_seed: Optional[int] = Field(None, description="seed for the audit's draws (for repeatable runs)")
+    max_escalations_per_minute: Optional[int] = Field(
+        None, gt=0, description="at most this many escalations in any 60 s; the rest keep their local answer"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data: object) -> object:
+        if isinstance(data, dict):
+            preset = PRESETS.get(str(data.get("preset", "default")), {})
+            return {**preset, **data}
+        return data
+
+    @field_validator("class_thresholds")
+    @classmethod
+    def _thresholds(cls, value: dict[str, float]) -> dict[str, float]:
+        bad = {k: v for k, v in value.items() if not 0.0 <= v <= 1.0}
+        if bad:
+            raise ValueError(f"thresholds must be between 0 and 1: {bad}")
+        return value
 
 
 class OutboxConfig(_Strict):
@@ -96,6 +202,7 @@ class EdgeConfig(_Strict):
     device_id: str = Field(description="this device's id; names its MQTT topics")
     state_path: Path = Field(Path("tandem-edge.db"), description="the SQLite file holding traces and the outbox")
     source: SourceConfig
+    sensors: list[SensorConfig] = Field([], description="sensor streams the judge can read")
     detector: DetectorConfig
     judge: JudgeConfig = JudgeConfig()
     outbox: OutboxConfig = OutboxConfig()

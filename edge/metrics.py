@@ -30,6 +30,10 @@ class EdgeMetrics:
             "tandem_edge_store_errors", "Writes to the device store that failed", ["operation"], registry=self.registry
         )
 
+        self.sensor_errors = Counter(
+            "tandem_edge_sensor_errors", "Sensor readings skipped or lost", ["sensor", "error"], registry=self.registry
+        )
+
     def value(self, name: str, **labels: str) -> float:
         """Current value of counter ``tandem_edge_<name>`` with these labels (0 if never counted)."""
         sample = self.registry.get_sample_value(f"tandem_edge_{name}_total", labels or None)

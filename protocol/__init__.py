@@ -15,6 +15,7 @@ from protocol.errors import (
 from protocol.messages import (
     SCHEMA_VERSION,
     AckStatus,
+    Box,
     EncodedImage,
     EscalationAck,
     EscalationRequest,
@@ -23,6 +24,7 @@ from protocol.messages import (
     Prediction,
     ResultStatus,
     Tensor,
+    TextLine,
     new_trace_id,
     validate_trace_id,
 )
@@ -31,6 +33,7 @@ from protocol.topics import Channel, DeviceTopic
 __all__ = [
     "SCHEMA_VERSION",
     "AckStatus",
+    "Box",
     "Channel",
     "DeviceTopic",
     "EncodedImage",
@@ -44,6 +47,7 @@ __all__ = [
     "ProtocolError",
     "ResultStatus",
     "Tensor",
+    "TextLine",
     "UnsupportedSchemaVersion",
     "new_trace_id",
     "validate_trace_id",

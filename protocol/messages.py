@@ -16,7 +16,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Union
+from typing import Optional, Union
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -76,22 +76,83 @@ class ResultStatus(enum.Enum):
 
 
 @dataclass(frozen=True)
+class Box:
+    """An axis-aligned box in pixels of the input frame, with its class and score."""
+
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+    label: str
+    score: float
+
+    def __post_init__(self) -> None:
+        x0, y0, x1, y1, score = _as_float32((self.x0, self.y0, self.x1, self.y1, self.score))
+        for name, value in (("x0", x0), ("y0", y0), ("x1", x1), ("y1", y1), ("score", score)):
+            object.__setattr__(self, name, value)
+
+    def to_proto(self) -> pb.Box:
+        return pb.Box(x0=self.x0, y0=self.y0, x1=self.x1, y1=self.y1, label=self.label, score=self.score)
+
+    @classmethod
+    def from_proto(cls, msg: pb.Box) -> Box:
+        return cls(msg.x0, msg.y0, msg.x1, msg.y1, msg.label, msg.score)
+
+
+@dataclass(frozen=True)
+class TextLine:
+    """One line of text an OCR model read, a confidence per character, and where it was."""
+
+    text: str
+    char_scores: tuple[float, ...]
+    box: Optional[Box] = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "char_scores", _as_float32(tuple(self.char_scores)))
+
+    @property
+    def confidence(self) -> float:
+        """The weakest character's score: a line is only as sure as its least sure character."""
+        return min(self.char_scores) if self.char_scores else 0.0
+
+    def to_proto(self) -> pb.TextLine:
+        msg = pb.TextLine(text=self.text, char_scores=self.char_scores)
+        if self.box is not None:
+            msg.box.CopyFrom(self.box.to_proto())
+        return msg
+
+    @classmethod
+    def from_proto(cls, msg: pb.TextLine) -> TextLine:
+        return cls(msg.text, tuple(msg.char_scores), Box.from_proto(msg.box) if msg.HasField("box") else None)
+
+
+@dataclass(frozen=True)
 class Prediction:
-    """One model's class scores for one input; ``scores[i]`` belongs to ``labels[i]``."""
+    """One model's answer for one input; ``scores[i]`` belongs to ``labels[i]``.
+
+    Classifiers fill labels and scores. Detectors also fill ``boxes`` (labels and
+    scores then hold each class's best box score); OCR models fill ``texts``
+    (labels and scores then hold each line read and its confidence).
+    """
 
     model_id: str
     model_version: str
     labels: tuple[str, ...]
     scores: tuple[float, ...]
     inference_ms: float = 0.0
+    boxes: tuple[Box, ...] = ()
+    texts: tuple[TextLine, ...] = ()
 
     def __post_init__(self) -> None:
         if len(self.labels) != len(self.scores):
             raise MalformedMessage(f"{len(self.labels)} labels but {len(self.scores)} scores")
         if not self.labels:
             raise MalformedMessage("a prediction needs at least one class")
+        object.__setattr__(self, "labels", tuple(self.labels))
         object.__setattr__(self, "scores", _as_float32(tuple(self.scores)))
         object.__setattr__(self, "inference_ms", _as_float32((self.inference_ms,))[0])
+        object.__setattr__(self, "boxes", tuple(self.boxes))
+        object.__setattr__(self, "texts", tuple(self.texts))
 
     @property
     def top_index(self) -> int:
@@ -107,7 +168,8 @@ class Prediction:
 
     @property
     def is_finite(self) -> bool:
-        return all(math.isfinite(s) for s in self.scores)
+        values = [*self.scores, *(b.score for b in self.boxes), *(c for t in self.texts for c in t.char_scores)]
+        return all(math.isfinite(s) for s in values)
 
     def to_proto(self) -> pb.Prediction:
         return pb.Prediction(
@@ -116,6 +178,8 @@ class Prediction:
             labels=self.labels,
             scores=self.scores,
             inference_ms=self.inference_ms,
+            boxes=[b.to_proto() for b in self.boxes],
+            texts=[t.to_proto() for t in self.texts],
         )
 
     @classmethod
@@ -126,6 +190,8 @@ class Prediction:
             labels=tuple(msg.labels),
             scores=tuple(msg.scores),
             inference_ms=msg.inference_ms,
+            boxes=tuple(Box.from_proto(b) for b in msg.boxes),
+            texts=tuple(TextLine.from_proto(t) for t in msg.texts),
         )
 
 

@@ -3,7 +3,9 @@
     python -m tools.demo_models [OUT_DIR]      # default: .tandem/demo
 
 Everything comes from scikit-learn's bundled digits data (8x8 greyscale,
-1,797 images), so nothing is downloaded. With a fixed seed and a stratified
+1,797 images), so nothing is downloaded. It is split three ways: 56% trains
+both models, 14% is the calibration stream the judge's thresholds are picked
+on, and 30% is the held-out stream the demo and the benchmark play. With a fixed seed and a stratified
 held-out split, two runs write byte-identical models.
 
 OUT_DIR/
@@ -13,6 +15,8 @@ OUT_DIR/
                              lossless and, unlike Matroska, byte-identical between runs)
   stream/images/NNNNNN.png   the same frames as an image folder
   stream/labels.csv          frame,file,label for both
+  calibration/               a second labelled stream, split off the training data before
+                             training, for `tandem edge calibrate` (same layout as stream/)
   manifest.json              sha256 of each file and each model's held-out accuracy
 
 Both models take ``image``: float32 [N, 1, 8, 8], pixel values 0-255, and
@@ -44,6 +48,7 @@ from sklearn.svm import SVC
 
 SEED = 20261122
 HELD_OUT_SHARE = 0.3
+CALIBRATION_SHARE = 0.2  # of what is left after the held-out split: 14% of the data
 FRAME_SIZE = 32  # the stream's frames are the 8x8 digits scaled up 4x
 LABELS = [str(d) for d in range(10)]
 OPSET = 17
@@ -151,9 +156,19 @@ def build(out: Path) -> dict[str, object]:
     train_x, test_x, train_y, test_y = train_test_split(
         images, digits.target, test_size=HELD_OUT_SHARE, random_state=SEED, stratify=digits.target
     )
+    train_x, calib_x, train_y, calib_y = train_test_split(
+        train_x, train_y, test_size=CALIBRATION_SHARE, random_state=SEED, stratify=train_y
+    )
     models_dir = out / "models"
     models_dir.mkdir(parents=True, exist_ok=True)
-    report: dict[str, object] = {"seed": SEED, "held_out": len(test_y), "models": {}, "files": {}}
+    report: dict[str, object] = {
+        "seed": SEED,
+        "trained_on": len(train_y),
+        "calibration": len(calib_y),
+        "held_out": len(test_y),
+        "models": {},
+        "files": {},
+    }
     specs = [
         ("digits-weak", LogisticRegression(max_iter=2000, C=0.5), 1),
         # Probabilities from 5-fold sigmoid calibration (SVC's own probability=True is deprecated).
@@ -166,6 +181,7 @@ def build(out: Path) -> dict[str, object]:
         path.write_bytes(_export(estimator, pool, model_id, accuracy))
         report["models"][model_id] = {"path": str(path.relative_to(out)), "held_out_accuracy": round(accuracy, 4)}  # type: ignore[index]
     written = _write_stream(out / "stream", _frames(test_x), test_y)
+    written += _write_stream(out / "calibration", _frames(calib_x), calib_y)
     for path in [*(models_dir / f"{m}.onnx" for m, _, _ in specs), *written]:
         report["files"][str(path.relative_to(out))] = hashlib.sha256(path.read_bytes()).hexdigest()  # type: ignore[index]
     (out / "manifest.json").write_text(json.dumps(report, indent=2) + "\n")

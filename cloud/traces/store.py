@@ -102,8 +102,7 @@ class TraceStore:
     def insert_if_absent(self, trace_id: str, device_id: str, request: bytes, now: float) -> bool:
         """Record a new trace as PENDING; False if the trace_id is already known."""
         _, changed = self._run(
-            "INSERT OR IGNORE INTO traces (trace_id, device_id, status, request, received_at)"
-            " VALUES (?, ?, ?, ?, ?)",
+            "INSERT OR IGNORE INTO traces (trace_id, device_id, status, request, received_at) VALUES (?, ?, ?, ?, ?)",
             (trace_id, device_id, TraceStatus.PENDING.value, request, now),
         )
         return changed == 1

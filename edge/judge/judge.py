@@ -1,38 +1,150 @@
-"""The judge combines its policies into one decision per prediction."""
+"""The judge combines its policies into one decision per prediction.
+
+    policies (only the enabled ones)  ->  any UNJUDGEABLE wins, then any ESCALATE, else KEEP
+    escalate mode                     ->  'never' turns ESCALATE into KEEP, 'always' the reverse
+    random audit                      ->  turns a small share of KEEP into ESCALATE
+    rate limit                        ->  turns ESCALATE over the budget back into KEEP
+
+Every step that changes the decision adds its reason, so a trace says why.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import collections
+import random
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Optional
 
 from edge.config import JudgeConfig
-from edge.judge.policies import ConfidenceThreshold, FiniteScores, Policy, Verdict
-from protocol.messages import Prediction
+from edge.judge.policies import (
+    Blur,
+    BoxThresholds,
+    ConfidenceThreshold,
+    Entropy,
+    FiniteScores,
+    JudgeInput,
+    Margin,
+    OutOfDistribution,
+    Policy,
+    SensorGate,
+    UnknownClasses,
+    Verdict,
+)
 
 
 @dataclass(frozen=True)
 class JudgeDecision:
     verdict: Verdict
     reasons: tuple[str, ...]
-    """``policy: why`` for each policy that did not say KEEP (or all of them, if all kept)."""
+    """``policy: why`` for each policy that decided (all of them when all kept)."""
+    uncertain: bool = False
+    """A policy found the answer uncertain, whether or not it was escalated."""
 
     @property
     def escalate(self) -> bool:
         return self.verdict is Verdict.ESCALATE
 
 
+class RateLimit:
+    """At most ``per_minute`` escalations in any sliding 60 s window."""
+
+    WINDOW_S = 60.0
+
+    def __init__(self, per_minute: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.per_minute = per_minute
+        self._clock = clock
+        self._sent: collections.deque[float] = collections.deque()
+
+    def allow(self) -> bool:
+        now = self._clock()
+        while self._sent and self._sent[0] <= now - self.WINDOW_S:
+            self._sent.popleft()
+        if len(self._sent) >= self.per_minute:
+            return False
+        self._sent.append(now)
+        return True
+
+
 class Judge:
-    def __init__(self, policies: Sequence[Policy]) -> None:
-        self._policies = tuple(policies)
+    def __init__(
+        self,
+        policies: Sequence[Policy],
+        *,
+        escalate: str = "uncertain",
+        audit_rate: float = 0.0,
+        audit_seed: Optional[int] = None,
+        rate_limit: Optional[RateLimit] = None,
+    ) -> None:
+        self.policies = tuple(policies)
+        self._escalate = escalate
+        self._audit_rate = audit_rate
+        self._audit = random.Random(audit_seed)
+        self._rate_limit = rate_limit
 
     @classmethod
-    def from_config(cls, config: JudgeConfig) -> Judge:
-        return cls([FiniteScores(), ConfidenceThreshold(config.confidence_threshold)])
+    def from_config(cls, config: JudgeConfig, clock: Callable[[], float] = time.monotonic) -> Judge:
+        per_minute = config.max_escalations_per_minute
+        return cls(
+            build_policies(config),
+            escalate=config.escalate,
+            audit_rate=config.audit_rate,
+            audit_seed=config.audit_seed,
+            rate_limit=RateLimit(per_minute, clock) if per_minute else None,
+        )
 
-    def decide(self, prediction: Prediction) -> JudgeDecision:
-        results = [(p.name, p.check(prediction)) for p in self._policies]
+    def decide(self, item: JudgeInput) -> JudgeDecision:
+        decision = self.combine(item)
+        if decision.verdict is Verdict.UNJUDGEABLE:
+            return decision
+        reasons = decision.reasons
+        if self._escalate == "never" and decision.escalate:
+            return JudgeDecision(Verdict.KEEP, (*reasons, "escalate=never: kept on the device"), True)
+        if self._escalate == "always" and not decision.escalate:
+            decision = JudgeDecision(Verdict.ESCALATE, (*reasons, "escalate=always"), decision.uncertain)
+        elif not decision.escalate and self._audit_rate and self._audit.random() < self._audit_rate:
+            decision = JudgeDecision(Verdict.ESCALATE, (*reasons, f"audit: random {self._audit_rate:.1%} check"))
+        if decision.escalate and self._rate_limit is not None and not self._rate_limit.allow():
+            limit = self._rate_limit.per_minute
+            return JudgeDecision(
+                Verdict.KEEP, (*decision.reasons, f"rate_limit: {limit}/min spent, kept"), decision.uncertain
+            )
+        return decision
+
+    def combine(self, item: JudgeInput) -> JudgeDecision:
+        """The policies' verdicts alone: any UNJUDGEABLE wins, then any ESCALATE."""
+        results = [(p.name, p.check(item)) for p in self.policies]
         for verdict in (Verdict.UNJUDGEABLE, Verdict.ESCALATE):
             flagged = tuple(f"{name}: {r.reason}" for name, r in results if r.verdict is verdict)
             if flagged:
-                return JudgeDecision(verdict, flagged)
+                return JudgeDecision(verdict, flagged, uncertain=verdict is Verdict.ESCALATE)
         return JudgeDecision(Verdict.KEEP, tuple(f"{name}: {r.reason}" for name, r in results))
+
+
+def build_policies(config: JudgeConfig, *, confidence: bool = True) -> list[Policy]:
+    """The enabled policies, cheapest first. ``confidence=False`` leaves the threshold out (for calibration)."""
+    threshold = ConfidenceThreshold(config.confidence_threshold, MappingProxyType(dict(config.class_thresholds)))
+    policies: list[Policy] = [FiniteScores()]
+    if confidence:
+        policies.append(threshold)
+    if config.min_margin > 0:
+        policies.append(Margin(config.min_margin))
+    if config.max_entropy < 1:
+        policies.append(Entropy(config.max_entropy))
+    if config.unknown_labels:
+        policies.append(UnknownClasses(frozenset(config.unknown_labels)))
+    if config.max_weak_box_share < 1:
+        policies.append(BoxThresholds(config.box_threshold, config.max_weak_box_share))
+    policies.extend(SensorGate(g.sensor, g.above, g.below) for g in config.sensor_gates)
+    if config.min_sharpness > 0:
+        policies.append(Blur(config.min_sharpness))
+    if config.ood is not None and confidence:
+        o = config.ood
+        policies.append(
+            OutOfDistribution(
+                o.brightness_mean, o.brightness_std, o.contrast_mean, o.contrast_std, o.z_tolerance, threshold
+            )
+        )
+    return policies

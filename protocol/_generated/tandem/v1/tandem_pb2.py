@@ -26,7 +26,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16tandem/v1/tandem.proto\x12\ttandem.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"k\n\nPrediction\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x0e\n\x06labels\x18\x03 \x03(\t\x12\x0e\n\x06scores\x18\x04 \x03(\x02\x12\x14\n\x0cinference_ms\x18\x05 \x01(\x02\"O\n\x0c\x45ncodedImage\x12\x12\n\nmedia_type\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\r\n\x05width\x18\x03 \x01(\r\x12\x0e\n\x06height\x18\x04 \x01(\r\"4\n\x06Tensor\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\xa4\x03\n\x11\x45scalationRequest\x12\x16\n\x0eschema_version\x18\x01 \x01(\r\x12\x10\n\x08trace_id\x18\x02 \x01(\t\x12\x11\n\tdevice_id\x18\x03 \x01(\t\x12+\n\x07sent_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nmodel_hint\x18\x05 \x01(\t\x12/\n\x10local_prediction\x18\x06 \x01(\x0b\x32\x15.tandem.v1.Prediction\x12(\n\x05image\x18\x07 \x01(\x0b\x32\x17.tandem.v1.EncodedImageH\x00\x12#\n\x06tensor\x18\x08 \x01(\x0b\x32\x11.tandem.v1.TensorH\x00\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\t \x01(\r\x12@\n\nattributes\x18\n \x03(\x0b\x32,.tandem.v1.EscalationRequest.AttributesEntry\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x07\n\x05input\"_\n\rEscalationAck\x12\x16\n\x0eschema_version\x18\x01 \x01(\r\x12\x10\n\x08trace_id\x18\x02 \x01(\t\x12$\n\x06status\x18\x03 \x01(\x0e\x32\x14.tandem.v1.AckStatus\"$\n\tHopTiming\x12\x0b\n\x03hop\x18\x01 \x01(\t\x12\n\n\x02ms\x18\x02 \x01(\x01\"\xa9\x02\n\x10\x45scalationResult\x12\x16\n\x0eschema_version\x18\x01 \x01(\r\x12\x10\n\x08trace_id\x18\x02 \x01(\t\x12\x11\n\tdevice_id\x18\x03 \x01(\t\x12+\n\x07sent_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x06status\x18\x05 \x01(\x0e\x32\x17.tandem.v1.ResultStatus\x12&\n\x07outputs\x18\x06 \x03(\x0b\x32\x15.tandem.v1.Prediction\x12$\n\x05\x66inal\x18\x07 \x01(\x0b\x32\x15.tandem.v1.Prediction\x12%\n\x07timings\x18\x08 \x03(\x0b\x32\x14.tandem.v1.HopTiming\x12\r\n\x05\x65rror\x18\t \x01(\t*Z\n\tAckStatus\x12\x1a\n\x16\x41\x43K_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13\x41\x43K_STATUS_ACCEPTED\x10\x01\x12\x18\n\x14\x41\x43K_STATUS_DUPLICATE\x10\x02*\x7f\n\x0cResultStatus\x12\x1d\n\x19RESULT_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15RESULT_STATUS_SUCCESS\x10\x01\x12\x18\n\x14RESULT_STATUS_FAILED\x10\x02\x12\x1b\n\x17RESULT_STATUS_TIMED_OUT\x10\x03\x32P\n\nEscalation\x12\x42\n\x08\x45scalate\x12\x1c.tandem.v1.EscalationRequest\x1a\x18.tandem.v1.EscalationAckb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16tandem/v1/tandem.proto\x12\ttandem.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xae\x01\n\nPrediction\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x0e\n\x06labels\x18\x03 \x03(\t\x12\x0e\n\x06scores\x18\x04 \x03(\x02\x12\x14\n\x0cinference_ms\x18\x05 \x01(\x02\x12\x1d\n\x05\x62oxes\x18\x06 \x03(\x0b\x32\x0e.tandem.v1.Box\x12\"\n\x05texts\x18\x07 \x03(\x0b\x32\x13.tandem.v1.TextLine\"S\n\x03\x42ox\x12\n\n\x02x0\x18\x01 \x01(\x02\x12\n\n\x02y0\x18\x02 \x01(\x02\x12\n\n\x02x1\x18\x03 \x01(\x02\x12\n\n\x02y1\x18\x04 \x01(\x02\x12\r\n\x05label\x18\x05 \x01(\t\x12\r\n\x05score\x18\x06 \x01(\x02\"J\n\x08TextLine\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x13\n\x0b\x63har_scores\x18\x02 \x03(\x02\x12\x1b\n\x03\x62ox\x18\x03 \x01(\x0b\x32\x0e.tandem.v1.Box\"O\n\x0c\x45ncodedImage\x12\x12\n\nmedia_type\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\r\n\x05width\x18\x03 \x01(\r\x12\x0e\n\x06height\x18\x04 \x01(\r\"4\n\x06Tensor\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\xa4\x03\n\x11\x45scalationRequest\x12\x16\n\x0eschema_version\x18\x01 \x01(\r\x12\x10\n\x08trace_id\x18\x02 \x01(\t\x12\x11\n\tdevice_id\x18\x03 \x01(\t\x12+\n\x07sent_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nmodel_hint\x18\x05 \x01(\t\x12/\n\x10local_prediction\x18\x06 \x01(\x0b\x32\x15.tandem.v1.Prediction\x12(\n\x05image\x18\x07 \x01(\x0b\x32\x17.tandem.v1.EncodedImageH\x00\x12#\n\x06tensor\x18\x08 \x01(\x0b\x32\x11.tandem.v1.TensorH\x00\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\t \x01(\r\x12@\n\nattributes\x18\n \x03(\x0b\x32,.tandem.v1.EscalationRequest.AttributesEntry\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x07\n\x05input\"_\n\rEscalationAck\x12\x16\n\x0eschema_version\x18\x01 \x01(\r\x12\x10\n\x08trace_id\x18\x02 \x01(\t\x12$\n\x06status\x18\x03 \x01(\x0e\x32\x14.tandem.v1.AckStatus\"$\n\tHopTiming\x12\x0b\n\x03hop\x18\x01 \x01(\t\x12\n\n\x02ms\x18\x02 \x01(\x01\"\xa9\x02\n\x10\x45scalationResult\x12\x16\n\x0eschema_version\x18\x01 \x01(\r\x12\x10\n\x08trace_id\x18\x02 \x01(\t\x12\x11\n\tdevice_id\x18\x03 \x01(\t\x12+\n\x07sent_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x06status\x18\x05 \x01(\x0e\x32\x17.tandem.v1.ResultStatus\x12&\n\x07outputs\x18\x06 \x03(\x0b\x32\x15.tandem.v1.Prediction\x12$\n\x05\x66inal\x18\x07 \x01(\x0b\x32\x15.tandem.v1.Prediction\x12%\n\x07timings\x18\x08 \x03(\x0b\x32\x14.tandem.v1.HopTiming\x12\r\n\x05\x65rror\x18\t \x01(\t*Z\n\tAckStatus\x12\x1a\n\x16\x41\x43K_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13\x41\x43K_STATUS_ACCEPTED\x10\x01\x12\x18\n\x14\x41\x43K_STATUS_DUPLICATE\x10\x02*\x7f\n\x0cResultStatus\x12\x1d\n\x19RESULT_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15RESULT_STATUS_SUCCESS\x10\x01\x12\x18\n\x14RESULT_STATUS_FAILED\x10\x02\x12\x1b\n\x17RESULT_STATUS_TIMED_OUT\x10\x03\x32P\n\nEscalation\x12\x42\n\x08\x45scalate\x12\x1c.tandem.v1.EscalationRequest\x1a\x18.tandem.v1.EscalationAckb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,26 +35,30 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ESCALATIONREQUEST_ATTRIBUTESENTRY']._loaded_options = None
   _globals['_ESCALATIONREQUEST_ATTRIBUTESENTRY']._serialized_options = b'8\001'
-  _globals['_ACKSTATUS']._serialized_start=1172
-  _globals['_ACKSTATUS']._serialized_end=1262
-  _globals['_RESULTSTATUS']._serialized_start=1264
-  _globals['_RESULTSTATUS']._serialized_end=1391
-  _globals['_PREDICTION']._serialized_start=70
-  _globals['_PREDICTION']._serialized_end=177
-  _globals['_ENCODEDIMAGE']._serialized_start=179
-  _globals['_ENCODEDIMAGE']._serialized_end=258
-  _globals['_TENSOR']._serialized_start=260
-  _globals['_TENSOR']._serialized_end=312
-  _globals['_ESCALATIONREQUEST']._serialized_start=315
-  _globals['_ESCALATIONREQUEST']._serialized_end=735
-  _globals['_ESCALATIONREQUEST_ATTRIBUTESENTRY']._serialized_start=677
-  _globals['_ESCALATIONREQUEST_ATTRIBUTESENTRY']._serialized_end=726
-  _globals['_ESCALATIONACK']._serialized_start=737
-  _globals['_ESCALATIONACK']._serialized_end=832
-  _globals['_HOPTIMING']._serialized_start=834
-  _globals['_HOPTIMING']._serialized_end=870
-  _globals['_ESCALATIONRESULT']._serialized_start=873
-  _globals['_ESCALATIONRESULT']._serialized_end=1170
-  _globals['_ESCALATION']._serialized_start=1393
-  _globals['_ESCALATION']._serialized_end=1473
+  _globals['_ACKSTATUS']._serialized_start=1401
+  _globals['_ACKSTATUS']._serialized_end=1491
+  _globals['_RESULTSTATUS']._serialized_start=1493
+  _globals['_RESULTSTATUS']._serialized_end=1620
+  _globals['_PREDICTION']._serialized_start=71
+  _globals['_PREDICTION']._serialized_end=245
+  _globals['_BOX']._serialized_start=247
+  _globals['_BOX']._serialized_end=330
+  _globals['_TEXTLINE']._serialized_start=332
+  _globals['_TEXTLINE']._serialized_end=406
+  _globals['_ENCODEDIMAGE']._serialized_start=408
+  _globals['_ENCODEDIMAGE']._serialized_end=487
+  _globals['_TENSOR']._serialized_start=489
+  _globals['_TENSOR']._serialized_end=541
+  _globals['_ESCALATIONREQUEST']._serialized_start=544
+  _globals['_ESCALATIONREQUEST']._serialized_end=964
+  _globals['_ESCALATIONREQUEST_ATTRIBUTESENTRY']._serialized_start=906
+  _globals['_ESCALATIONREQUEST_ATTRIBUTESENTRY']._serialized_end=955
+  _globals['_ESCALATIONACK']._serialized_start=966
+  _globals['_ESCALATIONACK']._serialized_end=1061
+  _globals['_HOPTIMING']._serialized_start=1063
+  _globals['_HOPTIMING']._serialized_end=1099
+  _globals['_ESCALATIONRESULT']._serialized_start=1102
+  _globals['_ESCALATIONRESULT']._serialized_end=1399
+  _globals['_ESCALATION']._serialized_start=1622
+  _globals['_ESCALATION']._serialized_end=1702
 # @@protoc_insertion_point(module_scope)

@@ -32,18 +32,48 @@ RESULT_STATUS_FAILED: ResultStatus
 RESULT_STATUS_TIMED_OUT: ResultStatus
 
 class Prediction(_message.Message):
-    __slots__ = ("model_id", "model_version", "labels", "scores", "inference_ms")
+    __slots__ = ("model_id", "model_version", "labels", "scores", "inference_ms", "boxes", "texts")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     SCORES_FIELD_NUMBER: _ClassVar[int]
     INFERENCE_MS_FIELD_NUMBER: _ClassVar[int]
+    BOXES_FIELD_NUMBER: _ClassVar[int]
+    TEXTS_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     model_version: str
     labels: _containers.RepeatedScalarFieldContainer[str]
     scores: _containers.RepeatedScalarFieldContainer[float]
     inference_ms: float
-    def __init__(self, model_id: _Optional[str] = ..., model_version: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., scores: _Optional[_Iterable[float]] = ..., inference_ms: _Optional[float] = ...) -> None: ...
+    boxes: _containers.RepeatedCompositeFieldContainer[Box]
+    texts: _containers.RepeatedCompositeFieldContainer[TextLine]
+    def __init__(self, model_id: _Optional[str] = ..., model_version: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., scores: _Optional[_Iterable[float]] = ..., inference_ms: _Optional[float] = ..., boxes: _Optional[_Iterable[_Union[Box, _Mapping]]] = ..., texts: _Optional[_Iterable[_Union[TextLine, _Mapping]]] = ...) -> None: ...
+
+class Box(_message.Message):
+    __slots__ = ("x0", "y0", "x1", "y1", "label", "score")
+    X0_FIELD_NUMBER: _ClassVar[int]
+    Y0_FIELD_NUMBER: _ClassVar[int]
+    X1_FIELD_NUMBER: _ClassVar[int]
+    Y1_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+    label: str
+    score: float
+    def __init__(self, x0: _Optional[float] = ..., y0: _Optional[float] = ..., x1: _Optional[float] = ..., y1: _Optional[float] = ..., label: _Optional[str] = ..., score: _Optional[float] = ...) -> None: ...
+
+class TextLine(_message.Message):
+    __slots__ = ("text", "char_scores", "box")
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    CHAR_SCORES_FIELD_NUMBER: _ClassVar[int]
+    BOX_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    char_scores: _containers.RepeatedScalarFieldContainer[float]
+    box: Box
+    def __init__(self, text: _Optional[str] = ..., char_scores: _Optional[_Iterable[float]] = ..., box: _Optional[_Union[Box, _Mapping]] = ...) -> None: ...
 
 class EncodedImage(_message.Message):
     __slots__ = ("media_type", "data", "width", "height")

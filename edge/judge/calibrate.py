@@ -1,0 +1,206 @@
+"""Pick the judge's confidence threshold from a labelled stream.
+
+    tandem edge calibrate --config edge.yaml --source calib/images --labels calib/labels.csv \\
+        --target-escalation 0.15 [--strong-model strong.onnx] [--ood] [--write]
+
+Every frame goes through the device's detector and every enabled policy but
+the confidence threshold; the threshold is then swept over the frames'
+confidences. A frame is escalated when another policy escalates it or its
+confidence is below the threshold. For each threshold:
+
+    escalated   share of frames sent to the hub
+    edge        accuracy of the device's own answers on every frame
+    kept        accuracy of the answers the device keeps
+    cascade     accuracy when escalated frames take the hub's answer: the strong
+                model's when --strong-model is given, otherwise assumed right (an
+                upper bound, and labelled so)
+
+The chosen point is the highest threshold within the target escalation rate,
+or the lowest escalation rate that reaches the target accuracy.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import yaml
+
+from edge.config import EdgeConfig, JudgeConfig, OodConfig, SourceConfig
+from edge.detectors.base import Detector
+from edge.errors import ConfigError, DetectorError
+from edge.judge.judge import Judge, build_policies
+from edge.judge.policies import Blur, JudgeInput, Verdict, grey
+from edge.sources import open_source
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One labelled frame as the calibration sees it."""
+
+    confidence: float
+    edge_correct: bool
+    escalated_anyway: bool
+    """Another enabled policy escalates it whatever the threshold."""
+    hub_correct: Optional[bool]
+    """Whether the strong model got it right; None when no strong model was given."""
+
+
+@dataclass(frozen=True)
+class OperatingPoint:
+    threshold: float
+    escalation_rate: float
+    edge_accuracy: float
+    kept_accuracy: float
+    cascade_accuracy: float
+
+
+@dataclass(frozen=True)
+class StreamStats:
+    """Frame statistics of the calibration stream, for the OOD and blur policies."""
+
+    brightness_mean: float
+    brightness_std: float
+    contrast_mean: float
+    contrast_std: float
+    sharpness_p5: float
+    sharpness_p50: float
+
+    def ood(self, z_tolerance: float = 3.0) -> OodConfig:
+        return OodConfig(
+            brightness_mean=round(self.brightness_mean, 3),
+            brightness_std=round(max(self.brightness_std, 1.0), 3),
+            contrast_mean=round(self.contrast_mean, 3),
+            contrast_std=round(max(self.contrast_std, 1.0), 3),
+            z_tolerance=z_tolerance,
+        )
+
+
+def operating_point(samples: Sequence[Sample], threshold: float) -> OperatingPoint:
+    n = len(samples)
+    escalated = [s.escalated_anyway or s.confidence < threshold for s in samples]
+    kept = [s for s, e in zip(samples, escalated, strict=True) if not e]
+    hub_right = [s.hub_correct if s.hub_correct is not None else True for s in samples]
+    final_right = [h if e else s.edge_correct for s, e, h in zip(samples, escalated, hub_right, strict=True)]
+    return OperatingPoint(
+        threshold=threshold,
+        escalation_rate=sum(escalated) / n,
+        edge_accuracy=sum(s.edge_correct for s in samples) / n,
+        kept_accuracy=sum(s.edge_correct for s in kept) / len(kept) if kept else 1.0,
+        cascade_accuracy=sum(final_right) / n,
+    )
+
+
+def sweep(samples: Sequence[Sample]) -> list[OperatingPoint]:
+    """One point per distinct threshold that changes the outcome, escalation rising."""
+    if not samples:
+        raise ConfigError("calibration needs at least one labelled frame")
+    # A threshold just above a confidence escalates that frame; 0 escalates none by confidence.
+    cuts = sorted({0.0, *(float(np.nextafter(np.float32(s.confidence), np.float32(2))) for s in samples)})
+    return [operating_point(samples, t) for t in cuts if t <= 1.0]
+
+
+def choose(
+    points: Sequence[OperatingPoint],
+    *,
+    target_escalation: Optional[float] = None,
+    target_accuracy: Optional[float] = None,
+) -> OperatingPoint:
+    if target_escalation is not None:
+        within = [p for p in points if p.escalation_rate <= target_escalation]
+        if not within:
+            raise ConfigError(
+                f"no threshold keeps escalation within {target_escalation:.1%}: other policies already escalate "
+                f"{points[0].escalation_rate:.1%}"
+            )
+        return max(within, key=lambda p: (p.threshold, -p.escalation_rate))
+    if target_accuracy is not None:
+        reaching = [p for p in points if p.cascade_accuracy >= target_accuracy]
+        if not reaching:
+            best = max(p.cascade_accuracy for p in points)
+            raise ConfigError(f"no threshold reaches accuracy {target_accuracy:.2%}; the best is {best:.2%}")
+        return min(reaching, key=lambda p: (p.escalation_rate, p.threshold))
+    raise ConfigError("give a target escalation rate or a target accuracy")
+
+
+def collect(
+    detector: Detector,
+    source: SourceConfig,
+    judge_config: JudgeConfig,
+    strong: Optional[Detector] = None,
+) -> tuple[list[Sample], StreamStats]:
+    """Run every labelled frame through the detector (and the strong model) and the non-threshold policies."""
+    others = Judge(build_policies(judge_config, confidence=False))
+    samples: list[Sample] = []
+    brightness: list[float] = []
+    contrast: list[float] = []
+    sharpness: list[float] = []
+    with open_source(source) as frames:
+        for frame in frames.frames():
+            if frame.image is None or frame.truth is None:
+                logger.warning("calibrate: frame %d skipped (%s)", frame.index, frame.error or "no label")
+                continue
+            try:
+                prediction = detector.predict(frame.image)
+                hub = strong.predict(frame.image).label == frame.truth if strong is not None else None
+            except DetectorError as exc:
+                logger.warning("calibrate: frame %d skipped: %s", frame.index, exc)
+                continue
+            decision = others.combine(JudgeInput(prediction, frame.image))
+            if decision.verdict is Verdict.UNJUDGEABLE:
+                continue
+            samples.append(Sample(prediction.confidence, prediction.label == frame.truth, decision.escalate, hub))
+            g = grey(frame.image).astype(np.float32)
+            brightness.append(float(g.mean()))
+            contrast.append(float(g.std()))
+            sharpness.append(Blur.sharpness(frame.image))
+    if not samples:
+        raise ConfigError("the calibration stream has no labelled, decodable frames")
+    stats = StreamStats(
+        float(np.mean(brightness)),
+        float(np.std(brightness)),
+        float(np.mean(contrast)),
+        float(np.std(contrast)),
+        float(np.percentile(sharpness, 5)),
+        float(np.percentile(sharpness, 50)),
+    )
+    return samples, stats
+
+
+def format_table(points: Sequence[OperatingPoint], chosen: OperatingPoint, hub_known: bool) -> str:
+    """Rows near every 5% of escalation, and the chosen one marked."""
+    rows: list[OperatingPoint] = []
+    for target in np.arange(0.0, 0.55, 0.05):
+        within = [p for p in points if p.escalation_rate <= target + 1e-9]
+        if within:
+            rows.append(max(within, key=lambda p: p.threshold))
+    rows.append(chosen)
+    unique = sorted({p.threshold: p for p in rows}.values(), key=lambda p: p.threshold)
+    cascade = "cascade" if hub_known else "cascade*"
+    lines = [f"  {'threshold':>9}  {'escalated':>9}  {'edge':>7}  {'kept':>7}  {cascade:>8}"]
+    for p in unique:
+        mark = "  <- chosen" if p is chosen or p == chosen else ""
+        lines.append(
+            f"  {p.threshold:9.4f}  {p.escalation_rate:9.1%}  {p.edge_accuracy:7.2%}  {p.kept_accuracy:7.2%}"
+            f"  {p.cascade_accuracy:8.2%}{mark}"
+        )
+    if not hub_known:
+        lines.append("  * escalated frames counted as answered right (no --strong-model): an upper bound")
+    return "\n".join(lines)
+
+
+def write_config(path: Path, threshold: float, ood: Optional[OodConfig]) -> None:
+    """Set judge.confidence_threshold (and judge.ood) in the YAML file; other keys are kept (comments are not)."""
+    raw: dict[str, Any] = yaml.safe_load(path.read_text()) or {}
+    judge = raw.setdefault("judge", {})
+    judge["confidence_threshold"] = threshold
+    if ood is not None:
+        judge["ood"] = ood.model_dump()
+    EdgeConfig.model_validate(raw)  # never write a file that no longer loads
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
