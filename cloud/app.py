@@ -1,7 +1,7 @@
 """The hub as a Ray Serve application. Every ``ray.*`` call in the project is in this module.
 
     gRPC :9000 tandem.v1.Escalation ─┐
-                                      ├─> Ingress ──handle──> StrongModel (ONNX Runtime)
+    MQTT .../+/escalations (QoS 1) ───┼─> Ingress ──handle──> StrongModel (ONNX Runtime)
     HTTP :8000 /v1/traces, /healthz ─┘      │
                                             └─> trace store (SQLite) ─> MQTT results topic
 
@@ -17,6 +17,7 @@ and need its own load balancer. Requests carry ``application`` metadata
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from cloud.config import HubConfig
 from cloud.dispatch.mqtt import MqttDispatcher
 from cloud.escalations import EscalationService, ModelClient
 from cloud.ingress import grpc as grpc_ingress
+from cloud.ingress import mqtt as mqtt_ingress
 from cloud.ingress.http import build_http_app
 from cloud.models.classifier import Classifier
 from cloud.traces.store import TraceStore
@@ -77,6 +79,17 @@ class Ingress:
             self._store, HandleModelClient(model), self._dispatcher, Encoding(hub.result_encoding)
         )
         self._dispatcher.start()
+        self._mqtt_ingress = mqtt_ingress.MqttEscalations(
+            self._service,
+            asyncio.get_running_loop(),
+            hub.mqtt_host,
+            hub.mqtt_port,
+            hub.mqtt_username,
+            hub.mqtt_password,
+            # One replica here; several need a client id per replica that survives restarts.
+            client_id=f"{hub.mqtt_username}-escalations",
+        )
+        self._mqtt_ingress.start()
         self._service.recover()
 
     async def Escalate(self, request, grpc_context):

@@ -89,6 +89,11 @@ class EscalationService:
         self.store.set_finished(result.trace_id, status, encode_result(result), result.error or None, self._clock())
         self._publisher.publish(result.device_id, result.trace_id, payload)
 
+    def reject(self, device_id: str, trace_id: str, error: str) -> None:
+        """Answer a request that could not be accepted with a FAILED result (for transports with no reply)."""
+        result = EscalationResult(trace_id, device_id, ResultStatus.FAILED, error=error)
+        self._publisher.publish(device_id, trace_id, encode_result(result, self._encoding))
+
     def recover(self) -> tuple[int, int]:
         """After a restart: rerun accepted-but-unfinished traces, resend undelivered results."""
         rerun = 0

@@ -16,6 +16,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Optional
 
 import cv2
@@ -23,14 +24,15 @@ import numpy as np
 
 from edge.comms.grpc_client import GrpcTransport
 from edge.comms.mqtt import Handled, ResultSubscriber
+from edge.comms.mqtt_transport import MqttTransport
 from edge.comms.transport import Transport
-from edge.config import EdgeConfig
+from edge.config import EdgeConfig, MqttTransportConfig
 from edge.detectors import create_detector
 from edge.detectors.base import Detector
 from edge.errors import DetectorError, StoreError
-from edge.judge import Judge, JudgeInput, TraceMachine, TraceState, Verdict
+from edge.judge import Judge, JudgeDecision, JudgeInput, TraceMachine, TraceState, Verdict
 from edge.metrics import EdgeMetrics
-from edge.outbox.store import EdgeStore, VerdictOutcome
+from edge.outbox import EdgeStore, OutboxLimits, VerdictOutcome
 from edge.outbox.worker import EscalationWorker
 from edge.sources import Frame, open_source
 from edge.sources.sensors import SensorState, open_sensor
@@ -41,6 +43,19 @@ from protocol.messages import EncodedImage, EscalationRequest, Prediction, new_t
 logger = logging.getLogger(__name__)
 
 MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg"}
+
+
+@dataclass(frozen=True)
+class Escalation:
+    payload: bytes
+    priority: int
+
+
+def priority(decision: JudgeDecision, prediction: Prediction) -> int:
+    """Outbox priority, 0-100: the less sure the device, the sooner the hub should look; audits come last."""
+    if not decision.uncertain:
+        return 0
+    return max(1, min(100, round(100 * (1 - prediction.confidence))))
 
 
 class EdgeRuntime:
@@ -55,17 +70,25 @@ class EdgeRuntime:
         self.config = config
         self.clock = clock
         self.metrics = EdgeMetrics()
-        self.store = EdgeStore(config.state_path, config.outbox.synchronous)
+        outbox = config.outbox
+        self.store = EdgeStore(
+            config.state_path, outbox.synchronous, OutboxLimits(outbox.max_rows, outbox.max_bytes, outbox.on_full)
+        )
         self.detector = detector or create_detector(config.detector)
         self.judge = Judge.from_config(config.judge)
-        self.transport = transport or GrpcTransport(config.transport)
-        self.worker = EscalationWorker(self.store, self.transport, config.outbox, self.metrics, clock)
         self.subscriber = ResultSubscriber(config.device_id, config.mqtt, self.on_result)
+        self.transport = transport or self._transport(config)
+        self.worker = EscalationWorker(self.store, self.transport, config.outbox, self.metrics, clock)
         self.sensors = SensorState()
         self.sensor_readers = [
             open_sensor(s, self.sensors, config.mqtt, config.device_id, self._on_sensor_error) for s in config.sensors
         ]
         self._stop = threading.Event()
+
+    def _transport(self, config: EdgeConfig) -> Transport:
+        if isinstance(config.transport, MqttTransportConfig):
+            return MqttTransport(config.device_id, config.transport, self.subscriber)
+        return GrpcTransport(config.transport)
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -127,14 +150,14 @@ class EdgeRuntime:
         trace_id, now, machine = new_trace_id(), self.clock(), TraceMachine()
         prediction = self._infer(frame, machine, now)
         reasons: tuple[str, ...] = ()
-        escalation: Optional[bytes] = None
+        escalation: Optional[Escalation] = None
         if prediction is not None and frame.image is not None:
             reasons, escalation = self._judge(trace_id, frame, frame.image, prediction, machine, now)
         if machine.state is TraceState.UNJUDGEABLE:
             logger.warning("frame %s/%d unjudgeable: %s", frame.source_id, frame.index, machine.last_reason)
         deadline_at = now + self.config.escalation.deadline_ms / 1000.0 if escalation is not None else None
         try:
-            self.store.record_trace(
+            dropped = self.store.record_trace(
                 trace_id,
                 machine,
                 source_id=frame.source_id,
@@ -143,14 +166,22 @@ class EdgeRuntime:
                 prediction=prediction,
                 reasons=reasons,
                 created_at=now,
-                escalation=escalation,
+                escalation=escalation.payload if escalation else None,
                 deadline_at=deadline_at,
+                priority=escalation.priority if escalation else 0,
             )
         except StoreError as exc:
             logger.error("frame %s/%d: could not be recorded: %s", frame.source_id, frame.index, exc)
             self.metrics.store_errors.labels(operation="record_trace").inc()
             return None
         self.metrics.frames.labels(outcome=machine.state.value.lower()).inc()
+        if dropped:
+            logger.warning(
+                "outbox full: dropped %d escalations (%s); their local answers stand",
+                len(dropped),
+                self.config.outbox.on_full,
+            )
+            self.metrics.outbox_dropped.labels(reason="full").inc(len(dropped))
         if escalation is not None:
             self.worker.wake()
         return machine.state
@@ -171,21 +202,28 @@ class EdgeRuntime:
 
     def _judge(
         self, trace_id: str, frame: Frame, image: np.ndarray, prediction: Prediction, machine: TraceMachine, now: float
-    ) -> tuple[tuple[str, ...], Optional[bytes]]:
+    ) -> tuple[tuple[str, ...], Optional[Escalation]]:
         """INFERRED -> JUDGED -> COMPLETE or PENDING_CLOUD (or UNJUDGEABLE); returns the reasons and any escalation."""
         decision = self.judge.decide(JudgeInput(prediction, image, self.sensors.values()))
+        self.metrics.decisions.labels(verdict=decision.verdict.value, cause=decision.cause).inc()
         if decision.verdict is Verdict.UNJUDGEABLE:
             machine.advance(TraceState.UNJUDGEABLE, "; ".join(decision.reasons), now)
             return decision.reasons, None
         machine.advance(TraceState.JUDGED, "; ".join(decision.reasons), now)
         if not decision.escalate:
-            machine.advance(TraceState.COMPLETE, "local answer stands (confident)", now)
+            why = "uncertain, not escalated" if decision.uncertain else "confident"
+            machine.advance(TraceState.COMPLETE, f"local answer stands ({why})", now)
             return decision.reasons, None
-        escalation = self._escalation(trace_id, image, prediction, frame, decision.reasons, now)
+        escalation = self._escalation(trace_id, image, prediction, frame, decision, now)
         if escalation is None:
             machine.advance(TraceState.COMPLETE, "local answer stands (cannot escalate: frame did not encode)", now)
-        else:
-            machine.advance(TraceState.PENDING_CLOUD, "escalated to the hub", now)
+            return decision.reasons, None
+        refused = self.store.admission(len(escalation.payload), escalation.priority)
+        if refused is not None:
+            self.metrics.outbox_dropped.labels(reason="rejected").inc()
+            machine.advance(TraceState.COMPLETE, f"local answer stands (not escalated: {refused})", now)
+            return decision.reasons, None
+        machine.advance(TraceState.PENDING_CLOUD, "escalated to the hub", now)
         return decision.reasons, escalation
 
     def _escalation(
@@ -194,9 +232,9 @@ class EdgeRuntime:
         image: np.ndarray,
         prediction: Prediction,
         frame: Frame,
-        reasons: tuple[str, ...],
+        decision: JudgeDecision,
         now: float,
-    ) -> Optional[bytes]:
+    ) -> Optional[Escalation]:
         fmt = self.config.escalation.image_format
         ok, encoded = cv2.imencode(f".{fmt}", image)
         if not ok:
@@ -210,9 +248,13 @@ class EdgeRuntime:
             deadline_ms=self.config.escalation.deadline_ms,
             model_hint=self.config.escalation.model_hint,
             sent_at=now,
-            attributes={"source_id": frame.source_id, "frame_index": str(frame.index), "reasons": "; ".join(reasons)},
+            attributes={
+                "source_id": frame.source_id,
+                "frame_index": str(frame.index),
+                "reasons": "; ".join(decision.reasons),
+            },
         )
-        return encode_request(request)
+        return Escalation(encode_request(request), priority(decision, prediction))
 
     def _on_sensor_error(self, sensor: str, error: str) -> None:
         self.metrics.sensor_errors.labels(sensor=sensor, error=error).inc()

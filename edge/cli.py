@@ -3,6 +3,7 @@
     tandem edge run --config FILE        run the device runtime
     tandem edge check-config FILE        validate a config; names the bad field
     tandem edge calibrate --config FILE  pick the judge's threshold from a labelled stream
+    tandem edge replay --config FILE     list failed escalations; requeue them with --all or by id
     tandem hub run [...]                 run the cloud hub (needs the cloud extra)
     tandem demo [--json]                 hub + broker + one device on the demo stream
 
@@ -102,6 +103,35 @@ def _edge_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _edge_replay(args: argparse.Namespace) -> int:
+    """List the failed escalations, or move them (all, or the ids given) back into the outbox."""
+    import time
+
+    from edge.config import load_config
+    from edge.outbox import EdgeStore, OutboxLimits
+
+    config = load_config(args.config)
+    o = config.outbox
+    store = EdgeStore(config.state_path, o.synchronous, OutboxLimits(o.max_rows, o.max_bytes, o.on_full))
+    store.open()
+    try:
+        failed = store.failed()
+        if not args.all and not args.trace_ids:
+            for row in failed:
+                print(f"{row.trace_id}  attempts {row.attempts}  priority {row.priority}  {row.reason}")
+            print(f"{len(failed)} failed escalations; requeue with --all or by trace id")
+            return 0
+        requeued = store.replay(time.time(), None if args.all else args.trace_ids)
+    finally:
+        store.close()
+    missing = set(args.trace_ids) - set(requeued) if not args.all else set()
+    print(f"requeued {len(requeued)} escalations; a running runtime sends them on its next pass")
+    if missing:
+        print(f"not requeued (unknown, or the outbox is full): {' '.join(sorted(missing))}")
+        return 1
+    return 0
+
+
 def _hub_run(args: argparse.Namespace) -> int:
     from cloud.cli import hub_run
 
@@ -138,6 +168,11 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--ood", action="store_true", help="also write the stream's statistics as judge.ood")
     cal.add_argument("--write", action="store_true", help="write the chosen values into the config file")
     cal.set_defaults(handler=_edge_calibrate)
+    replay = edge.add_parser("replay", help="list failed escalations, or requeue them")
+    replay.add_argument("--config", type=Path, required=True, help="the device config (its state_path)")
+    replay.add_argument("--all", action="store_true", help="requeue every failed escalation")
+    replay.add_argument("trace_ids", nargs="*", help="requeue these")
+    replay.set_defaults(handler=_edge_replay)
     check = edge.add_parser("check-config", help="validate a config file")
     check.add_argument("file", type=Path)
     check.set_defaults(handler=_edge_check)

@@ -8,10 +8,10 @@ rather than ignored.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Annotated, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
 from edge.errors import ConfigError
 from protocol.errors import InvalidTopic
@@ -169,14 +169,41 @@ class OutboxConfig(_Strict):
         "NORMAL",
         description="SQLite synchronous mode in WAL: NORMAL survives a crash of the process, FULL also a power cut",
     )
+    max_rows: int = Field(10_000, gt=0, description="most escalations waiting for a verdict (queued or sent)")
+    max_bytes: int = Field(256 * 1024 * 1024, gt=0, description="most payload bytes waiting for a verdict")
+    on_full: Literal["reject_new", "drop_oldest", "drop_lowest_priority"] = Field(
+        "drop_oldest",
+        description="when a bound is reached: keep the queue and answer the new frame locally, drop the oldest "
+        "escalation, or drop the lowest-priority one (oldest first among equals); a dropped trace falls back",
+    )
+    ttl_s: float = Field(
+        86_400.0,
+        gt=0,
+        description="an escalation with no verdict this long after it was queued moves to the failed table "
+        "(`tandem edge replay` requeues it)",
+    )
+    trace_retention_s: float = Field(
+        7 * 86_400.0, gt=0, description="finished traces older than this are deleted from the device store"
+    )
+    failed_retention_s: float = Field(
+        30 * 86_400.0, gt=0, description="failed escalations older than this are deleted from the failed table"
+    )
 
 
 class GrpcConfig(_Strict):
-    kind: Literal["grpc"] = Field("grpc", description="the escalation transport; gRPC is the one so far")
+    kind: Literal["grpc"] = Field("grpc", description="the escalation transport: grpc or mqtt")
     target: str = Field("127.0.0.1:9000", description="the hub's gRPC address, host:port")
     timeout_ms: int = Field(3000, gt=0, description="deadline of one Escalate call")
     max_message_bytes: int = Field(4 * 1024 * 1024, gt=0, description="largest request or response, both directions")
     application: str = Field("tandem", description="the Ray Serve application that serves escalations")
+
+
+class MqttTransportConfig(_Strict):
+    kind: Literal["mqtt"] = Field(description="escalations as QoS 1 messages on tandem/v1/devices/{id}/escalations")
+    timeout_ms: int = Field(3000, gt=0, description="how long one send waits for the broker's PUBACK")
+    max_message_bytes: int = Field(
+        4 * 1024 * 1024, gt=0, description="largest escalation sent; keep it under the broker's message_size_limit"
+    )
 
 
 class MqttConfig(_Strict):
@@ -198,6 +225,12 @@ class EscalationConfig(_Strict):
     image_format: Literal["png", "jpeg"] = Field("png", description="how a frame is encoded for the hub")
 
 
+def _transport_kind(value: object) -> str:
+    """The transport's kind; a section without one is gRPC, the default."""
+    kind = value.get("kind", "grpc") if isinstance(value, dict) else getattr(value, "kind", "grpc")
+    return str(kind)
+
+
 class EdgeConfig(_Strict):
     device_id: str = Field(description="this device's id; names its MQTT topics")
     state_path: Path = Field(Path("tandem-edge.db"), description="the SQLite file holding traces and the outbox")
@@ -206,7 +239,10 @@ class EdgeConfig(_Strict):
     detector: DetectorConfig
     judge: JudgeConfig = JudgeConfig()
     outbox: OutboxConfig = OutboxConfig()
-    transport: GrpcConfig = Field(GrpcConfig(), description="how escalations reach the hub")
+    transport: Annotated[
+        Union[Annotated[GrpcConfig, Tag("grpc")], Annotated[MqttTransportConfig, Tag("mqtt")]],
+        Discriminator(_transport_kind),
+    ] = Field(GrpcConfig(), description="how escalations reach the hub: kind grpc (the default) or mqtt")
     mqtt: MqttConfig = MqttConfig()
     escalation: EscalationConfig = EscalationConfig()
 

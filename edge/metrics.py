@@ -34,6 +34,19 @@ class EdgeMetrics:
             "tandem_edge_sensor_errors", "Sensor readings skipped or lost", ["sensor", "error"], registry=self.registry
         )
 
+        self.decisions = Counter(
+            "tandem_edge_judge_decisions",
+            "Judge decisions by verdict and what settled it (a policy, audit, rate_limit, ...)",
+            ["verdict", "cause"],
+            registry=self.registry,
+        )
+        self.outbox_dropped = Counter(
+            "tandem_edge_outbox_dropped",
+            "Escalations that left the outbox without a verdict",
+            ["reason"],
+            registry=self.registry,
+        )
+
     def value(self, name: str, **labels: str) -> float:
         """Current value of counter ``tandem_edge_<name>`` with these labels (0 if never counted)."""
         sample = self.registry.get_sample_value(f"tandem_edge_{name}_total", labels or None)

@@ -57,7 +57,7 @@ class GrpcTransport(Transport):
             response_deserializer=pb.EscalationAck.FromString,
         )
 
-    def send(self, payload: bytes) -> EscalationAck:
+    def send(self, trace_id: str, payload: bytes) -> EscalationAck:
         if self._call is None:
             raise TransportError("gRPC transport used before start()", retryable=True)
         if len(payload) > self._config.max_message_bytes:

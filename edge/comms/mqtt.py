@@ -83,6 +83,21 @@ class ResultSubscriber:
     def wait_subscribed(self, timeout_s: float) -> bool:
         return self._subscribed.wait(timeout_s)
 
+    def publish_confirmed(self, topic: str, payload: bytes, timeout_s: float) -> None:
+        """Publish at QoS 1 on this device's connection and wait for the broker's PUBACK.
+
+        Raises ConnectionError when the broker is not connected and TimeoutError
+        when no PUBACK comes in time; the caller decides whether to retry.
+        """
+        if not self._client.is_connected():
+            raise ConnectionError("broker not connected")
+        info = self._client.publish(topic, payload, qos=1)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            raise ConnectionError(f"paho could not queue the message (rc {info.rc})")
+        info.wait_for_publish(timeout_s)
+        if not info.is_published():
+            raise TimeoutError(f"no PUBACK within {timeout_s:.1f} s")
+
     def close(self) -> None:
         if self._client.is_connected():
             self._client.publish(self._availability, b"offline", qos=1, retain=True).wait_for_publish(2.0)

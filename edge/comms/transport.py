@@ -1,4 +1,4 @@
-"""The interface every escalation transport implements (gRPC now; MQTT is planned)."""
+"""The interface every escalation transport implements: gRPC (``grpc_client``) and MQTT (``mqtt_transport``)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ class Transport(abc.ABC):
         """Open connections. Must not fail because the hub is down: ``send`` reports that."""
 
     @abc.abstractmethod
-    def send(self, payload: bytes) -> EscalationAck:
+    def send(self, trace_id: str, payload: bytes) -> EscalationAck:
         """Send one serialized EscalationRequest; raise TransportError(retryable=...) on failure."""
 
     @abc.abstractmethod

@@ -42,6 +42,8 @@ class JudgeDecision:
     """``policy: why`` for each policy that decided (all of them when all kept)."""
     uncertain: bool = False
     """A policy found the answer uncertain, whether or not it was escalated."""
+    cause: str = "confident"
+    """What settled the verdict, for metrics: a policy's name, or audit, rate_limit, escalate=never|always."""
 
     @property
     def escalate(self) -> bool:
@@ -101,25 +103,25 @@ class Judge:
             return decision
         reasons = decision.reasons
         if self._escalate == "never" and decision.escalate:
-            return JudgeDecision(Verdict.KEEP, (*reasons, "escalate=never: kept on the device"), True)
+            return JudgeDecision(Verdict.KEEP, (*reasons, "escalate=never: kept on the device"), True, "escalate=never")
         if self._escalate == "always" and not decision.escalate:
-            decision = JudgeDecision(Verdict.ESCALATE, (*reasons, "escalate=always"), decision.uncertain)
+            decision = JudgeDecision(Verdict.ESCALATE, (*reasons, "escalate=always"), False, "escalate=always")
         elif not decision.escalate and self._audit_rate and self._audit.random() < self._audit_rate:
-            decision = JudgeDecision(Verdict.ESCALATE, (*reasons, f"audit: random {self._audit_rate:.1%} check"))
+            audit = f"audit: random {self._audit_rate:.1%} check"
+            decision = JudgeDecision(Verdict.ESCALATE, (*reasons, audit), False, "audit")
         if decision.escalate and self._rate_limit is not None and not self._rate_limit.allow():
-            limit = self._rate_limit.per_minute
-            return JudgeDecision(
-                Verdict.KEEP, (*decision.reasons, f"rate_limit: {limit}/min spent, kept"), decision.uncertain
-            )
+            spent = f"rate_limit: {self._rate_limit.per_minute}/min spent, kept"
+            return JudgeDecision(Verdict.KEEP, (*decision.reasons, spent), decision.uncertain, "rate_limit")
         return decision
 
     def combine(self, item: JudgeInput) -> JudgeDecision:
         """The policies' verdicts alone: any UNJUDGEABLE wins, then any ESCALATE."""
         results = [(p.name, p.check(item)) for p in self.policies]
         for verdict in (Verdict.UNJUDGEABLE, Verdict.ESCALATE):
-            flagged = tuple(f"{name}: {r.reason}" for name, r in results if r.verdict is verdict)
+            flagged = [(name, r.reason) for name, r in results if r.verdict is verdict]
             if flagged:
-                return JudgeDecision(verdict, flagged, uncertain=verdict is Verdict.ESCALATE)
+                reasons = tuple(f"{name}: {why}" for name, why in flagged)
+                return JudgeDecision(verdict, reasons, verdict is Verdict.ESCALATE, flagged[0][0])
         return JudgeDecision(Verdict.KEEP, tuple(f"{name}: {r.reason}" for name, r in results))
 
 

@@ -5,6 +5,24 @@ transaction: an escalation is never recorded without its trace, or the other
 way round.
 """
 
-from edge.outbox.store import EdgeStore, OutboxRow, TraceRecord, VerdictOutcome
+from edge.outbox.records import (
+    FailedRow,
+    OutboxDepth,
+    OutboxLimits,
+    OutboxRow,
+    OutboxStatus,
+    TraceRecord,
+    VerdictOutcome,
+)
+from edge.outbox.store import EdgeStore
 
-__all__ = ["EdgeStore", "OutboxRow", "TraceRecord", "VerdictOutcome"]
+__all__ = [
+    "EdgeStore",
+    "FailedRow",
+    "OutboxDepth",
+    "OutboxLimits",
+    "OutboxRow",
+    "OutboxStatus",
+    "TraceRecord",
+    "VerdictOutcome",
+]

@@ -6,7 +6,13 @@ serialized EscalationRequest until the hub's verdict arrives:
 
     QUEUED --send ok--> SENT --verdict--> (deleted)
     QUEUED --send failed, retryable--> QUEUED (attempts + 1, next_attempt_at later)
-    QUEUED --send failed, permanent--> FAILED (kept for an operator)
+    QUEUED --send failed, permanent--> the ``failed`` table (kept for `tandem edge replay`)
+    QUEUED | SENT older than the TTL --> the ``failed`` table
+    any row, when the outbox is full --> dropped by the on-full strategy (its trace falls back)
+
+The outbox is bounded by rows and by payload bytes; the totals are kept in
+memory (one writer connection) so an enqueue never counts the table. Rows are
+sent highest priority first, then oldest first.
 
 Every method commits before it returns; a caller that got a return value can
 rely on the row being on disk (to the ``synchronous`` level configured).
@@ -14,14 +20,12 @@ rely on the row being on disk (to the ``synchronous`` level configured).
 
 from __future__ import annotations
 
-import enum
 import json
 import logging
 import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -29,67 +33,38 @@ import sqlite_utils
 
 from edge.errors import StoreError
 from edge.judge.states import TERMINAL, TraceMachine, TraceState, Transition
+from edge.outbox.records import (
+    OUTBOX_COLUMNS,
+    FailedRow,
+    OutboxDepth,
+    OutboxLimits,
+    OutboxRow,
+    OutboxStatus,
+    TraceRecord,
+    VerdictOutcome,
+    history_json,
+    machine_from,
+    outbox_row,
+    prediction_json,
+)
+from edge.outbox.schema import create_schema
 from protocol.messages import EscalationResult, Prediction, ResultStatus
 
 logger = logging.getLogger(__name__)
-
-SCHEMA_VERSION = 1
-
-
-class OutboxStatus(str, enum.Enum):
-    QUEUED = "QUEUED"
-    SENT = "SENT"
-    FAILED = "FAILED"
-
-
-class VerdictOutcome(enum.Enum):
-    """What applying a hub result did to its trace."""
-
-    COMPLETED = "completed"  # PENDING_CLOUD -> COMPLETE with the cloud's answer
-    LATE = "late"  # the trace had fallen back; the cloud's answer now stands beside it
-    FAILED = "failed"  # the hub could not answer; the trace fell back at once
-    DUPLICATE = "duplicate"  # the trace already had a verdict; nothing changed
-    UNKNOWN_TRACE = "unknown_trace"  # no such trace on this device
-
-
-@dataclass(frozen=True)
-class TraceRecord:
-    trace_id: str
-    state: TraceState
-    source_id: str
-    frame_index: int
-    truth: Optional[str]
-    local_label: Optional[str]
-    local_confidence: Optional[float]
-    cloud_label: Optional[str]
-    cloud_confidence: Optional[float]
-    final_label: Optional[str]
-    reasons: tuple[str, ...]
-    created_at: float
-    escalated_at: Optional[float]
-    verdict_at: Optional[float]
-    history: tuple[Transition, ...]
-
-
-@dataclass(frozen=True)
-class OutboxRow:
-    trace_id: str
-    payload: bytes
-    status: OutboxStatus
-    attempts: int
-    next_attempt_at: float
-    enqueued_at: float
-    last_error: Optional[str]
 
 
 class EdgeStore:
     """Traces and the outbox. Thread-safe: one connection, one lock, short transactions."""
 
-    def __init__(self, path: Path, synchronous: str = "NORMAL") -> None:
+    def __init__(self, path: Path, synchronous: str = "NORMAL", limits: Optional[OutboxLimits] = None) -> None:
         self.path = path
+        self.limits = limits or OutboxLimits()
         self._synchronous = synchronous
         self._lock = threading.Lock()
         self._conn: Optional[sqlite3.Connection] = None
+        self._rows = 0  # the outbox's row count and payload bytes, kept in step by every write
+        self._bytes = 0
+        self._delta = [0, 0]  # changes to both inside the current transaction
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -99,7 +74,10 @@ class EdgeStore:
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10.0)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={self._synchronous}")
-            self._create_schema(sqlite_utils.Database(conn))
+            create_schema(sqlite_utils.Database(conn))
+            self._rows, self._bytes = conn.execute(
+                "SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM outbox"
+            ).fetchone()
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open the device store {self.path}: {exc}") from exc
         self._conn = conn
@@ -110,59 +88,18 @@ class EdgeStore:
                 self._conn.close()
                 self._conn = None
 
-    @staticmethod
-    def _create_schema(db: sqlite_utils.Database) -> None:
-        db["traces"].create(
-            {
-                "trace_id": str,
-                "state": str,
-                "source_id": str,
-                "frame_index": int,
-                "truth": str,
-                "local_label": str,
-                "local_confidence": float,
-                "local_prediction": str,
-                "cloud_label": str,
-                "cloud_confidence": float,
-                "cloud_result": str,
-                "final_label": str,
-                "reasons": str,
-                "created_at": float,
-                "escalated_at": float,
-                "deadline_at": float,
-                "verdict_at": float,
-                "history": str,
-            },
-            pk="trace_id",
-            not_null={"state", "history", "created_at"},
-            if_not_exists=True,
-        )
-        db["traces"].create_index(["state", "deadline_at"], if_not_exists=True)
-        db["outbox"].create(
-            {
-                "trace_id": str,
-                "payload": bytes,
-                "status": str,
-                "attempts": int,
-                "next_attempt_at": float,
-                "enqueued_at": float,
-                "last_error": str,
-            },
-            pk="trace_id",
-            not_null={"payload", "status", "attempts", "next_attempt_at", "enqueued_at"},
-            defaults={"attempts": 0},
-            if_not_exists=True,
-        )
-        db["outbox"].create_index(["status", "next_attempt_at"], if_not_exists=True)
-        db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction, committed on success, rolled back on any error."""
+        """One write transaction, committed on success, rolled back on any error.
+
+        Changes to the outbox's size go through ``_resize`` inside the
+        transaction and reach the in-memory totals only if it commits.
+        """
         with self._lock:
             if self._conn is None:
                 raise StoreError("the device store is not open")
             conn = self._conn
+            self._delta = [0, 0]
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 yield conn
@@ -175,8 +112,41 @@ class EdgeStore:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
+            self._rows += self._delta[0]
+            self._bytes += self._delta[1]
+
+    def _resize(self, rows: int, size: int) -> None:
+        self._delta[0] += rows
+        self._delta[1] += size
+
+    def _remove_outbox(self, conn: sqlite3.Connection, trace_id: str) -> Optional[tuple[Any, ...]]:
+        """Delete one outbox row; return it (as OUTBOX_COLUMNS), or None if there was none."""
+        row = conn.execute(f"DELETE FROM outbox WHERE trace_id = ? RETURNING {OUTBOX_COLUMNS}", (trace_id,)).fetchone()
+        if row is not None:
+            self._resize(-1, -len(row[1]))
+        return tuple(row) if row is not None else None
 
     # -- writes from the frame loop -------------------------------------------
+
+    def admission(self, size: int, priority: int) -> Optional[str]:
+        """None if an escalation of ``size`` bytes will be queued (perhaps by dropping others), else why not.
+
+        The frame loop asks before it records the trace; it is the only writer
+        that adds rows, so the answer holds until its ``record_trace``.
+        """
+        limits = self.limits
+        if size > limits.max_bytes:
+            return f"escalation of {size} bytes is larger than the whole outbox ({limits.max_bytes} bytes)"
+        if self._rows + 1 <= limits.max_rows and self._bytes + size <= limits.max_bytes:
+            return None
+        if limits.on_full == "reject_new":
+            return f"outbox full ({self._rows} rows, {self._bytes} bytes; on_full reject_new)"
+        if limits.on_full == "drop_lowest_priority":
+            with self._tx() as conn:
+                (lowest,) = conn.execute("SELECT MIN(priority) FROM outbox").fetchone()
+            if lowest is not None and lowest > priority:
+                return f"outbox full and every queued escalation outranks this one (priority {priority})"
+        return None
 
     def record_trace(
         self,
@@ -191,8 +161,14 @@ class EdgeStore:
         created_at: float,
         escalation: Optional[bytes] = None,
         deadline_at: Optional[float] = None,
-    ) -> None:
-        """Write a new trace; with ``escalation``, its outbox row too, in the same transaction."""
+        priority: int = 0,
+    ) -> list[str]:
+        """Write a new trace; with ``escalation``, its outbox row too, in the same transaction.
+
+        When the outbox is full, rows are dropped by the on-full strategy to
+        make room (call ``admission`` first); their traces fall back to the
+        local answer. Returns the dropped trace ids.
+        """
         final = prediction.label if prediction and machine.state is TraceState.COMPLETE else None
         row = {
             "trace_id": trace_id,
@@ -202,36 +178,68 @@ class EdgeStore:
             "truth": truth,
             "local_label": prediction.label if prediction else None,
             "local_confidence": prediction.confidence if prediction else None,
-            "local_prediction": _prediction_json(prediction) if prediction else None,
+            "local_prediction": prediction_json(prediction) if prediction else None,
             "final_label": final,
             "reasons": json.dumps(list(reasons)),
             "created_at": created_at,
             "escalated_at": created_at if escalation is not None else None,
             "deadline_at": deadline_at,
-            "history": _history_json(machine),
+            "history": history_json(machine),
         }
+        dropped: list[str] = []
         with self._tx() as conn:
             conn.execute(
                 f"INSERT INTO traces ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})", tuple(row.values())
             )
             if escalation is not None:
+                dropped = self._make_room(conn, len(escalation), created_at)
                 conn.execute(
-                    "INSERT INTO outbox (trace_id, payload, status, attempts, next_attempt_at, enqueued_at)"
-                    " VALUES (?, ?, ?, 0, ?, ?)",
-                    (trace_id, escalation, OutboxStatus.QUEUED.value, created_at, created_at),
+                    "INSERT INTO outbox (trace_id, payload, status, attempts, next_attempt_at, enqueued_at, priority)"
+                    " VALUES (?, ?, ?, 0, ?, ?, ?)",
+                    (trace_id, escalation, OutboxStatus.QUEUED.value, created_at, created_at, priority),
                 )
+                self._resize(1, len(escalation))
+        return dropped
+
+    def _make_room(self, conn: sqlite3.Connection, size: int, now: float) -> list[str]:
+        limits = self.limits
+        order = "priority, enqueued_at" if limits.on_full == "drop_lowest_priority" else "enqueued_at"
+        dropped: list[str] = []
+        while (
+            self._rows + self._delta[0] + 1 > limits.max_rows or self._bytes + self._delta[1] + size > limits.max_bytes
+        ):
+            victim = conn.execute(f"SELECT trace_id FROM outbox ORDER BY {order} LIMIT 1").fetchone()
+            if victim is None:
+                break
+            self._remove_outbox(conn, victim[0])
+            self._fall_back(conn, victim[0], f"escalation dropped: outbox full (on_full {limits.on_full})", now)
+            dropped.append(victim[0])
+        return dropped
+
+    def _fall_back(self, conn: sqlite3.Connection, trace_id: str, reason: str, now: float) -> None:
+        """A PENDING_CLOUD trace whose escalation is gone: the local answer stands now."""
+        row = conn.execute("SELECT state, history, local_label FROM traces WHERE trace_id = ?", (trace_id,)).fetchone()
+        if row is None or row[0] != TraceState.PENDING_CLOUD.value:
+            return
+        machine = machine_from(row[0], row[1])
+        machine.advance(TraceState.TIMED_OUT, reason, now)
+        machine.advance(TraceState.FALLBACK_COMPLETE, f"local answer {row[2]} stands", now)
+        conn.execute(
+            "UPDATE traces SET state = ?, history = ?, final_label = ? WHERE trace_id = ?",
+            (machine.state.value, history_json(machine), row[2], trace_id),
+        )
 
     # -- the outbox sender ---------------------------------------------------
 
     def due(self, now: float, limit: int = 32) -> list[OutboxRow]:
-        """QUEUED rows whose next attempt is due, oldest first."""
+        """QUEUED rows whose next attempt is due: highest priority first, then the longest waiting."""
         with self._tx() as conn:
             rows = conn.execute(
-                "SELECT trace_id, payload, status, attempts, next_attempt_at, enqueued_at, last_error FROM outbox"
-                " WHERE status = ? AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?",
+                f"SELECT {OUTBOX_COLUMNS} FROM outbox WHERE status = ? AND next_attempt_at <= ?"
+                " ORDER BY priority DESC, next_attempt_at LIMIT ?",
                 (OutboxStatus.QUEUED.value, now, limit),
             ).fetchall()
-        return [OutboxRow(r[0], r[1], OutboxStatus(r[2]), r[3], r[4], r[5], r[6]) for r in rows]
+        return [outbox_row(r) for r in rows]
 
     def mark_sent(self, trace_id: str) -> None:
         with self._tx() as conn:
@@ -247,12 +255,86 @@ class EdgeStore:
                 (error, next_attempt_at, trace_id),
             )
 
-    def mark_failed(self, trace_id: str, error: str) -> None:
+    def mark_failed(self, trace_id: str, error: str, now: float) -> None:
+        """A permanent failure: the row moves to the failed table, where `tandem edge replay` can requeue it."""
         with self._tx() as conn:
-            conn.execute(
-                "UPDATE outbox SET status = ?, attempts = attempts + 1, last_error = ? WHERE trace_id = ?",
-                (OutboxStatus.FAILED.value, error, trace_id),
-            )
+            self._to_failed(conn, trace_id, error, now, attempt=True)
+
+    def _to_failed(self, conn: sqlite3.Connection, trace_id: str, reason: str, now: float, attempt: bool) -> None:
+        row = self._remove_outbox(conn, trace_id)
+        if row is None:
+            return
+        _, payload, _, attempts, _, enqueued_at, _, priority = row
+        conn.execute(
+            "INSERT OR REPLACE INTO failed (trace_id, payload, priority, attempts, enqueued_at, failed_at, reason)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (trace_id, payload, priority, attempts + int(attempt), enqueued_at, now, reason),
+        )
+
+    def expire_outbox(self, now: float, ttl_s: float) -> list[str]:
+        """Rows enqueued more than ``ttl_s`` ago move to the failed table; returns their trace ids."""
+        with self._tx() as conn:
+            ids = [
+                r[0]
+                for r in conn.execute("SELECT trace_id FROM outbox WHERE enqueued_at <= ?", (now - ttl_s,)).fetchall()
+            ]
+            for trace_id in ids:
+                self._to_failed(conn, trace_id, f"expired: no verdict within the outbox TTL of {ttl_s:g} s", now, False)
+                self._fall_back(conn, trace_id, "escalation expired (outbox TTL)", now)
+        return ids
+
+    def failed(self) -> list[FailedRow]:
+        with self._tx() as conn:
+            rows = conn.execute(
+                "SELECT trace_id, payload, priority, attempts, enqueued_at, failed_at, reason FROM failed"
+                " ORDER BY failed_at"
+            ).fetchall()
+        return [FailedRow(*r) for r in rows]
+
+    def replay(self, now: float, trace_ids: Optional[list[str]] = None) -> list[str]:
+        """Move failed rows (all, or these) back into the outbox as new sends; returns the ids requeued.
+
+        Stops early, leaving the rest failed, when the outbox is full.
+        """
+        with self._tx() as conn:
+            rows = conn.execute("SELECT trace_id, payload, priority FROM failed ORDER BY failed_at").fetchall()
+            wanted = set(trace_ids) if trace_ids is not None else None
+            requeued: list[str] = []
+            for trace_id, payload, priority in rows:
+                if wanted is not None and trace_id not in wanted:
+                    continue
+                if (
+                    self._rows + self._delta[0] + 1 > self.limits.max_rows
+                    or self._bytes + self._delta[1] + len(payload) > self.limits.max_bytes
+                ):
+                    logger.warning("replay: outbox full; %d failed rows left", len(rows) - len(requeued))
+                    break
+                conn.execute("DELETE FROM failed WHERE trace_id = ?", (trace_id,))
+                # A fresh enqueue time, so the TTL does not expire it again at once.
+                conn.execute(
+                    "INSERT INTO outbox (trace_id, payload, status, attempts, next_attempt_at, enqueued_at, priority)"
+                    " VALUES (?, ?, ?, 0, ?, ?, ?)",
+                    (trace_id, payload, OutboxStatus.QUEUED.value, now, now, priority),
+                )
+                self._resize(1, len(payload))
+                requeued.append(trace_id)
+        return requeued
+
+    def depth(self) -> OutboxDepth:
+        with self._tx() as conn:
+            (oldest,) = conn.execute("SELECT MIN(enqueued_at) FROM outbox").fetchone()
+        return OutboxDepth(self._rows, self._bytes, oldest)
+
+    def prune(self, now: float, trace_retention_s: float, failed_retention_s: float) -> tuple[int, int]:
+        """Delete finished traces and failed rows past their retention; returns how many of each."""
+        with self._tx() as conn:
+            traces = conn.execute(
+                f"DELETE FROM traces WHERE created_at <= ? AND state IN ({', '.join('?' * len(TERMINAL))})"
+                " AND trace_id NOT IN (SELECT trace_id FROM outbox) AND trace_id NOT IN (SELECT trace_id FROM failed)",
+                (now - trace_retention_s, *(s.value for s in TERMINAL)),
+            ).rowcount
+            failed = conn.execute("DELETE FROM failed WHERE failed_at <= ?", (now - failed_retention_s,)).rowcount
+        return traces, failed
 
     def next_due_at(self) -> Optional[float]:
         with self._tx() as conn:
@@ -272,7 +354,7 @@ class EdgeStore:
             if row is None:
                 return VerdictOutcome.UNKNOWN_TRACE
             state, history, local_label, cloud_label = row
-            machine = _machine(state, history)
+            machine = machine_from(state, history)
             if cloud_label is not None or machine.state is TraceState.COMPLETE:
                 return VerdictOutcome.DUPLICATE
             if result.status is not ResultStatus.SUCCESS or result.final is None:
@@ -299,7 +381,7 @@ class EdgeStore:
                 }
             updates.update(
                 state=machine.state.value,
-                history=_history_json(machine),
+                history=history_json(machine),
                 verdict_at=now,
                 cloud_result=json.dumps(
                     {
@@ -313,7 +395,7 @@ class EdgeStore:
                 f"UPDATE traces SET {', '.join(f'{k} = ?' for k in updates)} WHERE trace_id = ?",
                 (*updates.values(), result.trace_id),
             )
-            conn.execute("DELETE FROM outbox WHERE trace_id = ?", (result.trace_id,))
+            self._remove_outbox(conn, result.trace_id)
             return outcome
 
     def expire(self, now: float) -> list[str]:
@@ -324,12 +406,12 @@ class EdgeStore:
                 (TraceState.PENDING_CLOUD.value, now),
             ).fetchall()
             for trace_id, state, history, local_label in rows:
-                machine = _machine(state, history)
+                machine = machine_from(state, history)
                 machine.advance(TraceState.TIMED_OUT, "no verdict before the deadline", now)
                 machine.advance(TraceState.FALLBACK_COMPLETE, f"local answer {local_label} stands", now)
                 conn.execute(
                     "UPDATE traces SET state = ?, history = ?, final_label = ? WHERE trace_id = ?",
-                    (machine.state.value, _history_json(machine), local_label, trace_id),
+                    (machine.state.value, history_json(machine), local_label, trace_id),
                 )
         return [r[0] for r in rows]
 
@@ -377,11 +459,8 @@ class EdgeStore:
 
     def outbox(self) -> list[OutboxRow]:
         with self._tx() as conn:
-            rows = conn.execute(
-                "SELECT trace_id, payload, status, attempts, next_attempt_at, enqueued_at, last_error FROM outbox"
-                " ORDER BY enqueued_at"
-            ).fetchall()
-        return [OutboxRow(r[0], r[1], OutboxStatus(r[2]), r[3], r[4], r[5], r[6]) for r in rows]
+            rows = conn.execute(f"SELECT {OUTBOX_COLUMNS} FROM outbox ORDER BY enqueued_at").fetchall()
+        return [outbox_row(r) for r in rows]
 
     def unresolved(self) -> int:
         """Escalated traces that have neither a verdict nor a fallback."""
@@ -390,23 +469,3 @@ class EdgeStore:
                 "SELECT COUNT(*) FROM traces WHERE state NOT IN (?, ?, ?)", tuple(s.value for s in TERMINAL)
             ).fetchone()
         return int(n)
-
-
-def _prediction_json(prediction: Prediction) -> str:
-    return json.dumps(
-        {
-            "model_id": prediction.model_id,
-            "model_version": prediction.model_version,
-            "labels": list(prediction.labels),
-            "scores": list(prediction.scores),
-            "inference_ms": prediction.inference_ms,
-        }
-    )
-
-
-def _history_json(machine: TraceMachine) -> str:
-    return json.dumps([t.to_json() for t in machine.history])
-
-
-def _machine(state: str, history: str) -> TraceMachine:
-    return TraceMachine(TraceState(state), [Transition.from_json(t) for t in json.loads(history)])

@@ -19,12 +19,14 @@ from edge.comms.transport import Transport
 from edge.config import OutboxConfig
 from edge.errors import StoreError, TransportError
 from edge.metrics import EdgeMetrics
-from edge.outbox.store import EdgeStore, OutboxRow
+from edge.outbox.records import OutboxRow
+from edge.outbox.store import EdgeStore
 from protocol.messages import EscalationAck
 
 logger = logging.getLogger(__name__)
 
 IDLE_WAKE_S = 1.0  # wake at least this often, to notice a clock that moved
+HOUSEKEEPING_S = 60.0  # how often the outbox TTL and the retention are applied
 
 
 def backoff_s(attempts: int, config: OutboxConfig, rand: Callable[[], float] = random.random) -> float:
@@ -56,6 +58,7 @@ class EscalationWorker:
         self._thread: Optional[threading.Thread] = None
         # The pool starts its threads on first use, not here.
         self._pool = ThreadPoolExecutor(config.max_in_flight, thread_name_prefix="tandem-send")
+        self._housekeeping_at = 0.0
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="tandem-escalations", daemon=True)
@@ -78,11 +81,18 @@ class EscalationWorker:
         while not self._stopping.is_set():
             try:
                 self.expire_overdue()
+                if time.monotonic() >= self._housekeeping_at:
+                    self.housekeeping()
+                    self._housekeeping_at = time.monotonic() + HOUSEKEEPING_S
                 self.send_due()
                 wait = self._seconds_to_next_event()
             except StoreError as exc:
                 logger.error("escalation worker: store error, retrying in %.1f s: %s", IDLE_WAKE_S, exc)
                 self._metrics.store_errors.labels(operation="worker").inc()
+                wait = IDLE_WAKE_S
+            except Exception:  # a bug must not end the thread that empties the outbox
+                logger.exception("escalation worker: unexpected error, retrying in %.1f s", IDLE_WAKE_S)
+                self._metrics.store_errors.labels(operation="worker_bug").inc()
                 wait = IDLE_WAKE_S
             self._wake.wait(wait)
             self._wake.clear()
@@ -100,11 +110,26 @@ class EscalationWorker:
             self._metrics.fallbacks.inc(len(expired))
         return len(expired)
 
+    def housekeeping(self) -> None:
+        """Move escalations past the TTL to the failed table; delete what is past retention."""
+        now = self._clock()
+        expired = self._store.expire_outbox(now, self._config.ttl_s)
+        if expired:
+            logger.warning(
+                "%d escalations passed the outbox TTL of %g s; moved to the failed table",
+                len(expired),
+                self._config.ttl_s,
+            )
+            self._metrics.outbox_dropped.labels(reason="ttl").inc(len(expired))
+        traces, failed = self._store.prune(now, self._config.trace_retention_s, self._config.failed_retention_s)
+        if traces or failed:
+            logger.info("retention: deleted %d finished traces and %d failed escalations", traces, failed)
+
     def send_due(self) -> int:
         """Send due rows, up to max_in_flight at once; each failure schedules its own retry."""
         rows = self._store.due(self._clock(), limit=self._config.max_in_flight)
         sends: dict[Future[EscalationAck], OutboxRow] = {
-            self._pool.submit(self._transport.send, row.payload): row for row in rows
+            self._pool.submit(self._transport.send, row.trace_id, row.payload): row for row in rows
         }
         sent = 0
         for future in as_completed(sends):
@@ -122,8 +147,9 @@ class EscalationWorker:
     def _failed(self, row: OutboxRow, exc: TransportError) -> None:
         self._metrics.send_errors.labels(retryable=str(exc.retryable).lower()).inc()
         if not exc.retryable:
-            logger.error("trace %s: hub rejected the escalation, kept as FAILED: %s", row.trace_id, exc)
-            self._store.mark_failed(row.trace_id, str(exc))
+            logger.error("trace %s: hub rejected the escalation; moved to the failed table: %s", row.trace_id, exc)
+            self._store.mark_failed(row.trace_id, str(exc), self._clock())
+            self._metrics.outbox_dropped.labels(reason="permanent_error").inc()
             return
         delay = backoff_s(row.attempts + 1, self._config)
         logger.warning(

@@ -107,7 +107,7 @@ def test_hub_rejects_an_unknown_schema_version_and_the_device_does_not_retry(dem
     transport = GrpcTransport(GrpcConfig(target=f"127.0.0.1:{hub.grpc_port}"))
     transport.start()
     with pytest.raises(TransportError) as error:
-        transport.send(request.SerializeToString())
+        transport.send(request.trace_id, request.SerializeToString())
     transport.close()
     assert not error.value.retryable
 
@@ -148,7 +148,7 @@ def test_verdict_published_while_the_device_is_offline_arrives_when_it_restarts(
     config = edge_config(tmp_path, demo_assets, hub, mosquitto.port, device_id="cam-offline", threshold=0.97)
     with EdgeRuntime(config) as runtime:  # subscribes (the broker now holds a session), escalates, cannot send
         runtime.run(max_frames=60)
-        queued = [r.payload for r in runtime.store.outbox()]
+        queued = [(r.trace_id, r.payload) for r in runtime.store.outbox()]
         pending = {t.trace_id for t in escalated(runtime)}
     assert queued and pending
 
@@ -156,8 +156,8 @@ def test_verdict_published_while_the_device_is_offline_arrives_when_it_restarts(
     hub.start()
     sender = GrpcTransport(GrpcConfig(target=f"127.0.0.1:{hub.grpc_port}"))
     sender.start()
-    for payload in queued:
-        sender.send(payload)
+    for trace_id, payload in queued:
+        sender.send(trace_id, payload)
     sender.close()
 
     def all_delivered() -> bool:

@@ -6,7 +6,7 @@ import pytest
 
 from edge.errors import StoreError
 from edge.judge import TraceMachine, TraceState
-from edge.outbox import EdgeStore, VerdictOutcome
+from edge.outbox import EdgeStore, OutboxLimits, VerdictOutcome
 from edge.outbox.store import OutboxStatus
 from protocol import EscalationResult, Prediction, ResultStatus, new_trace_id
 
@@ -26,11 +26,13 @@ def pending_machine() -> TraceMachine:
     return m
 
 
-def escalate(store: EdgeStore, now: float = 100.0, deadline_s: float = 5.0, truth: str = "1") -> str:
+def escalate(store: EdgeStore, now: float = 100.0, deadline_s: float = 5.0, truth: str = "1",
+             payload: bytes = b"request-bytes", priority: int = 0) -> str:
     trace_id = new_trace_id()
     store.record_trace(
         trace_id, pending_machine(), source_id="cam0", frame_index=0, truth=truth, prediction=pred(0),
-        reasons=("confidence: low",), created_at=now, escalation=b"request-bytes", deadline_at=now + deadline_s,
+        reasons=("confidence: low",), created_at=now, escalation=payload, deadline_at=now + deadline_s,
+        priority=priority,
     )
     return trace_id
 
@@ -84,12 +86,94 @@ def test_retry_moves_the_row_out_of_the_due_window(store):
     assert row.attempts == 1 and row.last_error == "UNAVAILABLE"
 
 
-def test_sent_rows_are_not_sent_again_and_failed_rows_are_kept(store):
+def test_sent_rows_are_not_sent_again_and_failed_rows_move_to_the_failed_table(store):
     a, b = escalate(store), escalate(store)
     store.mark_sent(a)
-    store.mark_failed(b, "INVALID_ARGUMENT")
+    store.mark_failed(b, "INVALID_ARGUMENT", now=120.0)
     assert store.due(now=1e12) == []
-    assert {r.trace_id: r.status for r in store.outbox()} == {a: OutboxStatus.SENT, b: OutboxStatus.FAILED}
+    assert {r.trace_id: r.status for r in store.outbox()} == {a: OutboxStatus.SENT}
+    (failed,) = store.failed()
+    assert (failed.trace_id, failed.reason, failed.attempts, failed.payload) == (b, "INVALID_ARGUMENT", 1,
+                                                                                 b"request-bytes")
+
+
+def test_replay_requeues_failed_rows_as_new_sends(store):
+    a, b = escalate(store), escalate(store)
+    store.mark_failed(a, "INVALID_ARGUMENT", now=120.0)
+    store.mark_failed(b, "INVALID_ARGUMENT", now=121.0)
+    assert store.replay(now=500.0, trace_ids=[b]) == [b]
+    assert [f.trace_id for f in store.failed()] == [a]
+    (row,) = store.due(now=500.0)
+    assert (row.trace_id, row.attempts, row.enqueued_at) == (b, 0, 500.0)
+    assert store.replay(now=501.0) == [a] and store.failed() == []
+
+
+def test_higher_priority_is_sent_first(store):
+    low, high = escalate(store, now=100.0, priority=1), escalate(store, now=101.0, priority=90)
+    assert [r.trace_id for r in store.due(now=200.0)] == [high, low]
+
+
+def bounded(tmp_path, **limits) -> EdgeStore:
+    s = EdgeStore(tmp_path / "bounded.db", limits=OutboxLimits(**limits))
+    s.open()
+    return s
+
+
+def test_drop_oldest_makes_room_and_the_dropped_trace_falls_back(tmp_path):
+    store = bounded(tmp_path, max_rows=2, on_full="drop_oldest")
+    a, b = escalate(store, now=100.0), escalate(store, now=101.0)
+    assert store.admission(13, priority=0) is None
+    c = escalate(store, now=102.0)
+    assert [r.trace_id for r in store.outbox()] == [b, c]
+    dropped = store.trace(a)
+    assert dropped.state is TraceState.FALLBACK_COMPLETE and dropped.final_label == "0"
+    assert "outbox full (on_full drop_oldest)" in dropped.history[-2].reason
+    assert store.depth().rows == 2
+
+
+def test_drop_lowest_priority_keeps_the_urgent_rows(tmp_path):
+    store = bounded(tmp_path, max_rows=2, on_full="drop_lowest_priority")
+    urgent, low = escalate(store, now=100.0, priority=80), escalate(store, now=101.0, priority=5)
+    assert store.admission(13, priority=1) is not None  # lower than everything queued: refused
+    escalate(store, now=102.0, priority=50)
+    assert {r.trace_id for r in store.outbox()} >= {urgent}
+    assert low not in {r.trace_id for r in store.outbox()}
+
+
+def test_reject_new_keeps_the_queue(tmp_path):
+    store = bounded(tmp_path, max_rows=1, on_full="reject_new")
+    escalate(store)
+    assert "reject_new" in store.admission(13, priority=99)
+
+
+def test_byte_bound_counts_payloads_and_survives_a_restart(tmp_path):
+    store = bounded(tmp_path, max_bytes=100, on_full="drop_oldest")
+    first = escalate(store, payload=b"x" * 60)
+    escalate(store, payload=b"y" * 30)
+    assert store.depth().bytes == 90
+    escalate(store, payload=b"z" * 30)  # 120 > 100: the oldest goes
+    assert first not in {r.trace_id for r in store.outbox()} and store.depth().bytes == 60
+    store.close()
+    reopened = bounded(tmp_path, max_bytes=100)
+    assert (reopened.depth().rows, reopened.depth().bytes) == (2, 60)
+    assert "larger than the whole outbox" in reopened.admission(101, priority=0)
+
+
+def test_ttl_moves_stale_escalations_to_the_failed_table(store):
+    old, new = escalate(store, now=100.0), escalate(store, now=5000.0)
+    assert store.expire_outbox(now=4000.0, ttl_s=3600.0) == [old]
+    assert [r.trace_id for r in store.outbox()] == [new]
+    (failed,) = store.failed()
+    assert failed.trace_id == old and failed.reason.startswith("expired")
+    assert store.trace(old).state is TraceState.FALLBACK_COMPLETE
+
+
+def test_retention_deletes_old_finished_traces_but_not_pending_ones(store):
+    done = escalate(store, now=100.0)
+    store.apply_result(verdict(done), now=101.0)
+    pending = escalate(store, now=100.0)
+    assert store.prune(now=100.0 + 8 * 86400, trace_retention_s=7 * 86400, failed_retention_s=30 * 86400) == (1, 0)
+    assert store.trace(done) is None and store.trace(pending) is not None
 
 
 def test_verdict_completes_the_trace_exactly_once(store):
@@ -146,3 +230,47 @@ def test_closed_store_raises_a_store_error(tmp_path):
     s = EdgeStore(tmp_path / "x.db")
     with pytest.raises(StoreError, match="not open"):
         s.due(now=0.0)
+
+
+def test_a_version_1_store_is_migrated(tmp_path):
+    """Version 1 had no priority column and kept permanent failures in the outbox as FAILED."""
+    path = tmp_path / "v1.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE outbox (trace_id TEXT PRIMARY KEY, payload BLOB NOT NULL, status TEXT NOT NULL,"
+                 " attempts INTEGER NOT NULL DEFAULT 0, next_attempt_at FLOAT NOT NULL, enqueued_at FLOAT NOT NULL,"
+                 " last_error TEXT)")
+    conn.executemany("INSERT INTO outbox VALUES (?, ?, ?, ?, ?, ?, ?)", [
+        ("a" * 32, b"queued", "QUEUED", 0, 1.0, 1.0, None),
+        ("b" * 32, b"failed", "FAILED", 1, 2.0, 2.0, "INVALID_ARGUMENT"),
+    ])
+    conn.execute("PRAGMA user_version=1")
+    conn.commit()
+    conn.close()
+    store = EdgeStore(path)
+    store.open()
+    assert [(r.trace_id, r.priority) for r in store.outbox()] == [("a" * 32, 0)]
+    assert [(f.trace_id, f.reason) for f in store.failed()] == [("b" * 32, "INVALID_ARGUMENT")]
+    assert store.depth().rows == 1
+    store.close()
+
+
+def test_replay_command_lists_and_requeues(tmp_path, capsys):
+    import yaml
+
+    from edge.cli import main
+
+    config = tmp_path / "edge.yaml"
+    config.write_text(yaml.safe_dump({"device_id": "cam-1", "state_path": str(tmp_path / "edge.db"),
+                                      "source": {"kind": "camera"}, "detector": {"model_path": "m.onnx"}}))
+    store = EdgeStore(tmp_path / "edge.db")
+    store.open()
+    trace_id = escalate(store)
+    store.mark_failed(trace_id, "INVALID_ARGUMENT", now=120.0)
+    store.close()
+    assert main(["edge", "replay", "--config", str(config)]) == 0
+    assert f"{trace_id}  attempts 1" in capsys.readouterr().out
+    assert main(["edge", "replay", "--config", str(config), "f" * 32]) == 1  # unknown id: said so
+    assert main(["edge", "replay", "--config", str(config), trace_id]) == 0
+    store.open()
+    assert [r.trace_id for r in store.outbox()] == [trace_id] and store.failed() == []
+    store.close()

@@ -22,7 +22,7 @@ class ScriptedTransport(Transport):
     def start(self):
         pass
 
-    def send(self, payload):
+    def send(self, trace_id, payload):
         self.sent.append(payload)
         outcome = self.outcomes.pop(0)
         if isinstance(outcome, Exception):
@@ -78,8 +78,9 @@ def test_permanent_rejection_is_kept_for_an_operator(store):
     enqueue(store, clock.now)
     worker, _ = make_worker(store, ScriptedTransport([TransportError("INVALID_ARGUMENT", retryable=False)]), clock)
     worker.send_due()
-    (row,) = store.outbox()
-    assert row.status is OutboxStatus.FAILED and "INVALID_ARGUMENT" in row.last_error
+    assert store.outbox() == []
+    (row,) = store.failed()
+    assert "INVALID_ARGUMENT" in row.reason
 
 
 def test_sends_in_parallel_up_to_the_limit(store):

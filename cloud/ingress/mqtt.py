@@ -1,0 +1,129 @@
+"""Escalations from devices over MQTT: ``tandem/v1/devices/+/escalations``, QoS 1, onto the escalation service.
+
+The hub subscribes through a shared subscription (``$share/tandem-hub/...``),
+so with several ingress replicas each message goes to one of them, with a
+persistent session under a fixed client id, so the broker keeps what devices
+send while the hub is down. A message is acknowledged only after the service
+has recorded the trace (manual ack), so a hub that dies in between receives
+it again; the trace store's trace_id check makes the repeat harmless.
+
+A request that cannot be accepted (an unknown schema version, a bad trace
+id) is answered with a FAILED result on the device's results topic, the MQTT
+counterpart of gRPC's FAILED_PRECONDITION, so the device falls back at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from concurrent.futures import TimeoutError as FutureTimeout
+
+import paho.mqtt.client as mqtt
+from google.protobuf.message import DecodeError
+
+from cloud.escalations import EscalationService
+from protocol._generated.tandem.v1 import tandem_pb2 as pb
+from protocol.codec import decode_request
+from protocol.errors import InvalidTopic, MalformedMessage, ProtocolError
+from protocol.messages import validate_trace_id
+from protocol.topics import PREFIX, Channel, DeviceTopic
+
+logger = logging.getLogger(__name__)
+
+SHARE_GROUP = "tandem-hub"
+TOPIC_FILTER = f"$share/{SHARE_GROUP}/{PREFIX}/+/{Channel.ESCALATIONS.value}"
+RECORD_TIMEOUT_S = 10.0
+
+
+class MqttEscalations:
+    """Subscribes for escalations and hands each to the service on the replica's event loop."""
+
+    def __init__(
+        self,
+        service: EscalationService,
+        loop: asyncio.AbstractEventLoop,
+        host: str,
+        port: int,
+        username: str,
+        password: str | None,
+        client_id: str,
+    ) -> None:
+        self._service = service
+        self._loop = loop
+        self._host = host
+        self._port = port
+        self._client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            clean_session=False,
+            protocol=mqtt.MQTTv311,
+            manual_ack=True,
+        )
+        self._client.username_pw_set(username, password)
+        self._client.reconnect_delay_set(min_delay=1, max_delay=30)
+        self._client.on_connect = self._on_connect
+        self._client.on_message = self._on_message
+        self.counts = {"accepted": 0, "rejected": 0, "undecodable": 0}
+
+    def start(self) -> None:
+        self._client.connect_async(self._host, self._port, keepalive=30)
+        self._client.loop_start()
+
+    def close(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    def _on_connect(self, client: mqtt.Client, _u: object, _f: object, reason: object, _p: object) -> None:
+        if getattr(reason, "is_failure", False):
+            logger.error("mqtt ingress: broker refused the connection: %s", reason)
+            return
+        sock = client.socket()
+        if isinstance(sock, socket.socket):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        client.subscribe(TOPIC_FILTER, qos=1)
+        logger.info("mqtt ingress: subscribed to %s", TOPIC_FILTER)
+
+    def _on_message(self, client: mqtt.Client, _u: object, message: mqtt.MQTTMessage) -> None:
+        """paho's thread: record the escalation on the event loop, then acknowledge it."""
+        try:
+            device_id = DeviceTopic.parse(message.topic).device_id
+        except InvalidTopic as exc:
+            logger.error("mqtt ingress: %s; dropped", exc)
+            client.ack(message.mid, message.qos)
+            return
+        future = asyncio.run_coroutine_threadsafe(self._handle(device_id, message.payload), self._loop)
+        try:
+            future.result(RECORD_TIMEOUT_S)
+        except FutureTimeout:
+            logger.error("mqtt ingress: escalation from %s not recorded in time; left for redelivery", device_id)
+            return
+        except Exception:  # a store error: leave it unacknowledged so the broker sends it again
+            logger.exception("mqtt ingress: escalation from %s not recorded; left for redelivery", device_id)
+            return
+        client.ack(message.mid, message.qos)
+
+    async def _handle(self, device_id: str, payload: bytes) -> None:
+        try:
+            request = decode_request(payload)
+        except ProtocolError as exc:
+            await self._reject(device_id, payload, exc)
+            return
+        if request.device_id != device_id:
+            await self._reject(
+                device_id, payload, MalformedMessage(f"sent on {device_id}'s topic as {request.device_id}")
+            )
+            return
+        await self._service.escalate(request)
+        self.counts["accepted"] += 1
+
+    async def _reject(self, device_id: str, payload: bytes, error: ProtocolError) -> None:
+        try:
+            trace_id = validate_trace_id(pb.EscalationRequest.FromString(payload).trace_id)
+        except (DecodeError, ProtocolError):
+            self.counts["undecodable"] += 1
+            logger.error("mqtt ingress: undecodable escalation from %s dropped: %s", device_id, error)
+            return
+        self.counts["rejected"] += 1
+        logger.warning("mqtt ingress: escalation %s from %s rejected: %s", trace_id, device_id, error)
+        self._service.reject(device_id, trace_id, f"rejected: {error}")

@@ -1,0 +1,78 @@
+"""The device store's tables, and the migration from older versions of them."""
+
+from __future__ import annotations
+
+import sqlite_utils
+
+SCHEMA_VERSION = 2
+
+
+def create_schema(db: sqlite_utils.Database) -> None:
+    db["traces"].create(
+        {
+            "trace_id": str,
+            "state": str,
+            "source_id": str,
+            "frame_index": int,
+            "truth": str,
+            "local_label": str,
+            "local_confidence": float,
+            "local_prediction": str,
+            "cloud_label": str,
+            "cloud_confidence": float,
+            "cloud_result": str,
+            "final_label": str,
+            "reasons": str,
+            "created_at": float,
+            "escalated_at": float,
+            "deadline_at": float,
+            "verdict_at": float,
+            "history": str,
+        },
+        pk="trace_id",
+        not_null={"state", "history", "created_at"},
+        if_not_exists=True,
+    )
+    db["traces"].create_index(["state", "deadline_at"], if_not_exists=True)
+    db["outbox"].create(
+        {
+            "trace_id": str,
+            "payload": bytes,
+            "status": str,
+            "attempts": int,
+            "next_attempt_at": float,
+            "enqueued_at": float,
+            "last_error": str,
+            "priority": int,
+        },
+        pk="trace_id",
+        not_null={"payload", "status", "attempts", "next_attempt_at", "enqueued_at", "priority"},
+        defaults={"attempts": 0, "priority": 0},
+        if_not_exists=True,
+    )
+    if "priority" not in db["outbox"].columns_dict:  # a version 1 store
+        db.execute("ALTER TABLE outbox ADD COLUMN priority INTEGER NOT NULL DEFAULT 0")
+    db["outbox"].create_index(["status", "next_attempt_at"], if_not_exists=True)
+    db["outbox"].create_index(["enqueued_at"], if_not_exists=True)
+    db["failed"].create(
+        {
+            "trace_id": str,
+            "payload": bytes,
+            "priority": int,
+            "attempts": int,
+            "enqueued_at": float,
+            "failed_at": float,
+            "reason": str,
+        },
+        pk="trace_id",
+        not_null={"payload", "priority", "attempts", "enqueued_at", "failed_at", "reason"},
+        if_not_exists=True,
+    )
+    # Version 1 kept permanent failures in the outbox with status FAILED.
+    db.execute(
+        "INSERT OR IGNORE INTO failed (trace_id, payload, priority, attempts, enqueued_at, failed_at, reason)"
+        " SELECT trace_id, payload, priority, attempts, enqueued_at, next_attempt_at, COALESCE(last_error, '')"
+        " FROM outbox WHERE status = 'FAILED'"
+    )
+    db.execute("DELETE FROM outbox WHERE status = 'FAILED'")
+    db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
