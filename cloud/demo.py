@@ -21,7 +21,16 @@ from cloud.app import start_hub, stop_hub
 from cloud.broker import EmbeddedBroker, MosquittoBroker, find_mosquitto, free_port
 from cloud.config import HubConfig
 from edge.app import EdgeRuntime
-from edge.config import DetectorConfig, EdgeConfig, EscalationConfig, GrpcConfig, JudgeConfig, MqttConfig, SourceConfig
+from edge.config import (
+    DetectorConfig,
+    EdgeConfig,
+    EscalationConfig,
+    GrpcConfig,
+    JudgeConfig,
+    MqttConfig,
+    ServiceConfig,
+    SourceConfig,
+)
 from edge.detectors import create_detector
 from edge.judge import calibrate
 from edge.summary import format_table, summarize
@@ -97,6 +106,7 @@ def run_demo(args: argparse.Namespace) -> int:
             transport=GrpcConfig(target=f"127.0.0.1:{hub.grpc_port}"),
             mqtt=MqttConfig(port=broker.port),
             escalation=EscalationConfig(deadline_ms=args.deadline_ms),
+            service=ServiceConfig(http_port=0),
         )
         started = time.monotonic()
         with broker:

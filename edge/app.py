@@ -12,6 +12,7 @@ hub or a dead broker: each becomes a recorded state, a log line and a metric.
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 import time
@@ -22,6 +23,7 @@ from typing import Optional
 import cv2
 import numpy as np
 
+from edge.actions import Actions, Settlement
 from edge.comms.grpc_client import GrpcTransport
 from edge.comms.mqtt import Handled, ResultSubscriber
 from edge.comms.mqtt_transport import MqttTransport
@@ -30,11 +32,13 @@ from edge.config import EdgeConfig, MqttTransportConfig
 from edge.detectors import create_detector
 from edge.detectors.base import Detector
 from edge.errors import DetectorError, StoreError
+from edge.health import HealthServer
 from edge.judge import Judge, JudgeDecision, JudgeInput, TraceMachine, TraceState, Verdict
-from edge.metrics import EdgeMetrics
+from edge.metrics import EdgeMetrics, RuntimeState
 from edge.outbox import EdgeStore, OutboxLimits, VerdictOutcome
 from edge.outbox.worker import EscalationWorker
-from edge.sources import Frame, open_source
+from edge.service import SystemdNotifier
+from edge.sources import Frame, FrameSource, LiveSource, SourceState, open_source
 from edge.sources.sensors import SensorState, open_sensor
 from protocol.codec import decode_result, encode_request
 from protocol.errors import ProtocolError
@@ -78,12 +82,32 @@ class EdgeRuntime:
         self.judge = Judge.from_config(config.judge)
         self.subscriber = ResultSubscriber(config.device_id, config.mqtt, self.on_result)
         self.transport = transport or self._transport(config)
-        self.worker = EscalationWorker(self.store, self.transport, config.outbox, self.metrics, clock)
+        self.actions = Actions(config.device_id, config.actions, self._publish_alert, self.metrics)
+        self.settle = Settlement(config, self.store, self.actions, self.metrics, clock)
+        self.worker = EscalationWorker(
+            self.store,
+            self.transport,
+            config.outbox,
+            self.metrics,
+            clock,
+            on_fallback=self.settle.fallback,
+        )
+        self.notifier = SystemdNotifier()
+        self.health = (
+            HealthServer(config.service.http_host, config.service.http_port, self.metrics.registry, self.health_probe)
+            if config.service.http_port is not None
+            else None
+        )
+        self.metrics.watch(self.runtime_state)
         self.sensors = SensorState()
         self.sensor_readers = [
             open_sensor(s, self.sensors, config.mqtt, config.device_id, self._on_sensor_error) for s in config.sensors
         ]
         self._stop = threading.Event()
+        self._source: Optional[FrameSource] = None
+        self._source_state = "connecting"
+        self._recent: collections.deque[float] = collections.deque(maxlen=1000)  # monotonic times of frames
+        self._last_turn = time.monotonic()
 
     def _transport(self, config: EdgeConfig) -> Transport:
         if isinstance(config.transport, MqttTransportConfig):
@@ -102,20 +126,33 @@ class EdgeRuntime:
         self.worker.start()
         for reader in self.sensor_readers:
             reader.start()
+        self.actions.start()
+        if self.health is not None:
+            self.health.start()
+        self.notifier.ready(f"device {self.config.device_id} running")
         logger.info("edge %s: running", self.config.device_id)
 
     def stop(self) -> None:
-        """Ask ``run()`` to return after the current frame (for signal handlers)."""
+        """Ask ``run()`` to return after the current frame (signal handlers call this)."""
         self._stop.set()
+        source = self._source
+        if source is not None:
+            source.stop()
 
     def close(self) -> None:
+        """Drain and release everything: sends in flight finish, queued rows stay in the outbox for the next start."""
+        self.notifier.stopping()
         for reader in self.sensor_readers:
             reader.close()
         self.worker.stop()
+        self.actions.close()
+        if self.health is not None:
+            self.health.close()
         self.subscriber.close()
         self.transport.close()
         self.detector.close()
         self.store.close()
+        self.notifier.close()
         logger.info("edge %s: closed", self.config.device_id)
 
     def __enter__(self) -> EdgeRuntime:
@@ -133,17 +170,29 @@ class EdgeRuntime:
         fps = self.config.source.max_fps
         interval = 1.0 / fps if fps else 0.0
         next_at = time.monotonic()
-        with open_source(self.config.source) as source:
-            for frame in source.frames():
-                self.process(frame)
-                count += 1
-                if self._stop.is_set() or (max_frames is not None and count >= max_frames):
-                    break
-                if interval:
-                    # The next frame's slot; after a stall, catch up by at most one frame, never in a burst.
-                    next_at = max(next_at + interval, time.monotonic() - interval)
-                    self._stop.wait(max(0.0, next_at - time.monotonic()))
+        with open_source(self.config.source, self._on_source_state) as source:
+            self._source = source
+            self._source_state = "file" if self.config.source.kind in ("video", "images") else "connecting"
+            if isinstance(source, LiveSource):
+                source.on_idle = self._turn  # waiting for a camera that is down is not a stalled loop
+            try:
+                for frame in source.frames():
+                    self.process(frame)
+                    count += 1
+                    if self._stop.is_set() or (max_frames is not None and count >= max_frames):
+                        break
+                    if interval:
+                        # The next frame's slot; after a stall, catch up by at most one frame, never in a burst.
+                        next_at = max(next_at + interval, time.monotonic() - interval)
+                        self._stop.wait(max(0.0, next_at - time.monotonic()))
+            finally:
+                self._source = None
         return count
+
+    def _turn(self) -> None:
+        """The frame loop is alive: ping systemd's watchdog and note the time for /healthz."""
+        self._last_turn = time.monotonic()
+        self.notifier.watchdog()
 
     def process(self, frame: Frame) -> Optional[TraceState]:
         """One frame through detector and judge; returns the trace's state, or None if it could not be stored."""
@@ -175,6 +224,11 @@ class EdgeRuntime:
             self.metrics.store_errors.labels(operation="record_trace").inc()
             return None
         self.metrics.frames.labels(outcome=machine.state.value.lower()).inc()
+        self._recent.append(time.monotonic())
+        self._turn()
+        if prediction is not None:
+            self.metrics.inference_ms.observe(prediction.inference_ms)
+        self.settle.new_trace(trace_id, frame, prediction, machine.state, now)
         if dropped:
             logger.warning(
                 "outbox full: dropped %d escalations (%s); their local answers stand",
@@ -280,9 +334,77 @@ class EdgeRuntime:
             self.metrics.store_errors.labels(operation="apply_result").inc()
             return Handled.RETRY
         self.metrics.verdicts.labels(outcome=outcome.value).inc()
+        if outcome in (VerdictOutcome.COMPLETED, VerdictOutcome.LATE, VerdictOutcome.FAILED):
+            self.settle.verdict(result.trace_id, outcome)
         log = logger.warning if outcome in (VerdictOutcome.UNKNOWN_TRACE, VerdictOutcome.FAILED) else logger.debug
         log("result %s: %s", result.trace_id, outcome.value)
         return Handled.ACK
+
+    def _publish_alert(self, topic: str, payload: bytes) -> None:
+        self.subscriber.publish(topic, payload)
+
+    # -- state for /healthz and /metrics -------------------------------------------
+
+    def _on_source_state(self, source_id: str, state: SourceState, reason: str) -> None:
+        self._source_state = state.value
+        self.notifier.status(f"source {source_id} {state.value}: {reason}")
+
+    def runtime_state(self) -> RuntimeState:
+        now = time.monotonic()
+        recent = [t for t in self._recent if t >= now - 10.0]
+        fps = (len(recent) - 1) / (recent[-1] - recent[0]) if len(recent) > 1 and recent[-1] > recent[0] else 0.0
+        depth = self.store.depth()
+        stats = self._source.stats if isinstance(self._source, LiveSource) else None
+        return RuntimeState(
+            fps=fps,
+            outbox_rows=depth.rows,
+            outbox_bytes=depth.bytes,
+            outbox_oldest_age_s=max(0.0, self.clock() - depth.oldest_enqueued_at) if depth.oldest_enqueued_at else 0.0,
+            failed_rows=depth.failed_rows,
+            source_id=self.config.source.source_id,
+            source_state=self._source_state,
+            source_dropped=stats.dropped if stats else 0,
+            source_reconnects=stats.reconnects if stats else 0,
+            source_down_s=stats.down_s if stats else 0.0,
+        )
+
+    def health_probe(self) -> tuple[bool, dict[str, object]]:
+        """Healthy while the frame loop turns; the body says what else is degraded."""
+        state = self.runtime_state()
+        idle_s = time.monotonic() - self._last_turn
+        stalled = self._source is not None and idle_s > self.config.service.stall_after_s
+        degraded = [
+            name
+            for name, bad in (
+                ("source down", state.source_state == "down"),
+                ("broker not connected", not self.subscriber.subscribed),
+                ("failed escalations waiting for replay", state.failed_rows > 0),
+            )
+            if bad
+        ]
+        status = "stalled" if stalled else ("degraded" if degraded else "ok")
+        body: dict[str, object] = {
+            "status": status,
+            "device_id": self.config.device_id,
+            "loop_idle_s": round(idle_s, 3),
+            "degraded": degraded,
+            "fps": round(state.fps, 2),
+            "source": {
+                "id": state.source_id,
+                "state": state.source_state,
+                "dropped": state.source_dropped,
+                "reconnects": state.source_reconnects,
+                "down_s": round(state.source_down_s, 3),
+            },
+            "outbox": {
+                "rows": state.outbox_rows,
+                "bytes": state.outbox_bytes,
+                "oldest_age_s": round(state.outbox_oldest_age_s, 3),
+                "failed": state.failed_rows,
+            },
+            "mqtt_connected": self.subscriber.subscribed,
+        }
+        return not stalled, body
 
     def wait_resolved(self, timeout_s: float, poll_s: float = 0.05) -> bool:
         """Wait until every escalated trace has a verdict or a fallback; True if it happened in time."""

@@ -35,12 +35,24 @@ def _edge_run(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     runtime = EdgeRuntime(config)
-    signal.signal(signal.SIGTERM, lambda *_: runtime.stop())
+    signalled: list[int] = []
+
+    def on_signal(signum: int, _frame: object) -> None:
+        logger.info("signal %d: finishing the current frame, then draining", signum)
+        signalled.append(signum)
+        runtime.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     with runtime:
         frames = runtime.run(max_frames=args.max_frames)
-        logger.info("source done after %d frames; waiting for outstanding verdicts", frames)
-        runtime.wait_resolved(config.escalation.deadline_ms / 1000.0 + 1.0)
+        if not signalled:
+            # The source ended (a file): give outstanding escalations their deadline.
+            logger.info("source done after %d frames; waiting for outstanding verdicts", frames)
+            runtime.wait_resolved(config.escalation.deadline_ms / 1000.0 + 1.0)
         summary = summarize(runtime.store)
+    # Leaving the block drained the sends in flight and closed the store; queued
+    # escalations stay in the outbox and go out after the next start.
     print(json.dumps(summary.as_dict()) if args.json else format_table(summary))
     return 0
 

@@ -23,14 +23,18 @@ class _Strict(BaseModel):
 
 
 class SourceConfig(_Strict):
-    kind: Literal["video", "camera", "images"] = Field(
+    kind: Literal["video", "camera", "images", "stream", "gstreamer"] = Field(
         description=(
-            "video: a video file; camera: a camera by index (0 = /dev/video0); "
-            "images: a folder of images, read in name order"
+            "video: a video file; camera: a V4L2 camera (camera_index, or device); images: a folder of images, "
+            "read in name order; stream: an RTSP or HTTP MJPEG url; gstreamer: a GStreamer pipeline ending in "
+            "appsink (a Jetson CSI camera)"
         )
     )
     path: Optional[Path] = Field(None, description="the video file or image folder (video, images)")
-    camera_index: int = Field(0, ge=0, description="the camera's index (camera)")
+    camera_index: int = Field(0, ge=0, description="the camera's index, 0 = /dev/video0 (camera)")
+    device: Optional[str] = Field(None, description="the camera's device path, e.g. /dev/video2; wins over the index")
+    url: Optional[str] = Field(None, description="rtsp://... or http://... (stream)")
+    pipeline: Optional[str] = Field(None, description="the GStreamer pipeline (gstreamer)")
     labels_csv: Optional[Path] = Field(
         None,
         description="optional ground truth: a CSV with columns frame,file,label; lets the runtime report accuracy",
@@ -39,6 +43,17 @@ class SourceConfig(_Strict):
     max_fps: Optional[float] = Field(
         None, gt=0, description="read at most this many frames a second (a file plays back at this rate); none: no cap"
     )
+    timeout_ms: int = Field(5000, gt=0, description="open and read timeout of a stream (stream)")
+    reconnect_initial_ms: int = Field(500, gt=0, description="first wait before reopening a live source that failed")
+    reconnect_max_ms: int = Field(30_000, gt=0, description="cap on that wait (it doubles, with jitter)")
+
+    @model_validator(mode="after")
+    def _target(self) -> SourceConfig:
+        needs = {"video": "path", "images": "path", "stream": "url", "gstreamer": "pipeline"}
+        field = needs.get(self.kind)
+        if field is not None and getattr(self, field) is None:
+            raise ValueError(f"a source of kind {self.kind} needs {field}")
+        return self
 
 
 class SensorConfig(_Strict):
@@ -217,6 +232,24 @@ class MqttConfig(_Strict):
     )
 
 
+class ActionsConfig(_Strict):
+    enabled: bool = Field(False, description="publish alerts (and call the webhook) for settled answers")
+    alert_labels: list[str] = Field([], description="the classes that trigger an action; empty: every class")
+    alert_min_confidence: float = Field(0.0, ge=0, le=1, description="skip answers less sure than this")
+    webhook_url: Optional[str] = Field(None, description="POST each alert's JSON here too; none: no webhook")
+    webhook_timeout_ms: int = Field(2000, gt=0, description="timeout of one webhook call (3 attempts)")
+
+
+class ServiceConfig(_Strict):
+    http_host: str = Field("127.0.0.1", description="address of /healthz and /metrics")
+    http_port: Optional[int] = Field(
+        9108, ge=0, lt=65536, description="port of /healthz and /metrics; 0 picks a free one; none turns them off"
+    )
+    stall_after_s: float = Field(
+        30.0, gt=0, description="/healthz answers 503 when the frame loop has not turned for this long"
+    )
+
+
 class EscalationConfig(_Strict):
     deadline_ms: int = Field(
         5000, gt=0, description="how long a trace waits for the hub's verdict before the local answer stands"
@@ -245,6 +278,8 @@ class EdgeConfig(_Strict):
     ] = Field(GrpcConfig(), description="how escalations reach the hub: kind grpc (the default) or mqtt")
     mqtt: MqttConfig = MqttConfig()
     escalation: EscalationConfig = EscalationConfig()
+    actions: ActionsConfig = ActionsConfig()
+    service: ServiceConfig = ServiceConfig()
 
     @field_validator("device_id")
     @classmethod

@@ -1,51 +1,126 @@
-"""The edge runtime's counters, in a Prometheus registry of its own (one per runtime)."""
+"""The edge runtime's metrics, in a Prometheus registry of its own (one per runtime).
+
+Counters and histograms are updated where things happen. Gauges that
+describe the current state (fps, outbox depth and age, the source's state)
+are read from the runtime when Prometheus scrapes, through ``watch``.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+MS_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
+
+
+@dataclass(frozen=True)
+class RuntimeState:
+    """What the gauges show, read at scrape time."""
+
+    fps: float
+    outbox_rows: int
+    outbox_bytes: int
+    outbox_oldest_age_s: float
+    failed_rows: int
+    source_id: str
+    source_state: str
+    source_dropped: int
+    source_reconnects: int
+    source_down_s: float
+
+
+SOURCE_STATES = ("connecting", "up", "down", "closed", "file")
+
+
+class _StateCollector(Collector):
+    def __init__(self, read: Callable[[], RuntimeState]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        s = self._read()
+        yield GaugeMetricFamily("tandem_edge_fps", "Frames processed per second, over the last 10 s", value=s.fps)
+        yield GaugeMetricFamily("tandem_edge_outbox_rows", "Escalations waiting for a verdict", value=s.outbox_rows)
+        yield GaugeMetricFamily("tandem_edge_outbox_bytes", "Payload bytes in the outbox", value=s.outbox_bytes)
+        yield GaugeMetricFamily(
+            "tandem_edge_outbox_oldest_age_seconds", "Age of the oldest outbox row", value=s.outbox_oldest_age_s
+        )
+        yield GaugeMetricFamily(
+            "tandem_edge_failed_rows", "Escalations in the failed table (tandem edge replay)", value=s.failed_rows
+        )
+        state = GaugeMetricFamily(
+            "tandem_edge_source_state", "1 for the source's current state", labels=["source", "state"]
+        )
+        for name in SOURCE_STATES:
+            state.add_metric([s.source_id, name], 1.0 if name == s.source_state else 0.0)
+        yield state
+        for metric, help_text, value in (
+            (
+                "tandem_edge_source_frames_dropped",
+                "Live frames overwritten before the loop took them",
+                s.source_dropped,
+            ),
+            ("tandem_edge_source_reconnects", "Times the source came back after going down", s.source_reconnects),
+            ("tandem_edge_source_down_seconds", "Time the source spent down", s.source_down_s),
+        ):
+            family = GaugeMetricFamily(metric, help_text, labels=["source"])
+            family.add_metric([s.source_id], float(value))
+            yield family
 
 
 class EdgeMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.frames = Counter(
-            "tandem_edge_frames", "Frames by how their trace ended up", ["outcome"], registry=self.registry
+        r = self.registry
+        self.frames = Counter("tandem_edge_frames", "Frames by how their trace ended up", ["outcome"], registry=r)
+        self.inference_ms = Histogram(
+            "tandem_edge_inference_ms", "Model time per frame, in ms", buckets=MS_BUCKETS, registry=r
         )
-        self.escalations_sent = Counter(
-            "tandem_edge_escalations_sent", "Escalations the hub acknowledged", ["ack"], registry=self.registry
-        )
-        self.send_errors = Counter(
-            "tandem_edge_send_errors", "Failed escalation sends", ["retryable"], registry=self.registry
-        )
-        self.verdicts = Counter(
-            "tandem_edge_verdicts", "Hub results by what they did to their trace", ["outcome"], registry=self.registry
-        )
-        self.bad_results = Counter(
-            "tandem_edge_bad_results", "Result messages that could not be decoded", ["error"], registry=self.registry
-        )
-        self.fallbacks = Counter(
-            "tandem_edge_fallbacks", "Traces whose deadline passed without a verdict", registry=self.registry
-        )
-        self.store_errors = Counter(
-            "tandem_edge_store_errors", "Writes to the device store that failed", ["operation"], registry=self.registry
-        )
-
-        self.sensor_errors = Counter(
-            "tandem_edge_sensor_errors", "Sensor readings skipped or lost", ["sensor", "error"], registry=self.registry
-        )
-
         self.decisions = Counter(
             "tandem_edge_judge_decisions",
             "Judge decisions by verdict and what settled it (a policy, audit, rate_limit, ...)",
             ["verdict", "cause"],
-            registry=self.registry,
+            registry=r,
+        )
+        self.escalations_sent = Counter(
+            "tandem_edge_escalations_sent", "Escalations the hub acknowledged", ["ack"], registry=r
+        )
+        self.send_errors = Counter("tandem_edge_send_errors", "Failed escalation sends", ["retryable"], registry=r)
+        self.escalation_rtt_ms = Histogram(
+            "tandem_edge_escalation_rtt_ms",
+            "From the frame's judgement to the hub's verdict, in ms",
+            buckets=MS_BUCKETS,
+            registry=r,
+        )
+        self.verdicts = Counter(
+            "tandem_edge_verdicts", "Hub results by what they did to their trace", ["outcome"], registry=r
+        )
+        self.bad_results = Counter(
+            "tandem_edge_bad_results", "Result messages that could not be decoded", ["error"], registry=r
+        )
+        self.fallbacks = Counter("tandem_edge_fallbacks", "Traces whose deadline passed without a verdict", registry=r)
+        self.store_errors = Counter(
+            "tandem_edge_store_errors", "Writes to the device store that failed", ["operation"], registry=r
+        )
+        self.sensor_errors = Counter(
+            "tandem_edge_sensor_errors", "Sensor readings skipped or lost", ["sensor", "error"], registry=r
         )
         self.outbox_dropped = Counter(
-            "tandem_edge_outbox_dropped",
-            "Escalations that left the outbox without a verdict",
-            ["reason"],
-            registry=self.registry,
+            "tandem_edge_outbox_dropped", "Escalations that left the outbox without a verdict", ["reason"], registry=r
         )
+        self.actions = Counter(
+            "tandem_edge_actions",
+            "Actions on answers (alerts, webhook calls) by outcome",
+            ["action", "outcome"],
+            registry=r,
+        )
+
+    def watch(self, read: Callable[[], RuntimeState]) -> None:
+        """Serve the runtime's current state as gauges, read at each scrape."""
+        self.registry.register(_StateCollector(read))
 
     def value(self, name: str, **labels: str) -> float:
         """Current value of counter ``tandem_edge_<name>`` with these labels (0 if never counted)."""

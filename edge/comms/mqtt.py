@@ -83,6 +83,12 @@ class ResultSubscriber:
     def wait_subscribed(self, timeout_s: float) -> bool:
         return self._subscribed.wait(timeout_s)
 
+    def publish(self, topic: str, payload: bytes) -> None:
+        """Queue a QoS 1 message on this connection; paho sends it now or after it reconnects."""
+        info = self._client.publish(topic, payload, qos=1)
+        if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+            raise ConnectionError(f"paho could not queue the message (rc {info.rc})")
+
     def publish_confirmed(self, topic: str, payload: bytes, timeout_s: float) -> None:
         """Publish at QoS 1 on this device's connection and wait for the broker's PUBACK.
 

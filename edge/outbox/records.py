@@ -28,6 +28,7 @@ class OutboxDepth:
     rows: int
     bytes: int
     oldest_enqueued_at: Optional[float]
+    failed_rows: int = 0
 
 
 @dataclass(frozen=True)

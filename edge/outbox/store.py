@@ -323,7 +323,8 @@ class EdgeStore:
     def depth(self) -> OutboxDepth:
         with self._tx() as conn:
             (oldest,) = conn.execute("SELECT MIN(enqueued_at) FROM outbox").fetchone()
-        return OutboxDepth(self._rows, self._bytes, oldest)
+            (failed,) = conn.execute("SELECT COUNT(*) FROM failed").fetchone()
+        return OutboxDepth(self._rows, self._bytes, oldest, failed)
 
     def prune(self, now: float, trace_retention_s: float, failed_retention_s: float) -> tuple[int, int]:
         """Delete finished traces and failed rows past their retention; returns how many of each."""

@@ -47,8 +47,10 @@ class EscalationWorker:
         config: OutboxConfig,
         metrics: EdgeMetrics,
         clock: Callable[[], float] = time.time,
+        on_fallback: Callable[[list[str]], None] = lambda _ids: None,
     ) -> None:
         self._store = store
+        self._on_fallback = on_fallback
         self._transport = transport
         self._config = config
         self._metrics = metrics
@@ -108,6 +110,7 @@ class EscalationWorker:
             logger.info("trace %s: no verdict before its deadline; the local answer stands", trace_id)
         if expired:
             self._metrics.fallbacks.inc(len(expired))
+            self._on_fallback(expired)
         return len(expired)
 
     def housekeeping(self) -> None:

@@ -70,6 +70,12 @@ class FrameSource(abc.ABC):
     def close(self) -> None:
         """Release the device or file. Safe to call twice."""
 
+    def stop(self) -> None:  # noqa: B027 - a no-op is right for sources that never wait
+        """Make ``frames()`` return soon, from another thread (a live source may be waiting for a frame).
+
+        Files and folders never block, so by default there is nothing to do.
+        """
+
     def __enter__(self) -> FrameSource:
         self.start()
         return self

@@ -23,6 +23,7 @@ from edge.config import (
     JudgeConfig,
     MqttConfig,
     OutboxConfig,
+    ServiceConfig,
     SourceConfig,
 )
 
@@ -120,4 +121,5 @@ def edge_config(tmp_path: Path, demo_assets: Path, hub: HubProcess, mqtt_port: i
         transport=GrpcConfig(target=f"127.0.0.1:{hub.grpc_port}", timeout_ms=5000),
         mqtt=MqttConfig(port=mqtt_port),
         escalation=EscalationConfig(deadline_ms=deadline_ms),
+        service=ServiceConfig(http_port=0),
     )
