@@ -71,10 +71,35 @@ class SensorConfig(_Strict):
 
 
 class DetectorConfig(_Strict):
-    type: Literal["onnx"] = Field("onnx", description="the inference backend")
-    model_path: Path = Field(description="the ONNX model file")
+    type: Literal["onnx", "opencv", "tensorrt"] = Field(
+        "onnx",
+        description="the inference backend: onnx (ONNX Runtime: CPU, or CUDA/TensorRT providers when present), "
+        "opencv (OpenCV DNN), tensorrt (a serialized engine from tools/build_engine; Jetson)",
+    )
+    kind: Literal["classification", "text_detection", "ocr", "haar_cascade"] = Field(
+        "classification",
+        description="what the model does: class scores; boxes around text (PP-OCRv4 det); text read per character "
+        "(PP-OCRv4 det + rec); boxes from an OpenCV Haar cascade",
+    )
+    model_path: Path = Field(
+        description="the model file (.onnx, or .engine for tensorrt); for haar_cascade a cascade file or the name "
+        "of one OpenCV ships, e.g. haarcascade_russian_plate_number.xml"
+    )
+    rec_model_path: Optional[Path] = Field(None, description="ocr: the text recogniser (PP-OCRv4 rec)")
+    labels: list[str] = Field([], description="haar_cascade: the class name of its boxes (default from the file)")
+    det_min_side: int = Field(
+        96, ge=32, description="text_detection, ocr: the frame is scaled up so its shorter side is at least this"
+    )
+    det_max_side: int = Field(
+        960, ge=32, description="text_detection, ocr: and down so its longer side is at most this"
+    )
     intra_op_num_threads: int = Field(
         1, ge=1, description="ONNX Runtime threads per inference; 1 is fastest for small models"
+    )
+    providers: list[str] = Field(
+        [],
+        description="onnx: execution providers in order of preference; empty: TensorRT, CUDA, then CPU, of those "
+        "this onnxruntime has",
     )
 
 

@@ -13,3 +13,11 @@ def demo_assets(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("demo")
     build(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def ocr_models() -> Path:
+    """PP-OCRv4 det/rec ONNX files from rapidocr-onnxruntime's wheel (fetched once per checkout by tools/test)."""
+    from tools.ocr_models import fetch
+
+    return fetch(Path(__file__).resolve().parents[1] / ".tandem" / "ocr")

@@ -9,7 +9,9 @@ on, and 30% is the held-out stream the demo and the benchmark play. With a fixed
 held-out split, two runs write byte-identical models.
 
 OUT_DIR/
-  models/digits-weak.onnx    logistic regression: one matrix product, cheap enough for any device
+  models/digits-weak.onnx    logistic regression: one matrix product, cheap enough for any device; plain
+                             ONNX operators only (MatMul, Add, Softmax), so ONNX Runtime, OpenCV DNN and
+                             TensorRT all run it
   models/digits-strong.onnx  RBF support-vector machine with calibrated probabilities
   stream/digits.avi          the held-out split as 32x32 greyscale video (FFV1 in AVI:
                              lossless and, unlike Matroska, byte-identical between runs)
@@ -109,6 +111,42 @@ def _export(estimator: object, pool: int, model_id: str, accuracy: float) -> byt
         node.output[:] = [renames.get(o, o) for o in node.output]
     for output in model.graph.output:
         output.name = renames.get(output.name, output.name)
+    return _finish(model, model_id, accuracy)
+
+
+def _export_linear(estimator: LogisticRegression, model_id: str, accuracy: float) -> bytes:
+    """A logistic regression as plain ONNX: image -> flatten -> x 16/255 -> MatMul -> Add -> Softmax -> scores.
+
+    skl2onnx would use the ai.onnx.ml LinearClassifier operator, which only
+    ONNX Runtime implements; a device's TensorRT or OpenCV DNN needs the
+    standard operators.
+    """
+    weights = estimator.coef_.T.astype(np.float32)  # [64, 10]
+    bias = estimator.intercept_.astype(np.float32)  # [10]
+    graph = helper.make_graph(
+        [
+            helper.make_node("Reshape", ["image", "flat_shape"], ["flat"]),
+            helper.make_node("Mul", ["flat", "to_digits_range"], ["features"]),
+            helper.make_node("MatMul", ["features", "weights"], ["logits_raw"]),
+            helper.make_node("Add", ["logits_raw", "bias"], ["logits"]),
+            helper.make_node("Softmax", ["logits"], ["scores"], axis=1),
+        ],
+        "digits_linear",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 1, 8, 8])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", len(LABELS)])],
+        initializer=[
+            helper.make_tensor("flat_shape", TensorProto.INT64, [2], [-1, 64]),
+            helper.make_tensor("to_digits_range", TensorProto.FLOAT, [], [16.0 / 255.0]),
+            helper.make_tensor("weights", TensorProto.FLOAT, list(weights.shape), weights.flatten().tolist()),
+            helper.make_tensor("bias", TensorProto.FLOAT, list(bias.shape), bias.tolist()),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = 8
+    return _finish(model, model_id, accuracy)
+
+
+def _finish(model: onnx.ModelProto, model_id: str, accuracy: float) -> bytes:
     model.producer_name = "tandem tools.demo_models"
     model.producer_version = "1"
     model.doc_string = f"{model_id}: digits classifier, held-out accuracy {accuracy:.4f}"
@@ -178,7 +216,10 @@ def build(out: Path) -> dict[str, object]:
         estimator.fit(_pool(train_x, pool).reshape(len(train_x), -1), train_y)
         accuracy = float(estimator.score(_pool(test_x, pool).reshape(len(test_x), -1), test_y))
         path = models_dir / f"{model_id}.onnx"
-        path.write_bytes(_export(estimator, pool, model_id, accuracy))
+        if isinstance(estimator, LogisticRegression):
+            path.write_bytes(_export_linear(estimator, model_id, accuracy))
+        else:
+            path.write_bytes(_export(estimator, pool, model_id, accuracy))
         report["models"][model_id] = {"path": str(path.relative_to(out)), "held_out_accuracy": round(accuracy, 4)}  # type: ignore[index]
     written = _write_stream(out / "stream", _frames(test_x), test_y)
     written += _write_stream(out / "calibration", _frames(calib_x), calib_y)

@@ -1,28 +1,85 @@
-"""The detector interface every backend implements."""
+"""The detector interface every model kind implements, on whichever backend the config names.
+
+A detector is a *kind* (classification, text detection, OCR, Haar cascade)
+doing pre- and post-processing around a *runner* from a backend (ONNX
+Runtime, OpenCV DNN, TensorRT). ``make_runner`` hands it the configured
+backend's runner for a model file.
+"""
 
 from __future__ import annotations
 
 import abc
-from typing import ClassVar
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import ClassVar, Optional
 
 import numpy as np
 
+from edge.config import DetectorConfig
+from edge.detectors.runner import Runner
+from edge.errors import DetectorError
 from protocol.messages import Prediction
+
+logger = logging.getLogger(__name__)
+
+RunnerFactory = Callable[[DetectorConfig, Path, Optional[str]], Runner]
 
 
 class Detector(abc.ABC):
-    """Loads a model in ``start()``, answers ``predict()``, frees it in ``close()``."""
+    """Loads its model(s) in ``start()``, answers ``predict()``, frees them in ``close()``."""
 
-    type_key: ClassVar[str]
+    kind: ClassVar[str]
+
+    def __init__(self, config: DetectorConfig, runner_factory: Optional[RunnerFactory] = None) -> None:
+        self.config = config
+        self._runner_factory = runner_factory
+        self._runners: list[Runner] = []
+        self._started = False
+
+    def make_runner(self, path: Path, output: Optional[str] = None) -> Runner:
+        if self._runner_factory is None:
+            raise DetectorError(f"{self.kind} detector has no backend")
+        runner = self._runner_factory(self.config, path, output)
+        self._runners.append(runner)
+        return runner
 
     @abc.abstractmethod
     def start(self) -> None:
-        """Load the model and warm it up; raise DetectorError if it cannot load."""
+        """Load the model(s) and warm up; raise DetectorError if they cannot load."""
 
     @abc.abstractmethod
+    def infer(self, image: np.ndarray) -> Prediction:
+        """The model's answer for one frame (BGR or greyscale); raise DetectorError on failure."""
+
+    def blank(self) -> np.ndarray:
+        """An input for warm-up."""
+        return np.zeros((64, 64, 3), dtype=np.uint8)
+
+    def describe(self) -> str:
+        return self.kind
+
+    def warm_up(self) -> None:
+        """Run one blank input so the first real frame does not pay for the engine's lazy set-up.
+
+        The first run allocates buffers and picks kernels (and on TensorRT, may
+        load tactics); without this the first frame's latency is several times
+        the steady state.
+        """
+        self.infer(self.blank())
+        self._started = True
+        logger.info(
+            "detector %s on %s: %s from %s", self.kind, self.config.type, self.describe(), self.config.model_path
+        )
+
     def predict(self, image: np.ndarray) -> Prediction:
-        """Class scores for one frame (BGR or greyscale); raise DetectorError on failure."""
+        if not self._started:
+            raise DetectorError("detector used before start()")
+        return self.infer(image)
 
-    @abc.abstractmethod
     def close(self) -> None:
-        """Free the model. Safe to call twice."""
+        """Free the model(s). Safe to call twice."""
+        for runner in self._runners:
+            runner.close()
+        self._runners.clear()
+        self._started = False

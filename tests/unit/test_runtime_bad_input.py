@@ -9,7 +9,7 @@ import pytest
 from edge.app import EdgeRuntime
 from edge.comms.mqtt import Handled
 from edge.config import DetectorConfig, EdgeConfig, JudgeConfig, SourceConfig
-from edge.detectors.onnx import OnnxClassifier
+from edge.detectors import create_detector
 from edge.errors import DetectorError
 from edge.judge import TraceState
 from protocol import EscalationResult, Prediction, ResultStatus
@@ -85,7 +85,7 @@ def test_model_that_does_not_load_is_a_clear_error(tmp_path):
     broken = tmp_path / "broken.onnx"
     broken.write_bytes(b"not a model")
     with pytest.raises(DetectorError, match=r"cannot load ONNX model .*broken.onnx"):
-        OnnxClassifier(DetectorConfig(model_path=broken)).start()
+        create_detector(DetectorConfig(model_path=broken)).start()
 
 
 def test_model_without_tandem_metadata_is_refused(tmp_path, demo_assets):
@@ -96,11 +96,11 @@ def test_model_without_tandem_metadata_is_refused(tmp_path, demo_assets):
     path = tmp_path / "bare.onnx"
     onnx.save(model, path)
     with pytest.raises(DetectorError, match="tandem"):
-        OnnxClassifier(DetectorConfig(model_path=path)).start()
+        create_detector(DetectorConfig(model_path=path)).start()
 
 
 def test_detector_accepts_colour_and_grey_frames_of_any_size(demo_assets):
-    detector = OnnxClassifier(DetectorConfig(model_path=demo_assets / "models" / "digits-weak.onnx"))
+    detector = create_detector(DetectorConfig(model_path=demo_assets / "models" / "digits-weak.onnx"))
     detector.start()
     grey = cv2.imread(str(demo_assets / "stream" / "images" / "000000.png"), cv2.IMREAD_GRAYSCALE)
     colour = cv2.resize(cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR), (96, 96), interpolation=cv2.INTER_NEAREST)
