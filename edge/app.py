@@ -76,7 +76,11 @@ class EdgeRuntime:
         self.metrics = EdgeMetrics()
         outbox = config.outbox
         self.store = EdgeStore(
-            config.state_path, outbox.synchronous, OutboxLimits(outbox.max_rows, outbox.max_bytes, outbox.on_full)
+            config.state_path,
+            outbox.synchronous,
+            OutboxLimits(outbox.max_rows, outbox.max_bytes, outbox.on_full),
+            local_batch=outbox.local_trace_batch,
+            local_flush_s=outbox.local_trace_flush_ms / 1000.0,
         )
         self.detector = detector or create_detector(config.detector)
         self.judge = Judge.from_config(config.judge)
@@ -223,7 +227,7 @@ class EdgeRuntime:
             logger.error("frame %s/%d: could not be recorded: %s", frame.source_id, frame.index, exc)
             self.metrics.store_errors.labels(operation="record_trace").inc()
             return None
-        self.metrics.frames.labels(outcome=machine.state.value.lower()).inc()
+        self.metrics.count_frame(machine.state.value.lower())
         self._recent.append(time.monotonic())
         self._turn()
         if prediction is not None:
@@ -259,7 +263,7 @@ class EdgeRuntime:
     ) -> tuple[tuple[str, ...], Optional[Escalation]]:
         """INFERRED -> JUDGED -> COMPLETE or PENDING_CLOUD (or UNJUDGEABLE); returns the reasons and any escalation."""
         decision = self.judge.decide(JudgeInput(prediction, image, self.sensors.values()))
-        self.metrics.decisions.labels(verdict=decision.verdict.value, cause=decision.cause).inc()
+        self.metrics.count_decision(decision.verdict.value, decision.cause)
         if decision.verdict is Verdict.UNJUDGEABLE:
             machine.advance(TraceState.UNJUDGEABLE, "; ".join(decision.reasons), now)
             return decision.reasons, None

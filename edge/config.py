@@ -222,6 +222,15 @@ class OutboxConfig(_Strict):
         description="an escalation with no verdict this long after it was queued moves to the failed table "
         "(`tandem edge replay` requeues it)",
     )
+    local_trace_batch: int = Field(
+        32,
+        ge=1,
+        description="traces that escalate nothing are written in groups of up to this many (1: each at once); "
+        "an escalation is always on disk before the frame loop goes on",
+    )
+    local_trace_flush_ms: int = Field(
+        200, ge=0, description="and no later than this after the group's first trace (a crash loses at most that)"
+    )
     trace_retention_s: float = Field(
         7 * 86_400.0, gt=0, description="finished traces older than this are deleted from the device store"
     )

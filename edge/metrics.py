@@ -75,6 +75,8 @@ class EdgeMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        self._frame_children: dict[str, Counter] = {}
+        self._decision_children: dict[tuple[str, str], Counter] = {}
         self.frames = Counter("tandem_edge_frames", "Frames by how their trace ended up", ["outcome"], registry=r)
         self.inference_ms = Histogram(
             "tandem_edge_inference_ms", "Model time per frame, in ms", buckets=MS_BUCKETS, registry=r
@@ -117,6 +119,20 @@ class EdgeMetrics:
             ["action", "outcome"],
             registry=r,
         )
+
+    def count_frame(self, outcome: str) -> None:
+        """``frames{outcome}`` + 1, with the labelled child looked up once (this runs on every frame)."""
+        child = self._frame_children.get(outcome)
+        if child is None:
+            child = self._frame_children[outcome] = self.frames.labels(outcome=outcome)
+        child.inc()
+
+    def count_decision(self, verdict: str, cause: str) -> None:
+        key = (verdict, cause)
+        child = self._decision_children.get(key)
+        if child is None:
+            child = self._decision_children[key] = self.decisions.labels(verdict=verdict, cause=cause)
+        child.inc()
 
     def watch(self, read: Callable[[], RuntimeState]) -> None:
         """Serve the runtime's current state as gauges, read at each scrape."""

@@ -153,10 +153,12 @@ class Prediction:
         object.__setattr__(self, "inference_ms", _as_float32((self.inference_ms,))[0])
         object.__setattr__(self, "boxes", tuple(self.boxes))
         object.__setattr__(self, "texts", tuple(self.texts))
+        # Read on every frame by the judge and the store: worked out once.
+        object.__setattr__(self, "_top", max(range(len(self.scores)), key=self.scores.__getitem__))
 
     @property
     def top_index(self) -> int:
-        return max(range(len(self.scores)), key=self.scores.__getitem__)
+        return self._top  # type: ignore[attr-defined, no-any-return]
 
     @property
     def label(self) -> str:
@@ -168,8 +170,12 @@ class Prediction:
 
     @property
     def is_finite(self) -> bool:
-        values = [*self.scores, *(b.score for b in self.boxes), *(c for t in self.texts for c in t.char_scores)]
-        return all(math.isfinite(s) for s in values)
+        # A NaN or an infinity anywhere makes the sum NaN or infinite (inf + -inf is NaN); float32
+        # values cannot add up to a float64 overflow.
+        total = sum(self.scores)
+        if self.boxes or self.texts:
+            total += sum(b.score for b in self.boxes) + sum(c for t in self.texts for c in t.char_scores)
+        return math.isfinite(total)
 
     def to_proto(self) -> pb.Prediction:
         return pb.Prediction(

@@ -44,8 +44,18 @@ def fetch(out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         subprocess.run(
-            [sys.executable, "-m", "pip", "download", f"{PACKAGE}=={VERSION}", "--no-deps", "--only-binary=:all:",
-             "-d", tmp, "-q"],
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                f"{PACKAGE}=={VERSION}",
+                "--no-deps",
+                "--only-binary=:all:",
+                "-d",
+                tmp,
+                "-q",
+            ],
             check=True,
         )
         wheel = Path(tmp) / WHEEL
@@ -58,8 +68,9 @@ def fetch(out: Path) -> Path:
                 blob = archive.read(f"rapidocr_onnxruntime/models/{name}")
                 (out / name).write_bytes(blob)
                 files[name] = _sha256(blob)
-    manifest.write_text(json.dumps({"package": f"{PACKAGE}=={VERSION}", "wheel_sha256": WHEEL_SHA256,
-                                    "files": files}, indent=2) + "\n")
+    manifest.write_text(
+        json.dumps({"package": f"{PACKAGE}=={VERSION}", "wheel_sha256": WHEEL_SHA256, "files": files}, indent=2) + "\n"
+    )
     return out
 
 

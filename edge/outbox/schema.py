@@ -33,7 +33,12 @@ def create_schema(db: sqlite_utils.Database) -> None:
         not_null={"state", "history", "created_at"},
         if_not_exists=True,
     )
-    db["traces"].create_index(["state", "deadline_at"], if_not_exists=True)
+    # Only waiting traces are indexed: the deadline pass looks at them, and a confident frame's
+    # insert then maintains no index at all.
+    db.execute("DROP INDEX IF EXISTS idx_traces_state_deadline_at")
+    db.execute(
+        "CREATE INDEX IF NOT EXISTS traces_pending_deadline ON traces (deadline_at) WHERE state = 'PENDING_CLOUD'"
+    )
     db["outbox"].create(
         {
             "trace_id": str,
@@ -52,8 +57,10 @@ def create_schema(db: sqlite_utils.Database) -> None:
     )
     if "priority" not in db["outbox"].columns_dict:  # a version 1 store
         db.execute("ALTER TABLE outbox ADD COLUMN priority INTEGER NOT NULL DEFAULT 0")
-    db["outbox"].create_index(["status", "next_attempt_at"], if_not_exists=True)
-    db["outbox"].create_index(["enqueued_at"], if_not_exists=True)
+    # No secondary index on the outbox: it is bounded (max_rows), a scan of it is cheap, and each index
+    # would be upkeep on every enqueue, the write the frame loop waits for.
+    db.execute("DROP INDEX IF EXISTS idx_outbox_status_next_attempt_at")
+    db.execute("DROP INDEX IF EXISTS idx_outbox_enqueued_at")  # a scan of a bounded table is cheaper than upkeep
     db["failed"].create(
         {
             "trace_id": str,

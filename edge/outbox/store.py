@@ -24,6 +24,7 @@ import json
 import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -52,13 +53,33 @@ from protocol.messages import EscalationResult, Prediction, ResultStatus
 
 logger = logging.getLogger(__name__)
 
+_TRACE_COLUMNS = (
+    "trace_id, state, source_id, frame_index, truth, local_label, local_confidence, local_prediction, final_label,"
+    " reasons, created_at, escalated_at, deadline_at, history"
+)
+_INSERT_TRACE = f"INSERT INTO traces ({_TRACE_COLUMNS}) VALUES ({', '.join('?' * 14)})"
+
 
 class EdgeStore:
     """Traces and the outbox. Thread-safe: one connection, one lock, short transactions."""
 
-    def __init__(self, path: Path, synchronous: str = "NORMAL", limits: Optional[OutboxLimits] = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        synchronous: str = "NORMAL",
+        limits: Optional[OutboxLimits] = None,
+        *,
+        local_batch: int = 1,
+        local_flush_s: float = 0.0,
+    ) -> None:
         self.path = path
         self.limits = limits or OutboxLimits()
+        # Traces that escalate nothing are written in groups (at most local_batch rows or local_flush_s
+        # old, and by any other transaction first); 1 writes each at once.
+        self._local_batch = local_batch
+        self._local_flush_s = local_flush_s
+        self._pending: list[tuple[Any, ...]] = []
+        self._pending_since = 0.0
         self._synchronous = synchronous
         self._lock = threading.Lock()
         self._conn: Optional[sqlite3.Connection] = None
@@ -83,6 +104,8 @@ class EdgeStore:
         self._conn = conn
 
     def close(self) -> None:
+        if self._conn is not None and self._pending:
+            self.flush()
         with self._lock:
             if self._conn is not None:
                 self._conn.close()
@@ -100,17 +123,22 @@ class EdgeStore:
                 raise StoreError("the device store is not open")
             conn = self._conn
             self._delta = [0, 0]
+            pending, self._pending = self._pending, []
             try:
                 conn.execute("BEGIN IMMEDIATE")
+                if pending:  # grouped local traces ride along with whatever is written next
+                    conn.executemany(_INSERT_TRACE, pending)
                 yield conn
                 conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
+                self._pending = pending + self._pending
                 raise StoreError(f"device store {self.path}: {exc}") from exc
             except BaseException:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
+                self._pending = pending + self._pending
                 raise
             self._rows += self._delta[0]
             self._bytes += self._delta[1]
@@ -170,27 +198,37 @@ class EdgeStore:
         local answer. Returns the dropped trace ids.
         """
         final = prediction.label if prediction and machine.state is TraceState.COMPLETE else None
-        row = {
-            "trace_id": trace_id,
-            "state": machine.state.value,
-            "source_id": source_id,
-            "frame_index": frame_index,
-            "truth": truth,
-            "local_label": prediction.label if prediction else None,
-            "local_confidence": prediction.confidence if prediction else None,
-            "local_prediction": prediction_json(prediction) if prediction else None,
-            "final_label": final,
-            "reasons": json.dumps(list(reasons)),
-            "created_at": created_at,
-            "escalated_at": created_at if escalation is not None else None,
-            "deadline_at": deadline_at,
-            "history": history_json(machine),
-        }
+        row = (
+            trace_id,
+            machine.state.value,
+            source_id,
+            frame_index,
+            truth,
+            prediction.label if prediction else None,
+            prediction.confidence if prediction else None,
+            prediction_json(prediction) if prediction else None,
+            final,
+            json.dumps(reasons),
+            created_at,
+            created_at if escalation is not None else None,
+            deadline_at,
+            history_json(machine),
+        )
+        if escalation is None and self._local_batch > 1:
+            with self._lock:
+                if not self._pending:
+                    self._pending_since = time.monotonic()
+                self._pending.append(row)
+                due = (
+                    len(self._pending) >= self._local_batch
+                    or time.monotonic() - self._pending_since >= self._local_flush_s
+                )
+            if due:
+                self.flush()
+            return []
         dropped: list[str] = []
         with self._tx() as conn:
-            conn.execute(
-                f"INSERT INTO traces ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})", tuple(row.values())
-            )
+            conn.execute(_INSERT_TRACE, row)
             if escalation is not None:
                 dropped = self._make_room(conn, len(escalation), created_at)
                 conn.execute(
@@ -228,6 +266,11 @@ class EdgeStore:
             "UPDATE traces SET state = ?, history = ?, final_label = ? WHERE trace_id = ?",
             (machine.state.value, history_json(machine), row[2], trace_id),
         )
+
+    def flush(self) -> None:
+        """Write grouped local traces now (the escalation worker calls this about once a second)."""
+        with self._tx():
+            pass
 
     # -- the outbox sender ---------------------------------------------------
 
@@ -403,8 +446,9 @@ class EdgeStore:
         """PENDING_CLOUD traces past their deadline fall back to the local answer. Returns their ids."""
         with self._tx() as conn:
             rows = conn.execute(
-                "SELECT trace_id, state, history, local_label FROM traces WHERE state = ? AND deadline_at <= ?",
-                (TraceState.PENDING_CLOUD.value, now),
+                "SELECT trace_id, state, history, local_label FROM traces"
+                " WHERE state = 'PENDING_CLOUD' AND deadline_at <= ?",
+                (now,),
             ).fetchall()
             for trace_id, state, history, local_label in rows:
                 machine = machine_from(state, history)
@@ -418,9 +462,7 @@ class EdgeStore:
 
     def next_deadline(self) -> Optional[float]:
         with self._tx() as conn:
-            (at,) = conn.execute(
-                "SELECT MIN(deadline_at) FROM traces WHERE state = ?", (TraceState.PENDING_CLOUD.value,)
-            ).fetchone()
+            (at,) = conn.execute("SELECT MIN(deadline_at) FROM traces WHERE state = 'PENDING_CLOUD'").fetchone()
         return at
 
     # -- reads ---------------------------------------------------------------

@@ -274,3 +274,34 @@ def test_replay_command_lists_and_requeues(tmp_path, capsys):
     store.open()
     assert [r.trace_id for r in store.outbox()] == [trace_id] and store.failed() == []
     store.close()
+
+
+def test_local_traces_are_grouped_and_an_escalation_is_written_at_once(tmp_path):
+    store = EdgeStore(tmp_path / "grouped.db", local_batch=3, local_flush_s=60.0)
+    store.open()
+
+    def on_disk() -> int:
+        conn = sqlite3.connect(tmp_path / "grouped.db")
+        try:
+            return conn.execute("SELECT COUNT(*) FROM traces").fetchone()[0]
+        finally:
+            conn.close()
+
+    def local() -> None:
+        m = TraceMachine()
+        for s in (TraceState.INFERRED, TraceState.JUDGED, TraceState.COMPLETE):
+            m.advance(s, s.value, at=100.0)
+        store.record_trace(new_trace_id(), m, source_id="cam0", frame_index=0, truth=None, prediction=pred(0, 0.99),
+                           reasons=(), created_at=100.0)
+
+    local()
+    local()
+    assert on_disk() == 0
+    local()  # the third fills the group
+    assert on_disk() == 3
+    local()
+    escalate(store)  # the waiting local trace goes down with the escalation, in its transaction
+    assert on_disk() == 5
+    local()
+    store.close()  # and close writes what is left
+    assert on_disk() == 6

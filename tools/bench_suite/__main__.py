@@ -1,0 +1,23 @@
+"""``tools/bench <suite>``: run one benchmark suite."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from tools.bench_suite import edge
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tools/bench")
+    suites = parser.add_subparsers(dest="suite", required=True)
+    edge_parser = suites.add_parser("edge", help="the device runtime's speed, memory and cascade")
+    edge.add_arguments(edge_parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    return edge.run(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
