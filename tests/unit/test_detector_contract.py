@@ -34,7 +34,7 @@ def backend_or_skip(backend: str) -> None:
     if not status.startswith("ok"):
         pytest.skip(f"backend {backend} {status}")
     if backend == "tensorrt":
-        pytest.skip("tensorrt needs an engine built on this GPU by tools/build_engine (tests/gpu)")
+        pytest.skip("tensorrt runs engines, not ONNX files: test_tensorrt_engine_matches_onnx_runtime covers it")
 
 
 def check_prediction(p: Prediction) -> None:
@@ -140,3 +140,30 @@ def test_detector_used_before_start_says_so(demo_assets):
         detector.predict(np.zeros((8, 8), np.uint8))
 
 
+
+
+@pytest.mark.gpu
+def test_tensorrt_engine_matches_onnx_runtime(demo_assets, tmp_path):
+    """On a GPU: build the weak model's engine with trtexec, run it, and get ONNX Runtime's answers."""
+    import shutil
+
+    from tools.build_engine import Build, build_engine
+
+    if not available()["tensorrt"].startswith("ok"):
+        pytest.skip(f"backend tensorrt {available()['tensorrt']}")
+    trtexec = shutil.which("trtexec") or "/usr/src/tensorrt/bin/trtexec"
+    model = demo_assets / "models" / "digits-weak.onnx"
+    engine = build_engine(Build(model, fp16=False, shapes="1:1:8"), tmp_path / "engines", trtexec)
+    frames = sorted((demo_assets / "stream" / "images").iterdir())[:50]
+    images = [cv2.imread(str(f), cv2.IMREAD_GRAYSCALE) for f in frames]
+    gpu = create_detector(DetectorConfig(type="tensorrt", model_path=engine))
+    cpu = create_detector(DetectorConfig(model_path=model))
+    gpu.start()
+    cpu.start()
+    try:
+        for image in images:
+            a, b = gpu.predict(image), cpu.predict(image)
+            check_prediction(a)
+            assert a.label == b.label and np.allclose(a.scores, b.scores, atol=1e-3)
+    finally:
+        gpu.close()
