@@ -1,7 +1,7 @@
 """Print README's device configuration table from the pydantic models (their descriptions and defaults).
 
-    python -m tools.config_table        # the markdown table
-    python -m tools.config_table --check README.md    # exit 1 if README's table differs
+python -m tools.config_table        # the markdown table
+python -m tools.config_table --check README.md    # exit 1 if README's table differs
 """
 
 from __future__ import annotations
@@ -80,8 +80,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     text = args.check.read_text()
     if table() not in text:
-        print(f"{args.check}: the config table is stale; run python -m tools.config_table and paste it",
-              file=sys.stderr)
+        print(
+            f"{args.check}: the config table is stale; run python -m tools.config_table and paste it", file=sys.stderr
+        )
         return 1
     return 0
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import enum
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
+from json.encoder import encode_basestring_ascii as _string
 from typing import Any, Optional
 
 from edge.judge.states import TraceMachine, TraceState, Transition
@@ -90,20 +92,36 @@ def outbox_row(r: tuple[Any, ...]) -> OutboxRow:
     return OutboxRow(r[0], r[1], OutboxStatus(r[2]), r[3], r[4], r[5], r[6], r[7])
 
 
+# The three JSON columns are written for every frame, so they are put together from pieces rather
+# than through json.dumps on a dict: a frame's strings go through json's own string encoder, floats
+# through repr (what json.dumps uses), and a model's label list is encoded once.
+_label_json: dict[tuple[str, ...], str] = {}
+
+
+def _floats(values: Sequence[float]) -> str:
+    text = ",".join(map(float.__repr__, values))
+    # repr gives 'nan' and 'inf', which are not JSON; json.dumps writes NaN and Infinity as Python reads them.
+    return f"[{text}]" if "n" not in text else json.dumps(list(values))
+
+
 def prediction_json(prediction: Prediction) -> str:
-    return json.dumps(
-        {
-            "model_id": prediction.model_id,
-            "model_version": prediction.model_version,
-            "labels": list(prediction.labels),
-            "scores": list(prediction.scores),
-            "inference_ms": prediction.inference_ms,
-        }
+    labels = _label_json.get(prediction.labels)
+    if labels is None:
+        labels = _label_json.setdefault(prediction.labels, json.dumps(list(prediction.labels)))
+    return (
+        f'{{"model_id": {_string(prediction.model_id)}, "model_version": {_string(prediction.model_version)}, '
+        f'"labels": {labels}, "scores": {_floats(prediction.scores)}, '
+        f'"inference_ms": {_floats((prediction.inference_ms,))[1:-1]}}}'
     )
 
 
 def history_json(machine: TraceMachine) -> str:
-    return json.dumps([t.to_json() for t in machine.history])
+    steps = ",".join(f'[{t.at!r},"{t.source.value}","{t.target.value}",{_string(t.reason)}]' for t in machine.history)
+    return f"[{steps}]"
+
+
+def reasons_json(reasons: Sequence[str]) -> str:
+    return "[" + ",".join(map(_string, reasons)) + "]"
 
 
 def machine_from(state: str, history: str) -> TraceMachine:

@@ -47,6 +47,7 @@ from edge.outbox.records import (
     machine_from,
     outbox_row,
     prediction_json,
+    reasons_json,
 )
 from edge.outbox.schema import create_schema
 from protocol.messages import EscalationResult, Prediction, ResultStatus
@@ -208,7 +209,7 @@ class EdgeStore:
             prediction.confidence if prediction else None,
             prediction_json(prediction) if prediction else None,
             final,
-            json.dumps(reasons),
+            reasons_json(reasons),
             created_at,
             created_at if escalation is not None else None,
             deadline_at,

@@ -109,8 +109,11 @@ def _best_rate(n: int, passes: int, run_pass: Callable[[], None]) -> float:
 
 FPS_DET_SIDE = 320  # the text detector sees 320 x 320: a camera-sized input, not the 32-pixel digit itself
 # For a detector, the box policy judges the image (Sedna's IBT); a top-class confidence threshold would
-# escalate every frame without text.
-FPS_JUDGE = JudgeConfig(confidence_threshold=0.0, box_threshold=0.6, max_weak_box_share=0.5)
+# escalate every frame without text. The digits hold no text the detector finds, so a 15% random audit
+# puts the escalation path (encode, durable enqueue) into the figure at a realistic share.
+FPS_JUDGE = JudgeConfig(
+    confidence_threshold=0.0, box_threshold=0.6, max_weak_box_share=0.5, audit_rate=0.15, audit_seed=7
+)
 
 
 def fps(work: Path, frames: list[Frame], passes: int) -> dict[str, float]:
@@ -213,46 +216,47 @@ def judge_latency(frames: list[Frame], passes: int, threshold: float) -> dict[st
     }
 
 
-def enqueue(work: Path, count: int = 2000) -> dict[str, float]:
+def enqueue(work: Path, count: int = 1000, rounds: int = 5) -> dict[str, float]:
+    """Both sides in interleaved rounds of ``count`` writes; each side's fastest round counts."""
     payload = (DEMO / "stream" / "images" / "000000.png").read_bytes() * 4  # about an escalation's size
     conn = sqlite3.connect(work / "raw.db", isolation_level=None)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
     # The same key a durable enqueue needs (the trace id, for exactly-once), the same payload.
     conn.execute("CREATE TABLE rows (trace_id TEXT PRIMARY KEY, payload BLOB NOT NULL)")
-    keys = [new_trace_id() for _ in range(count)]
-    started = time.perf_counter()
-    for key in keys:
-        conn.execute("INSERT INTO rows (trace_id, payload) VALUES (?, ?)", (key, payload))
-    raw = count / (time.perf_counter() - started)
-    conn.close()
-
     store = EdgeStore(work / "enqueue.db", "NORMAL")
     store.open()
     prediction = Prediction("m", "1", ("a", "b"), (0.6, 0.4))
-    ids = [new_trace_id() for _ in range(count)]
-    machines = []
-    for _ in range(count):
-        m = TraceMachine()
-        for state in (TraceState.INFERRED, TraceState.JUDGED, TraceState.PENDING_CLOUD):
-            m.advance(state, state.value, 0.0)
-        machines.append(m)
-    started = time.perf_counter()
-    for trace_id, machine in zip(ids, machines, strict=True):
-        store.record_trace(
-            trace_id,
-            machine,
-            source_id="bench",
-            frame_index=0,
-            truth=None,
-            prediction=prediction,
-            reasons=("confidence: low",),
-            created_at=time.time(),
-            escalation=payload,
-            deadline_at=time.time() + 5,
-            priority=40,
-        )
-    durable = count / (time.perf_counter() - started)
+    machine = TraceMachine()
+    for state in (TraceState.INFERRED, TraceState.JUDGED, TraceState.PENDING_CLOUD):
+        machine.advance(state, state.value, 0.0)
+
+    def raw_round() -> None:
+        for key in [new_trace_id() for _ in range(count)]:
+            conn.execute("INSERT INTO rows (trace_id, payload) VALUES (?, ?)", (key, payload))
+
+    def durable_round() -> None:
+        now = time.time()
+        for trace_id in [new_trace_id() for _ in range(count)]:
+            store.record_trace(
+                trace_id,
+                machine,
+                source_id="bench",
+                frame_index=0,
+                truth=None,
+                prediction=prediction,
+                reasons=("confidence: low",),
+                created_at=now,
+                escalation=payload,
+                deadline_at=now + 5,
+                priority=40,
+            )
+
+    raw = durable = 0.0
+    for _ in range(rounds):
+        raw = max(raw, _best_rate(count, 1, raw_round))
+        durable = max(durable, _best_rate(count, 1, durable_round))
+    conn.close()
     store.close()
     return {"raw_inserts_per_s": raw, "enqueues_per_s": durable, "enqueue_ratio": durable / raw}
 
