@@ -115,8 +115,13 @@ def prediction_json(prediction: Prediction) -> str:
     )
 
 
+_STATE_JSON = {state: f'"{state.value}"' for state in TraceState}
+
+
 def history_json(machine: TraceMachine) -> str:
-    steps = ",".join(f'[{t.at!r},"{t.source.value}","{t.target.value}",{_string(t.reason)}]' for t in machine.history)
+    steps = ",".join(
+        f"[{t.at!r},{_STATE_JSON[t.source]},{_STATE_JSON[t.target]},{_string(t.reason)}]" for t in machine.history
+    )
     return f"[{steps}]"
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlite_utils
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 def create_schema(db: sqlite_utils.Database) -> None:
@@ -33,12 +33,10 @@ def create_schema(db: sqlite_utils.Database) -> None:
         not_null={"state", "history", "created_at"},
         if_not_exists=True,
     )
-    # Only waiting traces are indexed: the deadline pass looks at them, and a confident frame's
-    # insert then maintains no index at all.
+    # No index on traces but its key: the deadline pass reads deadlines from the (bounded) outbox,
+    # so writing a trace, the frame loop's one write, maintains nothing else.
     db.execute("DROP INDEX IF EXISTS idx_traces_state_deadline_at")
-    db.execute(
-        "CREATE INDEX IF NOT EXISTS traces_pending_deadline ON traces (deadline_at) WHERE state = 'PENDING_CLOUD'"
-    )
+    db.execute("DROP INDEX IF EXISTS traces_pending_deadline")
     db["outbox"].create(
         {
             "trace_id": str,
@@ -49,6 +47,7 @@ def create_schema(db: sqlite_utils.Database) -> None:
             "enqueued_at": float,
             "last_error": str,
             "priority": int,
+            "deadline_at": float,
         },
         pk="trace_id",
         not_null={"payload", "status", "attempts", "next_attempt_at", "enqueued_at", "priority"},
@@ -57,6 +56,12 @@ def create_schema(db: sqlite_utils.Database) -> None:
     )
     if "priority" not in db["outbox"].columns_dict:  # a version 1 store
         db.execute("ALTER TABLE outbox ADD COLUMN priority INTEGER NOT NULL DEFAULT 0")
+    if "deadline_at" not in db["outbox"].columns_dict:  # versions 1 and 2 kept deadlines on the traces only
+        db.execute("ALTER TABLE outbox ADD COLUMN deadline_at FLOAT")
+        db.execute(
+            "UPDATE outbox SET deadline_at = (SELECT deadline_at FROM traces"
+            " WHERE traces.trace_id = outbox.trace_id AND traces.state = 'PENDING_CLOUD')"
+        )
     # No secondary index on the outbox: it is bounded (max_rows), a scan of it is cheap, and each index
     # would be upkeep on every enqueue, the write the frame loop waits for.
     db.execute("DROP INDEX IF EXISTS idx_outbox_status_next_attempt_at")

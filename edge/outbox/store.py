@@ -233,9 +233,9 @@ class EdgeStore:
             if escalation is not None:
                 dropped = self._make_room(conn, len(escalation), created_at)
                 conn.execute(
-                    "INSERT INTO outbox (trace_id, payload, status, attempts, next_attempt_at, enqueued_at, priority)"
-                    " VALUES (?, ?, ?, 0, ?, ?, ?)",
-                    (trace_id, escalation, OutboxStatus.QUEUED.value, created_at, created_at, priority),
+                    "INSERT INTO outbox (trace_id, payload, status, attempts, next_attempt_at, enqueued_at, priority,"
+                    " deadline_at) VALUES (?, ?, ?, 0, ?, ?, ?, ?)",
+                    (trace_id, escalation, OutboxStatus.QUEUED.value, created_at, created_at, priority, deadline_at),
                 )
                 self._resize(1, len(escalation))
         return dropped
@@ -300,9 +300,13 @@ class EdgeStore:
             )
 
     def mark_failed(self, trace_id: str, error: str, now: float) -> None:
-        """A permanent failure: the row moves to the failed table, where `tandem edge replay` can requeue it."""
+        """A permanent failure: the row moves to the failed table, where `tandem edge replay` can requeue it.
+
+        No verdict can come for it, so its trace falls back now rather than at its deadline.
+        """
         with self._tx() as conn:
             self._to_failed(conn, trace_id, error, now, attempt=True)
+            self._fall_back(conn, trace_id, f"the hub refused the escalation: {error}", now)
 
     def _to_failed(self, conn: sqlite3.Connection, trace_id: str, reason: str, now: float, attempt: bool) -> None:
         row = self._remove_outbox(conn, trace_id)
@@ -444,14 +448,24 @@ class EdgeStore:
             return outcome
 
     def expire(self, now: float) -> list[str]:
-        """PENDING_CLOUD traces past their deadline fall back to the local answer. Returns their ids."""
+        """PENDING_CLOUD traces past their deadline fall back to the local answer. Returns their ids.
+
+        A waiting trace always has its outbox row, and the outbox carries the deadline: the bounded
+        outbox is scanned rather than the traces table indexed (an index there would be upkeep on
+        every escalation). A row whose deadline has been dealt with gets deadline_at NULL; it stays
+        for a late verdict.
+        """
         with self._tx() as conn:
             rows = conn.execute(
-                "SELECT trace_id, state, history, local_label FROM traces"
-                " WHERE state = 'PENDING_CLOUD' AND deadline_at <= ?",
+                "SELECT t.trace_id, t.state, t.history, t.local_label FROM outbox o"
+                " JOIN traces t ON t.trace_id = o.trace_id WHERE o.deadline_at <= ?",
                 (now,),
             ).fetchall()
+            expired = []
             for trace_id, state, history, local_label in rows:
+                conn.execute("UPDATE outbox SET deadline_at = NULL WHERE trace_id = ?", (trace_id,))
+                if state != TraceState.PENDING_CLOUD.value:
+                    continue
                 machine = machine_from(state, history)
                 machine.advance(TraceState.TIMED_OUT, "no verdict before the deadline", now)
                 machine.advance(TraceState.FALLBACK_COMPLETE, f"local answer {local_label} stands", now)
@@ -459,11 +473,12 @@ class EdgeStore:
                     "UPDATE traces SET state = ?, history = ?, final_label = ? WHERE trace_id = ?",
                     (machine.state.value, history_json(machine), local_label, trace_id),
                 )
-        return [r[0] for r in rows]
+                expired.append(trace_id)
+        return expired
 
     def next_deadline(self) -> Optional[float]:
         with self._tx() as conn:
-            (at,) = conn.execute("SELECT MIN(deadline_at) FROM traces WHERE state = 'PENDING_CLOUD'").fetchone()
+            (at,) = conn.execute("SELECT MIN(deadline_at) FROM outbox").fetchone()
         return at
 
     # -- reads ---------------------------------------------------------------

@@ -95,6 +95,9 @@ def test_sent_rows_are_not_sent_again_and_failed_rows_move_to_the_failed_table(s
     (failed,) = store.failed()
     assert (failed.trace_id, failed.reason, failed.attempts, failed.payload) == (b, "INVALID_ARGUMENT", 1,
                                                                                  b"request-bytes")
+    # No verdict can come for a refused escalation: the local answer stands at once, not at the deadline.
+    refused = store.trace(b)
+    assert refused.state is TraceState.FALLBACK_COMPLETE and "refused the escalation" in refused.history[-2].reason
 
 
 def test_replay_requeues_failed_rows_as_new_sends(store):
@@ -189,8 +192,11 @@ def test_verdict_completes_the_trace_exactly_once(store):
 
 def test_deadline_falls_back_to_the_local_answer(store):
     trace_id = escalate(store, now=100.0, deadline_s=5.0)
+    assert store.next_deadline() == 105.0
     assert store.expire(now=104.9) == []
     assert store.expire(now=105.0) == [trace_id]
+    assert store.expire(now=200.0) == [] and store.next_deadline() is None  # dealt with once
+    assert [r.trace_id for r in store.outbox()] == [trace_id]  # the row stays for a late verdict
     trace = store.trace(trace_id)
     assert trace.state is TraceState.FALLBACK_COMPLETE and trace.final_label == "0"
     assert [t.target for t in trace.history][-2:] == [TraceState.TIMED_OUT, TraceState.FALLBACK_COMPLETE]

@@ -216,7 +216,7 @@ def judge_latency(frames: list[Frame], passes: int, threshold: float) -> dict[st
     }
 
 
-def enqueue(work: Path, count: int = 1000, rounds: int = 5) -> dict[str, float]:
+def enqueue(work: Path, count: int = 1000, rounds: int = 8) -> dict[str, float]:
     """Both sides in interleaved rounds of ``count`` writes; each side's fastest round counts."""
     payload = (DEMO / "stream" / "images" / "000000.png").read_bytes() * 4  # about an escalation's size
     conn = sqlite3.connect(work / "raw.db", isolation_level=None)
