@@ -235,11 +235,12 @@ class EdgeRuntime:
         self.settle.new_trace(trace_id, frame, prediction, machine.state, now)
         if dropped:
             logger.warning(
-                "outbox full: dropped %d escalations (%s); their local answers stand",
+                "outbox full: dropped %d waiting escalations (%s); their local answers stand",
                 len(dropped),
                 self.config.outbox.on_full,
             )
             self.metrics.outbox_dropped.labels(reason="full").inc(len(dropped))
+            self.settle.fallback(dropped)
         if escalation is not None:
             self.worker.wake()
         return machine.state

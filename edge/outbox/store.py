@@ -196,7 +196,8 @@ class EdgeStore:
 
         When the outbox is full, rows are dropped by the on-full strategy to
         make room (call ``admission`` first); their traces fall back to the
-        local answer. Returns the dropped trace ids.
+        local answer. Returns the ids of the traces that fell back because of it (a dropped row whose
+        trace had already fallen back at its deadline changes no answer).
         """
         final = prediction.label if prediction and machine.state is TraceState.COMPLETE else None
         row = (
@@ -251,15 +252,16 @@ class EdgeStore:
             if victim is None:
                 break
             self._remove_outbox(conn, victim[0])
-            self._fall_back(conn, victim[0], f"escalation dropped: outbox full (on_full {limits.on_full})", now)
-            dropped.append(victim[0])
+            reason = f"escalation dropped: outbox full (on_full {limits.on_full})"
+            if self._fall_back(conn, victim[0], reason, now):
+                dropped.append(victim[0])
         return dropped
 
-    def _fall_back(self, conn: sqlite3.Connection, trace_id: str, reason: str, now: float) -> None:
-        """A PENDING_CLOUD trace whose escalation is gone: the local answer stands now."""
+    def _fall_back(self, conn: sqlite3.Connection, trace_id: str, reason: str, now: float) -> bool:
+        """A PENDING_CLOUD trace whose escalation is gone: the local answer stands now. True if it changed."""
         row = conn.execute("SELECT state, history, local_label FROM traces WHERE trace_id = ?", (trace_id,)).fetchone()
         if row is None or row[0] != TraceState.PENDING_CLOUD.value:
-            return
+            return False
         machine = machine_from(row[0], row[1])
         machine.advance(TraceState.TIMED_OUT, reason, now)
         machine.advance(TraceState.FALLBACK_COMPLETE, f"local answer {row[2]} stands", now)
@@ -267,6 +269,7 @@ class EdgeStore:
             "UPDATE traces SET state = ?, history = ?, final_label = ? WHERE trace_id = ?",
             (machine.state.value, history_json(machine), row[2], trace_id),
         )
+        return True
 
     def flush(self) -> None:
         """Write grouped local traces now (the escalation worker calls this about once a second)."""
@@ -299,14 +302,15 @@ class EdgeStore:
                 (error, next_attempt_at, trace_id),
             )
 
-    def mark_failed(self, trace_id: str, error: str, now: float) -> None:
+    def mark_failed(self, trace_id: str, error: str, now: float) -> bool:
         """A permanent failure: the row moves to the failed table, where `tandem edge replay` can requeue it.
 
-        No verdict can come for it, so its trace falls back now rather than at its deadline.
+        No verdict can come for it, so its trace falls back now rather than at its deadline;
+        True if it did (False if the deadline had already passed).
         """
         with self._tx() as conn:
             self._to_failed(conn, trace_id, error, now, attempt=True)
-            self._fall_back(conn, trace_id, f"the hub refused the escalation: {error}", now)
+            return self._fall_back(conn, trace_id, f"the hub refused the escalation: {error}", now)
 
     def _to_failed(self, conn: sqlite3.Connection, trace_id: str, reason: str, now: float, attempt: bool) -> None:
         row = self._remove_outbox(conn, trace_id)

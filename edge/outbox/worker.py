@@ -151,8 +151,10 @@ class EscalationWorker:
         self._metrics.send_errors.labels(retryable=str(exc.retryable).lower()).inc()
         if not exc.retryable:
             logger.error("trace %s: hub rejected the escalation; moved to the failed table: %s", row.trace_id, exc)
-            self._store.mark_failed(row.trace_id, str(exc), self._clock())
+            fell_back = self._store.mark_failed(row.trace_id, str(exc), self._clock())
             self._metrics.outbox_dropped.labels(reason="permanent_error").inc()
+            if fell_back:
+                self._on_fallback([row.trace_id])
             return
         delay = backoff_s(row.attempts + 1, self._config)
         logger.warning(
