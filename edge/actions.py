@@ -148,7 +148,8 @@ class Settlement:
             return
         if trace.escalated_at is not None and trace.verdict_at is not None and outcome is VerdictOutcome.COMPLETED:
             self._metrics.escalation_rtt_ms.observe((trace.verdict_at - trace.escalated_at) * 1000.0)
-        self._settled(trace, "cloud" if trace.cloud_label is not None else "fallback")
+        # A late verdict comes after the fallback already acted on the local answer.
+        self._settled(trace, "cloud" if trace.cloud_label is not None else "fallback", outcome is VerdictOutcome.LATE)
 
     def fallback(self, trace_ids: list[str]) -> None:
         """The worker's deadline pass: these traces now stand on the local answer."""
@@ -157,10 +158,10 @@ class Settlement:
             if trace is not None:
                 self._settled(trace, "fallback")
 
-    def _settled(self, trace: TraceRecord, decided_by: str) -> None:
-        acted_already = self._config.judge.answer == "immediately"
+    def _settled(self, trace: TraceRecord, decided_by: str, after_fallback: bool = False) -> None:
+        acted_already = after_fallback or self._config.judge.answer == "immediately"
         if acted_already and trace.final_label == trace.local_label:
-            return  # the provisional answer stood
+            return  # the answer acted on stands
         confidence = trace.cloud_confidence if decided_by == "cloud" else trace.local_confidence
         self._actions.fire(
             Answer(

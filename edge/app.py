@@ -2,7 +2,7 @@
 
     frame -> detector -> judge -> COMPLETE (local)
                                -> PENDING_CLOUD: trace + outbox row in one transaction
-                                  -> worker sends it over gRPC, retrying while the hub is down
+                                  -> worker sends it over gRPC or MQTT, retrying while the hub is down
                                   -> verdict on MQTT -> COMPLETE, or deadline -> FALLBACK_COMPLETE
 
 Constructors do no I/O; ``start()`` opens the store, loads the model and
@@ -174,9 +174,10 @@ class EdgeRuntime:
         fps = self.config.source.max_fps
         interval = 1.0 / fps if fps else 0.0
         next_at = time.monotonic()
+        # Before the source opens: a live source's thread reports its state from the moment it starts.
+        self._source_state = "file" if self.config.source.kind in ("video", "images") else "connecting"
         with open_source(self.config.source, self._on_source_state) as source:
             self._source = source
-            self._source_state = "file" if self.config.source.kind in ("video", "images") else "connecting"
             if isinstance(source, LiveSource):
                 source.on_idle = self._turn  # waiting for a camera that is down is not a stalled loop
             try:
