@@ -26,7 +26,7 @@ from tests.support.mjpeg import MjpegCamera
 pytestmark = pytest.mark.slow
 
 
-def test_sigterm_drains_and_the_outbox_survives_a_restart(tmp_path, demo_assets, mosquitto):
+def test_sigterm_drains_and_the_outbox_survives_a_restart(tmp_path, demo_assets, hub, mosquitto):
     camera = MjpegCamera(sorted((demo_assets / "stream" / "images").iterdir())[:20], free_port(), fps=30)
     camera.start()
     config = tmp_path / "edge.yaml"
@@ -62,6 +62,19 @@ def test_sigterm_drains_and_the_outbox_survives_a_restart(tmp_path, demo_assets,
         assert all(r.attempts >= 1 for r in rows[:3]), "sends were attempted before the stop"
     finally:
         store.close()
+
+    # The next start (now with a hub to reach) sends what was queued; the verdicts come back late,
+    # after the fallbacks, and are recorded beside them.
+    hub.start()
+    restarted = edge_config(tmp_path, demo_assets, hub, mosquitto.port, device_id="cam-sigterm")
+    restarted = restarted.model_copy(update={"state_path": tmp_path / "edge.db"})
+    with EdgeRuntime(restarted) as runtime:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and runtime.store.outbox():
+            time.sleep(0.2)
+        assert runtime.store.outbox() == [], "the queued escalations were not sent after the restart"
+        late = [t for t in runtime.store.traces() if t.escalated_at is not None]
+        assert len(late) == summary["escalated"] and all(t.cloud_label is not None for t in late)
 
 
 class _Webhook(http.server.BaseHTTPRequestHandler):
