@@ -2,7 +2,7 @@
 
     gRPC :9000 tandem.v1.Escalation ─┐
     MQTT .../+/escalations (QoS 1) ───┼─> Ingress ──handle──> StrongModel (ONNX Runtime)
-    HTTP :8000 /v1/traces, /healthz ─┘      │
+    HTTP :8000 /v1/traces, /v1/models ┘     │
                                             └─> trace store (SQLite) ─> MQTT results topic
 
 Why Ray Serve's own gRPC proxy rather than a gRPC server inside a
@@ -34,6 +34,7 @@ from cloud.ingress import grpc as grpc_ingress
 from cloud.ingress import mqtt as mqtt_ingress
 from cloud.ingress.http import build_http_app
 from cloud.models.classifier import Classifier
+from cloud.registry import SqliteRegistry
 from cloud.traces.store import TraceStore
 from protocol.codec import Encoding
 from protocol.messages import EscalationRequest, Prediction
@@ -65,9 +66,11 @@ class HandleModelClient(ModelClient):
 class Ingress:
     async def __init__(self, model: DeploymentHandle, config: dict[str, Any]) -> None:
         # async so that recovery can schedule work on the replica's event loop.
-        hub = HubConfig.model_validate(config)
+        hub = HubConfig.model_validate(config).absolute()
         self._store = TraceStore(hub.trace_store_path)
         self._store.open()
+        self._registry = SqliteRegistry(hub.registry_file(), hub.artifacts_dir())
+        self._registry.open()
         self._dispatcher = MqttDispatcher(
             hub.mqtt_host,
             hub.mqtt_port,
@@ -96,7 +99,7 @@ class Ingress:
         return await grpc_ingress.escalate(self._service, request, grpc_context)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        return build_http_app(self._store)
+        return build_http_app(self._store, self._registry)
 
 
 def build_app(config: HubConfig) -> serve.Application:

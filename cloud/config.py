@@ -21,6 +21,12 @@ class HubConfig(BaseModel):
     mqtt_password: Optional[str] = Field(None, description="MQTT password, if the broker asks for one")
     model_path: Path = Field(description="the strong ONNX model the hub runs")
     trace_store_path: Path = Field(Path("tandem-hub.db"), description="SQLite file of the hub's traces")
+    registry_path: Optional[Path] = Field(
+        None, description="SQLite file of the model registry; default: tandem-registry.db beside the trace store"
+    )
+    artifacts_path: Optional[Path] = Field(
+        None, description="folder of model artifacts, named by sha256; default: artifacts/ beside the trace store"
+    )
     result_encoding: Literal["protobuf", "json"] = Field(
         "protobuf", description="how results are published: protobuf (compact) or JSON (readable with mosquitto_sub)"
     )
@@ -32,5 +38,16 @@ class HubConfig(BaseModel):
     def absolute(self) -> HubConfig:
         """Paths made absolute: Ray replicas do not run in the caller's working folder."""
         return self.model_copy(
-            update={"model_path": self.model_path.resolve(), "trace_store_path": self.trace_store_path.resolve()}
+            update={
+                "model_path": self.model_path.resolve(),
+                "trace_store_path": self.trace_store_path.resolve(),
+                "registry_path": self.registry_file().resolve(),
+                "artifacts_path": self.artifacts_dir().resolve(),
+            }
         )
+
+    def registry_file(self) -> Path:
+        return self.registry_path or self.trace_store_path.with_name("tandem-registry.db")
+
+    def artifacts_dir(self) -> Path:
+        return self.artifacts_path or self.trace_store_path.parent / "artifacts"

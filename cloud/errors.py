@@ -15,12 +15,32 @@ class TraceNotFound(HubError):
     pass
 
 
+class RegistryError(HubError):
+    """A registry request that cannot be carried out as asked."""
+
+
+class ModelNotFound(RegistryError):
+    pass
+
+
+class ModelExists(RegistryError):
+    pass
+
+
+class IllegalStatusChange(RegistryError):
+    pass
+
+
 # (gRPC code, HTTP status) per error type; the first match in order wins.
 _STATUS: list[tuple[type[Exception], grpc.StatusCode, int]] = [
     (UnsupportedSchemaVersion, grpc.StatusCode.FAILED_PRECONDITION, 400),
     (MalformedMessage, grpc.StatusCode.INVALID_ARGUMENT, 400),
     (ProtocolError, grpc.StatusCode.INVALID_ARGUMENT, 400),
     (TraceNotFound, grpc.StatusCode.NOT_FOUND, 404),
+    (ModelNotFound, grpc.StatusCode.NOT_FOUND, 404),
+    (ModelExists, grpc.StatusCode.ALREADY_EXISTS, 409),
+    (IllegalStatusChange, grpc.StatusCode.FAILED_PRECONDITION, 409),
+    (RegistryError, grpc.StatusCode.INVALID_ARGUMENT, 400),
 ]
 
 

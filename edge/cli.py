@@ -5,6 +5,7 @@
     tandem edge calibrate --config FILE  pick the judge's threshold from a labelled stream
     tandem edge replay --config FILE     list failed escalations; requeue them with --all or by id
     tandem hub run [...]                 run the cloud hub (needs the cloud extra)
+    tandem hub models ...                the model registry: register, list, show, update, retire
     tandem demo [--json]                 hub + broker + one device on the demo stream
 
 The root lives in ``edge`` because the device is where ``tandem`` must run
@@ -150,6 +151,22 @@ def _hub_run(args: argparse.Namespace) -> int:
     return hub_run(args)
 
 
+def _hub_models(args: argparse.Namespace) -> int:
+    from cloud.registry.cli import run
+
+    return run(args)
+
+
+def _hub_models_parser(hub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """The registry commands live with the hub; they need only the standard library to run."""
+    try:
+        from cloud.registry.cli import add_parser
+    except ImportError:  # a device without the cloud extra: no hub commands to offer
+        return
+    add_parser(hub)
+    hub.choices["models"].set_defaults(handler=_hub_models)
+
+
 def _demo(args: argparse.Namespace) -> int:
     from cloud.demo import run_demo
 
@@ -199,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     hub_run.add_argument("--store", type=Path, default=Path("tandem-hub.db"), help="SQLite file of the hub's traces")
     hub_run.add_argument("--result-encoding", choices=["protobuf", "json"], default="protobuf")
     hub_run.set_defaults(handler=_hub_run)
+    _hub_models_parser(hub)
 
     demo = commands.add_parser("demo", help="run hub, broker and one device on the demo digits stream")
     demo.add_argument("--models", type=Path, default=Path(".tandem/demo"), help="output of python -m tools.demo_models")

@@ -1,0 +1,193 @@
+"""The registry's storage: a small interface, and SQLite behind it (one file, next to the hub's traces).
+
+Artifacts are stored content-addressed, ``artifacts/<sha256>``: registering the
+same bytes twice stores them once, and a version's artifact can be checked
+against its recorded hash at any time.
+"""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Optional
+
+from cloud.errors import IllegalStatusChange, ModelExists, ModelNotFound, RegistryError
+from cloud.registry.models import TRANSITIONS, ModelSpec, ModelStatus, ModelUpdate, ModelVersion
+
+
+class Registry(abc.ABC):
+    @abc.abstractmethod
+    def put_artifact(self, artifact: bytes) -> str:
+        """Store an artifact under its sha256 (idempotent); return the hash."""
+
+    @abc.abstractmethod
+    def register(self, spec: ModelSpec, artifact_sha256: str) -> ModelVersion:
+        """Record a new version whose artifact is already stored."""
+
+    @abc.abstractmethod
+    def get(self, name: str, version: str) -> ModelVersion: ...
+
+    @abc.abstractmethod
+    def query(
+        self,
+        *,
+        name: Optional[str] = None,
+        task: Optional[str] = None,
+        tag: Optional[str] = None,
+        precision: Optional[str] = None,
+        status: Optional[ModelStatus] = None,
+    ) -> list[ModelVersion]: ...
+
+    @abc.abstractmethod
+    def update(self, name: str, version: str, change: ModelUpdate) -> ModelVersion: ...
+
+    @abc.abstractmethod
+    def artifact(self, name: str, version: str) -> Path: ...
+
+    def retire(self, name: str, version: str) -> ModelVersion:
+        return self.update(name, version, ModelUpdate(status=ModelStatus.RETIRED))
+
+
+class SqliteRegistry(Registry):
+    def __init__(self, path: Path, artifacts: Path, clock: Callable[[], float] = time.time) -> None:
+        self._path = path
+        self._artifacts = artifacts
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._conn: Optional[sqlite3.Connection] = None
+
+    def open(self) -> None:
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        self._artifacts.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False, timeout=10.0)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS models (name TEXT NOT NULL, version TEXT NOT NULL, body TEXT NOT NULL,"
+            " task TEXT NOT NULL, precision TEXT NOT NULL, status TEXT NOT NULL, PRIMARY KEY (name, version))"
+        )
+        self._conn = conn
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise RegistryError("the registry is not open")
+        return self._conn
+
+    def put_artifact(self, artifact: bytes) -> str:
+        if not artifact:
+            raise RegistryError("the artifact is empty")
+        digest = hashlib.sha256(artifact).hexdigest()
+        target = self._artifacts / digest
+        if not target.exists():
+            partial = target.with_suffix(f".{threading.get_ident()}.partial")
+            partial.write_bytes(artifact)
+            partial.replace(target)  # a reader never sees half an artifact
+        return digest
+
+    def register(self, spec: ModelSpec, artifact_sha256: str) -> ModelVersion:
+        path = self._artifacts / artifact_sha256
+        if not path.exists():
+            raise RegistryError(f"no artifact {artifact_sha256}: upload it first (PUT /v1/artifacts/<sha256>)")
+        now = self._clock()
+        model = ModelVersion(
+            **spec.model_dump(),
+            artifact_sha256=artifact_sha256,
+            artifact_bytes=path.stat().st_size,
+            registered_at=now,
+            updated_at=now,
+        )
+        with self._lock:
+            try:
+                self._db().execute(
+                    "INSERT INTO models (name, version, body, task, precision, status) VALUES (?, ?, ?, ?, ?, ?)",
+                    (
+                        model.name,
+                        model.version,
+                        model.model_dump_json(),
+                        model.task,
+                        model.precision,
+                        model.status.value,
+                    ),
+                )
+            except sqlite3.IntegrityError as exc:
+                raise ModelExists(f"{spec.name} {spec.version} is already registered") from exc
+        return model
+
+    def get(self, name: str, version: str) -> ModelVersion:
+        with self._lock:
+            row = (
+                self._db().execute("SELECT body FROM models WHERE name = ? AND version = ?", (name, version)).fetchone()
+            )
+        if row is None:
+            raise ModelNotFound(f"no model {name} {version}")
+        return ModelVersion.model_validate_json(row[0])
+
+    def query(
+        self,
+        *,
+        name: Optional[str] = None,
+        task: Optional[str] = None,
+        tag: Optional[str] = None,
+        precision: Optional[str] = None,
+        status: Optional[ModelStatus] = None,
+    ) -> list[ModelVersion]:
+        where, params = [], []  # type: ignore[var-annotated]
+        for column, value in (
+            ("name", name),
+            ("task", task),
+            ("precision", precision),
+            ("status", status.value if status else None),
+        ):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        sql = "SELECT body FROM models" + (f" WHERE {' AND '.join(where)}" if where else "") + " ORDER BY name, version"
+        with self._lock:
+            rows = self._db().execute(sql, params).fetchall()
+        models = [ModelVersion.model_validate_json(r[0]) for r in rows]
+        return [m for m in models if tag is None or tag in m.tags]
+
+    def update(self, name: str, version: str, change: ModelUpdate) -> ModelVersion:
+        with self._lock:
+            conn = self._db()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                row = conn.execute("SELECT body FROM models WHERE name = ? AND version = ?", (name, version)).fetchone()
+                if row is None:
+                    raise ModelNotFound(f"no model {name} {version}")
+                model = ModelVersion.model_validate_json(row[0])
+                fields: dict[str, Any] = change.model_dump(exclude_none=True)
+                new_status = fields.get("status")
+                moving = new_status is not None and new_status != model.status
+                if moving and new_status not in TRANSITIONS[model.status]:
+                    raise IllegalStatusChange(
+                        f"{name} {version} cannot go from {model.status.value} to {ModelStatus(new_status).value}"
+                    )
+                updated = model.model_copy(update={**fields, "updated_at": self._clock()})
+                updated = ModelVersion.model_validate(updated.model_dump())  # re-check the merged fields
+                conn.execute(
+                    "UPDATE models SET body = ?, status = ? WHERE name = ? AND version = ?",
+                    (updated.model_dump_json(), updated.status.value, name, version),
+                )
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        return updated
+
+    def artifact(self, name: str, version: str) -> Path:
+        model = self.get(name, version)
+        path = self._artifacts / model.artifact_sha256
+        if not path.exists():
+            raise ModelNotFound(f"{name} {version}: artifact {model.artifact_sha256} is missing from {self._artifacts}")
+        return path
