@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field
+
+from edge.errors import ConfigError
 
 
 class HubConfig(BaseModel):
@@ -51,3 +54,17 @@ class HubConfig(BaseModel):
 
     def artifacts_dir(self) -> Path:
         return self.artifacts_path or self.trace_store_path.parent / "artifacts"
+
+
+def load_hub_config(path: Path) -> dict[str, Any]:
+    """A hub YAML file as settings; relative paths in it are taken from the file's folder."""
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    for key in ("model_path", "trace_store_path", "registry_path", "artifacts_path"):
+        if isinstance(raw.get(key), str) and not Path(raw[key]).is_absolute():
+            raw[key] = str(path.parent / raw[key])
+    return raw

@@ -1,0 +1,43 @@
+"""`tandem hub run --config FILE`: the file's settings, flags over them, and a bad field named."""
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from cloud.cli import hub_config
+from edge.errors import ConfigError
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "cloud" / "hub.example.yaml"
+
+
+def args(**given) -> argparse.Namespace:
+    fields = {"config": None, "model": None, "http_port": None, "grpc_port": None, "mqtt_host": None,
+              "mqtt_port": None, "store": None, "result_encoding": None}
+    return argparse.Namespace(**{**fields, **given})
+
+
+def test_example_config_loads_with_paths_from_its_folder():
+    config = hub_config(args(config=EXAMPLE))
+    assert config.http_port == 8000 and config.grpc_port == 9000
+    assert config.model_path == EXAMPLE.parent / "../../.tandem/demo/models/digits-strong.onnx"
+
+
+def test_flags_override_the_file(tmp_path):
+    config = hub_config(args(config=EXAMPLE, http_port=8100, store=tmp_path / "hub.db"))
+    assert config.http_port == 8100 and config.trace_store_path == tmp_path / "hub.db"
+    assert config.registry_file() == tmp_path / "tandem-registry.db"
+
+
+def test_without_a_file_the_model_is_required_and_the_ports_default():
+    with pytest.raises(ConfigError, match="model_path: Field required"):
+        hub_config(args())
+    config = hub_config(args(model=Path("m.onnx")))
+    assert (config.http_port, config.grpc_port) == (8000, 9000)
+
+
+def test_a_bad_field_is_named(tmp_path):
+    bad = tmp_path / "hub.yaml"
+    bad.write_text("model_path: m.onnx\nhttp_port: 70000\nreplicas: 3\n")
+    with pytest.raises(ConfigError, match=r"http_port: .*less than 65536.*replicas: Extra inputs"):
+        hub_config(args(config=bad))
