@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 import ray
 from fastapi import FastAPI
@@ -102,8 +102,13 @@ class Ingress:
         return build_http_app(self._store, self._registry)
 
 
-def build_app(config: HubConfig) -> serve.Application:
-    config = config.absolute()
+def build_app(config: Union[HubConfig, dict[str, Any]]) -> serve.Application:
+    """The application; ``serve run``/``serve deploy`` call this with their config's ``args`` as a dict.
+
+    (Ray hands over a typed model only when the annotation is a class at run time; with postponed
+    annotations here it sees a string, so the dict is validated here instead.)
+    """
+    config = HubConfig.model_validate(config).absolute() if isinstance(config, dict) else config.absolute()
     options = {"ray_actor_options": {"num_cpus": config.replica_num_cpus}}
     model = StrongModel.options(**options).bind(str(config.model_path))
     return Ingress.options(**options).bind(model, config.model_dump(mode="json"))

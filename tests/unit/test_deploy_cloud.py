@@ -1,0 +1,34 @@
+"""deploy/cloud: the Serve config and the RayService's inline Serve config pass Ray Serve's own schema,
+and name an application whose args are valid hub settings."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cloud.config import HubConfig
+
+ray_schema = pytest.importorskip("ray.serve.schema", reason="the cloud extra (ray[serve]) is not installed")
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "cloud"
+
+
+def check_serve_config(config: dict) -> None:
+    ray_schema.ServeDeploySchema.model_validate(config)
+    (app,) = config["applications"]
+    assert app["import_path"] == "cloud.app:build_app"
+    HubConfig.model_validate(app["args"])
+    assert config["grpc_options"]["grpc_servicer_functions"] == [
+        "protocol._generated.tandem.v1.tandem_pb2_grpc.add_EscalationServicer_to_server"
+    ]
+
+
+def test_serve_config_is_valid():
+    check_serve_config(yaml.safe_load((DEPLOY / "serve.yaml").read_text()))
+
+
+def test_rayservice_carries_a_valid_serve_config_and_gpu_workers():
+    service = yaml.safe_load((DEPLOY / "rayservice.yaml").read_text())
+    assert service["kind"] == "RayService" and service["apiVersion"] == "ray.io/v1"
+    check_serve_config(yaml.safe_load(service["spec"]["serveConfigV2"]))
+    (gpu,) = service["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+    assert gpu["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
