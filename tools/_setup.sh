@@ -25,6 +25,12 @@ _tandem_venv() {
     "$python" -m venv "$VENV" || {
       echo "tandem: venv failed (Debian/Ubuntu: sudo apt-get install python3-venv)" >&2; return 1; }
   fi
+  if [[ ${TANDEM_LOCKING:-} == 1 ]]; then
+    # tools/lock needs only uv: installing the project first would fail whenever the lock it is
+    # about to rewrite no longer matches pyproject.toml (a range just narrowed, a package just added).
+    [[ -x "$VENV/bin/uv" ]] || "$VENV/bin/python" -m pip install --quiet uv >&2 || return 1
+    return 0
+  fi
   local want
   want=$(cat "$ROOT/pyproject.toml" "$ROOT/constraints.txt" | sha256sum | cut -d' ' -f1)
   if [[ "$(cat "$VENV/.tandem-installed" 2>/dev/null)" != "$want" ]]; then
