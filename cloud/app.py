@@ -29,7 +29,7 @@ from ray.serve.handle import DeploymentHandle
 
 from cloud.config import HubConfig
 from cloud.dispatch.mqtt import MqttDispatcher
-from cloud.escalations import EscalationService, ModelClient
+from cloud.escalations import EscalationService, ModelAnswer, ModelClient
 from cloud.ingress import grpc as grpc_ingress
 from cloud.ingress import mqtt as mqtt_ingress
 from cloud.ingress.http import build_http_app
@@ -37,27 +37,42 @@ from cloud.models.classifier import Classifier
 from cloud.registry import SqliteRegistry
 from cloud.traces.store import TraceStore
 from protocol.codec import Encoding
-from protocol.messages import EscalationRequest, Prediction
+from protocol.messages import EscalationRequest
 
 logger = logging.getLogger(__name__)
 
 GRPC_SERVICER = "protocol._generated.tandem.v1.tandem_pb2_grpc.add_EscalationServicer_to_server"
 
 
-@serve.deployment(name="StrongModel", max_ongoing_requests=32)
+@serve.deployment(name="StrongModel", max_ongoing_requests=64)
 class StrongModel:
-    def __init__(self, model_path: str) -> None:
-        self._classifier = Classifier(Path(model_path))
+    """The model, with dynamic batching: requests that arrive within batch_wait_ms run as one batch.
 
-    async def predict(self, request: EscalationRequest) -> Prediction:
-        return self._classifier.predict(request.input)
+    max_ongoing_requests must exceed the batch size, or Serve never lets a batch fill.
+    """
+
+    def __init__(self, model_path: str, max_batch_size: int, batch_wait_ms: float) -> None:
+        self._classifier = Classifier(Path(model_path))
+        self._batch.set_max_batch_size(max_batch_size)
+        self._batch.set_batch_wait_timeout_s(batch_wait_ms / 1000.0)
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
+    async def _batch(self, requests: list[EscalationRequest]) -> list[ModelAnswer | Exception]:
+        results = self._classifier.predict_batch([r.input for r in requests])
+        return [r if isinstance(r, Exception) else ModelAnswer(r, len(requests)) for r in results]
+
+    async def predict(self, request: EscalationRequest) -> ModelAnswer:
+        answer = await self._batch(request)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
 
 
 class HandleModelClient(ModelClient):
     def __init__(self, handle: DeploymentHandle) -> None:
         self._handle = handle
 
-    async def predict(self, request: EscalationRequest) -> Prediction:
+    async def predict(self, request: EscalationRequest) -> ModelAnswer:
         return await self._handle.predict.remote(request)
 
 
@@ -110,7 +125,9 @@ def build_app(config: Union[HubConfig, dict[str, Any]]) -> serve.Application:
     """
     config = HubConfig.model_validate(config).absolute() if isinstance(config, dict) else config.absolute()
     options = {"ray_actor_options": {"num_cpus": config.replica_num_cpus}}
-    model = StrongModel.options(**options).bind(str(config.model_path))
+    model = StrongModel.options(**options, max_ongoing_requests=config.model_max_ongoing_requests).bind(
+        str(config.model_path), config.batch_max_size, config.batch_wait_ms
+    )
     return Ingress.options(**options).bind(model, config.model_dump(mode="json"))
 
 

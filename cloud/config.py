@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from edge.errors import ConfigError
 
@@ -34,9 +34,23 @@ class HubConfig(BaseModel):
         "protobuf", description="how results are published: protobuf (compact) or JSON (readable with mosquitto_sub)"
     )
     replica_num_cpus: float = Field(0.25, gt=0, description="CPUs Ray reserves for each replica")
+    batch_max_size: int = Field(16, ge=1, description="the model runs up to this many requests as one batch")
+    batch_wait_ms: float = Field(5.0, ge=0, description="how long a batch waits to fill before it runs")
+    model_max_ongoing_requests: int = Field(
+        64, ge=1, description="requests a model replica takes at once; above batch_max_size, or batches cannot fill"
+    )
     ray_address: Optional[str] = Field(
         None, description="join this Ray cluster instead of starting a local one (tandem hub run: $RAY_ADDRESS)"
     )
+
+    @model_validator(mode="after")
+    def _batches_can_fill(self) -> HubConfig:
+        if self.model_max_ongoing_requests < self.batch_max_size:
+            raise ValueError(
+                f"model_max_ongoing_requests ({self.model_max_ongoing_requests}) is below batch_max_size "
+                f"({self.batch_max_size}): a batch could never fill"
+            )
+        return self
 
     def absolute(self) -> HubConfig:
         """Paths made absolute: Ray replicas do not run in the caller's working folder."""

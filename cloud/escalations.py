@@ -13,6 +13,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 
 from cloud.dispatch.mqtt import Publisher
 from cloud.traces.store import TraceStatus, TraceStore
@@ -31,11 +32,18 @@ from protocol.messages import (
 logger = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class ModelAnswer:
+    prediction: Prediction
+    batch_size: int = 1
+    """How many requests the model ran together with this one (dynamic batching)."""
+
+
 class ModelClient(abc.ABC):
     """How the service reaches a model (a Ray Serve handle in production)."""
 
     @abc.abstractmethod
-    async def predict(self, request: EscalationRequest) -> Prediction:
+    async def predict(self, request: EscalationRequest) -> ModelAnswer:
         """The model's answer for the request's input."""
 
 
@@ -69,14 +77,16 @@ class EscalationService:
         self.store.set_running(request.trace_id, started)
         timings = [HopTiming("queue", (started - received) * 1000.0)]
         try:
-            prediction = await self._model.predict(request)
+            answer = await self._model.predict(request)
         except ProtocolError as exc:
             result = self._failed(request, timings, f"bad input: {exc}")
         except Exception as exc:  # any model failure becomes a FAILED result the device can act on
             logger.exception("trace %s: model failed", request.trace_id)
             result = self._failed(request, timings, f"model failed: {type(exc).__name__}: {exc}")
         else:
-            timings.append(HopTiming(f"model:{prediction.model_id}", (self._clock() - started) * 1000.0))
+            prediction = answer.prediction
+            hop = f"model:{prediction.model_id}" + (f" (batch of {answer.batch_size})" if answer.batch_size > 1 else "")
+            timings.append(HopTiming(hop, (self._clock() - started) * 1000.0))
             final = Prediction("aggregate:single", "1", prediction.labels, prediction.scores)
             result = EscalationResult(
                 request.trace_id, request.device_id, ResultStatus.SUCCESS, (prediction,), final, tuple(timings)

@@ -12,6 +12,7 @@ import numpy as np
 
 from edge.detectors.onnx import OnnxModel
 from edge.detectors.preprocess import decode_image
+from edge.errors import DetectorError
 from protocol.errors import MalformedMessage
 from protocol.messages import EncodedImage, Prediction, Tensor
 
@@ -25,14 +26,37 @@ class Classifier:
         return self.model.model_id
 
     def predict(self, data: EncodedImage | Tensor) -> Prediction:
-        if isinstance(data, EncodedImage):
+        answer = self.predict_batch([data])[0]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    def predict_batch(self, inputs: list[EncodedImage | Tensor]) -> list[Prediction | Exception]:
+        """One model run for every input that decodes; an input that does not gets its own error."""
+        tensors: list[np.ndarray] = []
+        results: list[Prediction | Exception] = []
+        for data in inputs:
             try:
-                image = decode_image(data.data)
-            except ValueError as exc:
-                raise MalformedMessage(f"escalated image: {exc}") from exc
-            return self.model.predict(image)
+                tensors.append(self.model.head.tensor(_pixels(data)))
+                results.append(_PENDING)
+            except (MalformedMessage, DetectorError) as exc:
+                results.append(MalformedMessage(str(exc)) if isinstance(exc, DetectorError) else exc)
+        if tensors:
+            predictions = iter(self.model.head.predict_tensors(tensors))
+            results = [next(predictions) if r is _PENDING else r for r in results]
+        return results
+
+
+_PENDING = MalformedMessage("not run")  # a placeholder while the batch is put together
+
+
+def _pixels(data: EncodedImage | Tensor) -> np.ndarray:
+    if isinstance(data, EncodedImage):
         try:
-            array = np.frombuffer(data.data, dtype=np.dtype(data.dtype)).reshape(data.shape)
-        except (TypeError, ValueError) as exc:
-            raise MalformedMessage(f"escalated tensor {data.dtype}{list(data.shape)}: {exc}") from exc
-        return self.model.predict(array)
+            return decode_image(data.data)
+        except ValueError as exc:
+            raise MalformedMessage(f"escalated image: {exc}") from exc
+    try:
+        return np.frombuffer(data.data, dtype=np.dtype(data.dtype)).reshape(data.shape)
+    except (TypeError, ValueError) as exc:
+        raise MalformedMessage(f"escalated tensor {data.dtype}{list(data.shape)}: {exc}") from exc

@@ -24,19 +24,30 @@ class ClassifierHead:
         if not self.info.labels:
             raise DetectorError(f"{path}: missing or bad tandem.* metadata: no tandem.labels")
 
-    def predict(self, image: np.ndarray) -> Prediction:
+    def tensor(self, image: np.ndarray) -> np.ndarray:
         try:
-            tensor = image_to_nchw(image, self.runner.input_shape)
+            return image_to_nchw(image, self.runner.input_shape)
         except (ValueError, cv2.error) as exc:
             raise DetectorError(
                 f"{self.info.model_id}: cannot prepare a {getattr(image, 'shape', '?')} image: {exc}"
             ) from exc
+
+    def predict(self, image: np.ndarray) -> Prediction:
+        return self.predict_tensors([self.tensor(image)])[0]
+
+    def predict_tensors(self, tensors: list[np.ndarray]) -> list[Prediction]:
+        """Prepared [1, C, H, W] tensors run as one batch; each prediction carries the batch's time."""
         started = time.perf_counter()
-        row = self.runner.run(tensor)[0]
+        rows = self.runner.run(np.concatenate(tensors) if len(tensors) > 1 else tensors[0])
         elapsed_ms = (time.perf_counter() - started) * 1000.0
-        if row.shape != (len(self.info.labels),):
-            raise DetectorError(f"{self.info.model_id}: {row.shape} scores for {len(self.info.labels)} labels")
-        return Prediction(self.info.model_id, self.info.version, self.info.labels, tuple(row.tolist()), elapsed_ms)
+        if rows.shape != (len(tensors), len(self.info.labels)):
+            raise DetectorError(
+                f"{self.info.model_id}: {rows.shape} scores for {len(tensors)} x {len(self.info.labels)}"
+            )
+        return [
+            Prediction(self.info.model_id, self.info.version, self.info.labels, tuple(row.tolist()), elapsed_ms)
+            for row in rows
+        ]
 
 
 class Classifier(Detector):

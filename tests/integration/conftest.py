@@ -58,13 +58,28 @@ class HubProcess:
         if self._process is not None:
             return
         command = [
-            sys.executable, "-m", "edge.cli", "hub", "run", "--model", str(self.model),
-            "--grpc-port", str(self.grpc_port), "--http-port", str(self.http_port),
-            "--mqtt-port", str(self.mqtt_port), "--store", str(self.store),
+            sys.executable,
+            "-m",
+            "edge.cli",
+            "hub",
+            "run",
+            "--model",
+            str(self.model),
+            "--grpc-port",
+            str(self.grpc_port),
+            "--http-port",
+            str(self.http_port),
+            "--mqtt-port",
+            str(self.mqtt_port),
+            "--store",
+            str(self.store),
         ]
         log = self.log.open("a")
         self._process = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=log, text=True,
+            command,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
             start_new_session=True,
         )
         ready = threading.Event()
@@ -98,14 +113,24 @@ class HubProcess:
 def hub(demo_assets, mosquitto, tmp_path_factory) -> Iterator[HubProcess]:
     """The hub, not yet started: a test calls start() (or stop()) as it needs."""
     work = tmp_path_factory.mktemp("hub")
-    process = HubProcess(demo_assets / "models" / "digits-strong.onnx", mosquitto.port, work / "hub.db",
-                         work / "hub.log")
+    process = HubProcess(
+        demo_assets / "models" / "digits-strong.onnx", mosquitto.port, work / "hub.db", work / "hub.log"
+    )
     yield process
     process.stop()
 
 
-def edge_config(tmp_path: Path, demo_assets: Path, hub: HubProcess, mqtt_port: int, *, device_id: str,
-                threshold: float = 0.9, deadline_ms: int = 20_000, source: str = "video") -> EdgeConfig:
+def edge_config(
+    tmp_path: Path,
+    demo_assets: Path,
+    hub: HubProcess,
+    mqtt_port: int,
+    *,
+    device_id: str,
+    threshold: float = 0.9,
+    deadline_ms: int = 20_000,
+    source: str = "video",
+) -> EdgeConfig:
     stream = demo_assets / "stream"
     return EdgeConfig(
         device_id=device_id,

@@ -85,9 +85,16 @@ def test_every_escalated_frame_gets_exactly_one_verdict(tmp_path, demo_assets, h
         body = json.load(urllib.request.urlopen(f"http://127.0.0.1:{hub.http_port}/v1/traces/{trace_id}", timeout=10))
         assert body["status"] == "SUCCESS" and body["device_id"] == "cam-e2e"
         assert body["result"]["final"]["modelId"] == "aggregate:single"
-        wait_for(lambda: json.load(urllib.request.urlopen(
-            f"http://127.0.0.1:{hub.http_port}/v1/traces/{trace_id}", timeout=10))["delivered_at"] is not None,
-            10, "the broker's PUBACK to be recorded")
+        wait_for(
+            lambda: (
+                json.load(urllib.request.urlopen(f"http://127.0.0.1:{hub.http_port}/v1/traces/{trace_id}", timeout=10))[
+                    "delivered_at"
+                ]
+                is not None
+            ),
+            10,
+            "the broker's PUBACK to be recorded",
+        )
         with pytest.raises(urllib.error.HTTPError) as missing:
             urllib.request.urlopen(f"http://127.0.0.1:{hub.http_port}/v1/traces/{new_trace_id()}", timeout=10)
         assert missing.value.code == 404
@@ -95,8 +102,13 @@ def test_every_escalated_frame_gets_exactly_one_verdict(tmp_path, demo_assets, h
 
 def test_hub_rejects_an_unknown_schema_version_and_the_device_does_not_retry(demo_assets, hub):
     hub.start()
-    request = EscalationRequest(new_trace_id(), "cam-x", Prediction("m", "1", ("0",), (1.0,)),
-                                EncodedImage("image/png", b"x", 1, 1), deadline_ms=1000).to_proto()
+    request = EscalationRequest(
+        new_trace_id(),
+        "cam-x",
+        Prediction("m", "1", ("0",), (1.0,)),
+        EncodedImage("image/png", b"x", 1, 1),
+        deadline_ms=1000,
+    ).to_proto()
     request.schema_version = 99
     stub = pb_grpc.EscalationStub(grpc.insecure_channel(f"127.0.0.1:{hub.grpc_port}"))
     with pytest.raises(grpc.RpcError) as rejected:
@@ -131,8 +143,9 @@ def test_malformed_result_on_the_wire_is_dropped_and_the_runtime_keeps_going(tmp
 
 def test_broker_down_means_fallback_at_the_deadline_not_a_crash(tmp_path, demo_assets, hub, mosquitto):
     hub.start()
-    config = edge_config(tmp_path, demo_assets, hub, mqtt_port=1, device_id="cam-no-broker", threshold=0.95,
-                         deadline_ms=1500)
+    config = edge_config(
+        tmp_path, demo_assets, hub, mqtt_port=1, device_id="cam-no-broker", threshold=0.95, deadline_ms=1500
+    )
     config = config.model_copy(update={"mqtt": config.mqtt.model_copy(update={"connect_timeout_ms": 500})})
     with EdgeRuntime(config) as runtime:
         runtime.run(max_frames=100)

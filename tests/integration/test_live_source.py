@@ -72,8 +72,9 @@ def test_mjpeg_stream_cut_off_and_resumed(tmp_path, demo_assets, mosquitto, monk
     config = EdgeConfig(
         device_id="cam-live",
         state_path=tmp_path / "edge.db",
-        source=SourceConfig(kind="stream", url=camera.url, reconnect_initial_ms=200, reconnect_max_ms=400,
-                            timeout_ms=2000),
+        source=SourceConfig(
+            kind="stream", url=camera.url, reconnect_initial_ms=200, reconnect_max_ms=400, timeout_ms=2000
+        ),
         detector=DetectorConfig(model_path=demo_assets / "models" / "digits-weak.onnx"),
         judge=JudgeConfig(preset="no_cloud"),
         mqtt=MqttConfig(port=mosquitto.port),

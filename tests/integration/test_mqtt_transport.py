@@ -46,9 +46,11 @@ def test_a_rejected_mqtt_escalation_comes_back_as_a_failed_result(hub, mosquitto
         client.subscribe(str(DeviceTopic.results(device)), qos=1)
         time.sleep(0.5)
         request = EscalationRequest(
-            trace_id=new_trace_id(), device_id=device,
+            trace_id=new_trace_id(),
+            device_id=device,
             local_prediction=Prediction("weak", "1", ("0", "1"), (0.5, 0.5)),
-            input=EncodedImage("image/png", b"not a png", 8, 8), deadline_ms=5000,
+            input=EncodedImage("image/png", b"not a png", 8, 8),
+            deadline_ms=5000,
         )
         wire = request.to_proto()
         wire.schema_version = 99

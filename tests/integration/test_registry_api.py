@@ -35,8 +35,15 @@ def test_registry_over_rest(hub, demo_assets):
     assert call(f"{base}/v1/artifacts/{'0' * 64}", "PUT", blob, "application/octet-stream")[0] == 400
     status, stored = call(f"{base}/v1/artifacts/{digest}", "PUT", blob, "application/octet-stream")
     assert status == 201 and stored == {"sha256": digest, "bytes": len(blob)}
-    spec = {"name": "rest-weak", "version": "1", "task": "classification", "tags": ["digits"],
-            "precision": "fp32", "accuracy": 0.9611, "artifact_sha256": digest}
+    spec = {
+        "name": "rest-weak",
+        "version": "1",
+        "task": "classification",
+        "tags": ["digits"],
+        "precision": "fp32",
+        "accuracy": 0.9611,
+        "artifact_sha256": digest,
+    }
     status, model = call(f"{base}/v1/models", "POST", json.dumps(spec).encode())
     assert status == 201 and model["status"] == "registered" and model["artifact_bytes"] == len(blob)
     assert call(f"{base}/v1/models", "POST", json.dumps(spec).encode())[0] == 409
@@ -56,8 +63,25 @@ def test_registry_from_the_command_line(hub, demo_assets):
     hub.start()
     url = ["--url", f"http://127.0.0.1:{hub.http_port}"]
     model = demo_assets / "models" / "digits-strong.onnx"
-    done = tandem("hub", "models", *url, "register", str(model), "--name", "cli-strong", "--version", "3",
-                  "--task", "classification", "--tag", "digits", "--tag", "cloud", "--latency-ms", "0.6")
+    done = tandem(
+        "hub",
+        "models",
+        *url,
+        "register",
+        str(model),
+        "--name",
+        "cli-strong",
+        "--version",
+        "3",
+        "--task",
+        "classification",
+        "--tag",
+        "digits",
+        "--tag",
+        "cloud",
+        "--latency-ms",
+        "0.6",
+    )
     assert done.returncode == 0, done.stderr
     assert "cli-strong" in done.stdout and "registered" in done.stdout
     listed = tandem("hub", "models", *url, "list", "--tag", "cloud")
@@ -65,6 +89,17 @@ def test_registry_from_the_command_line(hub, demo_assets):
     assert tandem("hub", "models", *url, "update", "cli-strong", "3", "--status", "serving").returncode == 0
     shown = json.loads(tandem("hub", "models", *url, "show", "cli-strong", "3").stdout)
     assert shown["status"] == "serving" and shown["latency_ms"] == 0.6
-    again = tandem("hub", "models", *url, "register", str(model), "--name", "cli-strong", "--version", "3",
-                   "--task", "classification")
+    again = tandem(
+        "hub",
+        "models",
+        *url,
+        "register",
+        str(model),
+        "--name",
+        "cli-strong",
+        "--version",
+        "3",
+        "--task",
+        "classification",
+    )
     assert again.returncode == 1 and "409" in again.stderr and "already registered" in again.stderr

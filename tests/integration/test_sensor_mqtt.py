@@ -21,11 +21,15 @@ def test_mqtt_sensor_gates_escalation(tmp_path, demo_assets, hub, mosquitto):
     hub.start()
     topic = "site/dock/thermo"
     config = edge_config(tmp_path, demo_assets, hub, mosquitto.port, device_id="cam-sensor")
-    config = config.model_copy(update={
-        "sensors": [SensorConfig(name="thermo", kind="mqtt", topic=topic, fields={"celsius": "number"})],
-        "judge": JudgeConfig(confidence_threshold=0.0,  # only the sensor decides
-                             sensor_gates=[SensorGateConfig(sensor="thermo.celsius", above=60)]),
-    })
+    config = config.model_copy(
+        update={
+            "sensors": [SensorConfig(name="thermo", kind="mqtt", topic=topic, fields={"celsius": "number"})],
+            "judge": JudgeConfig(
+                confidence_threshold=0.0,  # only the sensor decides
+                sensor_gates=[SensorGateConfig(sensor="thermo.celsius", above=60)],
+            ),
+        }
+    )
     publisher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="thermo-1")
     publisher.username_pw_set("thermo-1")
     publisher.connect("127.0.0.1", mosquitto.port)

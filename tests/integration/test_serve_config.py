@@ -40,8 +40,14 @@ def test_serve_run_with_the_deploy_config(tmp_path, demo_assets, mosquitto):
     path.write_text(yaml.safe_dump(config))
     serve = Path(sys.executable).with_name("serve")
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    process = subprocess.Popen([str(serve), "run", str(path)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, start_new_session=True)
+    process = subprocess.Popen(
+        [str(serve), "run", str(path)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         deadline, healthy = time.monotonic() + 120, False
         while time.monotonic() < deadline and not healthy:
@@ -58,7 +64,9 @@ def test_serve_run_with_the_deploy_config(tmp_path, demo_assets, mosquitto):
         transport.start()
         png = (demo_assets / "stream" / "images" / "000000.png").read_bytes()
         request = EscalationRequest(
-            trace_id=new_trace_id(), device_id="cam-serve", deadline_ms=5000,
+            trace_id=new_trace_id(),
+            device_id="cam-serve",
+            deadline_ms=5000,
             local_prediction=Prediction("weak", "1", ("0", "1"), (0.5, 0.5)),
             input=EncodedImage("image/png", png, 32, 32),
         )

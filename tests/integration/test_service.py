@@ -30,18 +30,26 @@ def test_sigterm_drains_and_the_outbox_survives_a_restart(tmp_path, demo_assets,
     camera = MjpegCamera(sorted((demo_assets / "stream" / "images").iterdir())[:20], free_port(), fps=30)
     camera.start()
     config = tmp_path / "edge.yaml"
-    config.write_text(yaml.safe_dump({
-        "device_id": "cam-sigterm",
-        "state_path": str(tmp_path / "edge.db"),
-        "source": {"kind": "stream", "url": camera.url},
-        "detector": {"model_path": str(demo_assets / "models" / "digits-weak.onnx")},
-        "judge": {"preset": "cloud_only"},
-        "transport": {"kind": "grpc", "target": f"127.0.0.1:{free_port()}", "timeout_ms": 300},  # no hub there
-        "mqtt": {"port": mosquitto.port},
-        "service": {"http_port": 0},
-    }))
-    process = subprocess.Popen([sys.executable, "-m", "edge.cli", "edge", "run", "--config", str(config), "--json"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "device_id": "cam-sigterm",
+                "state_path": str(tmp_path / "edge.db"),
+                "source": {"kind": "stream", "url": camera.url},
+                "detector": {"model_path": str(demo_assets / "models" / "digits-weak.onnx")},
+                "judge": {"preset": "cloud_only"},
+                "transport": {"kind": "grpc", "target": f"127.0.0.1:{free_port()}", "timeout_ms": 300},  # no hub there
+                "mqtt": {"port": mosquitto.port},
+                "service": {"http_port": 0},
+            }
+        )
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "edge.cli", "edge", "run", "--config", str(config), "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         time.sleep(6)  # start, then a few seconds of frames, every one escalated to a hub that is not there
         process.send_signal(signal.SIGTERM)
@@ -104,8 +112,13 @@ def test_alerts_and_webhook_fire_once_per_settled_answer(tmp_path, demo_assets, 
     listener.subscribe(str(DeviceTopic(device, Channel.ALERTS)), qos=1)
     time.sleep(0.3)
     config = edge_config(tmp_path, demo_assets, hub, mosquitto.port, device_id=device, threshold=0.97)
-    config = config.model_copy(update={"actions": ActionsConfig(
-        enabled=True, alert_labels=["7"], webhook_url=f"http://127.0.0.1:{server.server_port}/hook")})
+    config = config.model_copy(
+        update={
+            "actions": ActionsConfig(
+                enabled=True, alert_labels=["7"], webhook_url=f"http://127.0.0.1:{server.server_port}/hook"
+            )
+        }
+    )
     try:
         with EdgeRuntime(config) as runtime:
             runtime.run(max_frames=150)

@@ -51,7 +51,8 @@ class MjpegCamera:
                         frame = camera._frames[i % len(camera._frames)]
                         self.wfile.write(
                             b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(frame)
-                            + frame + b"\r\n"
+                            + frame
+                            + b"\r\n"
                         )
                         camera.sent += 1
                         i += 1

@@ -22,24 +22,41 @@ def pred(label: str, confidence: float) -> Prediction:
 
 class Harness:
     def __init__(self, tmp_path, answer: str) -> None:
-        self.config = EdgeConfig(device_id="cam-1", source=SourceConfig(kind="camera"),
-                                 detector=DetectorConfig(model_path="m.onnx"),
-                                 judge=JudgeConfig(answer=answer), actions=ActionsConfig(enabled=True))
+        self.config = EdgeConfig(
+            device_id="cam-1",
+            source=SourceConfig(kind="camera"),
+            detector=DetectorConfig(model_path="m.onnx"),
+            judge=JudgeConfig(answer=answer),
+            actions=ActionsConfig(enabled=True),
+        )
         self.store = EdgeStore(tmp_path / "edge.db")
         self.store.open()
         self.sent: list[dict] = []
-        actions = Actions("cam-1", self.config.actions, lambda _t, body: self.sent.append(json.loads(body)),
-                          EdgeMetrics())
+        actions = Actions(
+            "cam-1", self.config.actions, lambda _t, body: self.sent.append(json.loads(body)), EdgeMetrics()
+        )
         self.settle = Settlement(self.config, self.store, actions, EdgeMetrics(), lambda: 200.0)
 
     def frame(self, prediction: Prediction, escalate: bool) -> str:
         trace_id, m = new_trace_id(), TraceMachine()
-        for s in (TraceState.INFERRED, TraceState.JUDGED,
-                  TraceState.PENDING_CLOUD if escalate else TraceState.COMPLETE):
+        for s in (
+            TraceState.INFERRED,
+            TraceState.JUDGED,
+            TraceState.PENDING_CLOUD if escalate else TraceState.COMPLETE,
+        ):
             m.advance(s, s.value, 100.0)
-        self.store.record_trace(trace_id, m, source_id="cam0", frame_index=0, truth=None, prediction=prediction,
-                                reasons=(), created_at=100.0, escalation=b"req" if escalate else None,
-                                deadline_at=105.0 if escalate else None)
+        self.store.record_trace(
+            trace_id,
+            m,
+            source_id="cam0",
+            frame_index=0,
+            truth=None,
+            prediction=prediction,
+            reasons=(),
+            created_at=100.0,
+            escalation=b"req" if escalate else None,
+            deadline_at=105.0 if escalate else None,
+        )
         self.settle.new_trace(trace_id, Frame("cam0", 0, 100.0, None), prediction, m.state, 100.0)
         return trace_id
 

@@ -38,8 +38,12 @@ def test_command_carries_precision_and_dynamic_batch(demo_assets, tmp_path):
 
 def test_cache_key_changes_with_model_precision_and_platform(demo_assets):
     weak, strong = demo_assets / "models" / "digits-weak.onnx", demo_assets / "models" / "digits-strong.onnx"
-    keys = {cache_key(Build(weak), "trt100300"), cache_key(Build(weak, fp16=True), "trt100300"),
-            cache_key(Build(strong), "trt100300"), cache_key(Build(weak), "trt100400")}
+    keys = {
+        cache_key(Build(weak), "trt100300"),
+        cache_key(Build(weak, fp16=True), "trt100300"),
+        cache_key(Build(strong), "trt100300"),
+        cache_key(Build(weak), "trt100400"),
+    }
     assert len(keys) == 4
 
 

@@ -12,8 +12,13 @@ from edge.judge.calibrate import Sample, choose, collect, operating_point, sweep
 
 def samples() -> list[Sample]:
     # confidence, edge right?, escalated by another policy?, hub right?
-    rows = [(0.99, True, False, True), (0.95, True, False, True), (0.90, False, False, True),
-            (0.70, False, False, False), (0.60, True, True, True)]
+    rows = [
+        (0.99, True, False, True),
+        (0.95, True, False, True),
+        (0.90, False, False, True),
+        (0.70, False, False, False),
+        (0.60, True, True, True),
+    ]
     return [Sample(*r) for r in rows]
 
 
@@ -74,15 +79,33 @@ def test_cascade_goal_on_the_demo_held_out_stream(demo_assets):
 
 def test_calibrate_command_writes_a_config_that_loads(demo_assets, tmp_path, capsys):
     config = tmp_path / "edge.yaml"
-    config.write_text(yaml.safe_dump({
-        "device_id": "cam-1",
-        "source": {"kind": "images", "path": str(demo_assets / "stream" / "images")},
-        "detector": {"model_path": str(demo_assets / "models" / "digits-weak.onnx")},
-        "judge": {"preset": "default", "min_margin": 0.05},
-    }))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "device_id": "cam-1",
+                "source": {"kind": "images", "path": str(demo_assets / "stream" / "images")},
+                "detector": {"model_path": str(demo_assets / "models" / "digits-weak.onnx")},
+                "judge": {"preset": "default", "min_margin": 0.05},
+            }
+        )
+    )
     calib = demo_assets / "calibration"
-    code = main(["edge", "calibrate", "--config", str(config), "--source", str(calib / "images"),
-                 "--labels", str(calib / "labels.csv"), "--target-escalation", "0.2", "--ood", "--write"])
+    code = main(
+        [
+            "edge",
+            "calibrate",
+            "--config",
+            str(config),
+            "--source",
+            str(calib / "images"),
+            "--labels",
+            str(calib / "labels.csv"),
+            "--target-escalation",
+            "0.2",
+            "--ood",
+            "--write",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0 and "<- chosen" in out and "upper bound" in out
     loaded = load_config(config)

@@ -39,7 +39,11 @@ def test_bad_field_is_named(tmp_path, change, names):
 def test_check_config_command_reports_the_field(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("device_id: cam-1\nsource: {kind: video}\n")
-    out = subprocess.run([sys.executable, "-m", "edge.cli", "edge", "check-config", str(bad)],
-                         capture_output=True, text=True, check=False)
+    out = subprocess.run(
+        [sys.executable, "-m", "edge.cli", "edge", "check-config", str(bad)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert out.returncode == 2
     assert "detector: Field required" in out.stderr

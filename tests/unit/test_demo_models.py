@@ -16,5 +16,7 @@ def test_strong_model_beats_weak_on_held_out_data(demo_assets):
     models = json.loads((demo_assets / "manifest.json").read_text())["models"]
     assert models["digits-strong"]["held_out_accuracy"] > models["digits-weak"]["held_out_accuracy"]
     labels = (demo_assets / "stream" / "labels.csv").read_text().splitlines()
-    assert labels[0] == "frame,file,label" and len(labels) - 1 == json.loads(
-        (demo_assets / "manifest.json").read_text())["held_out"]
+    assert (
+        labels[0] == "frame,file,label"
+        and len(labels) - 1 == json.loads((demo_assets / "manifest.json").read_text())["held_out"]
+    )

@@ -22,8 +22,11 @@ def test_systemd_unit_verifies(tmp_path):
     if analyze is None:
         pytest.skip("systemd-analyze is not installed (no systemd on this machine)")
     # The unit points at /opt/tandem; point it at this venv's tandem so the executable check passes.
-    unit = (DEPLOY / "tandem-edge.service").read_text().replace("/opt/tandem/venv/bin/tandem",
-                                                                str(Path(sys.executable).parent / "tandem"))
+    unit = (
+        (DEPLOY / "tandem-edge.service")
+        .read_text()
+        .replace("/opt/tandem/venv/bin/tandem", str(Path(sys.executable).parent / "tandem"))
+    )
     path = tmp_path / "tandem-edge.service"
     path.write_text(unit)
     result = subprocess.run([analyze, "verify", str(path)], capture_output=True, text=True, check=False)

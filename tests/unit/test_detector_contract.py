@@ -65,8 +65,9 @@ def test_classification(backend, demo_assets):
 @pytest.mark.parametrize("backend", sorted(BACKENDS))
 def test_text_detection(backend, ocr_models):
     backend_or_skip(backend)
-    detector = create_detector(DetectorConfig(type=backend, kind="text_detection",
-                                              model_path=ocr_models / "ch_PP-OCRv4_det_infer.onnx"))
+    detector = create_detector(
+        DetectorConfig(type=backend, kind="text_detection", model_path=ocr_models / "ch_PP-OCRv4_det_infer.onnx")
+    )
     detector.start()
     found, blank = detector.predict(plate()), detector.predict(np.full((120, 400, 3), 200, np.uint8))
     check_prediction(found)
@@ -82,9 +83,14 @@ def test_text_detection(backend, ocr_models):
 @pytest.mark.parametrize("backend", sorted(BACKENDS))
 def test_ocr_reads_a_plate_with_per_character_confidence(backend, ocr_models):
     backend_or_skip(backend)
-    detector = create_detector(DetectorConfig(type=backend, kind="ocr",
-                                              model_path=ocr_models / "ch_PP-OCRv4_det_infer.onnx",
-                                              rec_model_path=ocr_models / "ch_PP-OCRv4_rec_infer.onnx"))
+    detector = create_detector(
+        DetectorConfig(
+            type=backend,
+            kind="ocr",
+            model_path=ocr_models / "ch_PP-OCRv4_det_infer.onnx",
+            rec_model_path=ocr_models / "ch_PP-OCRv4_rec_infer.onnx",
+        )
+    )
     try:
         detector.start()
     except DetectorError as exc:
@@ -103,8 +109,7 @@ def test_ocr_reads_a_plate_with_per_character_confidence(backend, ocr_models):
 
 
 def test_haar_cascade_finds_a_plate_and_nothing_in_a_blank_frame():
-    detector = create_detector(DetectorConfig(kind="haar_cascade",
-                                              model_path="haarcascade_russian_plate_number.xml"))
+    detector = create_detector(DetectorConfig(kind="haar_cascade", model_path="haarcascade_russian_plate_number.xml"))
     detector.start()
     image = np.full((120, 400, 3), 200, np.uint8)
     cv2.rectangle(image, (60, 30), (340, 95), (255, 255, 255), -1)
@@ -138,8 +143,6 @@ def test_detector_used_before_start_says_so(demo_assets):
     detector = create_detector(DetectorConfig(model_path=demo_assets / "models" / "digits-weak.onnx"))
     with pytest.raises(DetectorError, match="before start"):
         detector.predict(np.zeros((8, 8), np.uint8))
-
-
 
 
 @pytest.mark.gpu

@@ -5,7 +5,7 @@ import asyncio
 import pytest
 
 from cloud.dispatch.mqtt import Publisher
-from cloud.escalations import EscalationService, ModelClient
+from cloud.escalations import EscalationService, ModelAnswer, ModelClient
 from cloud.traces import TraceStatus, TraceStore
 from protocol import AckStatus, EncodedImage, EscalationRequest, Prediction, ResultStatus, new_trace_id
 from protocol.codec import decode_result
@@ -22,7 +22,7 @@ class FakeModel(ModelClient):
         self.calls += 1
         if self.fail:
             raise RuntimeError("replica died")
-        return Prediction("strong", "1", LABELS, (0.1, 0.9))
+        return ModelAnswer(Prediction("strong", "1", LABELS, (0.1, 0.9)))
 
 
 class ListPublisher(Publisher):
@@ -34,8 +34,13 @@ class ListPublisher(Publisher):
 
 
 def request() -> EscalationRequest:
-    return EscalationRequest(new_trace_id(), "cam-1", Prediction("weak", "1", LABELS, (0.6, 0.4)),
-                             EncodedImage("image/png", b"x", 1, 1), deadline_ms=1000)
+    return EscalationRequest(
+        new_trace_id(),
+        "cam-1",
+        Prediction("weak", "1", LABELS, (0.6, 0.4)),
+        EncodedImage("image/png", b"x", 1, 1),
+        deadline_ms=1000,
+    )
 
 
 @pytest.fixture

@@ -12,8 +12,16 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "cloud" / "hub.exampl
 
 
 def args(**given) -> argparse.Namespace:
-    fields = {"config": None, "model": None, "http_port": None, "grpc_port": None, "mqtt_host": None,
-              "mqtt_port": None, "store": None, "result_encoding": None}
+    fields = {
+        "config": None,
+        "model": None,
+        "http_port": None,
+        "grpc_port": None,
+        "mqtt_host": None,
+        "mqtt_port": None,
+        "store": None,
+        "result_encoding": None,
+    }
     return argparse.Namespace(**{**fields, **given})
 
 

@@ -192,8 +192,13 @@ def test_unjudgeable_stays_unjudgeable_even_in_cloud_only():
 
 def test_state_machine_records_every_step():
     m = TraceMachine()
-    for state in (TraceState.INFERRED, TraceState.JUDGED, TraceState.PENDING_CLOUD, TraceState.TIMED_OUT,
-                  TraceState.FALLBACK_COMPLETE):
+    for state in (
+        TraceState.INFERRED,
+        TraceState.JUDGED,
+        TraceState.PENDING_CLOUD,
+        TraceState.TIMED_OUT,
+        TraceState.FALLBACK_COMPLETE,
+    ):
         m.advance(state, f"to {state.value}", at=1.0)
     assert [t.target for t in m.history][-1] is TraceState.FALLBACK_COMPLETE
     assert m.history[0].source is TraceState.RAW

@@ -26,12 +26,26 @@ def pending_machine() -> TraceMachine:
     return m
 
 
-def escalate(store: EdgeStore, now: float = 100.0, deadline_s: float = 5.0, truth: str = "1",
-             payload: bytes = b"request-bytes", priority: int = 0) -> str:
+def escalate(
+    store: EdgeStore,
+    now: float = 100.0,
+    deadline_s: float = 5.0,
+    truth: str = "1",
+    payload: bytes = b"request-bytes",
+    priority: int = 0,
+) -> str:
     trace_id = new_trace_id()
     store.record_trace(
-        trace_id, pending_machine(), source_id="cam0", frame_index=0, truth=truth, prediction=pred(0),
-        reasons=("confidence: low",), created_at=now, escalation=payload, deadline_at=now + deadline_s,
+        trace_id,
+        pending_machine(),
+        source_id="cam0",
+        frame_index=0,
+        truth=truth,
+        prediction=pred(0),
+        reasons=("confidence: low",),
+        created_at=now,
+        escalation=payload,
+        deadline_at=now + deadline_s,
         priority=priority,
     )
     return trace_id
@@ -53,8 +67,16 @@ def test_a_failed_write_leaves_neither_row(store):
     trace_id = escalate(store)
     with pytest.raises(StoreError):  # same trace id again: the trace insert fails, so no second outbox row
         store.record_trace(
-            trace_id, pending_machine(), source_id="cam0", frame_index=1, truth=None, prediction=pred(0),
-            reasons=(), created_at=101.0, escalation=b"other", deadline_at=106.0,
+            trace_id,
+            pending_machine(),
+            source_id="cam0",
+            frame_index=1,
+            truth=None,
+            prediction=pred(0),
+            reasons=(),
+            created_at=101.0,
+            escalation=b"other",
+            deadline_at=106.0,
         )
     assert [r.payload for r in store.outbox()] == [b"request-bytes"]
 
@@ -93,8 +115,12 @@ def test_sent_rows_are_not_sent_again_and_failed_rows_move_to_the_failed_table(s
     assert store.due(now=1e12) == []
     assert {r.trace_id: r.status for r in store.outbox()} == {a: OutboxStatus.SENT}
     (failed,) = store.failed()
-    assert (failed.trace_id, failed.reason, failed.attempts, failed.payload) == (b, "INVALID_ARGUMENT", 1,
-                                                                                 b"request-bytes")
+    assert (failed.trace_id, failed.reason, failed.attempts, failed.payload) == (
+        b,
+        "INVALID_ARGUMENT",
+        1,
+        b"request-bytes",
+    )
     # No verdict can come for a refused escalation: the local answer stands at once, not at the deadline.
     refused = store.trace(b)
     assert refused.state is TraceState.FALLBACK_COMPLETE and "refused the escalation" in refused.history[-2].reason
@@ -242,13 +268,18 @@ def test_a_version_1_store_is_migrated(tmp_path):
     """Version 1 had no priority column and kept permanent failures in the outbox as FAILED."""
     path = tmp_path / "v1.db"
     conn = sqlite3.connect(path)
-    conn.execute("CREATE TABLE outbox (trace_id TEXT PRIMARY KEY, payload BLOB NOT NULL, status TEXT NOT NULL,"
-                 " attempts INTEGER NOT NULL DEFAULT 0, next_attempt_at FLOAT NOT NULL, enqueued_at FLOAT NOT NULL,"
-                 " last_error TEXT)")
-    conn.executemany("INSERT INTO outbox VALUES (?, ?, ?, ?, ?, ?, ?)", [
-        ("a" * 32, b"queued", "QUEUED", 0, 1.0, 1.0, None),
-        ("b" * 32, b"failed", "FAILED", 1, 2.0, 2.0, "INVALID_ARGUMENT"),
-    ])
+    conn.execute(
+        "CREATE TABLE outbox (trace_id TEXT PRIMARY KEY, payload BLOB NOT NULL, status TEXT NOT NULL,"
+        " attempts INTEGER NOT NULL DEFAULT 0, next_attempt_at FLOAT NOT NULL, enqueued_at FLOAT NOT NULL,"
+        " last_error TEXT)"
+    )
+    conn.executemany(
+        "INSERT INTO outbox VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [
+            ("a" * 32, b"queued", "QUEUED", 0, 1.0, 1.0, None),
+            ("b" * 32, b"failed", "FAILED", 1, 2.0, 2.0, "INVALID_ARGUMENT"),
+        ],
+    )
     conn.execute("PRAGMA user_version=1")
     conn.commit()
     conn.close()
@@ -266,8 +297,16 @@ def test_replay_command_lists_and_requeues(tmp_path, capsys):
     from edge.cli import main
 
     config = tmp_path / "edge.yaml"
-    config.write_text(yaml.safe_dump({"device_id": "cam-1", "state_path": str(tmp_path / "edge.db"),
-                                      "source": {"kind": "camera"}, "detector": {"model_path": "m.onnx"}}))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "device_id": "cam-1",
+                "state_path": str(tmp_path / "edge.db"),
+                "source": {"kind": "camera"},
+                "detector": {"model_path": "m.onnx"},
+            }
+        )
+    )
     store = EdgeStore(tmp_path / "edge.db")
     store.open()
     trace_id = escalate(store)
@@ -297,8 +336,16 @@ def test_local_traces_are_grouped_and_an_escalation_is_written_at_once(tmp_path)
         m = TraceMachine()
         for s in (TraceState.INFERRED, TraceState.JUDGED, TraceState.COMPLETE):
             m.advance(s, s.value, at=100.0)
-        store.record_trace(new_trace_id(), m, source_id="cam0", frame_index=0, truth=None, prediction=pred(0, 0.99),
-                           reasons=(), created_at=100.0)
+        store.record_trace(
+            new_trace_id(),
+            m,
+            source_id="cam0",
+            frame_index=0,
+            truth=None,
+            prediction=pred(0, 0.99),
+            reasons=(),
+            created_at=100.0,
+        )
 
     local()
     local()

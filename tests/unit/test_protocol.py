@@ -98,7 +98,7 @@ def test_unknown_fields_survive_a_pass_through():
     decode_result(wire)  # and it still decodes
 
 
-@pytest.mark.parametrize("payload", [b"\xff\xff\xff", b"{not json", b"{\"traceId\": 5}"])
+@pytest.mark.parametrize("payload", [b"\xff\xff\xff", b"{not json", b'{"traceId": 5}'])
 def test_garbage_is_a_malformed_message(payload):
     with pytest.raises(MalformedMessage):
         decode_result(payload)

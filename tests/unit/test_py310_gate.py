@@ -16,8 +16,11 @@ def vermin(folder: Path) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize(
     "source",
-    ["import tomllib\n", "import asyncio\nasync def f():\n    async with asyncio.TaskGroup() as g:\n        pass\n",
-     "try:\n    pass\nexcept* ValueError:\n    pass\n"],
+    [
+        "import tomllib\n",
+        "import asyncio\nasync def f():\n    async with asyncio.TaskGroup() as g:\n        pass\n",
+        "try:\n    pass\nexcept* ValueError:\n    pass\n",
+    ],
 )
 def test_gate_rejects_311_features(tmp_path, source):
     (tmp_path / "mod.py").write_text(source)

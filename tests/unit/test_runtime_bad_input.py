@@ -113,8 +113,9 @@ def test_max_fps_paces_the_source(runtime):
     """Six frames at 20 fps take at least five intervals (the cap is a floor on time, not a speed claim)."""
     import time
 
-    paced = EdgeRuntime(runtime.config.model_copy(
-        update={"source": runtime.config.source.model_copy(update={"max_fps": 20.0})}))
+    paced = EdgeRuntime(
+        runtime.config.model_copy(update={"source": runtime.config.source.model_copy(update={"max_fps": 20.0})})
+    )
     paced.store = runtime.store
     paced.detector = runtime.detector
     started = time.monotonic()

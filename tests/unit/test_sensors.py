@@ -28,7 +28,9 @@ def wait_for(predicate, timeout_s: float = 5.0) -> bool:
 def test_schema_accepts_declared_fields_and_names_what_is_wrong():
     schema = SensorSchema(thermo())
     assert schema.parse(b'{"celsius": 21.5, "door_open": false, "extra": "ignored"}') == {
-        "celsius": 21.5, "door_open": False}
+        "celsius": 21.5,
+        "door_open": False,
+    }
     with pytest.raises(SourceError, match="door_open: Field required"):
         schema.parse(b'{"celsius": 21.5}')
     with pytest.raises(SourceError, match="celsius"):
@@ -57,6 +59,7 @@ def test_serial_port_is_read():
     sensor = open_sensor(thermo("serial", port=os.ttyname(device)), state, MqttConfig(), "cam-1")
     sensor.start()
     try:
+
         def sent_and_read() -> bool:  # pyserial flushes input on open, so keep sending until it is read
             os.write(controller, b'{"celsius": 30, "door_open": false}\n')
             return state.values().get("thermo.celsius") == 30.0

@@ -46,9 +46,18 @@ def enqueue(store, now):
     m = TraceMachine()
     for s in (TraceState.INFERRED, TraceState.JUDGED, TraceState.PENDING_CLOUD):
         m.advance(s, "", at=now)
-    store.record_trace(trace_id, m, source_id="c", frame_index=0, truth=None,
-                       prediction=Prediction("m", "1", ("a", "b"), (0.5, 0.5)), reasons=(), created_at=now,
-                       escalation=trace_id.encode(), deadline_at=now + 60)
+    store.record_trace(
+        trace_id,
+        m,
+        source_id="c",
+        frame_index=0,
+        truth=None,
+        prediction=Prediction("m", "1", ("a", "b"), (0.5, 0.5)),
+        reasons=(),
+        created_at=now,
+        escalation=trace_id.encode(),
+        deadline_at=now + 60,
+    )
     return trace_id
 
 
