@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import abc
 import logging
-import socket
 import threading
 import uuid
 from collections.abc import Callable
@@ -18,6 +17,7 @@ from typing import Optional
 
 import paho.mqtt.client as mqtt
 
+from edge.comms.mqtt import set_tcp_nodelay
 from protocol.topics import DeviceTopic
 
 logger = logging.getLogger(__name__)
@@ -89,9 +89,7 @@ class MqttDispatcher(Publisher):
         if getattr(reason, "is_failure", False):
             logger.error("dispatch: broker refused the connection: %s", reason)
             return
-        sock = client.socket()
-        if isinstance(sock, socket.socket):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        set_tcp_nodelay(client)
         logger.info("dispatch: connected to %s:%d", self._host, self._port)
 
     def _on_disconnect(self, _c: mqtt.Client, _u: object, _f: object, reason: object, _p: object) -> None:

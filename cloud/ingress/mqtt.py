@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 from concurrent.futures import TimeoutError as FutureTimeout
 
 import paho.mqtt.client as mqtt
 from google.protobuf.message import DecodeError
 
 from cloud.escalations import EscalationService
+from edge.comms.mqtt import set_tcp_nodelay
 from protocol._generated.tandem.v1 import tandem_pb2 as pb
 from protocol.codec import decode_request
 from protocol.errors import InvalidTopic, MalformedMessage, ProtocolError
@@ -78,9 +78,7 @@ class MqttEscalations:
         if getattr(reason, "is_failure", False):
             logger.error("mqtt ingress: broker refused the connection: %s", reason)
             return
-        sock = client.socket()
-        if isinstance(sock, socket.socket):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        set_tcp_nodelay(client)
         client.subscribe(TOPIC_FILTER, qos=1)
         logger.info("mqtt ingress: subscribed to %s", TOPIC_FILTER)
 

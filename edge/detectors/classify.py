@@ -20,7 +20,7 @@ class ClassifierHead:
 
     def __init__(self, path: Path, runner: Runner) -> None:
         self.runner = runner
-        self.info = read_model_info(path)
+        self.info = read_model_info(path, runner=runner)
         if not self.info.labels:
             raise DetectorError(f"{path}: missing or bad tandem.* metadata: no tandem.labels")
 

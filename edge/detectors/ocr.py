@@ -142,7 +142,7 @@ class Ocr(Detector):
             raise DetectorError("an ocr detector needs rec_model_path (the recogniser)")
         self._det = self.make_runner(self.config.model_path)
         self._rec = self.make_runner(self.config.rec_model_path)
-        characters = _characters(self.config.rec_model_path)
+        characters = _characters(self.config.rec_model_path, self._rec)
         self._alphabet = ["", *characters, " "]  # CTC blank first, PP-OCR's space last
         # A blank frame has no text, so warm the recogniser on its own: a backend that cannot run it
         # (OpenCV 4's DNN on PP-OCRv4 rec) fails here, at start, not on the first frame with text.
@@ -193,8 +193,8 @@ class Ocr(Detector):
         return "".join(c for c, _ in chars), [score for _, score in chars]
 
 
-def _characters(path: Path) -> list[str]:
-    meta = onnx_metadata(path)
+def _characters(path: Path, runner: Runner) -> list[str]:
+    meta = runner.metadata() or onnx_metadata(path)
     if "character" not in meta:
         raise DetectorError(f"{path}: no 'character' list in the model's metadata (not a PP-OCR recogniser?)")
     return meta["character"].splitlines()

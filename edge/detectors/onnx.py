@@ -66,6 +66,9 @@ class OrtRunner(Runner):
         self.output = output or outputs[0]
         self.path = path
 
+    def metadata(self) -> dict[str, str]:
+        return dict(self.session.get_modelmeta().custom_metadata_map)
+
     def run(self, batch: np.ndarray) -> np.ndarray:
         try:
             (out,) = self.session.run([self.output], {self.input_name: batch})

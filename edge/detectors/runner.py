@@ -13,7 +13,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
 import numpy as np
 
@@ -45,16 +45,26 @@ class Runner(abc.ABC):
     def close(self) -> None:  # noqa: B027 - most runners free their memory with their last reference
         """Free the engine's resources. Safe to call twice."""
 
+    def metadata(self) -> Optional[dict[str, str]]:
+        """The model's custom metadata when the engine has already read it (None: read it from the file)."""
+        return None
+
 
 def sidecar(path: Path) -> Path:
     """Where a model's metadata lives when its format cannot carry it: ``model.engine.json``."""
     return path.with_name(path.name + ".json")
 
 
-def read_model_info(path: Path, default_id: str = "", labels: Sequence[str] = ()) -> ModelInfo:
-    """The model's id, version and labels: from its sidecar JSON if there is one, else its ONNX metadata."""
+def read_model_info(
+    path: Path, default_id: str = "", labels: Sequence[str] = (), runner: Optional[Runner] = None
+) -> ModelInfo:
+    """The model's id, version and labels: from its sidecar JSON if there is one, else its ONNX metadata
+    (from ``runner`` when it has read them, so the file is not loaded a second time)."""
     meta: dict[str, str] = {}
-    if sidecar(path).exists():
+    loaded = runner.metadata() if runner is not None else None
+    if loaded is not None:
+        meta = loaded
+    elif sidecar(path).exists():
         try:
             meta = json.loads(sidecar(path).read_text())
         except (OSError, ValueError) as exc:

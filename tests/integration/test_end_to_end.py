@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 import urllib.error
 import urllib.request
 
@@ -20,21 +19,13 @@ from edge.outbox.store import OutboxStatus
 from protocol import DeviceTopic, EncodedImage, EscalationRequest, Prediction, new_trace_id
 from protocol._generated.tandem.v1 import tandem_pb2_grpc as pb_grpc
 from tests.integration.conftest import edge_config
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 
 
 def escalated(runtime: EdgeRuntime):
     return [t for t in runtime.store.traces() if t.escalated_at is not None]
-
-
-def wait_for(predicate, timeout_s: float, what: str) -> None:
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        if predicate():
-            return
-        time.sleep(0.1)
-    pytest.fail(f"timed out after {timeout_s} s waiting for {what}")
 
 
 def test_frame_escalated_while_the_hub_is_down_gets_its_verdict_once_it_is_back(tmp_path, demo_assets, hub, mosquitto):

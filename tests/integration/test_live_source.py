@@ -27,17 +27,9 @@ from edge.config import (
 )
 from edge.sources import LiveSource, SourceState
 from tests.support.mjpeg import MjpegCamera
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.slow
-
-
-def wait_for(predicate, timeout_s: float, what: str) -> None:
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        if predicate():
-            return
-        time.sleep(0.05)
-    pytest.fail(f"timed out after {timeout_s} s waiting for {what}")
 
 
 def get(url: str) -> tuple[int, bytes]:

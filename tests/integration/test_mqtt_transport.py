@@ -14,7 +14,8 @@ from protocol import DeviceTopic, EncodedImage, EscalationRequest, Prediction, n
 from protocol.codec import decode_result
 from protocol.topics import Channel
 from tests.integration.conftest import edge_config
-from tests.integration.test_end_to_end import escalated, wait_for
+from tests.integration.test_end_to_end import escalated
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -12,7 +12,7 @@ from edge.app import EdgeRuntime
 from edge.config import JudgeConfig, SensorConfig, SensorGateConfig
 from edge.judge import TraceState
 from tests.integration.conftest import edge_config
-from tests.integration.test_end_to_end import wait_for
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 
