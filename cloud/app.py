@@ -1,8 +1,9 @@
 """The hub as a Ray Serve application. Every ``ray.*`` call in the project is in this module.
 
-    gRPC :9000 tandem.v1.Escalation ─┐
-    MQTT .../+/escalations (QoS 1) ───┼─> Ingress ──handle──> StrongModel (ONNX Runtime)
-    HTTP :8000 /v1/traces, /v1/models ┘     │
+    gRPC :9000 tandem.v1.Escalation ─┐              router (rules, balancer, breaker, cache)
+    MQTT .../+/escalations (QoS 1) ───┼─> Ingress ──┬─handle──> ModelPool (ONNX Runtime, multiplexed, batched)
+    HTTP :8000 /v1/traces, /v1/models ┘     │       └─tritonclient──> external v2 servers (Triton, KServe)
+    HTTP/gRPC  Open Inference Protocol v2 ──┤
                                             └─> trace store (SQLite) ─> MQTT results topic
 
 Why Ray Serve's own gRPC proxy rather than a gRPC server inside a
@@ -12,76 +13,148 @@ listening socket; a server inside a replica would bind one port per replica
 and need its own load balancer. Requests carry ``application`` metadata
 (``HubConfig.app_name``) to pick this application.
 
-``serve run cloud.app:build_app model_path=...`` works too (typed builder).
+``serve run cloud.app:build_app model_path=...`` works too (typed builder). The routing rules
+arrive in Ingress's ``user_config`` (hot-reloaded by ``reconfigure``), or from ``routing_path``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Optional, Union
 
+import numpy as np
 import ray
 from fastapi import FastAPI
 from ray import serve
+from ray.serve.context import _get_global_client
 from ray.serve.handle import DeploymentHandle
+from ray.serve.schema import ServeDeploySchema
 
 from cloud.config import HubConfig
 from cloud.dispatch.mqtt import MqttDispatcher
-from cloud.escalations import EscalationService, ModelAnswer, ModelClient
+from cloud.errors import HubError
+from cloud.escalations import EscalationService
 from cloud.ingress import grpc as grpc_ingress
 from cloud.ingress import mqtt as mqtt_ingress
+from cloud.ingress import v2
 from cloud.ingress.http import build_http_app
 from cloud.models.classifier import Classifier
 from cloud.registry import SqliteRegistry
+from cloud.routing import ModelAnswer, ModelBackend, Router, RoutingConfig, parse_routing
+from cloud.routing.backends import build_backends, close_backends
 from cloud.traces.store import TraceStore
 from protocol.codec import Encoding
-from protocol.messages import EscalationRequest
+from protocol.messages import EscalationRequest, Prediction
 
 logger = logging.getLogger(__name__)
 
-GRPC_SERVICER = "protocol._generated.tandem.v1.tandem_pb2_grpc.add_EscalationServicer_to_server"
+GRPC_SERVICERS = [
+    "protocol._generated.tandem.v1.tandem_pb2_grpc.add_EscalationServicer_to_server",
+    # The Open Inference Protocol v2, as tritonclient ships it.
+    "cloud.ingress.v2_grpc.add_GRPCInferenceServiceServicer_to_server",
+]
 
 
-@serve.deployment(name="StrongModel", max_ongoing_requests=64)
-class StrongModel:
-    """The model, with dynamic batching: requests that arrive within batch_wait_ms run as one batch.
+@serve.deployment(name="ModelPool", max_ongoing_requests=64)
+class ModelPool:
+    """Every ONNX model the rules name, loaded on demand by content hash, with dynamic batching.
 
-    max_ongoing_requests must exceed the batch size, or Serve never lets a batch fill.
+    ``@serve.multiplexed`` keeps up to ``max_models`` models per replica and evicts the least recently
+    used; Serve routes a request to a replica that has its model already (``multiplexed_model_id``).
+    Requests that arrive within batch_wait_ms run as one batch per model. max_ongoing_requests must
+    exceed the batch size, or Serve never lets a batch fill.
     """
 
-    def __init__(self, model_path: str, max_batch_size: int, batch_wait_ms: float) -> None:
-        self._classifier = Classifier(Path(model_path))
+    def __init__(self, artifacts_dir: str, max_batch_size: int, batch_wait_ms: float, max_models: int) -> None:
+        artifacts = Path(artifacts_dir)
+        self._loads = 0
+
+        async def load(sha256: str) -> Classifier:
+            self._loads += 1
+            logger.info("model pool: loading %s", sha256[:12])
+            return await asyncio.to_thread(Classifier, artifacts / sha256)
+
+        # Built here rather than as a decorated method so the per-replica limit comes from the config.
+        self._model = serve.multiplexed(max_num_models_per_replica=max_models)(load)
         self._batch.set_max_batch_size(max_batch_size)
         self._batch.set_batch_wait_timeout_s(batch_wait_ms / 1000.0)
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
-    async def _batch(self, requests: list[EscalationRequest]) -> list[ModelAnswer | Exception]:
-        results = self._classifier.predict_batch([r.input for r in requests])
-        return [r if isinstance(r, Exception) else ModelAnswer(r, len(requests)) for r in results]
+    async def _batch(self, items: list[tuple[Classifier, EscalationRequest]]) -> list[ModelAnswer | Exception]:
+        """One model run per model in the batch; a bad input fails only its own request."""
+        by_model: dict[int, list[int]] = {}
+        for index, (model, _) in enumerate(items):
+            by_model.setdefault(id(model), []).append(index)
+        answers: list[ModelAnswer | Exception] = [ValueError("not run")] * len(items)
+        for indexes in by_model.values():
+            model = items[indexes[0]][0]
+            results = model.predict_batch([items[i][1].input for i in indexes])
+            for i, result in zip(indexes, results, strict=True):
+                answers[i] = result if isinstance(result, Exception) else ModelAnswer(result, len(indexes))
+        return answers
 
     async def predict(self, request: EscalationRequest) -> ModelAnswer:
-        answer = await self._batch(request)
+        model = await self._model(serve.get_multiplexed_model_id())
+        answer = await self._batch((model, request))
         if isinstance(answer, Exception):
             raise answer
         return answer
 
+    async def spec(self, name: str) -> v2.ModelSpec:
+        model = await self._model(serve.get_multiplexed_model_id())
+        session, version = model.model.runner.session, model.model.head.info.version or "1"
+        return v2.spec_from_onnx(name, version, session.get_inputs(), session.get_outputs())
 
-class HandleModelClient(ModelClient):
-    def __init__(self, handle: DeploymentHandle) -> None:
-        self._handle = handle
+    async def run_tensors(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        model = await self._model(serve.get_multiplexed_model_id())
+        return await asyncio.to_thread(model.run_tensors, inputs)
 
-    async def predict(self, request: EscalationRequest) -> ModelAnswer:
+    def loads(self) -> int:
+        """How many model loads this replica has done (multiplexing: a model evicted and used again loads again)."""
+        return self._loads
+
+
+class ServeBackend(ModelBackend):
+    """A model on the hub's own pool: the handle asks for the replica that has its artifact loaded."""
+
+    def __init__(self, pool: DeploymentHandle, sha256: str) -> None:
+        self._handle = pool.options(multiplexed_model_id=sha256)
+
+    async def predict(self, request: EscalationRequest, previous: Optional[Prediction]) -> ModelAnswer:
         return await self._handle.predict.remote(request)
+
+
+class PoolTensorModels(v2.TensorModels):
+    """The v2 protocol's view of the pool: the rules' ONNX models by name."""
+
+    def __init__(self, pool: DeploymentHandle, artifacts: dict[str, str]) -> None:
+        self._pool = pool
+        self._artifacts = artifacts  # model name -> sha256
+        self._specs: dict[str, v2.ModelSpec] = {}
+
+    def names(self) -> list[str]:
+        return list(self._artifacts)
+
+    async def spec(self, name: str) -> v2.ModelSpec:
+        if name not in self._specs:
+            handle = self._pool.options(multiplexed_model_id=self._artifacts[name])
+            self._specs[name] = await handle.spec.remote(name)
+        return self._specs[name]
+
+    async def run(self, name: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return await self._pool.options(multiplexed_model_id=self._artifacts[name]).run_tensors.remote(inputs)
 
 
 @serve.deployment(name="Ingress", max_ongoing_requests=256)
 @serve.ingress()
 class Ingress:
-    async def __init__(self, model: DeploymentHandle, config: dict[str, Any]) -> None:
+    async def __init__(self, pool: DeploymentHandle, config: dict[str, Any]) -> None:
         # async so that recovery can schedule work on the replica's event loop.
         hub = HubConfig.model_validate(config).absolute()
+        self._pool = pool
         self._store = TraceStore(hub.trace_store_path)
         self._store.open()
         self._registry = SqliteRegistry(hub.registry_file(), hub.artifacts_dir())
@@ -93,9 +166,12 @@ class Ingress:
             hub.mqtt_password,
             on_delivered=lambda trace_id: self._service.mark_delivered(trace_id),  # noqa: PLW0108 - built below
         )
+        self._tensor_models = PoolTensorModels(pool, {})
         self._service = EscalationService(
-            self._store, HandleModelClient(model), self._dispatcher, Encoding(hub.result_encoding)
+            self._store, self._router(hub.routing()), self._dispatcher, Encoding(hub.result_encoding)
         )
+        self._v2 = v2.V2Service(lambda: self._tensor_models)
+        self._v2_grpc = v2.V2Grpc(self._v2)
         self._dispatcher.start()
         self._mqtt_ingress = mqtt_ingress.MqttEscalations(
             self._service,
@@ -110,11 +186,88 @@ class Ingress:
         self._mqtt_ingress.start()
         self._service.recover()
 
+    def _router(self, routing: RoutingConfig) -> Router:
+        """Rules -> a router whose Serve replicas are the pool, by each model file's sha256."""
+        artifacts = {
+            name: self._registry.put_artifact(entry.path.read_bytes()) for name, entry in routing.onnx_models().items()
+        }
+        self._tensor_models = PoolTensorModels(self._pool, artifacts)
+        return Router(routing, build_backends(routing, lambda name, _entry: ServeBackend(self._pool, artifacts[name])))
+
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Hot reload: ``user_config: {routing: {...}}`` replaces the rules in place (no replica restart).
+
+        Rules that fail to validate are logged and the running ones stay; ``tandem hub run`` and
+        ``tandem hub routing check`` validate before they deploy, so this is the last line."""
+        if "routing" not in user_config:
+            return
+        try:
+            router = self._router(parse_routing(user_config["routing"], "user_config.routing"))
+        except (HubError, OSError) as exc:
+            logger.error("routing: new rules refused, the old ones stay: %s", exc)
+            return
+        old = self._service.router
+        self._service.use(router)
+        logger.info("routing: %d rules, %d models in use", len(router.config.routes), len(router.config.models))
+        await close_backends(old.backends)
+
     async def Escalate(self, request, grpc_context):
         return await grpc_ingress.escalate(self._service, request, grpc_context)
 
+    # The Open Inference Protocol v2 over gRPC (inference.GRPCInferenceService).
+    async def ServerLive(self, request, grpc_context):
+        return self._v2_grpc.server_live()
+
+    async def ServerReady(self, request, grpc_context):
+        return self._v2_grpc.server_ready()
+
+    async def ModelReady(self, request, grpc_context):
+        return self._v2_grpc.model_ready(request)
+
+    async def ServerMetadata(self, request, grpc_context):
+        return self._v2_grpc.server_metadata()
+
+    async def ModelMetadata(self, request, grpc_context):
+        return await v2_call(grpc_context, self._v2_grpc.model_metadata(request), v2.v2pb.ModelMetadataResponse)
+
+    async def ModelInfer(self, request, grpc_context):
+        return await v2_call(grpc_context, self._v2_grpc.model_infer(request), v2.v2pb.ModelInferResponse)
+
     def __serve_build_asgi_app__(self) -> FastAPI:
-        return build_http_app(self._store, self._registry)
+        return build_http_app(self._store, self._registry, self._v2, self.status)
+
+    async def status(self) -> dict[str, Any]:
+        """The rules in use, the cache, each replica's circuit, and one pool replica's model loads."""
+        router, cache = self._service.router, self._service.cache
+        return {
+            "pid": os.getpid(),  # the same pid after a reload: reconfigured in place, not restarted
+            "digest": router.config.digest(),
+            "routes": [r.name for r in router.config.routes],
+            "models": sorted(router.config.models),
+            "cache": {"entries": len(cache), "hits": cache.hits, "misses": cache.misses},
+            "replicas": {
+                model: {key: router.balancer.stats(model, key).state.value for key in replicas}
+                for model, replicas in router.backends.items()
+            },
+            "pool_loads": await self._pool.loads.remote(),
+        }
+
+
+async def v2_call(context: Any, call: Any, empty: Any) -> Any:
+    """A v2 gRPC call; a V2Error becomes INVALID_ARGUMENT (unknown model: NOT_FOUND) with its message."""
+    import grpc
+
+    try:
+        return await call
+    except v2.V2Error as exc:
+        code = grpc.StatusCode.NOT_FOUND if "unknown model" in str(exc) else grpc.StatusCode.INVALID_ARGUMENT
+        context.set_code(code)
+        context.set_details(str(exc))
+        return empty()
+    except HubError as exc:
+        context.set_code(grpc.StatusCode.INTERNAL)
+        context.set_details(str(exc))
+        return empty()
 
 
 def build_app(config: Union[HubConfig, dict[str, Any]]) -> serve.Application:
@@ -125,13 +278,35 @@ def build_app(config: Union[HubConfig, dict[str, Any]]) -> serve.Application:
     """
     config = HubConfig.model_validate(config).absolute() if isinstance(config, dict) else config.absolute()
     options = {"ray_actor_options": {"num_cpus": config.replica_num_cpus}}
-    model = StrongModel.options(**options, max_ongoing_requests=config.model_max_ongoing_requests).bind(
-        str(config.model_path), config.batch_max_size, config.batch_wait_ms
+    pool = ModelPool.options(**options, max_ongoing_requests=config.model_max_ongoing_requests).bind(
+        str(config.artifacts_dir()), config.batch_max_size, config.batch_wait_ms, config.max_models_per_replica
     )
-    return Ingress.options(**options).bind(model, config.model_dump(mode="json"))
+    return Ingress.options(**options).bind(pool, config.model_dump(mode="json"))
 
 
-def start_hub(config: HubConfig) -> None:
+def deploy_config(config: HubConfig, routing: Optional[RoutingConfig] = None) -> ServeDeploySchema:
+    """The hub as a Serve config, as ``serve deploy`` would send it; the rules ride in Ingress's user_config."""
+    ingress: dict[str, Any] = {"name": "Ingress"}
+    if routing is not None:
+        ingress["user_config"] = {"routing": routing.model_dump(mode="json")}
+    return ServeDeploySchema.model_validate(
+        {
+            "http_options": {"host": config.http_host, "port": config.http_port},
+            "grpc_options": {"port": config.grpc_port, "grpc_servicer_functions": GRPC_SERVICERS},
+            "applications": [
+                {
+                    "name": config.app_name,
+                    "route_prefix": "/",
+                    "import_path": "cloud.app:build_app",
+                    "args": config.absolute().model_dump(mode="json"),
+                    "deployments": [ingress],
+                }
+            ],
+        }
+    )
+
+
+def start_hub(config: HubConfig, routing: Optional[RoutingConfig] = None) -> None:
     """Start (or join) Ray, start Serve's HTTP and gRPC proxies, deploy the app; return when it is healthy."""
     ray.init(
         # "local" always starts a new local cluster; joining one takes an explicit address.
@@ -143,10 +318,18 @@ def start_hub(config: HubConfig) -> None:
     )
     serve.start(
         http_options={"host": config.http_host, "port": config.http_port},
-        grpc_options={"port": config.grpc_port, "grpc_servicer_functions": [GRPC_SERVICER]},
+        grpc_options={"port": config.grpc_port, "grpc_servicer_functions": GRPC_SERVICERS},
     )
-    serve.run(build_app(config), name=config.app_name, route_prefix="/")
+    deploy(config, routing)
     logger.info("hub: HTTP on %s:%d, gRPC on %d", config.http_host, config.http_port, config.grpc_port)
+
+
+def deploy(config: HubConfig, routing: Optional[RoutingConfig] = None, timeout_s: int = 300) -> None:
+    """Apply the app's config, as ``serve deploy`` does. Only the rules changed: Serve calls the running
+    ingress's ``reconfigure`` (no restart). Waits until the application is RUNNING."""
+    client = _get_global_client()
+    client.deploy_apps(deploy_config(config, routing))
+    client._wait_for_application_running(config.app_name, timeout_s=timeout_s)
 
 
 def stop_hub() -> None:

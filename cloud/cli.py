@@ -10,13 +10,17 @@ import argparse
 import logging
 import os
 import signal
+import sys
 import threading
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
-from cloud.app import start_hub, stop_hub
+from cloud.app import deploy, start_hub, stop_hub
 from cloud.config import HubConfig, load_hub_config
+from cloud.errors import RoutingError
+from cloud.routing import load_routing
 from edge.config import describe_errors
 from edge.errors import ConfigError
 
@@ -25,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 FLAGS = {
     "model": "model_path",
+    "routing": "routing_path",
     "http_port": "http_port",
     "grpc_port": "grpc_port",
     "mqtt_host": "mqtt_host",
@@ -50,14 +55,62 @@ def hub_config(args: argparse.Namespace) -> HubConfig:
 
 def hub_run(args: argparse.Namespace) -> int:
     config = hub_config(args)
+    routing = config.routing()  # a bad rules file stops the start here, with every problem named
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    start_hub(config)
+    start_hub(config, routing if config.routing_path else None)
     logger.info("hub ready")
     print(f"hub ready: gRPC :{config.grpc_port}, HTTP :{config.http_port}", flush=True)
     try:
-        stop.wait()
+        if config.routing_path is None:
+            stop.wait()
+        else:
+            watch_routing(config, config.routing_path, stop)
     finally:
         stop_hub()
+    return 0
+
+
+def watch_routing(config: HubConfig, path: Path, stop: threading.Event, poll_s: float = 1.0) -> None:
+    """Redeploy the rules whenever the file changes (Serve reconfigures the ingress in place).
+
+    A file that does not validate is logged and skipped: the hub keeps the rules it has."""
+    seen = _mtime(path)
+    while not stop.wait(poll_s):
+        now = _mtime(path)
+        if now == seen:
+            continue
+        seen = now
+        try:
+            routing = load_routing(path)
+        except RoutingError as exc:
+            logger.error("routing: %s changed but is refused; the old rules stay: %s", path, exc)
+            continue
+        deploy(config, routing)
+        logger.info("routing: reloaded %s (%d routes)", path, len(routing.routes))
+        print(f"routing reloaded: {routing.digest()}", flush=True)
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def routing_check(args: argparse.Namespace) -> int:
+    """``tandem hub routing check FILE``: 0 and a summary when the rules are usable, 2 and every problem if not."""
+    try:
+        routing = load_routing(args.file)
+    except RoutingError as exc:
+        print(f"refused: {exc}", file=sys.stderr)
+        return 2
+    missing = [f"{name}: {m.path}" for name, m in routing.onnx_models().items() if not m.path.is_file()]
+    if missing:
+        print("refused: model files not found: " + "; ".join(missing), file=sys.stderr)
+        return 2
+    for route in routing.routes:
+        print(f"{route.name}: {route.strategy.value} -> {', '.join(s.model for s in route.steps)}")
+    print(f"ok: {len(routing.routes)} routes, {len(routing.models)} models, digest {routing.digest()}")
     return 0

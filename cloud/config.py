@@ -8,6 +8,7 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from cloud.routing.config import RoutingConfig, load_routing, single_model_routing
 from edge.errors import ConfigError
 
 
@@ -22,7 +23,15 @@ class HubConfig(BaseModel):
     mqtt_port: int = Field(1883, gt=0, lt=65536, description="the MQTT broker's port")
     mqtt_username: str = Field("tandem-hub", description="MQTT user name (and client id) of the hub")
     mqtt_password: Optional[str] = Field(None, description="MQTT password, if the broker asks for one")
-    model_path: Path = Field(description="the strong ONNX model the hub runs")
+    model_path: Optional[Path] = Field(
+        None, description="the one ONNX model every escalation goes to, when no routing_path is given"
+    )
+    routing_path: Optional[Path] = Field(
+        None, description="routing rules (deploy/cloud/routing.yaml); tandem hub run reloads them when the file changes"
+    )
+    max_models_per_replica: int = Field(
+        4, ge=1, description="models one ModelPool replica keeps loaded; the least recently used is evicted"
+    )
     trace_store_path: Path = Field(Path("tandem-hub.db"), description="SQLite file of the hub's traces")
     registry_path: Optional[Path] = Field(
         None, description="SQLite file of the model registry; default: tandem-registry.db beside the trace store"
@@ -44,6 +53,12 @@ class HubConfig(BaseModel):
     )
 
     @model_validator(mode="after")
+    def _has_models(self) -> HubConfig:
+        if self.model_path is None and self.routing_path is None:
+            raise ValueError("give model_path (one model for everything) or routing_path (routing rules)")
+        return self
+
+    @model_validator(mode="after")
     def _batches_can_fill(self) -> HubConfig:
         if self.model_max_ongoing_requests < self.batch_max_size:
             raise ValueError(
@@ -56,12 +71,21 @@ class HubConfig(BaseModel):
         """Paths made absolute: Ray replicas do not run in the caller's working folder."""
         return self.model_copy(
             update={
-                "model_path": self.model_path.resolve(),
+                "model_path": self.model_path.resolve() if self.model_path else None,
+                "routing_path": self.routing_path.resolve() if self.routing_path else None,
                 "trace_store_path": self.trace_store_path.resolve(),
                 "registry_path": self.registry_file().resolve(),
                 "artifacts_path": self.artifacts_dir().resolve(),
             }
         )
+
+    def routing(self) -> RoutingConfig:
+        """The rules: the routing file's, else every escalation to model_path."""
+        if self.routing_path is not None:
+            return load_routing(self.routing_path)
+        if self.model_path is None:  # the validator above rules this out
+            raise ConfigError("no model_path and no routing_path")
+        return single_model_routing(self.model_path)
 
     def registry_file(self) -> Path:
         return self.registry_path or self.trace_store_path.with_name("tandem-registry.db")
@@ -78,7 +102,7 @@ def load_hub_config(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: cannot read: {exc}") from exc
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
-    for key in ("model_path", "trace_store_path", "registry_path", "artifacts_path"):
+    for key in ("model_path", "routing_path", "trace_store_path", "registry_path", "artifacts_path"):
         if isinstance(raw.get(key), str) and not Path(raw[key]).is_absolute():
             raw[key] = str(path.parent / raw[key])
     return raw

@@ -31,6 +31,18 @@ class IllegalStatusChange(RegistryError):
     pass
 
 
+class RoutingError(HubError):
+    """Routing rules that cannot be used; the hub keeps the rules it had."""
+
+
+class NoRoute(HubError):
+    """No routing rule matches the escalation."""
+
+
+class ModelUnavailable(HubError):
+    """Every replica of a model is ejected (circuit open), or the model cannot be loaded."""
+
+
 # (gRPC code, HTTP status) per error type; the first match in order wins.
 _STATUS: list[tuple[type[Exception], grpc.StatusCode, int]] = [
     (UnsupportedSchemaVersion, grpc.StatusCode.FAILED_PRECONDITION, 400),
@@ -41,6 +53,8 @@ _STATUS: list[tuple[type[Exception], grpc.StatusCode, int]] = [
     (ModelExists, grpc.StatusCode.ALREADY_EXISTS, 409),
     (IllegalStatusChange, grpc.StatusCode.FAILED_PRECONDITION, 409),
     (RegistryError, grpc.StatusCode.INVALID_ARGUMENT, 400),
+    (RoutingError, grpc.StatusCode.INVALID_ARGUMENT, 400),
+    (ModelUnavailable, grpc.StatusCode.UNAVAILABLE, 503),
 ]
 
 

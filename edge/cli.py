@@ -6,6 +6,7 @@
     tandem edge replay --config FILE     list failed escalations; requeue them with --all or by id
     tandem hub run [...]                 run the cloud hub (needs the cloud extra)
     tandem hub models ...                the model registry: register, list, show, update, retire
+    tandem hub routing check FILE        validate routing rules before deploying them
     tandem demo [--json]                 hub + broker + one device on the demo stream
 
 The root lives in ``edge`` because the device is where ``tandem`` must run
@@ -151,6 +152,12 @@ def _hub_run(args: argparse.Namespace) -> int:
     return hub_run(args)
 
 
+def _hub_routing_check(args: argparse.Namespace) -> int:
+    from cloud.cli import routing_check
+
+    return routing_check(args)
+
+
 def _hub_models(args: argparse.Namespace) -> int:
     from cloud.registry.cli import run
 
@@ -209,7 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     hub = commands.add_parser("hub", help="the cloud hub").add_subparsers(dest="hub_command", required=True)
     hub_run = hub.add_parser("run", help="run the hub on this machine until interrupted")
     hub_run.add_argument("--config", type=Path, help="YAML of the hub's settings (deploy/cloud/hub.example.yaml)")
-    hub_run.add_argument("--model", type=Path, help="the strong ONNX model (required without --config)")
+    hub_run.add_argument("--model", type=Path, help="one ONNX model for every escalation (without --routing)")
+    hub_run.add_argument("--routing", type=Path, help="routing rules (deploy/cloud/routing.yaml), reloaded on change")
     hub_run.add_argument("--http-port", type=int, help="HTTP port (default 8000)")
     hub_run.add_argument("--grpc-port", type=int, help="gRPC port (default 9000)")
     hub_run.add_argument("--mqtt-host", help="the MQTT broker's host (default 127.0.0.1)")
@@ -217,6 +225,10 @@ def build_parser() -> argparse.ArgumentParser:
     hub_run.add_argument("--store", type=Path, help="SQLite file of the hub's traces (default tandem-hub.db)")
     hub_run.add_argument("--result-encoding", choices=["protobuf", "json"])
     hub_run.set_defaults(handler=_hub_run)
+    check = hub.add_parser("routing", help="routing rules").add_subparsers(dest="routing_command", required=True)
+    check_cmd = check.add_parser("check", help="validate a routing file; print its routes, or every problem")
+    check_cmd.add_argument("file", type=Path)
+    check_cmd.set_defaults(handler=_hub_routing_check)
     _hub_models_parser(hub)
 
     demo = commands.add_parser("demo", help="run hub, broker and one device on the demo digits stream")

@@ -322,6 +322,10 @@ class EscalationResult:
     timings: tuple[HopTiming, ...] = ()
     error: str = ""
     sent_at: float = field(default_factory=time.time)
+    cost: float = 0.0
+    """The models' cost for this answer: each call's cost_per_1k / 1000, summed."""
+    route: str = ""
+    """The routing rule that answered (a cached answer has a "cache" hop)."""
 
     def __post_init__(self) -> None:
         validate_trace_id(self.trace_id)
@@ -341,6 +345,8 @@ class EscalationResult:
             outputs=[p.to_proto() for p in self.outputs],
             timings=[pb.HopTiming(hop=t.hop, ms=t.ms) for t in self.timings],
             error=self.error,
+            cost=self.cost,
+            route=self.route,
         )
         if self.final is not None:
             msg.final.CopyFrom(self.final.to_proto())
@@ -362,4 +368,6 @@ class EscalationResult:
             timings=tuple(HopTiming(hop=t.hop, ms=t.ms) for t in msg.timings),
             error=msg.error,
             sent_at=_seconds(msg.sent_at),
+            cost=msg.cost,
+            route=msg.route,
         )

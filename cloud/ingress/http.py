@@ -1,17 +1,18 @@
-"""The hub's HTTP API (FastAPI): health, trace look-ups, and the model registry."""
+"""The hub's HTTP API (FastAPI): health, traces, the model registry, the routing status, and the v2 protocol."""
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Optional, TypeVar
 
-from fastapi import APIRouter, FastAPI, HTTPException, Request
+from fastapi import APIRouter, FastAPI, HTTPException, Query, Request
 from google.protobuf import json_format
 
 from cloud.errors import RegistryError, http_status
+from cloud.ingress.v2 import V2Service, v2_routes
 from cloud.registry import ModelSpec, ModelStatus, ModelUpdate, Registry
-from cloud.traces.store import TraceStore
+from cloud.traces.store import HubTrace, TraceStatus, TraceStore
 from protocol._generated.tandem.v1 import tandem_pb2 as pb
 from protocol.errors import ProtocolError
 from protocol.messages import validate_trace_id
@@ -19,13 +20,39 @@ from protocol.messages import validate_trace_id
 T = TypeVar("T")
 
 
-def build_http_app(traces: TraceStore, registry: Registry) -> FastAPI:
+def build_http_app(
+    traces: TraceStore,
+    registry: Registry,
+    v2: Optional[V2Service] = None,
+    hub_status: Optional[Callable[[], Awaitable[dict[str, Any]]]] = None,
+) -> FastAPI:
     app = FastAPI(title="Tandem hub", version="1")
     app.include_router(registry_routes(registry))
+    if v2 is not None:
+        app.include_router(v2_routes(v2))
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
+
+    @app.get("/v1/routing")
+    async def routing() -> dict[str, Any]:
+        """The rules in use (their digest changes on every reload), the cache, and each replica's circuit."""
+        if hub_status is None:
+            raise HTTPException(404, "no routing status here")
+        return await hub_status()
+
+    @app.get("/v1/traces")
+    def list_traces(
+        device_id: Optional[str] = None,
+        status: Optional[TraceStatus] = None,
+        route: Optional[str] = None,
+        since: Optional[float] = None,
+        until: Optional[float] = None,
+        limit: int = Query(100, ge=1, le=1000),
+    ) -> list[dict[str, Any]]:
+        """Traces newest first, filtered by device, status, routing rule and received time (Unix seconds)."""
+        return [_trace_json(t) for t in traces.query(device_id, status, route, since, until, limit)]
 
     @app.get("/v1/traces/{trace_id}")
     def get_trace(trace_id: str) -> dict[str, Any]:
@@ -37,19 +64,26 @@ def build_http_app(traces: TraceStore, registry: Registry) -> FastAPI:
         trace = traces.get(trace_id)
         if trace is None:
             raise HTTPException(404, f"no trace {trace_id}")
-        return {
-            "trace_id": trace.trace_id,
-            "device_id": trace.device_id,
-            "status": trace.status.value,
-            "received_at": trace.received_at,
-            "started_at": trace.started_at,
-            "finished_at": trace.finished_at,
-            "delivered_at": trace.delivered_at,
-            "error": trace.error,
-            "result": _result_json(trace.result),
-        }
+        return _trace_json(trace)
 
     return app
+
+
+def _trace_json(trace: HubTrace) -> dict[str, Any]:
+    """A trace and, once finished, its result: every model's output, the final answer, hops, cost."""
+    return {
+        "trace_id": trace.trace_id,
+        "device_id": trace.device_id,
+        "status": trace.status.value,
+        "route": trace.route,
+        "cost": trace.cost,
+        "received_at": trace.received_at,
+        "started_at": trace.started_at,
+        "finished_at": trace.finished_at,
+        "delivered_at": trace.delivered_at,
+        "error": trace.error,
+        "result": _result_json(trace.result),
+    }
 
 
 class Registration(ModelSpec):

@@ -37,7 +37,7 @@ class Classifier:
         results: list[Prediction | Exception] = []
         for data in inputs:
             try:
-                tensors.append(self.model.head.tensor(_pixels(data)))
+                tensors.append(self.model.head.tensor(pixels(data)))
                 results.append(_PENDING)
             except (MalformedMessage, DetectorError) as exc:
                 results.append(MalformedMessage(str(exc)) if isinstance(exc, DetectorError) else exc)
@@ -46,11 +46,20 @@ class Classifier:
             results = [next(predictions) if r is _PENDING else r for r in results]
         return results
 
+    def run_tensors(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Every output for raw named inputs, as the v2 protocol asks (no decoding, no labels)."""
+        session = self.model.runner.session
+        names = [o.name for o in session.get_outputs()]
+        try:
+            return dict(zip(names, session.run(names, inputs), strict=True))
+        except Exception as exc:  # onnxruntime's errors carry no stable types
+            raise DetectorError(f"{self.model_id}: inference failed: {exc}") from exc
+
 
 _PENDING = MalformedMessage("not run")  # a placeholder while the batch is put together
 
 
-def _pixels(data: EncodedImage | Tensor) -> np.ndarray:
+def pixels(data: EncodedImage | Tensor) -> np.ndarray:
     if isinstance(data, EncodedImage):
         try:
             return decode_image(data.data)

@@ -45,9 +45,11 @@ class HubTrace:
     result: Optional[bytes]
     """The EscalationResult as protobuf bytes, once finished."""
     error: Optional[str]
+    route: Optional[str] = None
+    cost: Optional[float] = None
 
 
-_COLUMNS = "trace_id, device_id, status, received_at, started_at, finished_at, delivered_at, result, error"
+_COLUMNS = "trace_id, device_id, status, received_at, started_at, finished_at, delivered_at, result, error, route, cost"
 
 
 class TraceStore:
@@ -74,12 +76,19 @@ class TraceStore:
                 "delivered_at": float,
                 "result": bytes,
                 "error": str,
+                "route": str,
+                "cost": float,
             },
             pk="trace_id",
             not_null={"device_id", "status", "received_at"},
             if_not_exists=True,
         )
-        db["traces"].create_index(["status"], if_not_exists=True)
+        table = db.table("traces")
+        for column, kind in (("route", str), ("cost", float)):  # stores written before routing had neither
+            if column not in table.columns_dict:
+                table.add_column(column, kind)
+        table.create_index(["status"], if_not_exists=True)
+        table.create_index(["device_id", "received_at"], if_not_exists=True)
         self._conn = conn
 
     def close(self) -> None:
@@ -113,10 +122,20 @@ class TraceStore:
             (TraceStatus.RUNNING.value, now, trace_id),
         )
 
-    def set_finished(self, trace_id: str, status: TraceStatus, result: bytes, error: Optional[str], now: float) -> None:
+    def set_finished(
+        self,
+        trace_id: str,
+        status: TraceStatus,
+        result: bytes,
+        error: Optional[str],
+        now: float,
+        route: str = "",
+        cost: float = 0.0,
+    ) -> None:
         self._execute(
-            "UPDATE traces SET status = ?, result = ?, error = ?, finished_at = ?, request = NULL WHERE trace_id = ?",
-            (status.value, result, error, now, trace_id),
+            "UPDATE traces SET status = ?, result = ?, error = ?, finished_at = ?, route = ?, cost = ?, request = NULL"
+            " WHERE trace_id = ?",
+            (status.value, result, error, now, route or None, cost, trace_id),
         )
 
     def mark_delivered(self, trace_id: str, now: float) -> None:
@@ -125,6 +144,30 @@ class TraceStore:
     def get(self, trace_id: str) -> Optional[HubTrace]:
         rows = self._execute(f"SELECT {_COLUMNS} FROM traces WHERE trace_id = ?", (trace_id,))
         return _trace(rows[0]) if rows else None
+
+    def query(
+        self,
+        device_id: Optional[str] = None,
+        status: Optional[TraceStatus] = None,
+        route: Optional[str] = None,
+        since: Optional[float] = None,
+        until: Optional[float] = None,
+        limit: int = 100,
+    ) -> list[HubTrace]:
+        """Traces matching every filter given, newest first."""
+        filters = {
+            "device_id = ?": device_id,
+            "status = ?": status.value if status else None,
+            "route = ?": route,
+            "received_at >= ?": since,
+            "received_at < ?": until,
+        }
+        given = {clause: value for clause, value in filters.items() if value is not None}
+        where = " AND ".join(given) or "1"
+        rows = self._execute(
+            f"SELECT {_COLUMNS} FROM traces WHERE {where} ORDER BY received_at DESC LIMIT ?", (*given.values(), limit)
+        )
+        return [_trace(r) for r in rows]
 
     def unfinished(self) -> list[tuple[str, bytes]]:
         """(trace_id, request bytes) of every accepted trace that has no result yet."""
@@ -147,4 +190,4 @@ class TraceStore:
 
 
 def _trace(row: tuple) -> HubTrace:
-    return HubTrace(row[0], row[1], TraceStatus(row[2]), row[3], row[4], row[5], row[6], row[7], row[8])
+    return HubTrace(row[0], row[1], TraceStatus(row[2]), *row[3:])

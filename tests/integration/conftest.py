@@ -41,8 +41,9 @@ def mosquitto() -> Iterator[MosquittoBroker]:
 class HubProcess:
     """`tandem hub run` in a child process, stoppable and restartable on the same ports and store."""
 
-    def __init__(self, model: Path, mqtt_port: int, store: Path, log: Path) -> None:
+    def __init__(self, model: Path, mqtt_port: int, store: Path, log: Path, extra: tuple[str, ...] = ()) -> None:
         self.model = model
+        self.extra = extra
         self.mqtt_port = mqtt_port
         self.store = store
         self.log = log
@@ -73,6 +74,7 @@ class HubProcess:
             str(self.mqtt_port),
             "--store",
             str(self.store),
+            *self.extra,
         ]
         log = self.log.open("a")
         self._process = subprocess.Popen(

@@ -24,7 +24,9 @@ def test_concurrent_escalations_are_batched(hub, demo_assets):
     frames = sorted((demo_assets / "stream" / "images").iterdir())[:48]
     requests = [
         EscalationRequest(
-            trace_id=new_trace_id(), device_id="cam-batch", deadline_ms=10_000,
+            trace_id=new_trace_id(),
+            device_id="cam-batch",
+            deadline_ms=10_000,
             local_prediction=Prediction("weak", "1", ("0", "1"), (0.5, 0.5)),
             input=EncodedImage("image/png", f.read_bytes(), 32, 32),
         )

@@ -18,7 +18,8 @@ def check_serve_config(config: dict) -> None:
     assert app["import_path"] == "cloud.app:build_app"
     HubConfig.model_validate(app["args"])
     assert config["grpc_options"]["grpc_servicer_functions"] == [
-        "protocol._generated.tandem.v1.tandem_pb2_grpc.add_EscalationServicer_to_server"
+        "protocol._generated.tandem.v1.tandem_pb2_grpc.add_EscalationServicer_to_server",
+        "cloud.ingress.v2_grpc.add_GRPCInferenceServiceServicer_to_server",
     ]
 
 

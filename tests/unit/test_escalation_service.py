@@ -1,11 +1,13 @@
 """The hub's core without Ray: a real SQLite trace store, a fake model and a fake publisher."""
 
 import asyncio
+from pathlib import Path
 
 import pytest
 
 from cloud.dispatch.mqtt import Publisher
-from cloud.escalations import EscalationService, ModelAnswer, ModelClient
+from cloud.escalations import EscalationService
+from cloud.routing import ModelAnswer, ModelBackend, Router, single_model_routing
 from cloud.traces import TraceStatus, TraceStore
 from protocol import AckStatus, EncodedImage, EscalationRequest, Prediction, ResultStatus, new_trace_id
 from protocol.codec import decode_result
@@ -13,16 +15,21 @@ from protocol.codec import decode_result
 LABELS = ("0", "1")
 
 
-class FakeModel(ModelClient):
+class FakeModel(ModelBackend):
     def __init__(self, fail: bool = False):
         self.fail = fail
         self.calls = 0
 
-    async def predict(self, request):
+    async def predict(self, request, previous):
         self.calls += 1
         if self.fail:
             raise RuntimeError("replica died")
         return ModelAnswer(Prediction("strong", "1", LABELS, (0.1, 0.9)))
+
+
+def routed(model: ModelBackend) -> Router:
+    """The default rules (every escalation to one model) with the fake as the model's one replica."""
+    return Router(single_model_routing(Path("strong.onnx")), {"strong": {"serve": model}})
 
 
 class ListPublisher(Publisher):
@@ -57,7 +64,7 @@ def run(coro):
 
 def test_accepts_processes_and_publishes(store):
     model, publisher = FakeModel(), ListPublisher()
-    service = EscalationService(store, model, publisher)
+    service = EscalationService(store, routed(model), publisher)
     req = request()
 
     async def go():
@@ -69,13 +76,13 @@ def test_accepts_processes_and_publishes(store):
     ((device, trace_id, payload),) = publisher.published
     result = decode_result(payload)
     assert (device, trace_id, result.status, result.final.label) == ("cam-1", req.trace_id, ResultStatus.SUCCESS, "1")
-    assert [t.hop for t in result.timings] == ["queue", "model:strong"]
+    assert [t.hop for t in result.timings] == ["queue", "model:strong@serve"]
     assert store.get(req.trace_id).status is TraceStatus.SUCCESS
 
 
 def test_duplicate_escalation_runs_the_model_once(store):
     model, publisher = FakeModel(), ListPublisher()
-    service = EscalationService(store, model, publisher)
+    service = EscalationService(store, routed(model), publisher)
     req = request()
 
     async def go():
@@ -91,7 +98,7 @@ def test_duplicate_escalation_runs_the_model_once(store):
 
 def test_model_failure_becomes_a_failed_result_for_the_device(store):
     publisher = ListPublisher()
-    service = EscalationService(store, FakeModel(fail=True), publisher)
+    service = EscalationService(store, routed(FakeModel(fail=True)), publisher)
     req = request()
 
     async def go():
@@ -106,7 +113,7 @@ def test_model_failure_becomes_a_failed_result_for_the_device(store):
 
 def test_restart_reruns_unfinished_and_resends_undelivered(store):
     publisher = ListPublisher()
-    service = EscalationService(store, FakeModel(), publisher)
+    service = EscalationService(store, routed(FakeModel()), publisher)
     unfinished, undelivered, delivered = request(), request(), request()
 
     async def before_crash():
@@ -119,7 +126,7 @@ def test_restart_reruns_unfinished_and_resends_undelivered(store):
 
     run(before_crash())
     restarted = ListPublisher()
-    again = EscalationService(store, FakeModel(), restarted)
+    again = EscalationService(store, routed(FakeModel()), restarted)
 
     async def after_restart():
         counts = again.recover()

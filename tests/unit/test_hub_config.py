@@ -15,6 +15,7 @@ def args(**given) -> argparse.Namespace:
     fields = {
         "config": None,
         "model": None,
+        "routing": None,
         "http_port": None,
         "grpc_port": None,
         "mqtt_host": None,
@@ -38,7 +39,7 @@ def test_flags_override_the_file(tmp_path):
 
 
 def test_without_a_file_the_model_is_required_and_the_ports_default():
-    with pytest.raises(ConfigError, match="model_path: Field required"):
+    with pytest.raises(ConfigError, match=r"give model_path .* or routing_path"):
         hub_config(args())
     config = hub_config(args(model=Path("m.onnx")))
     assert (config.http_port, config.grpc_port) == (8000, 9000)

@@ -147,7 +147,7 @@ class HopTiming(_message.Message):
     def __init__(self, hop: _Optional[str] = ..., ms: _Optional[float] = ...) -> None: ...
 
 class EscalationResult(_message.Message):
-    __slots__ = ("schema_version", "trace_id", "device_id", "sent_at", "status", "outputs", "final", "timings", "error")
+    __slots__ = ("schema_version", "trace_id", "device_id", "sent_at", "status", "outputs", "final", "timings", "error", "cost", "route")
     SCHEMA_VERSION_FIELD_NUMBER: _ClassVar[int]
     TRACE_ID_FIELD_NUMBER: _ClassVar[int]
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -157,6 +157,8 @@ class EscalationResult(_message.Message):
     FINAL_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    COST_FIELD_NUMBER: _ClassVar[int]
+    ROUTE_FIELD_NUMBER: _ClassVar[int]
     schema_version: int
     trace_id: str
     device_id: str
@@ -166,4 +168,6 @@ class EscalationResult(_message.Message):
     final: Prediction
     timings: _containers.RepeatedCompositeFieldContainer[HopTiming]
     error: str
-    def __init__(self, schema_version: _Optional[int] = ..., trace_id: _Optional[str] = ..., device_id: _Optional[str] = ..., sent_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., status: _Optional[_Union[ResultStatus, str]] = ..., outputs: _Optional[_Iterable[_Union[Prediction, _Mapping]]] = ..., final: _Optional[_Union[Prediction, _Mapping]] = ..., timings: _Optional[_Iterable[_Union[HopTiming, _Mapping]]] = ..., error: _Optional[str] = ...) -> None: ...
+    cost: float
+    route: str
+    def __init__(self, schema_version: _Optional[int] = ..., trace_id: _Optional[str] = ..., device_id: _Optional[str] = ..., sent_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., status: _Optional[_Union[ResultStatus, str]] = ..., outputs: _Optional[_Iterable[_Union[Prediction, _Mapping]]] = ..., final: _Optional[_Union[Prediction, _Mapping]] = ..., timings: _Optional[_Iterable[_Union[HopTiming, _Mapping]]] = ..., error: _Optional[str] = ..., cost: _Optional[float] = ..., route: _Optional[str] = ...) -> None: ...

@@ -1,0 +1,16 @@
+"""Routing: rules (config), replica choice and circuit breaking (balance), strategies (router), answers (aggregate)."""
+
+from cloud.routing.config import RoutingConfig, load_routing, parse_routing, single_model_routing
+from cloud.routing.router import ModelAnswer, ModelBackend, Outcome, Plan, Router
+
+__all__ = [
+    "ModelAnswer",
+    "ModelBackend",
+    "Outcome",
+    "Plan",
+    "Router",
+    "RoutingConfig",
+    "load_routing",
+    "parse_routing",
+    "single_model_routing",
+]

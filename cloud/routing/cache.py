@@ -1,0 +1,60 @@
+"""The result cache: the same input routed the same way gets the answer already computed.
+
+The key is the input's sha256 (with its media type, or dtype and shape) and
+the routing decision (rule, strategy, models, and a digest of the rules), so
+a changed rule or an A/B arm that picked another model never reuses an
+answer. Entries live ``ttl_s`` and the least recently used go first past
+``max_entries`` (cachetools.TTLCache does both). Per hub replica,
+in memory: a restart starts cold, which costs model calls, not answers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from cachetools import TTLCache
+
+from cloud.routing.config import Cache
+from cloud.routing.router import Plan
+from protocol.messages import EncodedImage, EscalationRequest, Prediction
+
+
+@dataclass(frozen=True)
+class CachedAnswer:
+    final: Prediction
+    outputs: tuple[Prediction, ...]
+
+
+class ResultCache:
+    def __init__(self, config: Cache, rules_digest: str, clock: Callable[[], float] = time.monotonic) -> None:
+        self.enabled = config.enabled
+        self._digest = rules_digest
+        self._entries: TTLCache[str, CachedAnswer] = TTLCache(config.max_entries, config.ttl_s, timer=clock)
+        self.hits = 0
+        self.misses = 0
+
+    def key(self, request: EscalationRequest, plan: Plan) -> str:
+        data = request.input
+        kind = data.media_type if isinstance(data, EncodedImage) else f"{data.dtype}{list(data.shape)}"
+        content = hashlib.sha256(data.data).hexdigest()
+        return f"{content}|{kind}|{plan.describe()}|{self._digest}"
+
+    def get(self, key: str) -> CachedAnswer | None:
+        if not self.enabled:
+            return None
+        found = self._entries.get(key)
+        if found is None:
+            self.misses += 1
+        else:
+            self.hits += 1
+        return found
+
+    def put(self, key: str, answer: CachedAnswer) -> None:
+        if self.enabled:
+            self._entries[key] = answer
+
+    def __len__(self) -> int:
+        return len(self._entries)
