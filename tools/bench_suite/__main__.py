@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from tools.bench_suite import edge
+from tools.bench_suite import edge, hub
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -14,9 +14,11 @@ def main(argv: list[str] | None = None) -> int:
     suites = parser.add_subparsers(dest="suite", required=True)
     edge_parser = suites.add_parser("edge", help="the device runtime's speed, memory and cascade")
     edge.add_arguments(edge_parser)
+    hub_parser = suites.add_parser("hub", help="the hub's round trip and dynamic batching")
+    hub.add_arguments(hub_parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    return edge.run(args)
+    return {"edge": edge.run, "hub": hub.run}[args.suite](args)
 
 
 if __name__ == "__main__":
