@@ -12,7 +12,6 @@ import logging
 import re
 import time
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
@@ -129,6 +128,3 @@ async def close_backends(table: Mapping[str, Mapping[str, ModelBackend]]) -> Non
             except Exception:  # closing an old connection must not stop the new rules from taking over
                 logger.exception("closing a replaced backend failed")
 
-
-def artifact_paths(config: RoutingConfig) -> dict[str, Path]:
-    return {name: entry.path for name, entry in config.onnx_models().items()}
