@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from cloud.routing.config import RoutingConfig, load_routing, single_model_routing
+from edge.config import read_yaml_mapping
 from edge.errors import ConfigError
 
 
@@ -96,12 +96,7 @@ class HubConfig(BaseModel):
 
 def load_hub_config(path: Path) -> dict[str, Any]:
     """A hub YAML file as settings; relative paths in it are taken from the file's folder."""
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path}: cannot read: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
+    raw = read_yaml_mapping(path, empty_ok=True)
     for key in ("model_path", "routing_path", "trace_store_path", "registry_path", "artifacts_path"):
         if isinstance(raw.get(key), str) and not Path(raw[key]).is_absolute():
             raw[key] = str(path.parent / raw[key])

@@ -43,8 +43,7 @@ class EscalationService:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
-        self.router = router
-        self.cache = ResultCache(router.config.cache, router.config.digest())
+        self.use(router)
         self._publisher = publisher
         self._encoding = encoding
         self._clock = clock

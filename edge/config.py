@@ -8,7 +8,7 @@ rather than ignored.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
@@ -324,14 +324,22 @@ class EdgeConfig(_Strict):
             raise ValueError(str(exc)) from exc
 
 
-def load_config(path: Path) -> EdgeConfig:
-    """Read and validate a YAML config; relative paths in it are taken from the file's folder."""
+def read_yaml_mapping(path: Path, error: type[Exception] = ConfigError, empty_ok: bool = False) -> dict[str, Any]:
+    """A YAML file whose top level is a mapping, or ``error`` naming the file and what is wrong."""
     try:
         raw = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path}: cannot read: {exc}") from exc
+        raise error(f"{path}: cannot read: {exc}") from exc
+    if raw is None and empty_ok:
+        return {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
+        raise error(f"{path}: expected a mapping at the top level")
+    return raw
+
+
+def load_config(path: Path) -> EdgeConfig:
+    """Read and validate a YAML config; relative paths in it are taken from the file's folder."""
+    raw = read_yaml_mapping(path)
     try:
         config = EdgeConfig.model_validate(raw)
     except ValidationError as exc:

@@ -127,4 +127,3 @@ async def close_backends(table: Mapping[str, Mapping[str, ModelBackend]]) -> Non
                 await backend.close()
             except Exception:  # closing an old connection must not stop the new rules from taking over
                 logger.exception("closing a replaced backend failed")
-

@@ -16,10 +16,10 @@ import json
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from cloud.errors import RoutingError
+from edge.config import describe_errors, read_yaml_mapping
 
 
 class _Strict(BaseModel):
@@ -214,8 +214,6 @@ class RoutingConfig(_Strict):
 
 def parse_routing(raw: Any, source: str = "routing") -> RoutingConfig:
     """Validated rules, or RoutingError naming every problem."""
-    from edge.config import describe_errors
-
     try:
         return RoutingConfig.model_validate(raw)
     except ValidationError as exc:
@@ -224,12 +222,7 @@ def parse_routing(raw: Any, source: str = "routing") -> RoutingConfig:
 
 def load_routing(path: Path) -> RoutingConfig:
     """A routing YAML file; model paths in it are taken from the file's folder."""
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise RoutingError(f"{path}: cannot read: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise RoutingError(f"{path}: expected a mapping with models and routes")
+    raw = read_yaml_mapping(path, RoutingError)
     for entry in (raw.get("models") or {}).values():
         if isinstance(entry, dict) and isinstance(entry.get("path"), str) and not Path(entry["path"]).is_absolute():
             entry["path"] = str((path.parent / entry["path"]).resolve())

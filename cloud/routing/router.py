@@ -19,7 +19,7 @@ import fnmatch
 import logging
 import random
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Optional
 
 from cloud.errors import ModelUnavailable, NoRoute
@@ -122,15 +122,7 @@ class Router:
 
     async def run(self, plan: Plan, request: EscalationRequest) -> Outcome:
         outcome = await self._strategies[plan.route.strategy](plan, request)
-        return Outcome(
-            outcome.route,
-            outcome.final,
-            outcome.steps,
-            outcome.error,
-            outcome.timed_out,
-            outcome.bad_input,
-            sum(s.cost for s in outcome.steps),
-        )
+        return replace(outcome, cost=sum(s.cost for s in outcome.steps))
 
     # -- strategies --------------------------------------------------------------------------------------------
 
