@@ -100,7 +100,7 @@ class Router:
         """``backends``: model name -> replica key -> backend, for every model the rules name."""
         self.config = config
         self.backends = backends
-        self.balancer = balancer or Balancer(config.balancing, config.breaker)
+        self.balancer = balancer or Balancer(config.balancing, config.breaker, rng=rng)
         self._rng = rng or random.Random()
         self._strategies: dict[Strategy, Callable[[Plan, EscalationRequest], Awaitable[Outcome]]] = {
             Strategy.SINGLE: self._first_that_answers,
