@@ -64,13 +64,15 @@ class ModelPool:
 
     ``@serve.multiplexed`` keeps up to ``max_models`` models per replica and evicts the least recently
     used; Serve routes a request to a replica that has its model already (``multiplexed_model_id``).
-    Requests that arrive within batch_wait_ms run as one batch per model. max_ongoing_requests must
-    exceed the batch size, or Serve never lets a batch fill.
+    Requests that arrive within batch_wait_ms run as one batch per model; a request alone in the
+    replica runs at once. max_ongoing_requests must exceed the batch size, or Serve never lets a
+    batch fill.
     """
 
     def __init__(self, artifacts_dir: str, max_batch_size: int, batch_wait_ms: float, max_models: int) -> None:
         artifacts = Path(artifacts_dir)
         self._loads = 0
+        self._in_flight = 0  # predict calls in this replica that have their model and no answer yet
 
         async def load(sha256: str) -> Classifier:
             self._loads += 1
@@ -98,7 +100,17 @@ class ModelPool:
 
     async def predict(self, request: EscalationRequest) -> ModelAnswer:
         model = await self._model(serve.get_multiplexed_model_id())
-        answer = await self._batch((model, request))
+        self._in_flight += 1
+        try:
+            if self._in_flight == 1:
+                # Nobody here to batch with: waiting batch_wait_ms could only add latency. The run goes
+                # to a thread so requests arriving meanwhile are counted and batched.
+                [result] = await asyncio.to_thread(model.predict_batch, [request.input])
+                answer = result if isinstance(result, Exception) else ModelAnswer(result, 1)
+            else:
+                answer = await self._batch((model, request))
+        finally:
+            self._in_flight -= 1
         if isinstance(answer, Exception):
             raise answer
         return answer
