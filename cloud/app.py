@@ -1,10 +1,11 @@
 """The hub as a Ray Serve application. Every ``ray.*`` call in the project is in this module.
 
     gRPC :9000 tandem.v1.Escalation ─┐              router (rules, balancer, breaker, cache)
-    MQTT .../+/escalations (QoS 1) ───┼─> Ingress ──┬─handle──> ModelPool (ONNX Runtime, multiplexed, batched)
+    MQTT .../+/escalations, +/acks ───┼─> Ingress ──┬─handle──> ModelPool (ONNX Runtime, multiplexed, batched)
     HTTP :8000 /v1/traces, /v1/models ┘     │       └─tritonclient──> external v2 servers (Triton, KServe)
     HTTP/gRPC  Open Inference Protocol v2 ──┤
-                                            └─> trace store (SQLite) ─> MQTT results topic
+                                            └─> trace store (SQLite) ─> delivery: the waiting gRPC call, an HTTP
+                                                callback, or the MQTT results topic; resent until the device acks
 
 Why Ray Serve's own gRPC proxy rather than a gRPC server inside a
 deployment: the proxy runs on every node and routes to healthy replicas, so
@@ -34,6 +35,8 @@ from ray.serve.handle import DeploymentHandle
 from ray.serve.schema import ServeDeploySchema
 
 from cloud.config import HubConfig
+from cloud.dispatch.callbacks import HttpCallbacks
+from cloud.dispatch.delivery import Delivery
 from cloud.dispatch.mqtt import MqttDispatcher
 from cloud.errors import HubError
 from cloud.escalations import EscalationService
@@ -41,15 +44,19 @@ from cloud.ingress import grpc as grpc_ingress
 from cloud.ingress import mqtt as mqtt_ingress
 from cloud.ingress import v2
 from cloud.ingress.http import build_http_app
+from cloud.metrics import HubMetrics
 from cloud.models.classifier import Classifier
-from cloud.registry import SqliteRegistry
+from cloud.registry import SqliteRegistry, serving
 from cloud.routing import ModelAnswer, ModelBackend, Router, RoutingConfig, parse_routing
 from cloud.routing.backends import build_backends, close_backends
+from cloud.routing.config import resolve_registry
 from cloud.traces.store import TraceStore
 from protocol.codec import Encoding
 from protocol.messages import EscalationRequest, Prediction
 
 logger = logging.getLogger(__name__)
+
+REGISTRY_REPORT_S = 10.0  # how often the Ingress writes serving versions' health and replicas to the registry
 
 GRPC_SERVICERS = [
     "protocol._generated.tandem.v1.tandem_pb2_grpc.add_EscalationServicer_to_server",
@@ -171,17 +178,29 @@ class Ingress:
         self._store.open()
         self._registry = SqliteRegistry(hub.registry_file(), hub.artifacts_dir())
         self._registry.open()
+        self._metrics = HubMetrics()
+        self._metrics.watch_unacked(self._store.count_unacked)
         self._dispatcher = MqttDispatcher(
             hub.mqtt_host,
             hub.mqtt_port,
             hub.mqtt_username,
             hub.mqtt_password,
-            on_delivered=lambda trace_id: self._service.mark_delivered(trace_id),  # noqa: PLW0108 - built below
+            on_delivered=lambda trace_id: self._delivery.delivered(trace_id),  # noqa: PLW0108 - built below
+        )
+        callbacks = (
+            HttpCallbacks(
+                hub.delivery.callbacks,
+                on_acked=lambda trace_id, device_id: self._delivery.acknowledged(trace_id, device_id, "callback"),
+                metrics=self._metrics,
+            )
+            if hub.delivery.callbacks
+            else None
+        )
+        self._delivery = Delivery(
+            self._store, self._dispatcher, hub.delivery, self._metrics, Encoding(hub.result_encoding), callbacks
         )
         self._tensor_models = PoolTensorModels(pool, {})
-        self._service = EscalationService(
-            self._store, self._router(hub.routing()), self._dispatcher, Encoding(hub.result_encoding)
-        )
+        self._service = EscalationService(self._store, self._router(hub.routing()), self._delivery, self._metrics)
         self._v2 = v2.V2Service(lambda: self._tensor_models)
         self._v2_grpc = v2.V2Grpc(self._v2)
         self._dispatcher.start()
@@ -197,11 +216,18 @@ class Ingress:
         )
         self._mqtt_ingress.start()
         self._service.recover()
+        loop = asyncio.get_running_loop()
+        # Sends what is due: results not acknowledged in time, and any a restart left unsent.
+        self._resender = loop.create_task(self._delivery.run())
+        self._reporter = loop.create_task(self._report_to_registry())
 
     def _router(self, routing: RoutingConfig) -> Router:
-        """Rules -> a router whose Serve replicas are the pool, by each model file's sha256."""
+        """Rules -> a router whose Serve replicas are the pool, by each model file's sha256. Registry versions
+        the rules name are resolved to their artifacts here (RoutingError if one cannot be served)."""
+        routing = resolve_registry(routing, self._registry)
         artifacts = {
-            name: self._registry.put_artifact(entry.path.read_bytes()) for name, entry in routing.onnx_models().items()
+            name: self._registry.put_artifact(entry.model_file.read_bytes())
+            for name, entry in routing.onnx_models().items()
         }
         self._tensor_models = PoolTensorModels(self._pool, artifacts)
         return Router(routing, build_backends(routing, lambda name, _entry: ServeBackend(self._pool, artifacts[name])))
@@ -221,10 +247,24 @@ class Ingress:
         old = self._service.router
         self._service.use(router)
         logger.info("routing: %d rules, %d models in use", len(router.config.routes), len(router.config.models))
+        serving.report(self._registry, router.config, router.circuits, previous=old.config)
         await close_backends(old.backends)
+
+    async def _report_to_registry(self) -> None:
+        """Every REGISTRY_REPORT_S: the registry versions in use, with their replicas and health."""
+        while True:
+            router = self._service.router
+            try:
+                serving.report(self._registry, router.config, router.circuits)
+            except Exception:  # a bug here must not end the reports for good
+                logger.exception("registry: report failed; trying again in %.0f s", REGISTRY_REPORT_S)
+            await asyncio.sleep(REGISTRY_REPORT_S)
 
     async def Escalate(self, request, grpc_context):
         return await grpc_ingress.escalate(self._service, request, grpc_context)
+
+    async def EscalateAndWait(self, request, grpc_context):
+        return await grpc_ingress.escalate_and_wait(self._service, request, grpc_context)
 
     # The Open Inference Protocol v2 over gRPC (inference.GRPCInferenceService).
     async def ServerLive(self, request, grpc_context):
@@ -246,7 +286,7 @@ class Ingress:
         return await v2_call(grpc_context, self._v2_grpc.model_infer(request), v2.v2pb.ModelInferResponse)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        return build_http_app(self._store, self._registry, self._v2, self.status)
+        return build_http_app(self._store, self._registry, self._v2, self.status, self._metrics)
 
     async def status(self) -> dict[str, Any]:
         """The rules in use, the cache, each replica's circuit, and one pool replica's model loads."""
@@ -258,8 +298,7 @@ class Ingress:
             "models": sorted(router.config.models),
             "cache": {"entries": len(cache), "hits": cache.hits, "misses": cache.misses},
             "replicas": {
-                model: {key: router.balancer.stats(model, key).state.value for key in replicas}
-                for model, replicas in router.backends.items()
+                model: {key: state.value for key, state in router.circuits(model).items()} for model in router.backends
             },
             "pool_loads": await self._pool.loads.remote(),
         }
@@ -289,11 +328,12 @@ def build_app(config: Union[HubConfig, dict[str, Any]]) -> serve.Application:
     annotations here it sees a string, so the dict is validated here instead.)
     """
     config = HubConfig.model_validate(config).absolute() if isinstance(config, dict) else config.absolute()
-    options = {"ray_actor_options": {"num_cpus": config.replica_num_cpus}}
-    pool = ModelPool.options(**options, max_ongoing_requests=config.model_max_ongoing_requests).bind(
-        str(config.artifacts_dir()), config.batch_max_size, config.batch_wait_ms, config.max_models_per_replica
-    )
-    return Ingress.options(**options).bind(pool, config.model_dump(mode="json"))
+    cpus = {"num_cpus": config.replica_num_cpus}
+    pool = ModelPool.options(
+        ray_actor_options={**cpus, "num_gpus": config.model_num_gpus},
+        max_ongoing_requests=config.model_max_ongoing_requests,
+    ).bind(str(config.artifacts_dir()), config.batch_max_size, config.batch_wait_ms, config.max_models_per_replica)
+    return Ingress.options(ray_actor_options=cpus).bind(pool, config.model_dump(mode="json"))
 
 
 def deploy_config(config: HubConfig, routing: Optional[RoutingConfig] = None) -> ServeDeploySchema:

@@ -20,7 +20,9 @@ from pydantic import ValidationError
 from cloud.app import deploy, start_hub, stop_hub
 from cloud.config import HubConfig, load_hub_config
 from cloud.errors import RoutingError
+from cloud.registry import SqliteRegistry
 from cloud.routing import load_routing
+from cloud.routing.config import resolve_registry
 from edge.config import describe_errors
 from edge.errors import ConfigError
 
@@ -106,10 +108,23 @@ def routing_check(args: argparse.Namespace) -> int:
     except RoutingError as exc:
         print(f"refused: {exc}", file=sys.stderr)
         return 2
-    missing = [f"{name}: {m.path}" for name, m in routing.onnx_models().items() if not m.path.is_file()]
+    missing = [f"{name}: {m.path}" for name, m in routing.onnx_models().items() if m.path and not m.path.is_file()]
     if missing:
         print("refused: model files not found: " + "; ".join(missing), file=sys.stderr)
         return 2
+    from_registry = [m.registry for m in routing.onnx_models().values() if m.registry]
+    if from_registry and args.registry is None:
+        print(f"not checked (no --registry given): {', '.join(from_registry)}")
+    elif from_registry:
+        registry = SqliteRegistry(args.registry, args.artifacts or args.registry.parent / "artifacts")
+        registry.open()
+        try:
+            resolve_registry(routing, registry)
+        except RoutingError as exc:
+            print(f"refused: {exc}", file=sys.stderr)
+            return 2
+        finally:
+            registry.close()
     for route in routing.routes:
         print(f"{route.name}: {route.strategy.value} -> {', '.join(s.model for s in route.steps)}")
     print(f"ok: {len(routing.routes)} routes, {len(routing.models)} models, digest {routing.digest()}")

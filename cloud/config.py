@@ -12,6 +12,36 @@ from edge.config import read_yaml_mapping
 from edge.errors import ConfigError
 
 
+class CallbackRule(BaseModel):
+    """Results for the devices matching ``devices`` are POSTed to ``url`` instead of going out on MQTT."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    devices: str = Field(description="device ids this rule covers: a glob, e.g. kiosk-* (first matching rule wins)")
+    url: str = Field(
+        pattern=r"^https?://", description="where each EscalationResult is POSTed; a 2xx reply acknowledges it"
+    )
+    encoding: Literal["json", "protobuf"] = Field(
+        "json", description="body: JSON (application/json) or protobuf (application/x-protobuf)"
+    )
+    timeout_ms: int = Field(5000, gt=0, description="how long one POST may take before it counts as failed")
+    headers: dict[str, str] = Field({}, description="extra request headers, e.g. Authorization")
+
+
+class DeliveryConfig(BaseModel):
+    """How results reach devices, and how often they are sent again until the device acknowledges them."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    resend_after_s: float = Field(
+        30.0, gt=0, description="a result not acknowledged this long after it went out is sent again (then doubling)"
+    )
+    max_sends: int = Field(
+        6, ge=1, description="sends per result, the first included; after the last it waits in the trace store"
+    )
+    callbacks: list[CallbackRule] = Field([], description="devices whose results go to an HTTP endpoint, not MQTT")
+
+
 class HubConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -43,11 +73,18 @@ class HubConfig(BaseModel):
         "protobuf", description="how results are published: protobuf (compact) or JSON (readable with mosquitto_sub)"
     )
     replica_num_cpus: float = Field(0.25, gt=0, description="CPUs Ray reserves for each replica")
+    model_num_gpus: float = Field(
+        0.0,
+        ge=0,
+        description="GPUs Ray reserves for each ModelPool replica (1 on a GPU node; with onnxruntime-gpu installed,"
+        " ONNX Runtime then runs on the CUDA execution provider)",
+    )
     batch_max_size: int = Field(16, ge=1, description="the model runs up to this many requests as one batch")
     batch_wait_ms: float = Field(5.0, ge=0, description="how long a batch waits to fill before it runs")
     model_max_ongoing_requests: int = Field(
         64, ge=1, description="requests a model replica takes at once; above batch_max_size, or batches cannot fill"
     )
+    delivery: DeliveryConfig = Field(DeliveryConfig(), description="result resends and HTTP callbacks")
     ray_address: Optional[str] = Field(
         None, description="join this Ray cluster instead of starting a local one (tandem hub run: $RAY_ADDRESS)"
     )

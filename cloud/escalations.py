@@ -2,7 +2,8 @@
 
 ``escalate`` records a request and acknowledges it; the work runs in the
 background: the routing rules pick the models (or the cache answers), the
-result goes into the trace store, then out to the device. gRPC and HTTP
+result goes into the trace store, then to the device (``Delivery``: MQTT, an
+HTTP callback, or the gRPC call of ``escalate_and_wait``). gRPC and MQTT
 adapters are thin layers over this class, and it runs without Ray (the
 models arrive as ``ModelBackend``s inside the ``Router``).
 """
@@ -14,12 +15,13 @@ import logging
 import time
 from collections.abc import Callable, Coroutine
 
-from cloud.dispatch.mqtt import Publisher
+from cloud.dispatch.delivery import Delivery
 from cloud.errors import NoRoute
+from cloud.metrics import HubMetrics
 from cloud.routing.cache import CachedAnswer, ResultCache
 from cloud.routing.router import Outcome, Plan, Router
 from cloud.traces.store import TraceStatus, TraceStore
-from protocol.codec import Encoding, decode_request, decode_result, encode_request, encode_result
+from protocol.codec import decode_request, decode_result, encode_request, encode_result
 from protocol.errors import ProtocolError
 from protocol.messages import (
     AckStatus,
@@ -38,25 +40,45 @@ class EscalationService:
         self,
         store: TraceStore,
         router: Router,
-        publisher: Publisher,
-        encoding: Encoding = Encoding.PROTOBUF,
+        delivery: Delivery,
+        metrics: HubMetrics,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
         self.use(router)
-        self._publisher = publisher
-        self._encoding = encoding
+        self.delivery = delivery
+        self.metrics = metrics
         self._clock = clock
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def escalate(self, request: EscalationRequest) -> EscalationAck:
-        """Record the request (idempotent on trace_id) and start it; the result goes out on MQTT."""
+        """Record the request (idempotent on trace_id) and start it; the result is delivered when ready."""
         received = self._clock()
         if not self.store.insert_if_absent(request.trace_id, request.device_id, encode_request(request), received):
             logger.info("trace %s: duplicate escalation from %s", request.trace_id, request.device_id)
+            self.metrics.escalations.labels(ack="duplicate").inc()
             return EscalationAck(request.trace_id, AckStatus.DUPLICATE)
+        self.metrics.escalations.labels(ack="accepted").inc()
         self._spawn(self.process(request, received))
         return EscalationAck(request.trace_id, AckStatus.ACCEPTED)
+
+    async def escalate_and_wait(self, request: EscalationRequest) -> EscalationResult:
+        """``escalate``, then answer with the result itself; that answer is its delivery.
+
+        A repeat of a finished trace gets the stored result. If the caller goes away first
+        (cancelled: its deadline passed), the result goes out the usual way instead."""
+        waiter = self.delivery.waiter(request.trace_id)  # before the work starts, so it cannot finish unseen
+        try:
+            ack = await self.escalate(request)
+            stored = self.store.get(request.trace_id) if ack.status is AckStatus.DUPLICATE else None
+            if stored is not None and stored.result is not None:
+                result = decode_result(stored.result)
+            else:
+                result = await waiter
+        finally:
+            self.delivery.forget(request.trace_id, waiter)
+        self.delivery.acknowledged(result.trace_id, result.device_id, "grpc")
+        return result
 
     def use(self, router: Router) -> None:
         """New routing rules (hot reload): requests already running finish on the rules they started with."""
@@ -96,21 +118,22 @@ class EscalationService:
         self.finish(self._answered(request, plan, answer, timings, outcome.cost))
 
     def finish(self, result: EscalationResult) -> None:
+        """Store the result, then send it; the store keeps it until the device acknowledges it."""
         status = TraceStatus(result.status.name)
-        payload = encode_result(result, self._encoding)
         stored = encode_result(result)
-        self.store.set_finished(
-            result.trace_id, status, stored, result.error or None, self._clock(), result.route, result.cost
-        )
-        self._publisher.publish(result.device_id, result.trace_id, payload)
+        error = result.error or None
+        self.store.set_finished(result.trace_id, status, stored, error, self._clock(), result.route, result.cost)
+        self.metrics.results.labels(status=status.value).inc()
+        self.delivery.send(result)
 
     def reject(self, device_id: str, trace_id: str, error: str) -> None:
         """Answer a request that could not be accepted with a FAILED result (for transports with no reply)."""
-        result = EscalationResult(trace_id, device_id, ResultStatus.FAILED, error=error)
-        self._publisher.publish(device_id, trace_id, encode_result(result, self._encoding))
+        self.metrics.escalations.labels(ack="rejected").inc()
+        self.delivery.send_untracked(EscalationResult(trace_id, device_id, ResultStatus.FAILED, error=error))
 
-    def recover(self) -> tuple[int, int]:
-        """After a restart: rerun accepted-but-unfinished traces, resend undelivered results."""
+    def recover(self) -> int:
+        """After a restart: rerun accepted-but-unfinished traces. (Finished results that are still
+        unacknowledged are due in the trace store; the delivery loop sends them.)"""
         rerun = 0
         for trace_id, request_bytes in self.store.unfinished():
             try:
@@ -120,18 +143,9 @@ class EscalationService:
                 continue
             self._spawn(self.process(request, self._clock()))
             rerun += 1
-        resent = 0
-        for trace in self.store.undelivered():
-            if trace.result is not None:
-                payload = encode_result(decode_result(trace.result), self._encoding)
-                self._publisher.publish(trace.device_id, trace.trace_id, payload)
-                resent += 1
-        if rerun or resent:
-            logger.info("recovered %d unfinished traces, resent %d undelivered results", rerun, resent)
-        return rerun, resent
-
-    def mark_delivered(self, trace_id: str) -> None:
-        self.store.mark_delivered(trace_id, self._clock())
+        if rerun:
+            logger.info("recovered %d unfinished traces", rerun)
+        return rerun
 
     async def drain(self) -> None:
         """Wait for every background trace to finish (tests, shutdown)."""

@@ -40,9 +40,10 @@ from edge.outbox.worker import EscalationWorker
 from edge.service import SystemdNotifier
 from edge.sources import Frame, FrameSource, LiveSource, SourceState, open_source
 from edge.sources.sensors import SensorState, open_sensor
-from protocol.codec import decode_result, encode_request
+from protocol.codec import decode_result, encode_request, encode_result_ack
 from protocol.errors import ProtocolError
-from protocol.messages import EncodedImage, EscalationRequest, Prediction, new_trace_id
+from protocol.messages import EncodedImage, EscalationRequest, Prediction, ResultAck, new_trace_id
+from protocol.topics import DeviceTopic
 
 logger = logging.getLogger(__name__)
 
@@ -116,7 +117,7 @@ class EdgeRuntime:
     def _transport(self, config: EdgeConfig) -> Transport:
         if isinstance(config.transport, MqttTransportConfig):
             return MqttTransport(config.device_id, config.transport, self.subscriber)
-        return GrpcTransport(config.transport)
+        return GrpcTransport(config.transport, on_result=lambda payload: self.on_result(payload, acknowledge=False))
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -321,8 +322,10 @@ class EdgeRuntime:
 
     # -- verdicts ------------------------------------------------------------
 
-    def on_result(self, payload: bytes) -> Handled:
-        """Apply one result message from the hub (paho's thread)."""
+    def on_result(self, payload: bytes, acknowledge: bool = True) -> Handled:
+        """Apply one result message from the hub (paho's thread, or the gRPC sender's with acknowledge=False:
+        the hub counts a gRPC response as delivered). A stored result is acknowledged on the acks topic,
+        so the hub stops resending it; a repeat is acknowledged again, in case the first ack was lost."""
         try:
             result = decode_result(payload)
         except ProtocolError as exc:
@@ -344,7 +347,17 @@ class EdgeRuntime:
             self.settle.verdict(result.trace_id, outcome)
         log = logger.warning if outcome in (VerdictOutcome.UNKNOWN_TRACE, VerdictOutcome.FAILED) else logger.debug
         log("result %s: %s", result.trace_id, outcome.value)
+        if acknowledge:
+            self._acknowledge(result.trace_id)
         return Handled.ACK
+
+    def _acknowledge(self, trace_id: str) -> None:
+        ack = encode_result_ack(ResultAck(trace_id, self.config.device_id))
+        try:
+            self.subscriber.publish(str(DeviceTopic.acks(self.config.device_id)), ack)
+        except ConnectionError as exc:  # the hub sends the result again, and this ack goes with the repeat
+            logger.warning("result %s: stored, but its ack could not be queued: %s", trace_id, exc)
+            self.metrics.ack_errors.inc()
 
     def _publish_alert(self, topic: str, payload: bytes) -> None:
         self.subscriber.publish(topic, payload)

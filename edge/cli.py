@@ -228,6 +228,10 @@ def build_parser() -> argparse.ArgumentParser:
     check = hub.add_parser("routing", help="routing rules").add_subparsers(dest="routing_command", required=True)
     check_cmd = check.add_parser("check", help="validate a routing file; print its routes, or every problem")
     check_cmd.add_argument("file", type=Path)
+    check_cmd.add_argument(
+        "--registry", type=Path, help="the hub's registry file: check that each NAME@VERSION the rules name is servable"
+    )
+    check_cmd.add_argument("--artifacts", type=Path, help="the registry's artifacts (default: artifacts/ beside it)")
     check_cmd.set_defaults(handler=_hub_routing_check)
     _hub_models_parser(hub)
 

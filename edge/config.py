@@ -245,6 +245,11 @@ class GrpcConfig(_Strict):
     timeout_ms: int = Field(3000, gt=0, description="deadline of one Escalate call")
     max_message_bytes: int = Field(4 * 1024 * 1024, gt=0, description="largest request or response, both directions")
     application: str = Field("tandem", description="the Ray Serve application that serves escalations")
+    wait_for_verdict: bool = Field(
+        False,
+        description="call EscalateAndWait: the verdict comes back in the gRPC response (timeout_ms must cover the"
+        " hub's answer time); if the call ends first, the verdict arrives on MQTT as usual",
+    )
 
 
 class MqttTransportConfig(_Strict):

@@ -100,6 +100,11 @@ class EdgeMetrics:
         self.verdicts = Counter(
             "tandem_edge_verdicts", "Hub results by what they did to their trace", ["outcome"], registry=r
         )
+        self.ack_errors = Counter(
+            "tandem_edge_result_ack_errors",
+            "Result acknowledgements that could not be queued (the hub resends the result; the repeat is acked)",
+            registry=r,
+        )
         self.bad_results = Counter(
             "tandem_edge_bad_results", "Result messages that could not be decoded", ["error"], registry=r
         )

@@ -18,7 +18,7 @@ from google.protobuf.message import DecodeError, Message
 
 from protocol._generated.tandem.v1 import tandem_pb2 as pb
 from protocol.errors import MalformedMessage, ProtocolError
-from protocol.messages import EscalationRequest, EscalationResult
+from protocol.messages import EscalationRequest, EscalationResult, ResultAck
 
 M = TypeVar("M", bound=Message)
 T = TypeVar("T")
@@ -73,3 +73,12 @@ def encode_request(request: EscalationRequest) -> bytes:
 
 def decode_request(payload: bytes) -> EscalationRequest:
     return _convert(_parse(payload, pb.EscalationRequest), EscalationRequest.from_proto)
+
+
+def encode_result_ack(ack: ResultAck) -> bytes:
+    return ack.to_proto().SerializeToString()
+
+
+def decode_result_ack(payload: bytes) -> ResultAck:
+    """Parse a device's ResultAck (protobuf or JSON); raise MalformedMessage or UnsupportedSchemaVersion."""
+    return _convert(_parse(payload, pb.ResultAck), ResultAck.from_proto)

@@ -371,3 +371,31 @@ class EscalationResult:
             cost=msg.cost,
             route=msg.route,
         )
+
+
+@dataclass(frozen=True)
+class ResultAck:
+    """A device's confirmation that it stored the result of ``trace_id``; the hub stops resending it."""
+
+    trace_id: str
+    device_id: str
+    sent_at: float = field(default_factory=time.time)
+
+    def __post_init__(self) -> None:
+        validate_trace_id(self.trace_id)
+        if not self.device_id:
+            raise MalformedMessage("device_id is empty")
+        object.__setattr__(self, "sent_at", _as_micros(self.sent_at))
+
+    def to_proto(self) -> pb.ResultAck:
+        return pb.ResultAck(
+            schema_version=SCHEMA_VERSION,
+            trace_id=self.trace_id,
+            device_id=self.device_id,
+            sent_at=_timestamp(self.sent_at),
+        )
+
+    @classmethod
+    def from_proto(cls, msg: pb.ResultAck) -> ResultAck:
+        _check_version(msg.schema_version)
+        return cls(trace_id=msg.trace_id, device_id=msg.device_id, sent_at=_seconds(msg.sent_at))

@@ -21,6 +21,7 @@ class Channel(enum.Enum):
     """What a device topic carries."""
 
     RESULTS = "results"
+    ACKS = "acks"  # the device has stored a result (ResultAck); the hub stops resending it
     ESCALATIONS = "escalations"
     MODELS_DESIRED = "models/desired"
     MODELS_STATUS = "models/status"
@@ -52,6 +53,10 @@ class DeviceTopic:
     @classmethod
     def results(cls, device_id: str) -> DeviceTopic:
         return cls(device_id, Channel.RESULTS)
+
+    @classmethod
+    def acks(cls, device_id: str) -> DeviceTopic:
+        return cls(device_id, Channel.ACKS)
 
     @classmethod
     def availability(cls, device_id: str) -> DeviceTopic:

@@ -2,8 +2,8 @@
 
 paho keeps QoS 1 messages it could not send yet (broker down) and sends them
 when it reconnects; the broker's PUBACK calls ``on_delivered`` so the trace
-store can record delivery. What was still in flight when the hub stopped is
-published again at the next start (``EscalationService.recover``).
+store can record that the broker has it. Whether the device has it is the
+device's ResultAck; until then ``cloud.dispatch.delivery`` publishes it again.
 """
 
 from __future__ import annotations

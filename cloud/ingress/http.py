@@ -6,11 +6,13 @@ import hashlib
 from collections.abc import Awaitable, Callable
 from typing import Any, Optional, TypeVar
 
-from fastapi import APIRouter, FastAPI, HTTPException, Query, Request
+from fastapi import APIRouter, FastAPI, HTTPException, Query, Request, Response
 from google.protobuf import json_format
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from cloud.errors import RegistryError, http_status
 from cloud.ingress.v2 import V2Service, v2_routes
+from cloud.metrics import HubMetrics
 from cloud.registry import ModelSpec, ModelStatus, ModelUpdate, Registry
 from cloud.traces.store import HubTrace, TraceStatus, TraceStore
 from protocol._generated.tandem.v1 import tandem_pb2 as pb
@@ -25,6 +27,7 @@ def build_http_app(
     registry: Registry,
     v2: Optional[V2Service] = None,
     hub_status: Optional[Callable[[], Awaitable[dict[str, Any]]]] = None,
+    metrics: Optional[HubMetrics] = None,
 ) -> FastAPI:
     app = FastAPI(title="Tandem hub", version="1")
     app.include_router(registry_routes(registry))
@@ -34,6 +37,12 @@ def build_http_app(
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
+
+    @app.get("/metrics")
+    def prometheus() -> Response:
+        if metrics is None:
+            raise HTTPException(404, "no metrics here")
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/routing")
     async def routing() -> dict[str, Any]:
@@ -49,10 +58,13 @@ def build_http_app(
         route: Optional[str] = None,
         since: Optional[float] = None,
         until: Optional[float] = None,
+        acked: Optional[bool] = None,
         limit: int = Query(100, ge=1, le=1000),
     ) -> list[dict[str, Any]]:
-        """Traces newest first, filtered by device, status, routing rule and received time (Unix seconds)."""
-        return [_trace_json(t) for t in traces.query(device_id, status, route, since, until, limit)]
+        """Traces newest first, filtered by device, status, routing rule, received time (Unix seconds), and
+        whether the device confirmed the result (acked=false: finished results still being sent)."""
+        found = traces.query(device_id, status, route, since, until, acked, limit)
+        return [_trace_json(t) for t in found]
 
     @app.get("/v1/traces/{trace_id}")
     def get_trace(trace_id: str) -> dict[str, Any]:
@@ -81,6 +93,9 @@ def _trace_json(trace: HubTrace) -> dict[str, Any]:
         "started_at": trace.started_at,
         "finished_at": trace.finished_at,
         "delivered_at": trace.delivered_at,
+        "acked_at": trace.acked_at,
+        "sends": trace.sends,
+        "next_send_at": trace.next_send_at,
         "error": trace.error,
         "result": _result_json(trace.result),
     }

@@ -1,6 +1,7 @@
-"""Escalations from devices over MQTT: ``tandem/v1/devices/+/escalations``, QoS 1, onto the escalation service.
+"""Escalations from devices over MQTT: ``tandem/v1/devices/+/escalations``, QoS 1, onto the escalation service;
+and the devices' result acknowledgements, ``tandem/v1/devices/+/acks``, onto its delivery.
 
-The hub subscribes through a shared subscription (``$share/tandem-hub/...``),
+The hub subscribes through a shared subscription (``$share/{mqtt_username}/...``),
 so with several ingress replicas each message goes to one of them, with a
 persistent session under a fixed client id, so the broker keeps what devices
 send while the hub is down. A message is acknowledged only after the service
@@ -24,15 +25,20 @@ from google.protobuf.message import DecodeError
 from cloud.escalations import EscalationService
 from edge.comms.mqtt import set_tcp_nodelay
 from protocol._generated.tandem.v1 import tandem_pb2 as pb
-from protocol.codec import decode_request
+from protocol.codec import decode_request, decode_result_ack
 from protocol.errors import InvalidTopic, MalformedMessage, ProtocolError
 from protocol.messages import validate_trace_id
 from protocol.topics import PREFIX, Channel, DeviceTopic
 
 logger = logging.getLogger(__name__)
 
-SHARE_GROUP = "tandem-hub"
-TOPIC_FILTER = f"$share/{SHARE_GROUP}/{PREFIX}/+/{Channel.ESCALATIONS.value}"
+
+def topic_filters(share_group: str) -> list[str]:
+    """Escalations and result acks of every device, shared among the replicas of one hub (its MQTT user name):
+    another hub on the same broker has its own group, so it never takes this hub's messages."""
+    return [f"$share/{share_group}/{PREFIX}/+/{c.value}" for c in (Channel.ESCALATIONS, Channel.ACKS)]
+
+
 RECORD_TIMEOUT_S = 10.0
 
 
@@ -53,6 +59,7 @@ class MqttEscalations:
         self._loop = loop
         self._host = host
         self._port = port
+        self._filters = topic_filters(username)
         self._client = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2,
             client_id=client_id,
@@ -64,7 +71,7 @@ class MqttEscalations:
         self._client.reconnect_delay_set(min_delay=1, max_delay=30)
         self._client.on_connect = self._on_connect
         self._client.on_message = self._on_message
-        self.counts = {"accepted": 0, "rejected": 0, "undecodable": 0}
+        self.counts = {"accepted": 0, "rejected": 0, "undecodable": 0, "acks": 0, "bad_acks": 0}
 
     def start(self) -> None:
         self._client.connect_async(self._host, self._port, keepalive=30)
@@ -79,15 +86,24 @@ class MqttEscalations:
             logger.error("mqtt ingress: broker refused the connection: %s", reason)
             return
         set_tcp_nodelay(client)
-        client.subscribe(TOPIC_FILTER, qos=1)
-        logger.info("mqtt ingress: subscribed to %s", TOPIC_FILTER)
+        client.subscribe([(f, 1) for f in self._filters])
+        logger.info("mqtt ingress: subscribed to %s", ", ".join(self._filters))
 
     def _on_message(self, client: mqtt.Client, _u: object, message: mqtt.MQTTMessage) -> None:
         """paho's thread: record the escalation on the event loop, then acknowledge it."""
         try:
-            device_id = DeviceTopic.parse(message.topic).device_id
+            topic = DeviceTopic.parse(message.topic)
         except InvalidTopic as exc:
             logger.error("mqtt ingress: %s; dropped", exc)
+            client.ack(message.mid, message.qos)
+            return
+        device_id = topic.device_id
+        if topic.channel is Channel.ACKS:
+            try:
+                self._on_result_ack(device_id, message.payload)
+            except Exception:  # a store error: leave it unacknowledged so the broker sends it again
+                logger.exception("mqtt ingress: result ack from %s not recorded; left for redelivery", device_id)
+                return
             client.ack(message.mid, message.qos)
             return
         future = asyncio.run_coroutine_threadsafe(self._handle(device_id, message.payload), self._loop)
@@ -100,6 +116,24 @@ class MqttEscalations:
             logger.exception("mqtt ingress: escalation from %s not recorded; left for redelivery", device_id)
             return
         client.ack(message.mid, message.qos)
+
+    def _on_result_ack(self, device_id: str, payload: bytes) -> None:
+        """A device has stored a result: stop resending it. A bad ack is logged, counted and dropped."""
+        metrics = self._service.metrics
+        try:
+            ack = decode_result_ack(payload)
+        except ProtocolError as exc:
+            logger.error("mqtt ingress: undecodable result ack from %s dropped: %s", device_id, exc)
+            self.counts["bad_acks"] += 1
+            metrics.bad_acks.labels(reason=type(exc).__name__).inc()
+            return
+        if ack.device_id != device_id:
+            logger.error("mqtt ingress: ack for %s sent on %s's topic; dropped", ack.device_id, device_id)
+            self.counts["bad_acks"] += 1
+            metrics.bad_acks.labels(reason="WrongDevice").inc()
+            return
+        self.counts["acks"] += 1
+        self._service.delivery.acknowledged(ack.trace_id, device_id, "mqtt")
 
     async def _handle(self, device_id: str, payload: bytes) -> None:
         try:

@@ -62,8 +62,8 @@ class TritonBackend(ModelBackend):
         self._name = name
         self._replica = replica
         self._remote = replica.remote_name or name
-        contract = OrtRunner(entry.path, output=SCORES_OUTPUT)
-        self._head = ClassifierHead(entry.path, contract)
+        contract = OrtRunner(entry.model_file, output=SCORES_OUTPUT)
+        self._head = ClassifierHead(entry.model_file, contract)
         self._input = contract.input_name
         self._client: Any = None
         self._module: Any = None

@@ -1,6 +1,6 @@
 """The routing rules (``deploy/cloud/routing.yaml``): which models exist, and which of them answer which escalation.
 
-    models:            name -> the ONNX file (its contract), cost, and the replicas that serve it
+    models:            name -> the ONNX file or registry version (its contract), cost, and the replicas that serve it
     routes:            the first route whose ``when`` matches an escalation handles it
     balancing/breaker/cache: how replicas are chosen, ejected, and answers reused
 
@@ -18,7 +18,9 @@ from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from cloud.errors import RoutingError
+from cloud.errors import RegistryError, RoutingError
+from cloud.registry.models import ModelStatus
+from cloud.registry.store import Registry
 from edge.config import describe_errors, read_yaml_mapping
 
 
@@ -53,13 +55,29 @@ class TritonReplica(_Strict):
 Replica = Union[ServeReplica, TritonReplica]
 
 
+REGISTRY_REF = r"^(?P<name>[a-z0-9][a-z0-9._-]{0,63})@(?P<version>[A-Za-z0-9][A-Za-z0-9._+-]{0,31})$"
+
+
 class OnnxModelEntry(_Strict):
     kind: Literal["onnx"] = "onnx"
-    path: Path = Field(description="the ONNX classifier (tandem.* metadata); relative to the routing file")
-    cost_per_1k: float = Field(0.0, ge=0, description="what 1,000 calls cost, in any currency unit; traces sum it")
+    path: Optional[Path] = Field(
+        None, description="the ONNX classifier (tandem.* metadata); relative to the routing file"
+    )
+    registry: Optional[str] = Field(
+        None, pattern=REGISTRY_REF, description="instead of path: a registry version, NAME@VERSION (its artifact)"
+    )
+    cost_per_1k: Optional[float] = Field(
+        None, ge=0, description="what 1,000 calls cost, in any unit; traces sum it. Default: the registry's, else 0"
+    )
     replicas: list[Replica] = Field(
         default_factory=lambda: [ServeReplica()], min_length=1, description="who serves it; the balancer picks one"
     )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> OnnxModelEntry:
+        if (self.path is None) == (self.registry is None):
+            raise ValueError("give the model's path or its registry version (NAME@VERSION), one of the two")
+        return self
 
     @model_validator(mode="after")
     def _distinct_replicas(self) -> OnnxModelEntry:
@@ -68,6 +86,25 @@ class OnnxModelEntry(_Strict):
             raise ValueError(f"replicas are listed twice: {keys}")
         return self
 
+    @property
+    def registry_version(self) -> Optional[tuple[str, str]]:
+        """(name, version) when the model comes from the registry."""
+        if self.registry is None:
+            return None
+        name, _, version = self.registry.partition("@")
+        return name, version
+
+    @property
+    def model_file(self) -> Path:
+        """The ONNX file; for a registry version, only once ``resolve_registry`` has filled it in."""
+        if self.path is None:
+            raise RoutingError(f"registry model {self.registry} has not been resolved to its artifact")
+        return self.path
+
+    @property
+    def cost_per_call(self) -> float:
+        return (self.cost_per_1k or 0.0) / 1000.0
+
 
 class ParserModelEntry(_Strict):
     """A rule, not a network: it checks the previous step's answer (``aggregate: chain``)."""
@@ -75,6 +112,10 @@ class ParserModelEntry(_Strict):
     kind: Literal["parser"]
     pattern: str = Field(description="a regular expression the previous answer's top label must match in full")
     cost_per_1k: float = Field(0.0, ge=0)
+
+    @property
+    def cost_per_call(self) -> float:
+        return self.cost_per_1k / 1000.0
 
 
 ModelEntry = Union[OnnxModelEntry, ParserModelEntry]
@@ -227,6 +268,31 @@ def load_routing(path: Path) -> RoutingConfig:
         if isinstance(entry, dict) and isinstance(entry.get("path"), str) and not Path(entry["path"]).is_absolute():
             entry["path"] = str((path.parent / entry["path"]).resolve())
     return parse_routing(raw, str(path))
+
+
+def resolve_registry(routing: RoutingConfig, registry: Registry) -> RoutingConfig:
+    """The rules with each ``registry: NAME@VERSION`` model pointed at its artifact, and its cost taken
+    from the registry unless the rules set one. RoutingError names every version that cannot be served
+    (unknown, retired, or its artifact missing)."""
+    resolved: dict[str, ModelEntry] = dict(routing.models)
+    problems = []
+    for name, entry in routing.onnx_models().items():
+        ref = entry.registry_version
+        if ref is None:
+            continue
+        try:
+            version = registry.get(*ref)
+            if version.status is ModelStatus.RETIRED:
+                raise RegistryError(f"{entry.registry} is retired")
+            path = registry.artifact(*ref)
+        except RegistryError as exc:
+            problems.append(f"model {name}: {exc}")
+            continue
+        cost = entry.cost_per_1k if entry.cost_per_1k is not None else version.cost_per_1k
+        resolved[name] = entry.model_copy(update={"path": path, "cost_per_1k": cost})
+    if problems:
+        raise RoutingError("registry: " + "; ".join(problems))
+    return routing.model_copy(update={"models": resolved})
 
 
 def single_model_routing(model_path: Path) -> RoutingConfig:

@@ -24,7 +24,7 @@ from typing import Optional
 
 from cloud.errors import ModelUnavailable, NoRoute
 from cloud.routing.aggregate import AGGREGATES, single
-from cloud.routing.balance import Balancer
+from cloud.routing.balance import Balancer, CircuitState
 from cloud.routing.config import Aggregate, Route, RoutingConfig, Step, Strategy, When
 from protocol.errors import ProtocolError
 from protocol.messages import EscalationRequest, Prediction
@@ -110,6 +110,10 @@ class Router:
             Strategy.FIRST_SUCCESS: self._first_success,
             Strategy.CASCADE: self._cascade,
         }
+
+    def circuits(self, model: str) -> dict[str, CircuitState]:
+        """Each replica's circuit state for one model of the rules."""
+        return {key: self.balancer.stats(model, key).state for key in self.backends.get(model, {})}
 
     def plan(self, request: EscalationRequest) -> Plan:
         route = next((r for r in self.config.routes if matches(r.when, request)), None)
@@ -241,7 +245,7 @@ class Router:
                 (loop.time() - started) * 1000.0,
                 len(tried),
                 answer,
-                cost=entry.cost_per_1k / 1000.0 * len(tried),
+                cost=entry.cost_per_call * len(tried),
             )
         return StepOutput(
             step,
@@ -250,7 +254,7 @@ class Router:
             len(tried),
             error=error,
             timed_out=timed_out,
-            cost=entry.cost_per_1k / 1000.0 * len(tried),
+            cost=entry.cost_per_call * len(tried),
         )
 
     def _decided(self, plan: Plan, outputs: list[StepOutput], answer: Prediction) -> Outcome:

@@ -1,10 +1,14 @@
 """The hub's trace store (SQLite, WAL): one row per trace_id, the key that makes delivery idempotent.
 
     PENDING (recorded, acknowledged to the device) -> RUNNING -> SUCCESS | FAILED | TIMED_OUT
-    delivered_at is set when the broker acknowledged the result (MQTT PUBACK).
+
+Once finished, a row is also the result's delivery queue (``cloud.dispatch.delivery``):
+    sends, next_send_at   how often the result went out, and when it goes out again unless acknowledged
+    delivered_at          the broker took it (MQTT PUBACK)
+    acked_at              the device has it: its ResultAck, a callback's 2xx, or the gRPC response
 
 The request bytes are kept until the trace finishes, so a hub that restarts
-runs what it had accepted; a finished result not yet delivered is published
+runs what it had accepted; a result whose next_send_at has passed is sent
 again. Devices deduplicate on trace_id, so a repeat is harmless.
 """
 
@@ -47,9 +51,17 @@ class HubTrace:
     error: Optional[str]
     route: Optional[str] = None
     cost: Optional[float] = None
+    acked_at: Optional[float] = None
+    sends: int = 0
+    next_send_at: Optional[float] = None
 
 
-_COLUMNS = "trace_id, device_id, status, received_at, started_at, finished_at, delivered_at, result, error, route, cost"
+_COLUMNS = (
+    "trace_id, device_id, status, received_at, started_at, finished_at, delivered_at, result, error, route, cost,"
+    " acked_at, COALESCE(sends, 0), next_send_at"
+)
+# Columns added after the first release, with their types: a store written before them gains them at open.
+_ADDED = (("route", str), ("cost", float), ("acked_at", float), ("sends", int), ("next_send_at", float))
 
 
 class TraceStore:
@@ -78,16 +90,20 @@ class TraceStore:
                 "error": str,
                 "route": str,
                 "cost": float,
+                "acked_at": float,
+                "sends": int,
+                "next_send_at": float,
             },
             pk="trace_id",
             not_null={"device_id", "status", "received_at"},
             if_not_exists=True,
         )
         table = db.table("traces")
-        for column, kind in (("route", str), ("cost", float)):  # stores written before routing had neither
+        for column, kind in _ADDED:
             if column not in table.columns_dict:
                 table.add_column(column, kind)
         table.create_index(["status"], if_not_exists=True)
+        table.create_index(["next_send_at"], if_not_exists=True)
         table.create_index(["device_id", "received_at"], if_not_exists=True)
         self._conn = conn
 
@@ -132,14 +148,59 @@ class TraceStore:
         route: str = "",
         cost: float = 0.0,
     ) -> None:
+        """Record the result; it is due for sending at once (next_send_at = now) until ``mark_sent``."""
         self._execute(
-            "UPDATE traces SET status = ?, result = ?, error = ?, finished_at = ?, route = ?, cost = ?, request = NULL"
-            " WHERE trace_id = ?",
-            (status.value, result, error, now, route or None, cost, trace_id),
+            "UPDATE traces SET status = ?, result = ?, error = ?, finished_at = ?, route = ?, cost = ?, request = NULL,"
+            " next_send_at = ? WHERE trace_id = ?",
+            (status.value, result, error, now, route or None, cost, now, trace_id),
         )
+
+    def mark_sent(self, trace_id: str, next_send_at: float) -> None:
+        """The result went out once more; unless acknowledged, it is due again at next_send_at."""
+        self._execute(
+            "UPDATE traces SET sends = COALESCE(sends, 0) + 1, next_send_at = ?"
+            " WHERE trace_id = ? AND acked_at IS NULL",
+            (next_send_at, trace_id),
+        )
+
+    def stop_sending(self, trace_id: str) -> None:
+        """No more sends (out of attempts); the result stays, unacknowledged, for operators to see."""
+        self._execute("UPDATE traces SET next_send_at = NULL WHERE trace_id = ?", (trace_id,))
 
     def mark_delivered(self, trace_id: str, now: float) -> None:
         self._execute("UPDATE traces SET delivered_at = ? WHERE trace_id = ? AND delivered_at IS NULL", (now, trace_id))
+
+    def mark_acked(self, trace_id: str, device_id: str, now: float) -> bool:
+        """The device has the result: no more sends. False if the trace is unknown, another device's,
+        unfinished, or acknowledged already."""
+        placeholders = ", ".join("?" * len(FINISHED))
+        _, changed = self._run(
+            "UPDATE traces SET acked_at = ?, next_send_at = NULL"
+            f" WHERE trace_id = ? AND device_id = ? AND acked_at IS NULL AND status IN ({placeholders})",
+            (now, trace_id, device_id, *(s.value for s in FINISHED)),
+        )
+        return changed == 1
+
+    def due(self, now: float, limit: int = 100) -> list[HubTrace]:
+        """Finished, unacknowledged results whose next send time has come, oldest first."""
+        rows = self._execute(
+            f"SELECT {_COLUMNS} FROM traces WHERE next_send_at <= ? AND acked_at IS NULL AND result IS NOT NULL"
+            " ORDER BY next_send_at LIMIT ?",
+            (now, limit),
+        )
+        return [_trace(r) for r in rows]
+
+    def next_due_at(self) -> Optional[float]:
+        rows = self._execute("SELECT MIN(next_send_at) FROM traces WHERE acked_at IS NULL AND result IS NOT NULL")
+        return rows[0][0] if rows else None
+
+    def count_unacked(self) -> int:
+        placeholders = ", ".join("?" * len(FINISHED))
+        rows = self._execute(
+            f"SELECT COUNT(*) FROM traces WHERE acked_at IS NULL AND status IN ({placeholders})",
+            tuple(s.value for s in FINISHED),
+        )
+        return rows[0][0]
 
     def get(self, trace_id: str) -> Optional[HubTrace]:
         rows = self._execute(f"SELECT {_COLUMNS} FROM traces WHERE trace_id = ?", (trace_id,))
@@ -152,9 +213,11 @@ class TraceStore:
         route: Optional[str] = None,
         since: Optional[float] = None,
         until: Optional[float] = None,
+        acked: Optional[bool] = None,
         limit: int = 100,
     ) -> list[HubTrace]:
-        """Traces matching every filter given, newest first."""
+        """Traces matching every filter given, newest first. acked=False: finished results the device
+        has not confirmed."""
         filters = {
             "device_id = ?": device_id,
             "status = ?": status.value if status else None,
@@ -163,9 +226,12 @@ class TraceStore:
             "received_at < ?": until,
         }
         given = {clause: value for clause, value in filters.items() if value is not None}
+        if acked is not None:
+            given["acked_at IS NOT NULL" if acked else "acked_at IS NULL AND result IS NOT NULL"] = None
         where = " AND ".join(given) or "1"
         rows = self._execute(
-            f"SELECT {_COLUMNS} FROM traces WHERE {where} ORDER BY received_at DESC LIMIT ?", (*given.values(), limit)
+            f"SELECT {_COLUMNS} FROM traces WHERE {where} ORDER BY received_at DESC LIMIT ?",
+            (*(v for v in given.values() if v is not None), limit),
         )
         return [_trace(r) for r in rows]
 
@@ -178,15 +244,6 @@ class TraceStore:
                 (TraceStatus.PENDING.value, TraceStatus.RUNNING.value),
             )
         ]
-
-    def undelivered(self) -> list[HubTrace]:
-        placeholders = ", ".join("?" * len(FINISHED))
-        rows = self._execute(
-            f"SELECT {_COLUMNS} FROM traces WHERE delivered_at IS NULL AND status IN ({placeholders})"
-            " ORDER BY finished_at",
-            tuple(s.value for s in FINISHED),
-        )
-        return [_trace(r) for r in rows]
 
 
 def _trace(row: tuple) -> HubTrace:

@@ -1,18 +1,25 @@
-"""Escalations over gRPC to the hub's ``tandem.v1.Escalation`` service (through Ray Serve's gRPC proxy)."""
+"""Escalations over gRPC to the hub's ``tandem.v1.Escalation`` service (through Ray Serve's gRPC proxy).
+
+``Escalate`` is answered with an ack and the verdict comes on MQTT. With
+``wait_for_verdict``, ``EscalateAndWait`` is answered with the verdict itself,
+which goes to ``on_result`` (the same handler MQTT results go to).
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Optional
 
 import grpc
 
+from edge.comms.mqtt import Handled
 from edge.comms.transport import Transport
 from edge.config import GrpcConfig
 from edge.errors import TransportError
 from protocol._generated.tandem.v1 import tandem_pb2 as pb
 from protocol.errors import ProtocolError
-from protocol.messages import EscalationAck
+from protocol.messages import AckStatus, EscalationAck
 
 logger = logging.getLogger(__name__)
 
@@ -33,8 +40,12 @@ RETRYABLE = frozenset(
 
 
 class GrpcTransport(Transport):
-    def __init__(self, config: GrpcConfig) -> None:
+    def __init__(self, config: GrpcConfig, on_result: Optional[Callable[[bytes], Handled]] = None) -> None:
+        """``on_result`` takes the serialized EscalationResult of a wait_for_verdict call."""
+        if config.wait_for_verdict and on_result is None:
+            raise ValueError("wait_for_verdict needs an on_result handler")
         self._config = config
+        self._on_result = on_result
         self._channel: Optional[grpc.Channel] = None
         self._call: Optional[grpc.UnaryUnaryMultiCallable] = None
 
@@ -50,12 +61,13 @@ class GrpcTransport(Transport):
                 ("grpc.max_reconnect_backoff_ms", 2000),
             ],
         )
-        # Raw bytes in, parsed ack out: the outbox already holds serialized requests.
-        self._call = self._channel.unary_unary(
-            "/tandem.v1.Escalation/Escalate",
-            request_serializer=None,
-            response_deserializer=pb.EscalationAck.FromString,
-        )
+        # Raw bytes in (the outbox already holds serialized requests); an ack, or the result's raw bytes.
+        if self._config.wait_for_verdict:
+            self._call = self._channel.unary_unary("/tandem.v1.Escalation/EscalateAndWait")
+        else:
+            self._call = self._channel.unary_unary(
+                "/tandem.v1.Escalation/Escalate", response_deserializer=pb.EscalationAck.FromString
+            )
 
     def send(self, trace_id: str, payload: bytes) -> EscalationAck:
         if self._call is None:
@@ -75,6 +87,10 @@ class GrpcTransport(Transport):
             code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
             details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
             raise TransportError(f"gRPC {code.name}: {details}", retryable=code in RETRYABLE) from exc
+        if self._on_result is not None and self._config.wait_for_verdict:
+            if self._on_result(reply) is Handled.RETRY:  # not stored: ask again; the hub answers from its store
+                raise TransportError(f"verdict for {trace_id} arrived but could not be stored", retryable=True)
+            return EscalationAck(trace_id, AckStatus.ACCEPTED)
         try:
             return EscalationAck.from_proto(reply)
         except ProtocolError as exc:

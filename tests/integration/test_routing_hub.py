@@ -4,6 +4,7 @@ with tritonclient over HTTP and gRPC, and a hot reload of the rules."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 import urllib.request
@@ -20,6 +21,7 @@ from edge.comms.grpc_client import GrpcTransport
 from edge.config import GrpcConfig
 from protocol import EncodedImage, EscalationRequest, Prediction, new_trace_id
 from tests.integration.conftest import HubProcess
+from tests.support.tcp_proxy import TcpForwarder
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.slow
@@ -27,10 +29,11 @@ pytestmark = pytest.mark.slow
 DEAD_PORT = free_port()  # nothing listens here: the "flaky" model's only replica
 
 
-def rules(models: Path, hub_grpc_port: int, reload_model: str = "digits-weak") -> dict:
+def rules(models: Path, hub_grpc_port: int, reload_model: str = "digits-weak", extra: dict | None = None) -> dict:
     step = {"deadline_ms": 10_000}
     return {
         "models": {
+            **(extra or {}),
             "digits-weak": {"path": str(models / "digits-weak.onnx"), "cost_per_1k": 0.01},
             "digits-strong": {"path": str(models / "digits-strong.onnx"), "cost_per_1k": 0.1},
             # The Triton backend, pointed at the hub's own v2 gRPC endpoint serving digits-strong.
@@ -109,7 +112,9 @@ def routed_hub(demo_assets, mosquitto, tmp_path_factory) -> Iterator[tuple[HubPr
     work = tmp_path_factory.mktemp("routed-hub")
     routing = work / "routing.yaml"
     config = work / "hub.yaml"
-    config.write_text("max_models_per_replica: 1\n")  # two pool models in turn must evict each other
+    # Two pool models in turn must evict each other; its own MQTT user: client ids and share group apart from
+    # the session's hub on the same broker.
+    config.write_text("max_models_per_replica: 1\nmqtt_username: tandem-hub-routed\n")
     hub = HubProcess(
         demo_assets / "models" / "digits-strong.onnx",
         mosquitto.port,
@@ -266,3 +271,66 @@ def test_changed_rules_are_reloaded_in_place(routed_hub, demo_assets):
     time.sleep(3)
     assert get(hub, "/v1/routing")["digest"] == after["digest"]
     assert models_of(escalate(hub, frames(demo_assets)[72], "reload")) == ["digits-strong"]
+
+
+def test_rules_route_to_a_registry_version_and_the_registry_shows_it_serving(routed_hub, demo_assets):
+    hub, routing = routed_hub
+    base = f"http://127.0.0.1:{hub.http_port}"
+    blob = (demo_assets / "models" / "digits-weak.onnx").read_bytes()
+    sha = hashlib.sha256(blob).hexdigest()
+    upload = urllib.request.Request(f"{base}/v1/artifacts/{sha}", data=blob, method="PUT")
+    urllib.request.urlopen(upload, timeout=30).close()
+    spec = {"name": "digits-small", "version": "7", "task": "classification", "cost_per_1k": 0.5}
+    register = urllib.request.Request(
+        f"{base}/v1/models",
+        data=json.dumps({**spec, "artifact_sha256": sha}).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
+    urllib.request.urlopen(register, timeout=30).close()
+    before = get(hub, "/v1/routing")["digest"]
+    small = {"small": {"registry": "digits-small@7"}}
+    routing.write_text(yaml.safe_dump(rules(demo_assets / "models", hub.grpc_port, "small", small)))
+    wait_for(lambda: get(hub, "/v1/routing")["digest"] != before, 60, "the rules naming the registry version")
+
+    trace = escalate(hub, frames(demo_assets)[80], "reload")
+    assert models_of(trace) == ["digits-weak"]  # the registered artifact is the weak model's file
+    assert trace["cost"] == pytest.approx(0.5 / 1000)  # the registry's cost_per_1k, the rules set none
+    version = get(hub, "/v1/models/digits-small/7")
+    assert (version["status"], version["replicas"], version["health"]) == ("serving", ["serve"], "healthy")
+
+    after = get(hub, "/v1/routing")["digest"]
+    routing.write_text(yaml.safe_dump(rules(demo_assets / "models", hub.grpc_port, "digits-strong")))
+    wait_for(lambda: get(hub, "/v1/routing")["digest"] != after, 60, "rules without the registry version")
+    assert get(hub, "/v1/models/digits-small/7")["status"] == "draining"
+
+
+def test_an_ejected_replica_is_probed_and_taken_back(routed_hub, demo_assets):
+    hub, routing = routed_hub
+    forwarder = TcpForwarder(free_port(), hub.grpc_port)  # the replica's port: nothing listens yet
+    key = f"triton-grpc://127.0.0.1:{forwarder.port}"
+    models = demo_assets / "models"
+    late = {
+        "late": {
+            "path": str(models / "digits-strong.onnx"),
+            "replicas": [{"backend": "triton", "url": f"127.0.0.1:{forwarder.port}", "remote_name": "digits-strong"}],
+        }
+    }
+    raw = rules(models, hub.grpc_port, "late", late)
+    raw["breaker"] = {"failure_threshold": 2, "open_ms": 1500}
+    try:
+        before = get(hub, "/v1/routing")["digest"]
+        routing.write_text(yaml.safe_dump(raw))
+        wait_for(lambda: get(hub, "/v1/routing")["digest"] != before, 60, "the rules with the late replica")
+        for frame in frames(demo_assets)[90:92]:
+            assert escalate(hub, frame, "reload")["status"] == "FAILED"  # connection refused, twice: ejected
+        assert get(hub, "/v1/routing")["replicas"]["late"] == {key: "open"}
+        ejected = escalate(hub, frames(demo_assets)[92], "reload")
+        assert ejected["status"] == "FAILED" and "circuit is open" in ejected["error"]
+
+        forwarder.start()  # the replica is back; after open_ms one probe call may reach it
+        probes = iter(frames(demo_assets)[93:150])
+        wait_for(lambda: escalate(hub, next(probes), "reload")["status"] == "SUCCESS", 30, "the probe to succeed")
+        assert get(hub, "/v1/routing")["replicas"]["late"] == {key: "closed"}
+    finally:
+        forwarder.close()

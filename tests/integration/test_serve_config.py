@@ -35,6 +35,7 @@ def test_serve_run_with_the_deploy_config(tmp_path, demo_assets, mosquitto):
         model_path=str(demo_assets / "models" / "digits-strong.onnx"),
         trace_store_path=str(tmp_path / "hub.db"),
         mqtt_port=mosquitto.port,
+        mqtt_username="tandem-hub-serve-run",  # apart from the session's hub on the same broker
     )
     path = tmp_path / "serve.yaml"
     path.write_text(yaml.safe_dump(config))

@@ -33,3 +33,13 @@ def test_rayservice_carries_a_valid_serve_config_and_gpu_workers():
     check_serve_config(yaml.safe_load(service["spec"]["serveConfigV2"]))
     (gpu,) = service["spec"]["rayClusterConfig"]["workerGroupSpecs"]
     assert gpu["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+
+
+def test_model_replicas_reserve_the_gpus_the_config_asks_for(tmp_path):
+    from cloud.app import build_app
+
+    app = build_app(HubConfig(model_path=tmp_path / "m.onnx", model_num_gpus=1, replica_num_cpus=0.5))
+    ingress = app._bound_deployment
+    (pool,) = ingress.init_args[:1]
+    assert pool._bound_deployment.ray_actor_options == {"num_cpus": 0.5, "num_gpus": 1}
+    assert ingress.ray_actor_options == {"num_cpus": 0.5}  # the ingress needs no GPU

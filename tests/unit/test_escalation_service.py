@@ -3,10 +3,15 @@
 import asyncio
 from pathlib import Path
 
+import httpx
 import pytest
 
+from cloud.config import CallbackRule, DeliveryConfig
+from cloud.dispatch.callbacks import HttpCallbacks
+from cloud.dispatch.delivery import Delivery
 from cloud.dispatch.mqtt import Publisher
 from cloud.escalations import EscalationService
+from cloud.metrics import HubMetrics
 from cloud.routing import ModelAnswer, ModelBackend, Router, single_model_routing
 from cloud.traces import TraceStatus, TraceStore
 from protocol import AckStatus, EncodedImage, EscalationRequest, Prediction, ResultStatus, new_trace_id
@@ -40,10 +45,25 @@ class ListPublisher(Publisher):
         self.published.append((device_id, trace_id, payload))
 
 
-def request() -> EscalationRequest:
+class Clock:
+    def __init__(self, now: float = 1000.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make_service(store, model, publisher, config=None, clock=None):
+    metrics = HubMetrics()
+    clock = clock or Clock()
+    delivery = Delivery(store, publisher, config or DeliveryConfig(), metrics, clock=clock)
+    return EscalationService(store, routed(model), delivery, metrics, clock=clock)
+
+
+def request(device_id: str = "cam-1") -> EscalationRequest:
     return EscalationRequest(
         new_trace_id(),
-        "cam-1",
+        device_id,
         Prediction("weak", "1", LABELS, (0.6, 0.4)),
         EncodedImage("image/png", b"x", 1, 1),
         deadline_ms=1000,
@@ -64,7 +84,7 @@ def run(coro):
 
 def test_accepts_processes_and_publishes(store):
     model, publisher = FakeModel(), ListPublisher()
-    service = EscalationService(store, routed(model), publisher)
+    service = make_service(store, model, publisher)
     req = request()
 
     async def go():
@@ -82,7 +102,7 @@ def test_accepts_processes_and_publishes(store):
 
 def test_duplicate_escalation_runs_the_model_once(store):
     model, publisher = FakeModel(), ListPublisher()
-    service = EscalationService(store, routed(model), publisher)
+    service = make_service(store, model, publisher)
     req = request()
 
     async def go():
@@ -98,7 +118,7 @@ def test_duplicate_escalation_runs_the_model_once(store):
 
 def test_model_failure_becomes_a_failed_result_for_the_device(store):
     publisher = ListPublisher()
-    service = EscalationService(store, routed(FakeModel(fail=True)), publisher)
+    service = make_service(store, FakeModel(fail=True), publisher)
     req = request()
 
     async def go():
@@ -111,27 +131,146 @@ def test_model_failure_becomes_a_failed_result_for_the_device(store):
     assert store.get(req.trace_id).status is TraceStatus.FAILED
 
 
-def test_restart_reruns_unfinished_and_resends_undelivered(store):
-    publisher = ListPublisher()
-    service = EscalationService(store, routed(FakeModel()), publisher)
-    unfinished, undelivered, delivered = request(), request(), request()
+def test_restart_reruns_unfinished_and_resends_what_was_not_acknowledged(store):
+    clock = Clock()
+    service = make_service(store, FakeModel(), ListPublisher(), clock=clock)
+    unfinished, unacked, acked = request(), request(), request()
 
     async def before_crash():
-        for r in (undelivered, delivered):
+        for r in (unacked, acked):
             await service.escalate(r)
         await service.drain()
-        service.mark_delivered(delivered.trace_id)
+        assert service.delivery.acknowledged(acked.trace_id, "cam-1", "mqtt")
         # accepted, then the hub died before running it:
         store.insert_if_absent(unfinished.trace_id, "cam-1", unfinished.to_proto().SerializeToString(), 0.0)
 
     run(before_crash())
+    clock.now += 31  # the hub was down past resend_after_s of the first sends
     restarted = ListPublisher()
-    again = EscalationService(store, routed(FakeModel()), restarted)
+    again = make_service(store, FakeModel(), restarted, clock=clock)
 
     async def after_restart():
-        counts = again.recover()
+        rerun = again.recover()
         await again.drain()
-        return counts
+        return rerun, again.delivery.resend_due()
 
     assert run(after_restart()) == (1, 1)
-    assert {t for _, t, _ in restarted.published} == {unfinished.trace_id, undelivered.trace_id}
+    assert [t for _, t, _ in restarted.published] == [unfinished.trace_id, unacked.trace_id]
+
+
+def test_an_unacknowledged_result_is_resent_with_backoff_until_max_sends(store):
+    clock, publisher = Clock(), ListPublisher()
+    config = DeliveryConfig(resend_after_s=10, max_sends=3)
+    service = make_service(store, FakeModel(), publisher, config, clock)
+    req = request()
+
+    async def go():
+        await service.escalate(req)
+        await service.drain()
+
+    run(go())
+    resent = []
+    for step in (9, 1, 19, 1, 39, 1, 100):  # due after 10 s, then 20 s, then out of sends 40 s later
+        clock.now += step
+        resent.append(service.delivery.resend_due())
+    assert resent == [0, 1, 0, 1, 0, 0, 0]
+    assert len(publisher.published) == 3
+    trace = store.get(req.trace_id)
+    assert (trace.sends, trace.acked_at, trace.next_send_at) == (3, None, None)
+    assert [t.trace_id for t in store.query(acked=False)] == [req.trace_id]
+    assert service.metrics.given_up._value.get() == 1
+
+
+def test_an_acknowledged_result_is_not_resent_and_a_stranger_cannot_acknowledge_it(store):
+    clock, publisher = Clock(), ListPublisher()
+    service = make_service(store, FakeModel(), publisher, clock=clock)
+    req = request()
+
+    async def go():
+        await service.escalate(req)
+        await service.drain()
+
+    run(go())
+    assert not service.delivery.acknowledged(req.trace_id, "cam-2", "mqtt")  # not cam-2's result
+    assert service.delivery.acknowledged(req.trace_id, "cam-1", "mqtt")
+    assert not service.delivery.acknowledged(req.trace_id, "cam-1", "mqtt")  # a repeat changes nothing
+    clock.now += 3600
+    assert service.delivery.resend_due() == 0 and len(publisher.published) == 1
+    assert store.get(req.trace_id).acked_at == clock.now - 3600
+    assert store.query(acked=False) == []
+
+
+def test_escalate_and_wait_answers_with_the_result_instead_of_publishing_it(store):
+    model, publisher = FakeModel(), ListPublisher()
+    service = make_service(store, model, publisher)
+    req = request()
+
+    async def go():
+        first = await service.escalate_and_wait(req)
+        again = await service.escalate_and_wait(req)  # a retry after a lost response: the stored result
+        await service.drain()
+        return first, again
+
+    first, again = run(go())
+    assert first.final.label == "1" and again == first
+    assert model.calls == 1 and publisher.published == []
+    assert store.get(req.trace_id).acked_at is not None
+
+
+def test_a_caller_that_stops_waiting_gets_its_result_on_mqtt(store):
+    class Slow(FakeModel):
+        async def predict(self, request, previous):
+            await asyncio.sleep(0.2)
+            return await super().predict(request, previous)
+
+    publisher = ListPublisher()
+    service = make_service(store, Slow(), publisher)
+    req = request()
+
+    async def go():
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(service.escalate_and_wait(req), 0.05)
+        await service.drain()
+
+    run(go())
+    ((_, trace_id, payload),) = publisher.published
+    assert trace_id == req.trace_id and decode_result(payload).final.label == "1"
+    assert store.get(req.trace_id).acked_at is None  # the device's ResultAck has not come yet
+
+
+def test_results_for_callback_devices_are_posted_and_a_2xx_acknowledges_them(store):
+    bodies, replies = [], [500, 200]
+
+    def endpoint(http_request: httpx.Request) -> httpx.Response:
+        bodies.append((http_request.headers["content-type"], http_request.read()))
+        return httpx.Response(replies.pop(0))
+
+    clock, publisher = Clock(), ListPublisher()
+    rules = [CallbackRule(devices="kiosk-*", url="http://vms.example/results")]
+    config = DeliveryConfig(resend_after_s=5, callbacks=rules)
+    metrics = HubMetrics()
+    callbacks = HttpCallbacks(
+        rules, lambda t, d: delivery.acknowledged(t, d, "callback"), metrics, httpx.MockTransport(endpoint)
+    )
+    delivery = Delivery(store, publisher, config, metrics, callbacks=callbacks, clock=clock)
+    service = EscalationService(store, routed(FakeModel()), delivery, metrics, clock=clock)
+    kiosk, camera = request("kiosk-7"), request("cam-1")
+
+    async def go():
+        for r in (kiosk, camera):
+            await service.escalate(r)
+        await service.drain()
+        await callbacks.drain()
+        first = store.get(kiosk.trace_id).acked_at  # the endpoint answered 500
+        clock.now += 5
+        resent = delivery.resend_due()
+        await callbacks.drain()
+        return first, resent
+
+    first, resent = run(go())
+    assert first is None and resent == 2  # the kiosk's result again, and the camera's (no ResultAck yet)
+    assert [t for _, t, _ in publisher.published] == [camera.trace_id, camera.trace_id]  # MQTT only for the camera
+    assert [decode_result(body).trace_id for _, body in bodies] == [kiosk.trace_id, kiosk.trace_id]
+    assert bodies[0][0] == "application/json"
+    assert store.get(kiosk.trace_id).acked_at == clock.now
+    assert metrics.delivery_errors.labels(channel="callback", reason="http_500")._value.get() == 1

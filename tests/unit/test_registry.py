@@ -4,6 +4,7 @@ import hashlib
 
 import pytest
 
+from cloud.errors import RoutingError
 from cloud.registry import (
     IllegalStatusChange,
     ModelExists,
@@ -13,7 +14,11 @@ from cloud.registry import (
     ModelUpdate,
     RegistryError,
     SqliteRegistry,
+    serving,
 )
+from cloud.routing import RoutingConfig, parse_routing
+from cloud.routing.balance import CircuitState
+from cloud.routing.config import resolve_registry
 
 
 @pytest.fixture
@@ -85,3 +90,47 @@ def test_metadata_is_validated_and_survives_a_restart(registry, tmp_path):
     model = reopened.get("digits-strong", "1")
     assert (model.latency_ms, model.accuracy, model.cost_per_1k) == (12.5, 0.987, 0.4)
     reopened.close()
+
+
+def routing_with(models: dict) -> RoutingConfig:
+    return parse_routing({"models": models, "routes": [{"name": "r", "steps": [{"model": m} for m in models][:1]}]})
+
+
+def test_rules_name_registry_versions_and_get_their_artifact_and_cost(registry):
+    sha = registry.put_artifact(b"onnx bytes")
+    registry.register(spec("digits-small", "7", cost_per_1k=0.5), sha)
+    priced = {"registry": "digits-small@7", "cost_per_1k": 2.0}
+    routing = routing_with({"small": {"registry": "digits-small@7"}, "priced": priced})
+    resolved = resolve_registry(routing, registry)
+    small, priced = resolved.models["small"], resolved.models["priced"]
+    assert small.model_file == registry.artifact("digits-small", "7") and small.model_file.read_bytes() == b"onnx bytes"
+    assert (small.cost_per_call, priced.cost_per_call) == (0.0005, 0.002)  # the rules' figure wins when given
+
+
+def test_an_unknown_or_retired_version_is_refused_by_name(registry):
+    sha = registry.put_artifact(b"x")
+    registry.register(spec("old", "1"), sha)
+    registry.retire("old", "1")
+    with pytest.raises(RoutingError) as refused:
+        resolve_registry(routing_with({"a": {"registry": "nope@1"}, "b": {"registry": "old@1"}}), registry)
+    assert "model a: no model nope 1" in str(refused.value) and "model b: old@1 is retired" in str(refused.value)
+    with pytest.raises(RoutingError, match="path or its registry version"):
+        routing_with({"a": {"path": "a.onnx", "registry": "old@1"}})
+
+
+def test_the_router_reports_serving_versions_their_replicas_and_health(registry):
+    sha = registry.put_artifact(b"x")
+    for version in ("1", "2"):
+        registry.register(spec("digits", version), sha)
+    first = routing_with({"d": {"registry": "digits@1"}})
+    states = {"serve": CircuitState.CLOSED, "triton-grpc://gpu-1:8001": CircuitState.OPEN}
+    serving.report(registry, first, lambda model: states)
+    one = registry.get("digits", "1")
+    assert (one.status, one.health, one.replicas) == (ModelStatus.SERVING, "degraded", sorted(states))
+
+    second = routing_with({"d": {"registry": "digits@2"}})  # a reload moves the traffic to version 2
+    serving.report(registry, second, lambda model: {"serve": CircuitState.CLOSED}, previous=first)
+    assert registry.get("digits", "1").status is ModelStatus.DRAINING
+    two = registry.get("digits", "2")
+    assert (two.status, two.health, two.replicas) == (ModelStatus.SERVING, "healthy", ["serve"])
+    assert serving.health_of([CircuitState.OPEN, CircuitState.HALF_OPEN]) == "failing"

@@ -171,3 +171,15 @@ class EscalationResult(_message.Message):
     cost: float
     route: str
     def __init__(self, schema_version: _Optional[int] = ..., trace_id: _Optional[str] = ..., device_id: _Optional[str] = ..., sent_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., status: _Optional[_Union[ResultStatus, str]] = ..., outputs: _Optional[_Iterable[_Union[Prediction, _Mapping]]] = ..., final: _Optional[_Union[Prediction, _Mapping]] = ..., timings: _Optional[_Iterable[_Union[HopTiming, _Mapping]]] = ..., error: _Optional[str] = ..., cost: _Optional[float] = ..., route: _Optional[str] = ...) -> None: ...
+
+class ResultAck(_message.Message):
+    __slots__ = ("schema_version", "trace_id", "device_id", "sent_at")
+    SCHEMA_VERSION_FIELD_NUMBER: _ClassVar[int]
+    TRACE_ID_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    SENT_AT_FIELD_NUMBER: _ClassVar[int]
+    schema_version: int
+    trace_id: str
+    device_id: str
+    sent_at: _timestamp_pb2.Timestamp
+    def __init__(self, schema_version: _Optional[int] = ..., trace_id: _Optional[str] = ..., device_id: _Optional[str] = ..., sent_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...

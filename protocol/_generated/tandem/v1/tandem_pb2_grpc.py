@@ -40,6 +40,11 @@ class EscalationStub:
                 request_serializer=tandem_dot_v1_dot_tandem__pb2.EscalationRequest.SerializeToString,
                 response_deserializer=tandem_dot_v1_dot_tandem__pb2.EscalationAck.FromString,
                 _registered_method=True)
+        self.EscalateAndWait = channel.unary_unary(
+                '/tandem.v1.Escalation/EscalateAndWait',
+                request_serializer=tandem_dot_v1_dot_tandem__pb2.EscalationRequest.SerializeToString,
+                response_deserializer=tandem_dot_v1_dot_tandem__pb2.EscalationResult.FromString,
+                _registered_method=True)
 
 
 class EscalationServicer:
@@ -52,6 +57,15 @@ class EscalationServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EscalateAndWait(self, request, context):
+        """Hands one escalation to the hub and answers with its verdict. If the
+        call ends first (deadline, cancel), the verdict goes out on MQTT instead.
+        A repeat of a trace_id already answered gets the stored verdict.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EscalationServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -59,6 +73,11 @@ def add_EscalationServicer_to_server(servicer, server):
                     servicer.Escalate,
                     request_deserializer=tandem_dot_v1_dot_tandem__pb2.EscalationRequest.FromString,
                     response_serializer=tandem_dot_v1_dot_tandem__pb2.EscalationAck.SerializeToString,
+            ),
+            'EscalateAndWait': grpc.unary_unary_rpc_method_handler(
+                    servicer.EscalateAndWait,
+                    request_deserializer=tandem_dot_v1_dot_tandem__pb2.EscalationRequest.FromString,
+                    response_serializer=tandem_dot_v1_dot_tandem__pb2.EscalationResult.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -88,6 +107,33 @@ class Escalation:
             '/tandem.v1.Escalation/Escalate',
             tandem_dot_v1_dot_tandem__pb2.EscalationRequest.SerializeToString,
             tandem_dot_v1_dot_tandem__pb2.EscalationAck.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EscalateAndWait(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tandem.v1.Escalation/EscalateAndWait',
+            tandem_dot_v1_dot_tandem__pb2.EscalationRequest.SerializeToString,
+            tandem_dot_v1_dot_tandem__pb2.EscalationResult.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,150 @@
+"""Getting each finished result to its device, and again until the device confirms it has it.
+
+    finish ─> trace store (due now) ─> send: the waiting gRPC call, else an HTTP callback (if a rule
+                                              matches the device), else MQTT QoS 1 on its results topic
+    ack ─────> acked_at; no more sends        (a ResultAck on .../acks, a callback's 2xx, the gRPC response)
+    no ack ──> sent again at next_send_at:    resend_after_s, then doubling, max_sends in all; after the
+                                              last, the result waits in the trace store (?acked=false)
+
+The trace store is the queue, so a hub that restarts sends what is due. A
+device deduplicates on trace_id, so a result that arrives twice is harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Optional
+
+from cloud.config import DeliveryConfig
+from cloud.dispatch.callbacks import HttpCallbacks
+from cloud.dispatch.mqtt import Publisher
+from cloud.metrics import HubMetrics
+from cloud.traces.store import TraceStore
+from protocol.codec import Encoding, decode_result, encode_result
+from protocol.errors import ProtocolError
+from protocol.messages import EscalationResult
+
+logger = logging.getLogger(__name__)
+
+POLL_S = 1.0  # how often the resend loop looks for due results at most
+
+
+class Delivery:
+    def __init__(
+        self,
+        store: TraceStore,
+        mqtt: Publisher,
+        config: DeliveryConfig,
+        metrics: HubMetrics,
+        encoding: Encoding = Encoding.PROTOBUF,
+        callbacks: Optional[HttpCallbacks] = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._mqtt = mqtt
+        self._config = config
+        self._metrics = metrics
+        self._encoding = encoding
+        self._callbacks = callbacks
+        self._clock = clock
+        self._waiters: dict[str, list[asyncio.Future[EscalationResult]]] = {}
+
+    def send(self, result: EscalationResult) -> None:
+        """The first send of a result the trace store holds: to a gRPC call waiting for it, if any."""
+        waiting = [w for w in self._waiters.pop(result.trace_id, []) if not w.done()]
+        if waiting:
+            for waiter in waiting:
+                waiter.set_result(result)
+            self._sent(result.trace_id, 0, "grpc")
+            return
+        self._dispatch(result, 0)
+
+    def send_untracked(self, result: EscalationResult) -> None:
+        """A result with no trace behind it (a request refused before it was recorded): one send, no resends."""
+        self._publish(result)
+
+    def delivered(self, trace_id: str) -> None:
+        """The broker has the result (its PUBACK): recorded; resends wait for the device's own ack."""
+        self._store.mark_delivered(trace_id, self._clock())
+
+    def acknowledged(self, trace_id: str, device_id: str, channel: str) -> bool:
+        """The device has the result: no more sends. False if nothing was waiting for this acknowledgement."""
+        if not self._store.mark_acked(trace_id, device_id, self._clock()):
+            logger.debug("result %s: acknowledgement from %s matched nothing unacknowledged", trace_id, device_id)
+            return False
+        self._metrics.acks.labels(channel=channel).inc()
+        return True
+
+    def waiter(self, trace_id: str) -> asyncio.Future[EscalationResult]:
+        """A future the result of trace_id is set on, instead of sending it elsewhere. Call ``forget`` after."""
+        future: asyncio.Future[EscalationResult] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(trace_id, []).append(future)
+        return future
+
+    def forget(self, trace_id: str, future: asyncio.Future[EscalationResult]) -> None:
+        waiting = self._waiters.get(trace_id, [])
+        if future in waiting:
+            waiting.remove(future)
+        if not waiting:
+            self._waiters.pop(trace_id, None)
+
+    def resend_due(self) -> int:
+        """Send every result whose next send time has come; return how many went out."""
+        sent = 0
+        for trace in self._store.due(self._clock()):
+            if trace.result is None:
+                continue
+            try:
+                result = decode_result(trace.result)
+            except ProtocolError as exc:  # written by this hub, so a bug or a damaged file
+                logger.error("result %s: stored result no longer decodes, not sent: %s", trace.trace_id, exc)
+                self._store.stop_sending(trace.trace_id)
+                continue
+            if trace.sends >= self._config.max_sends:
+                logger.warning(
+                    "result %s: no acknowledgement after %d sends, the most allowed; it stays in the trace store"
+                    " (GET /v1/traces?acked=false)",
+                    trace.trace_id,
+                    trace.sends,
+                )
+                self._store.stop_sending(trace.trace_id)
+                self._metrics.given_up.inc()
+                continue
+            if trace.sends:
+                logger.info("result %s: no acknowledgement after %d sends; sending again", trace.trace_id, trace.sends)
+            self._dispatch(result, trace.sends)
+            sent += 1
+        return sent
+
+    async def run(self) -> None:
+        """Resend what is due, until cancelled. A store error is logged and tried again next round."""
+        while True:
+            try:
+                self.resend_due()
+                upcoming = self._store.next_due_at()
+            except Exception:
+                logger.exception("delivery: resend round failed; trying again in %.0f s", POLL_S)
+                upcoming = None
+            wait = POLL_S if upcoming is None else min(POLL_S, max(0.0, upcoming - self._clock()))
+            await asyncio.sleep(wait)
+
+    def _dispatch(self, result: EscalationResult, sends: int) -> None:
+        channel = self._publish(result)
+        self._sent(result.trace_id, sends, channel)
+
+    def _publish(self, result: EscalationResult) -> str:
+        rule = self._callbacks.rule_for(result.device_id) if self._callbacks is not None else None
+        if rule is not None and self._callbacks is not None:
+            self._callbacks.post(rule, result)
+            return "callback"
+        self._mqtt.publish(result.device_id, result.trace_id, encode_result(result, self._encoding))
+        return "mqtt"
+
+    def _sent(self, trace_id: str, sends_before: int, channel: str) -> None:
+        """Count the send; the result is due again after resend_after_s, doubling with each send."""
+        sends = sends_before + 1
+        self._store.mark_sent(trace_id, self._clock() + self._config.resend_after_s * 2 ** (sends - 1))
+        self._metrics.sends.labels(channel=channel, attempt="first" if sends == 1 else "resend").inc()

@@ -1,0 +1,71 @@
+"""The hub's metrics, in a Prometheus registry of its own, served at ``GET /metrics``.
+
+Counters are updated where things happen; the number of results waiting for
+a device's acknowledgement is read from the trace store when Prometheus scrapes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+
+class _Unacked(Collector):
+    def __init__(self, count: Callable[[], int]) -> None:
+        self._count = count
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        yield GaugeMetricFamily(
+            "tandem_hub_results_unacknowledged",
+            "finished results no device has confirmed yet (GET /v1/traces?acked=false)",
+            value=self._count(),
+        )
+
+
+class HubMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.escalations = Counter(
+            "tandem_hub_escalations",
+            "escalations received: accepted, duplicate (a trace_id seen before), rejected (bad input)",
+            ["ack"],
+            registry=self.registry,
+        )
+        self.results = Counter(
+            "tandem_hub_results", "finished escalations by status", ["status"], registry=self.registry
+        )
+        self.sends = Counter(
+            "tandem_hub_result_sends",
+            "results sent to devices, by channel (mqtt, callback, grpc) and attempt (first, resend)",
+            ["channel", "attempt"],
+            registry=self.registry,
+        )
+        self.acks = Counter(
+            "tandem_hub_result_acks",
+            "results a device confirmed, by channel (mqtt: its ResultAck, callback: a 2xx, grpc: the response)",
+            ["channel"],
+            registry=self.registry,
+        )
+        self.delivery_errors = Counter(
+            "tandem_hub_delivery_errors",
+            "sends that failed or were refused, by channel and reason",
+            ["channel", "reason"],
+            registry=self.registry,
+        )
+        self.bad_acks = Counter(
+            "tandem_hub_bad_result_acks",
+            "acknowledgements that could not be used: undecodable, or for no result of that device",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.given_up = Counter(
+            "tandem_hub_results_out_of_sends",
+            "results sent max_sends times without an acknowledgement; they stay in the trace store",
+            registry=self.registry,
+        )
+
+    def watch_unacked(self, count: Callable[[], int]) -> None:
+        self.registry.register(_Unacked(count))
