@@ -2,9 +2,10 @@
 
 rtt_p50_ratio / rtt_p99_ratio   an escalation's round trip through the hub (gRPC Escalate in, routing, the
                                 demo strong model on the ModelPool, the result out on MQTT and received by a
-                                subscriber) ÷ a bare Ray Serve deployment running the same model, called over
-                                HTTP with the same PNG; at concurrency 1, 16 and 64 (the ratios quoted are the
-                                worst of the three). The cache is off, so every escalation runs the model.
+                                subscriber, which acknowledges it as a device does) ÷ a bare Ray Serve
+                                deployment running the same model, called over HTTP with the same PNG; at
+                                concurrency 1, 16 and 64 (the ratios quoted are the worst of the three). The
+                                cache is off, so every escalation runs the model.
 batch_throughput_ratio          requests/s through the ModelPool with dynamic batching (up to 16, 5 ms wait) ÷
                                 the same deployment with batches of 1, 32 callers at once, on an MLP classifier
                                 this script builds (64 -> 5120 -> 5120 -> 5120 -> 10, random weights: the cost of a
@@ -34,8 +35,8 @@ from cloud.broker import MosquittoBroker, free_port
 from edge.comms.grpc_client import GrpcTransport
 from edge.comms.mqtt import set_tcp_nodelay
 from edge.config import GrpcConfig
-from protocol import EncodedImage, EscalationRequest, Prediction, new_trace_id
-from protocol.codec import decode_result
+from protocol import EncodedImage, EscalationRequest, Prediction, ResultAck, new_trace_id
+from protocol.codec import decode_result, encode_result_ack
 from protocol.topics import DeviceTopic
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -129,11 +130,13 @@ class ResultWaiter:
         with self._lock:
             return self._events.setdefault(trace_id, threading.Event())
 
-    def _on_message(self, _c: object, _u: object, message: mqtt.MQTTMessage) -> None:
+    def _on_message(self, client: mqtt.Client, _u: object, message: mqtt.MQTTMessage) -> None:
         result = decode_result(message.payload)
         if result.status.name != "SUCCESS":
             self.failed += 1
         self.expect(result.trace_id).set()
+        # As a device does: acknowledge it, so the hub does not send it again during the run.
+        client.publish(str(DeviceTopic.acks(DEVICE)), encode_result_ack(ResultAck(result.trace_id, DEVICE)), qos=1)
 
     def close(self) -> None:
         self._client.loop_stop()
