@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -57,6 +58,7 @@ from protocol.messages import EscalationRequest, Prediction
 logger = logging.getLogger(__name__)
 
 REGISTRY_REPORT_S = 10.0  # how often the Ingress writes serving versions' health and replicas to the registry
+PRUNE_S = 3600.0  # how often the trace store drops traces past trace_retention_s
 
 GRPC_SERVICERS = [
     "protocol._generated.tandem.v1.tandem_pb2_grpc.add_EscalationServicer_to_server",
@@ -186,6 +188,7 @@ class Ingress:
             hub.mqtt_username,
             hub.mqtt_password,
             on_delivered=lambda trace_id: self._delivery.delivered(trace_id),  # noqa: PLW0108 - built below
+            metrics=self._metrics,
         )
         callbacks = (
             HttpCallbacks(
@@ -220,6 +223,7 @@ class Ingress:
         # Sends what is due: results not acknowledged in time, and any a restart left unsent.
         self._resender = loop.create_task(self._delivery.run())
         self._reporter = loop.create_task(self._report_to_registry())
+        self._pruner = loop.create_task(self._prune_traces(hub.trace_retention_s))
 
     def _router(self, routing: RoutingConfig) -> Router:
         """Rules -> a router whose Serve replicas are the pool, by each model file's sha256. Registry versions
@@ -259,6 +263,17 @@ class Ingress:
             except Exception:  # a bug here must not end the reports for good
                 logger.exception("registry: report failed; trying again in %.0f s", REGISTRY_REPORT_S)
             await asyncio.sleep(REGISTRY_REPORT_S)
+
+    async def _prune_traces(self, retention_s: float) -> None:
+        """Every PRUNE_S: delete finished traces past the retention (never one whose result is still being sent)."""
+        while True:
+            try:
+                deleted = self._store.prune(time.time() - retention_s)
+                if deleted:
+                    logger.info("trace store: deleted %d traces older than %.0f s", deleted, retention_s)
+            except Exception:  # a store error (a full disk): logged, tried again next round
+                logger.exception("trace store: pruning failed; trying again in %.0f s", PRUNE_S)
+            await asyncio.sleep(PRUNE_S)
 
     async def Escalate(self, request, grpc_context):
         return await grpc_ingress.escalate(self._service, request, grpc_context)

@@ -63,6 +63,11 @@ class HubConfig(BaseModel):
         4, ge=1, description="models one ModelPool replica keeps loaded; the least recently used is evicted"
     )
     trace_store_path: Path = Field(Path("tandem-hub.db"), description="SQLite file of the hub's traces")
+    trace_retention_s: float = Field(
+        7 * 24 * 3600.0,
+        gt=0,
+        description="finished traces older than this are deleted, unless their result is still being resent",
+    )
     registry_path: Optional[Path] = Field(
         None, description="SQLite file of the model registry; default: tandem-registry.db beside the trace store"
     )

@@ -17,6 +17,7 @@ from typing import Optional
 
 import paho.mqtt.client as mqtt
 
+from cloud.metrics import HubMetrics
 from edge.comms.mqtt import set_tcp_nodelay
 from protocol.topics import DeviceTopic
 
@@ -39,10 +40,12 @@ class MqttDispatcher(Publisher):
         username: str,
         password: Optional[str] = None,
         on_delivered: Callable[[str], None] = lambda _trace_id: None,
+        metrics: Optional[HubMetrics] = None,
     ) -> None:
         self._host = host
         self._port = port
         self._on_delivered = on_delivered
+        self._metrics = metrics
         self._lock = threading.Lock()
         self._pending: dict[int, str] = {}  # message id -> trace id, until the broker's PUBACK
         self._acked_early: set[int] = set()  # PUBACKs that arrived before publish() recorded the id
@@ -82,8 +85,14 @@ class MqttDispatcher(Publisher):
             self._delivered(trace_id)
         if info.rc == mqtt.MQTT_ERR_NO_CONN:
             logger.warning("result %s: broker not connected; queued until it is", trace_id)
+            self._count_error("broker_not_connected")
         elif info.rc != mqtt.MQTT_ERR_SUCCESS:
-            logger.error("result %s: paho refused to queue it (rc %s)", trace_id, info.rc)
+            logger.error("result %s: paho refused to queue it (rc %s); it is sent again later", trace_id, info.rc)
+            self._count_error(f"paho_rc_{info.rc}")
+
+    def _count_error(self, reason: str) -> None:
+        if self._metrics is not None:
+            self._metrics.delivery_errors.labels(channel="mqtt", reason=reason).inc()
 
     def _on_connect(self, client: mqtt.Client, _u: object, _f: object, reason: object, _p: object) -> None:
         if getattr(reason, "is_failure", False):

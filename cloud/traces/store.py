@@ -194,6 +194,17 @@ class TraceStore:
         rows = self._execute("SELECT MIN(next_send_at) FROM traces WHERE acked_at IS NULL AND result IS NOT NULL")
         return rows[0][0] if rows else None
 
+    def prune(self, finished_before: float) -> int:
+        """Delete traces that finished before the given time and need nothing more: acknowledged, or out of
+        sends. A result still due for resending is kept. Returns how many were deleted."""
+        placeholders = ", ".join("?" * len(FINISHED))
+        _, deleted = self._run(
+            f"DELETE FROM traces WHERE status IN ({placeholders}) AND finished_at < ?"
+            " AND (acked_at IS NOT NULL OR next_send_at IS NULL)",
+            (*(s.value for s in FINISHED), finished_before),
+        )
+        return deleted
+
     def count_unacked(self) -> int:
         placeholders = ", ".join("?" * len(FINISHED))
         rows = self._execute(

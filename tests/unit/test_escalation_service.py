@@ -274,3 +274,23 @@ def test_results_for_callback_devices_are_posted_and_a_2xx_acknowledges_them(sto
     assert bodies[0][0] == "application/json"
     assert store.get(kiosk.trace_id).acked_at == clock.now
     assert metrics.delivery_errors.labels(channel="callback", reason="http_500")._value.get() == 1
+
+
+def test_pruning_keeps_what_is_still_being_sent(store):
+    clock, publisher = Clock(), ListPublisher()
+    service = make_service(store, FakeModel(), publisher, DeliveryConfig(resend_after_s=10, max_sends=1), clock)
+    acked, out_of_sends, resending = request(), request(), request()
+
+    async def go():
+        for r in (acked, out_of_sends, resending):
+            await service.escalate(r)
+        await service.drain()
+
+    run(go())
+    service.delivery.acknowledged(acked.trace_id, "cam-1", "mqtt")
+    clock.now += 10
+    service.delivery.resend_due()  # max_sends=1: both unacknowledged ones are out of sends now
+    store.mark_sent(resending.trace_id, clock.now + 10)  # as if this one still had sends left
+    assert store.prune(clock.now + 1) == 2
+    assert [t.trace_id for t in store.query()] == [resending.trace_id]
+    assert store.prune(clock.now - 3600) == 0  # nothing finished that long ago
