@@ -136,8 +136,7 @@ class Delivery:
         self._sent(result.trace_id, sends, channel)
 
     def _publish(self, result: EscalationResult) -> str:
-        rule = self._callbacks.rule_for(result.device_id) if self._callbacks is not None else None
-        if rule is not None and self._callbacks is not None:
+        if self._callbacks is not None and (rule := self._callbacks.rule_for(result.device_id)) is not None:
             self._callbacks.post(rule, result)
             return "callback"
         self._mqtt.publish(result.device_id, result.trace_id, encode_result(result, self._encoding))

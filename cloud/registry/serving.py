@@ -58,13 +58,14 @@ def report(
 def _update(registry: Registry, model: str, version: str, change: ModelUpdate, serving: bool) -> None:
     try:
         status = registry.get(model, version).status
-        if serving and status in (ModelStatus.REGISTERED, ModelStatus.DRAINING):
-            change = change.model_copy(update={"status": ModelStatus.SERVING})
-            logger.info("registry: %s@%s is serving", model, version)
-        elif not serving and status is not ModelStatus.SERVING:
-            return
-        elif not serving:
+        if serving:
+            if status in (ModelStatus.REGISTERED, ModelStatus.DRAINING):
+                change = change.model_copy(update={"status": ModelStatus.SERVING})
+                logger.info("registry: %s@%s is serving", model, version)
+        elif status is ModelStatus.SERVING:
             logger.info("registry: %s@%s is no longer routed to; draining", model, version)
+        else:
+            return  # not serving: nothing to drain
         registry.update(model, version, change)
     except (RegistryError, sqlite3.Error) as exc:
         logger.error("registry: could not record %s@%s: %s", model, version, exc)

@@ -35,6 +35,9 @@ class TraceStatus(str, enum.Enum):
 
 
 FINISHED = (TraceStatus.SUCCESS, TraceStatus.FAILED, TraceStatus.TIMED_OUT)
+# SQL conditions used by several statements (the values are this module's constants, not input).
+_FINISHED_SQL = "status IN ({})".format(", ".join(f"'{s.value}'" for s in FINISHED))
+_UNACKED_SQL = f"acked_at IS NULL AND {_FINISHED_SQL}"
 
 
 @dataclass(frozen=True)
@@ -173,44 +176,37 @@ class TraceStore:
     def mark_acked(self, trace_id: str, device_id: str, now: float) -> bool:
         """The device has the result: no more sends. False if the trace is unknown, another device's,
         unfinished, or acknowledged already."""
-        placeholders = ", ".join("?" * len(FINISHED))
         _, changed = self._run(
             "UPDATE traces SET acked_at = ?, next_send_at = NULL"
-            f" WHERE trace_id = ? AND device_id = ? AND acked_at IS NULL AND status IN ({placeholders})",
-            (now, trace_id, device_id, *(s.value for s in FINISHED)),
+            f" WHERE trace_id = ? AND device_id = ? AND {_UNACKED_SQL}",
+            (now, trace_id, device_id),
         )
         return changed == 1
 
     def due(self, now: float, limit: int = 100) -> list[HubTrace]:
         """Finished, unacknowledged results whose next send time has come, oldest first."""
         rows = self._execute(
-            f"SELECT {_COLUMNS} FROM traces WHERE next_send_at <= ? AND acked_at IS NULL AND result IS NOT NULL"
-            " ORDER BY next_send_at LIMIT ?",
+            f"SELECT {_COLUMNS} FROM traces WHERE next_send_at <= ? AND {_UNACKED_SQL} ORDER BY next_send_at LIMIT ?",
             (now, limit),
         )
         return [_trace(r) for r in rows]
 
     def next_due_at(self) -> Optional[float]:
-        rows = self._execute("SELECT MIN(next_send_at) FROM traces WHERE acked_at IS NULL AND result IS NOT NULL")
+        rows = self._execute(f"SELECT MIN(next_send_at) FROM traces WHERE {_UNACKED_SQL}")
         return rows[0][0] if rows else None
 
     def prune(self, finished_before: float) -> int:
         """Delete traces that finished before the given time and need nothing more: acknowledged, or out of
         sends. A result still due for resending is kept. Returns how many were deleted."""
-        placeholders = ", ".join("?" * len(FINISHED))
         _, deleted = self._run(
-            f"DELETE FROM traces WHERE status IN ({placeholders}) AND finished_at < ?"
+            f"DELETE FROM traces WHERE {_FINISHED_SQL} AND finished_at < ?"
             " AND (acked_at IS NOT NULL OR next_send_at IS NULL)",
-            (*(s.value for s in FINISHED), finished_before),
+            (finished_before,),
         )
         return deleted
 
     def count_unacked(self) -> int:
-        placeholders = ", ".join("?" * len(FINISHED))
-        rows = self._execute(
-            f"SELECT COUNT(*) FROM traces WHERE acked_at IS NULL AND status IN ({placeholders})",
-            tuple(s.value for s in FINISHED),
-        )
+        rows = self._execute(f"SELECT COUNT(*) FROM traces WHERE {_UNACKED_SQL}")
         return rows[0][0]
 
     def get(self, trace_id: str) -> Optional[HubTrace]:
@@ -236,13 +232,13 @@ class TraceStore:
             "received_at >= ?": since,
             "received_at < ?": until,
         }
-        given = {clause: value for clause, value in filters.items() if value is not None}
+        clauses = [clause for clause, value in filters.items() if value is not None]
+        params = [value for value in filters.values() if value is not None]
         if acked is not None:
-            given["acked_at IS NOT NULL" if acked else "acked_at IS NULL AND result IS NOT NULL"] = None
-        where = " AND ".join(given) or "1"
+            clauses.append("acked_at IS NOT NULL" if acked else _UNACKED_SQL)
+        where = " AND ".join(clauses) or "1"
         rows = self._execute(
-            f"SELECT {_COLUMNS} FROM traces WHERE {where} ORDER BY received_at DESC LIMIT ?",
-            (*(v for v in given.values() if v is not None), limit),
+            f"SELECT {_COLUMNS} FROM traces WHERE {where} ORDER BY received_at DESC LIMIT ?", (*params, limit)
         )
         return [_trace(r) for r in rows]
 
