@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import shutil
 import socket
 import subprocess
@@ -27,10 +28,42 @@ class BrokerError(Exception):
     pass
 
 
+# Ports handed out by this process, so two calls never return the same one.
+_GIVEN_PORTS: set[int] = set()
+# Ray's workers listen on 10002-19999 by default; the kernel's ephemeral range starts higher.
+_FIRST_PORT = 20000
+
+
+def _ephemeral_start() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port that is free now on every address, chosen where nothing else picks ports on its own.
+
+    A port from bind(0) lies in the kernel's ephemeral range, which every outgoing connection
+    (Ray starts hundreds) draws its local port from; one of them can take it before the server
+    that was promised it binds ("Failed to bind to address [::]:34581" in CI). Ports between
+    Ray's worker range and the ephemeral range are only taken by someone asking for them.
+    """
+    last = _ephemeral_start() - 1
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randint(_FIRST_PORT, last) if last > _FIRST_PORT else 0
+        if port in _GIVEN_PORTS:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+            port = int(s.getsockname()[1])
+        _GIVEN_PORTS.add(port)
+        return port
+    raise BrokerError(f"no free port between {_FIRST_PORT} and {last}")
 
 
 def find_mosquitto() -> Optional[str]:
