@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import time
+import threading
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -41,11 +41,13 @@ def test_a_rejected_mqtt_escalation_comes_back_as_a_failed_result(hub, mosquitto
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=device, clean_session=True)
     client.username_pw_set(device)
     client.on_message = lambda _c, _u, m: results.append(m.payload)
+    subscribed = threading.Event()
+    client.on_subscribe = lambda *_: subscribed.set()
     client.connect("127.0.0.1", mosquitto.port)
     client.loop_start()
     try:
         client.subscribe(str(DeviceTopic.results(device)), qos=1)
-        time.sleep(0.5)
+        assert subscribed.wait(10), "the broker did not confirm the results subscription"
         request = EscalationRequest(
             trace_id=new_trace_id(),
             device_id=device,

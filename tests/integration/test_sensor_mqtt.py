@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -36,9 +35,13 @@ def test_mqtt_sensor_gates_escalation(tmp_path, demo_assets, hub, mosquitto):
     publisher.loop_start()
     try:
         with EdgeRuntime(config) as runtime:
-            time.sleep(0.5)  # the sensor's subscription
-            publisher.publish(topic, json.dumps({"celsius": 21.0}), qos=1).wait_for_publish(5)
-            wait_for(lambda: runtime.sensors.values().get("thermo.celsius") == 21.0, 10, "the first reading")
+
+            def first_reading_seen() -> bool:
+                # Sent again until it arrives: the sensor's subscription is in place once one gets through.
+                publisher.publish(topic, json.dumps({"celsius": 21.0}), qos=1)
+                return runtime.sensors.values().get("thermo.celsius") == 21.0
+
+            wait_for(first_reading_seen, 10, "the first reading", poll_s=0.2)
             runtime.run(max_frames=20)
             publisher.publish(topic, b"{not json", qos=1).wait_for_publish(5)
             publisher.publish(topic, json.dumps({"celsius": 75.5}), qos=1).wait_for_publish(5)

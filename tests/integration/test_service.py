@@ -107,10 +107,12 @@ def test_alerts_and_webhook_fire_once_per_settled_answer(tmp_path, demo_assets, 
     listener = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="alert-listener")
     listener.username_pw_set("alert-listener")
     listener.on_message = lambda _c, _u, m: alerts.append(json.loads(m.payload))
+    subscribed = threading.Event()
+    listener.on_subscribe = lambda *_: subscribed.set()
     listener.connect("127.0.0.1", mosquitto.port)
     listener.loop_start()
     listener.subscribe(str(DeviceTopic(device, Channel.ALERTS)), qos=1)
-    time.sleep(0.3)
+    assert subscribed.wait(10), "the broker did not confirm the alerts subscription"
     config = edge_config(tmp_path, demo_assets, hub, mosquitto.port, device_id=device, threshold=0.97)
     config = config.model_copy(
         update={
