@@ -5,7 +5,8 @@ rtt_p50_ratio / rtt_p99_ratio   an escalation's round trip through the hub (gRPC
                                 subscriber, which acknowledges it as a device does) ÷ a bare Ray Serve
                                 deployment running the same model, called over HTTP with the same PNG; at
                                 concurrency 1, 16 and 64 (the ratios quoted are the worst of the three). The
-                                cache is off, so every escalation runs the model.
+                                two paths take turns in blocks, so drift in the machine's load falls on both.
+                                The cache is off, so every escalation runs the model.
 batch_throughput_ratio          requests/s through the ModelPool with dynamic batching (up to 16, 5 ms wait) ÷
                                 the same deployment with batches of 1, 32 callers at once, on an MLP classifier
                                 this script builds (64 -> 5120 -> 5120 -> 5120 -> 10, random weights: the cost of a
@@ -113,6 +114,25 @@ def _loop(concurrency: int, total: int, one: callable) -> list[float]:
         return list(pool.map(one, range(total)))
 
 
+def _alternating(concurrency: int, total: int, paths: dict[str, callable]) -> dict[str, list[float]]:
+    """``total`` round trips down each path from ``concurrency`` threads, the paths taking turns in blocks.
+
+    The machine's load drifts over a run (on this 2-core box, by more than the hub's overhead), so one
+    path measured after the other would be compared under different conditions; in alternating blocks
+    of max(32, 2 x concurrency) both see the same drift. Each thread keeps its connections from the
+    warm-up, so no connection is set up inside a measured block.
+    """
+    block = max(32, 2 * concurrency)
+    samples: dict[str, list[float]] = {name: [] for name in paths}
+    with ThreadPoolExecutor(concurrency) as pool:
+        for one in paths.values():  # warm each path, and open every thread's connections
+            list(pool.map(one, range(concurrency * 2)))
+        for start in range(0, total, block):
+            for name, one in paths.items():
+                samples[name].extend(pool.map(one, range(start, min(total, start + block))))
+    return samples
+
+
 class ResultWaiter:
     """An MQTT subscriber on the bench device's results topic that wakes the sender of each trace."""
 
@@ -174,10 +194,8 @@ def rtt(http_port: int, grpc_port: int, mqtt_port: int, frames: list[bytes], tot
 
     try:
         for concurrency in LEVELS:
-            _loop(concurrency, concurrency * 2, bare_one)  # warm both paths at this level
-            _loop(concurrency, concurrency * 2, hub_one)
-            bare = _percentiles(_loop(concurrency, total, bare_one))
-            hub = _percentiles(_loop(concurrency, total, hub_one))
+            samples = _alternating(concurrency, total, {"bare": bare_one, "hub": hub_one})
+            bare, hub = _percentiles(samples["bare"]), _percentiles(samples["hub"])
             for name, value in (
                 ("bare_p50_ms", bare[0]),
                 ("bare_p99_ms", bare[1]),
