@@ -119,8 +119,8 @@ def _alternating(concurrency: int, total: int, paths: dict[str, callable]) -> di
 
     The machine's load drifts over a run (on this 2-core box, by more than the hub's overhead), so one
     path measured after the other would be compared under different conditions; in alternating blocks
-    of max(32, 2 x concurrency) both see the same drift. Each thread keeps its connections from the
-    warm-up, so no connection is set up inside a measured block.
+    of max(32, 2 x concurrency) both see the same drift. The threads, and the connections each opens
+    on its first call, last from the warm-up to the end of the level.
     """
     block = max(32, 2 * concurrency)
     samples: dict[str, list[float]] = {name: [] for name in paths}
