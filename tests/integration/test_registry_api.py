@@ -63,25 +63,9 @@ def test_registry_from_the_command_line(hub, demo_assets):
     hub.start()
     url = ["--url", f"http://127.0.0.1:{hub.http_port}"]
     model = demo_assets / "models" / "digits-strong.onnx"
-    done = tandem(
-        "hub",
-        "models",
-        *url,
-        "register",
-        str(model),
-        "--name",
-        "cli-strong",
-        "--version",
-        "3",
-        "--task",
-        "classification",
-        "--tag",
-        "digits",
-        "--tag",
-        "cloud",
-        "--latency-ms",
-        "0.6",
-    )
+    register = ["hub", "models", *url, "register", str(model), "--name", "cli-strong", "--version", "3"]
+    register += ["--task", "classification"]
+    done = tandem(*register, "--tag", "digits", "--tag", "cloud", "--latency-ms", "0.6")
     assert done.returncode == 0, done.stderr
     assert "cli-strong" in done.stdout and "registered" in done.stdout
     listed = tandem("hub", "models", *url, "list", "--tag", "cloud")
@@ -89,17 +73,5 @@ def test_registry_from_the_command_line(hub, demo_assets):
     assert tandem("hub", "models", *url, "update", "cli-strong", "3", "--status", "serving").returncode == 0
     shown = json.loads(tandem("hub", "models", *url, "show", "cli-strong", "3").stdout)
     assert shown["status"] == "serving" and shown["latency_ms"] == 0.6
-    again = tandem(
-        "hub",
-        "models",
-        *url,
-        "register",
-        str(model),
-        "--name",
-        "cli-strong",
-        "--version",
-        "3",
-        "--task",
-        "classification",
-    )
+    again = tandem(*register)  # the same version a second time
     assert again.returncode == 1 and "409" in again.stderr and "already registered" in again.stderr
