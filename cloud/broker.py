@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import pwd
 import random
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -83,7 +86,11 @@ def wait_for_port(host: str, port: int, timeout_s: float) -> bool:
 
 
 class MosquittoBroker:
-    """Mosquitto started from the project's mosquitto.conf, listening on 127.0.0.1:port."""
+    """Mosquitto started from the project's mosquitto.conf, listening on 127.0.0.1:port.
+
+    ``kill()`` ends it with SIGKILL, as a crash would (what it had not saved is gone), and ``restart()``
+    starts it again on the same port and persistence folder; ``stop()`` ends it and removes the folder.
+    """
 
     def __init__(self, port: int, conf: Path = MOSQUITTO_CONF, binary: Optional[str] = None) -> None:
         self.host = "127.0.0.1"
@@ -93,23 +100,51 @@ class MosquittoBroker:
         self._dir: Optional[tempfile.TemporaryDirectory[str]] = None
         self._process: Optional[subprocess.Popen[bytes]] = None
 
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    @property
+    def log_path(self) -> Optional[Path]:
+        return Path(self._dir.name) / "mosquitto.log" if self._dir is not None else None
+
     def start(self) -> None:
         if self._binary is None:
             raise BrokerError("mosquitto is not installed (Debian/Ubuntu: sudo apt-get install mosquitto)")
         self._dir = tempfile.TemporaryDirectory(prefix="tandem-mosquitto-")
         work = Path(self._dir.name)
+        _hand_to_mosquitto_user(work)
         # The project's settings, plus this run's listener and persistence folder.
-        conf = work / "mosquitto.conf"
-        conf.write_text(
+        (work / "mosquitto.conf").write_text(
             self._conf.read_text()
             + f"\n# added for this run\nlistener {self.port} {self.host}\npersistence_location {work}/\n"
         )
-        log = (work / "mosquitto.log").open("wb")
-        self._process = subprocess.Popen([self._binary, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT)
+        self._launch()
+
+    def _launch(self) -> None:
+        if self._dir is None or self._binary is None:
+            raise BrokerError("the broker was never started")
+        work = Path(self._dir.name)
+        with (work / "mosquitto.log").open("ab") as log:
+            self._process = subprocess.Popen(
+                [self._binary, "-c", str(work / "mosquitto.conf")], stdout=log, stderr=subprocess.STDOUT
+            )
         if not wait_for_port(self.host, self.port, 10.0):
             self.stop()
             raise BrokerError(f"mosquitto did not listen on port {self.port}; see its log")
         logger.info("mosquitto %s on %s:%d", self._binary, self.host, self.port)
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash: no last save, no goodbye to the clients."""
+        if self._process is not None:
+            self._process.send_signal(signal.SIGKILL)
+            self._process.wait()
+            self._process = None
+
+    def restart(self) -> None:
+        """Start again on the same port, from whatever the persistence folder holds."""
+        if not self.running:
+            self._launch()
 
     def stop(self) -> None:
         if self._process is not None:
@@ -130,6 +165,18 @@ class MosquittoBroker:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _hand_to_mosquitto_user(folder: Path) -> None:
+    """Started as root, Mosquitto drops to its own user, which must be able to write its persistence file;
+    otherwise it runs with nothing saved and says so only in its log."""
+    if os.geteuid() != 0:
+        return
+    try:
+        account = pwd.getpwnam("mosquitto")
+    except KeyError:
+        return  # no such user: Mosquitto stays root
+    os.chown(folder, account.pw_uid, account.pw_gid)
 
 
 class EmbeddedBroker:

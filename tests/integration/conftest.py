@@ -14,7 +14,7 @@ from typing import Optional
 
 import pytest
 
-from cloud.broker import MosquittoBroker, find_mosquitto, free_port
+from cloud.broker import MosquittoBroker, find_mosquitto, free_port, wait_for_port
 from edge.config import (
     DetectorConfig,
     EdgeConfig,
@@ -100,6 +100,7 @@ class HubProcess:
                 pytest.fail(f"the hub did not start; its log: {self.log}\n{self.log.read_text()[-3000:]}")
 
     def stop(self) -> None:
+        """SIGTERM, as systemd or Kubernetes would; returns once nothing listens on its ports."""
         if self._process is None:
             return
         self._process.send_signal(signal.SIGTERM)
@@ -109,6 +110,25 @@ class HubProcess:
             os.killpg(self._process.pid, signal.SIGKILL)
             self._process.wait()
         self._process = None
+        self._wait_closed()
+
+    def kill(self) -> None:
+        """SIGKILL to the hub and every Ray process it started (one process group), as a crash of its machine."""
+        if self._process is None:
+            return
+        os.killpg(self._process.pid, signal.SIGKILL)
+        self._process.wait()
+        self._process = None
+        self._wait_closed()
+
+    def _wait_closed(self, timeout_s: float = 30.0) -> None:
+        """A Ray proxy can outlive the hub's own process for a moment; "down" means nothing answers."""
+        end = time.monotonic() + timeout_s
+        while time.monotonic() < end:
+            if not any(wait_for_port("127.0.0.1", port, 0.05) for port in (self.grpc_port, self.http_port)):
+                return
+            time.sleep(0.1)
+        pytest.fail(f"the hub's ports {self.grpc_port}, {self.http_port} still answer {timeout_s} s after it stopped")
 
 
 @pytest.fixture(scope="session")
