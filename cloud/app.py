@@ -31,6 +31,7 @@ import numpy as np
 import ray
 from fastapi import FastAPI
 from ray import serve
+from ray.exceptions import RayActorError, RaySystemError, RayTaskError
 from ray.serve.context import _get_global_client
 from ray.serve.handle import DeploymentHandle
 from ray.serve.schema import ServeDeploySchema
@@ -39,7 +40,7 @@ from cloud.config import HubConfig
 from cloud.dispatch.callbacks import HttpCallbacks
 from cloud.dispatch.delivery import Delivery
 from cloud.dispatch.mqtt import MqttDispatcher
-from cloud.errors import HubError
+from cloud.errors import HubError, ReplicaFailed, grpc_status, one_line
 from cloud.escalations import EscalationService
 from cloud.ingress import grpc as grpc_ingress
 from cloud.ingress import mqtt as mqtt_ingress
@@ -53,15 +54,18 @@ from cloud.routing.backends import build_backends, close_backends
 from cloud.routing.config import resolve_registry
 from cloud.traces.store import TraceStore
 from protocol.codec import Encoding
+from protocol.errors import MalformedMessage, ProtocolError
 from protocol.messages import EscalationRequest, Prediction
 
 logger = logging.getLogger(__name__)
 
+GRPC_PROXY_LIMIT_ENV = "RAY_SERVE_GRPC_MAX_MESSAGE_SIZE"
 REGISTRY_REPORT_S = 10.0  # how often the Ingress writes serving versions' health and replicas to the registry
 PRUNE_S = 3600.0  # how often the trace store drops traces past trace_retention_s
 
 GRPC_SERVICERS = [
-    "protocol._generated.tandem.v1.tandem_pb2_grpc.add_EscalationServicer_to_server",
+    # tandem.v1.Escalation with raw-bytes requests, so the hub's own parser maps a bad one to INVALID_ARGUMENT.
+    "cloud.ingress.grpc.add_escalation_servicer",
     # The Open Inference Protocol v2, as tritonclient ships it.
     "cloud.ingress.v2_grpc.add_GRPCInferenceServiceServicer_to_server",
 ]
@@ -78,7 +82,9 @@ class ModelPool:
     batch fill.
     """
 
-    def __init__(self, artifacts_dir: str, max_batch_size: int, batch_wait_ms: float, max_models: int) -> None:
+    def __init__(
+        self, artifacts_dir: str, max_batch_size: int, batch_wait_ms: float, max_models: int, max_image_pixels: int
+    ) -> None:
         artifacts = Path(artifacts_dir)
         self._loads = 0
         self._in_flight = 0  # predict calls in this replica that have their model and no answer yet
@@ -86,7 +92,7 @@ class ModelPool:
         async def load(sha256: str) -> Classifier:
             self._loads += 1
             logger.info("model pool: loading %s", sha256[:12])
-            return await asyncio.to_thread(Classifier, artifacts / sha256)
+            return await asyncio.to_thread(Classifier, artifacts / sha256, max_image_pixels=max_image_pixels)
 
         # Built here rather than as a decorated method so the per-replica limit comes from the config.
         self._model = serve.multiplexed(max_num_models_per_replica=max_models)(load)
@@ -139,13 +145,27 @@ class ModelPool:
 
 
 class ServeBackend(ModelBackend):
-    """A model on the hub's own pool: the handle asks for the replica that has its artifact loaded."""
+    """A model on the hub's own pool: the handle asks for the replica that has its artifact loaded.
+
+    Ray's errors are translated here, at the boundary: a bad input stays MalformedMessage (no strike
+    against the replica), anything else becomes ReplicaFailed with a one-line reason. Ray's own text
+    (a traceback with colour codes, pid and address) goes to the hub's log, never to a device."""
 
     def __init__(self, pool: DeploymentHandle, sha256: str) -> None:
         self._handle = pool.options(multiplexed_model_id=sha256)
 
     async def predict(self, request: EscalationRequest, previous: Optional[Prediction]) -> ModelAnswer:
-        return await self._handle.predict.remote(request)
+        try:
+            return await self._handle.predict.remote(request)
+        except RayTaskError as exc:
+            cause = exc.cause
+            if isinstance(cause, ProtocolError):
+                raise MalformedMessage(str(cause)) from None
+            logger.warning("model pool replica failed on %s: %s", request.trace_id, exc)
+            raise ReplicaFailed(f"replica raised {type(cause).__name__}: {one_line(str(cause))}") from None
+        except (RayActorError, RaySystemError) as exc:
+            logger.warning("model pool replica unavailable for %s: %s", request.trace_id, exc)
+            raise ReplicaFailed(f"replica unavailable ({type(exc).__name__})") from None
 
 
 class PoolTensorModels(v2.TensorModels):
@@ -176,6 +196,7 @@ class Ingress:
         # async so that recovery can schedule work on the replica's event loop.
         hub = HubConfig.model_validate(config).absolute()
         self._pool = pool
+        self._max_request_bytes = hub.max_request_bytes
         self._store = TraceStore(hub.trace_store_path)
         self._store.open()
         self._registry = SqliteRegistry(hub.registry_file(), hub.artifacts_dir())
@@ -203,7 +224,9 @@ class Ingress:
             self._store, self._dispatcher, hub.delivery, self._metrics, Encoding(hub.result_encoding), callbacks
         )
         self._tensor_models = PoolTensorModels(pool, {})
-        self._service = EscalationService(self._store, self._router(hub.routing()), self._delivery, self._metrics)
+        self._service = EscalationService(
+            self._store, self._router(hub.routing()), self._delivery, self._metrics, limits=hub.input_limits()
+        )
         self._v2 = v2.V2Service(lambda: self._tensor_models)
         self._v2_grpc = v2.V2Grpc(self._v2)
         self._dispatcher.start()
@@ -301,7 +324,9 @@ class Ingress:
         return await v2_call(grpc_context, self._v2_grpc.model_infer(request), v2.v2pb.ModelInferResponse)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        return build_http_app(self._store, self._registry, self._v2, self.status, self._metrics)
+        return build_http_app(
+            self._store, self._registry, self._v2, self.status, self._metrics, max_body_bytes=self._max_request_bytes
+        )
 
     async def status(self) -> dict[str, Any]:
         """The rules in use, the cache, each replica's circuit, and one pool replica's model loads."""
@@ -320,18 +345,11 @@ class Ingress:
 
 
 async def v2_call(context: Any, call: Any, empty: Any) -> Any:
-    """A v2 gRPC call; a V2Error becomes INVALID_ARGUMENT (unknown model: NOT_FOUND) with its message."""
-    import grpc
-
+    """A v2 gRPC call; a hub error becomes its status code from cloud.errors (unknown model: NOT_FOUND)."""
     try:
         return await call
-    except v2.V2Error as exc:
-        code = grpc.StatusCode.NOT_FOUND if "unknown model" in str(exc) else grpc.StatusCode.INVALID_ARGUMENT
-        context.set_code(code)
-        context.set_details(str(exc))
-        return empty()
     except HubError as exc:
-        context.set_code(grpc.StatusCode.INTERNAL)
+        context.set_code(grpc_status(exc))
         context.set_details(str(exc))
         return empty()
 
@@ -347,7 +365,13 @@ def build_app(config: Union[HubConfig, dict[str, Any]]) -> serve.Application:
     pool = ModelPool.options(
         ray_actor_options={**cpus, "num_gpus": config.model_num_gpus},
         max_ongoing_requests=config.model_max_ongoing_requests,
-    ).bind(str(config.artifacts_dir()), config.batch_max_size, config.batch_wait_ms, config.max_models_per_replica)
+    ).bind(
+        str(config.artifacts_dir()),
+        config.batch_max_size,
+        config.batch_wait_ms,
+        config.max_models_per_replica,
+        config.max_image_pixels,
+    )
     return Ingress.options(ray_actor_options=cpus).bind(pool, config.model_dump(mode="json"))
 
 
@@ -375,6 +399,9 @@ def deploy_config(config: HubConfig, routing: Optional[RoutingConfig] = None) ->
 
 def start_hub(config: HubConfig, routing: Optional[RoutingConfig] = None) -> None:
     """Start (or join) Ray, start Serve's HTTP and gRPC proxies, deploy the app; return when it is healthy."""
+    # The gRPC proxy refuses larger messages itself (RESOURCE_EXHAUSTED) before they cross Ray. It reads this
+    # when it starts, in the processes a local Ray starts from here; a cluster sets it on its nodes.
+    os.environ.setdefault(GRPC_PROXY_LIMIT_ENV, str(config.max_request_bytes))
     ray.init(
         # "local" always starts a new local cluster; joining one takes an explicit address.
         address=config.ray_address or "local",

@@ -7,6 +7,7 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from cloud.inputs import InputLimits
 from cloud.routing.config import RoutingConfig, load_routing, single_model_routing
 from edge.config import read_yaml_mapping
 from edge.errors import ConfigError
@@ -84,6 +85,18 @@ class HubConfig(BaseModel):
         description="GPUs Ray reserves for each ModelPool replica (1 on a GPU node; with onnxruntime-gpu installed,"
         " ONNX Runtime then runs on the CUDA execution provider)",
     )
+    max_request_bytes: int = Field(
+        4 * 1024 * 1024,
+        gt=0,
+        description="largest escalation accepted, on gRPC, MQTT and HTTP (gRPC RESOURCE_EXHAUSTED, HTTP 413, a FAILED"
+        " result on MQTT); devices send at most transport.max_message_bytes, so keep that at or below this",
+    )
+    max_image_pixels: int = Field(
+        7680 * 4320,
+        gt=0,
+        description="an escalated image whose header declares more pixels than this is refused without decoding "
+        "(INVALID_ARGUMENT)",
+    )
     batch_max_size: int = Field(16, ge=1, description="the model runs up to this many requests as one batch")
     batch_wait_ms: float = Field(5.0, ge=0, description="how long a batch waits to fill before it runs")
     model_max_ongoing_requests: int = Field(
@@ -134,6 +147,9 @@ class HubConfig(BaseModel):
 
     def artifacts_dir(self) -> Path:
         return self.artifacts_path or self.trace_store_path.parent / "artifacts"
+
+    def input_limits(self) -> InputLimits:
+        return InputLimits(self.max_request_bytes, self.max_image_pixels)
 
 
 def load_hub_config(path: Path) -> dict[str, Any]:

@@ -43,19 +43,57 @@ class ModelUnavailable(HubError):
     """Every replica of a model is ejected (circuit open), or the model cannot be loaded."""
 
 
+class ReplicaFailed(HubError):
+    """A replica could not answer (it crashed, or raised); counts against it. The message is short:
+    the device sees it, and the details stay in the hub's log."""
+
+
+class V2Error(HubError):
+    """An Open Inference Protocol v2 request that cannot be served: bad JSON, a tensor of the wrong type or shape."""
+
+
+class V2ModelNotFound(V2Error):
+    """A v2 request for a model the hub does not serve."""
+
+
+class InvalidInput(HubError):
+    """An escalation whose input the hub refuses before any model sees it: an image that is empty,
+    undecodable or has too many pixels, a tensor whose bytes do not fit its shape. Never a replica's fault."""
+
+
+class RequestTooLarge(InvalidInput):
+    """A request larger than the hub's max_request_bytes."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"request of {size} bytes is larger than the hub's limit of {limit} bytes")
+        self.size = size
+        self.limit = limit
+
+
 # (gRPC code, HTTP status) per error type; the first match in order wins.
 _STATUS: list[tuple[type[Exception], grpc.StatusCode, int]] = [
     (UnsupportedSchemaVersion, grpc.StatusCode.FAILED_PRECONDITION, 400),
+    (RequestTooLarge, grpc.StatusCode.RESOURCE_EXHAUSTED, 413),
+    (InvalidInput, grpc.StatusCode.INVALID_ARGUMENT, 400),
     (MalformedMessage, grpc.StatusCode.INVALID_ARGUMENT, 400),
     (ProtocolError, grpc.StatusCode.INVALID_ARGUMENT, 400),
     (TraceNotFound, grpc.StatusCode.NOT_FOUND, 404),
+    (V2ModelNotFound, grpc.StatusCode.NOT_FOUND, 404),
+    (V2Error, grpc.StatusCode.INVALID_ARGUMENT, 400),
     (ModelNotFound, grpc.StatusCode.NOT_FOUND, 404),
     (ModelExists, grpc.StatusCode.ALREADY_EXISTS, 409),
     (IllegalStatusChange, grpc.StatusCode.FAILED_PRECONDITION, 409),
     (RegistryError, grpc.StatusCode.INVALID_ARGUMENT, 400),
     (RoutingError, grpc.StatusCode.INVALID_ARGUMENT, 400),
     (ModelUnavailable, grpc.StatusCode.UNAVAILABLE, 503),
+    (ReplicaFailed, grpc.StatusCode.UNAVAILABLE, 503),
 ]
+
+
+def one_line(text: str, limit: int = 300) -> str:
+    """The first line of an error's text, at most ``limit`` characters: what a device or a client is told."""
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    return first if len(first) <= limit else first[: limit - 3] + "..."
 
 
 def grpc_status(exc: Exception) -> grpc.StatusCode:

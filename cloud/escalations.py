@@ -14,9 +14,11 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Coroutine
+from typing import Optional
 
 from cloud.dispatch.delivery import Delivery
-from cloud.errors import NoRoute
+from cloud.errors import InvalidInput, NoRoute, one_line
+from cloud.inputs import InputLimits, check_input, check_size
 from cloud.metrics import HubMetrics
 from cloud.routing.cache import CachedAnswer, ResultCache
 from cloud.routing.router import Outcome, Plan, Router
@@ -34,6 +36,8 @@ from protocol.messages import (
 
 logger = logging.getLogger(__name__)
 
+MAX_ERROR_CHARS = 500  # a FAILED result tells the device why in a line; the details stay in the hub's log
+
 
 class EscalationService:
     def __init__(
@@ -43,20 +47,35 @@ class EscalationService:
         delivery: Delivery,
         metrics: HubMetrics,
         clock: Callable[[], float] = time.time,
+        limits: Optional[InputLimits] = None,
     ) -> None:
         self.store = store
         self.use(router)
         self.delivery = delivery
         self.metrics = metrics
+        self.limits = limits or InputLimits()
         self._clock = clock
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def escalate(self, request: EscalationRequest) -> EscalationAck:
-        """Record the request (idempotent on trace_id) and start it; the result is delivered when ready."""
+        """Record the request (idempotent on trace_id) and start it; the result is delivered when ready.
+
+        InvalidInput (RequestTooLarge) if the hub refuses the input: nothing is recorded or run. A duplicate
+        of a finished trace the device has not acknowledged is also a request for its result: it goes out now.
+        """
         received = self._clock()
-        if not self.store.insert_if_absent(request.trace_id, request.device_id, encode_request(request), received):
+        stored = encode_request(request)
+        try:
+            check_size(len(stored), self.limits)
+            check_input(request.input, self.limits)
+        except InvalidInput as exc:
+            logger.warning("trace %s from %s refused: %s", request.trace_id, request.device_id, exc)
+            self.metrics.escalations.labels(ack="rejected").inc()
+            raise
+        if not self.store.insert_if_absent(request.trace_id, request.device_id, stored, received):
             logger.info("trace %s: duplicate escalation from %s", request.trace_id, request.device_id)
             self.metrics.escalations.labels(ack="duplicate").inc()
+            self.delivery.resend_now(request.trace_id)
             return EscalationAck(request.trace_id, AckStatus.DUPLICATE)
         self.metrics.escalations.labels(ack="accepted").inc()
         self._spawn(self.process(request, received))
@@ -105,7 +124,7 @@ class EscalationService:
             outcome = await router.run(plan, request)
         except Exception as exc:  # a router bug must still answer the device, and say so
             logger.exception("trace %s: routing failed", request.trace_id)
-            self.finish(self._failed(request, timings, f"routing failed: {type(exc).__name__}: {exc}"))
+            self.finish(self._failed(request, timings, f"routing failed: {type(exc).__name__}: {one_line(str(exc))}"))
             return
         timings.extend(_hops(outcome))
         if outcome.final is None:
@@ -126,9 +145,8 @@ class EscalationService:
         self.metrics.results.labels(status=status.value).inc()
         self.delivery.send(result)
 
-    def reject(self, device_id: str, trace_id: str, error: str) -> None:
-        """Answer a request that could not be accepted with a FAILED result (for transports with no reply)."""
-        self.metrics.escalations.labels(ack="rejected").inc()
+    def answer_refused(self, device_id: str, trace_id: str, error: str) -> None:
+        """Answer a request that was not accepted with a FAILED result (for transports with no reply)."""
         self.delivery.send_untracked(EscalationResult(trace_id, device_id, ResultStatus.FAILED, error=error))
 
     def recover(self) -> int:
@@ -181,7 +199,7 @@ class EscalationService:
             request.device_id,
             status,
             timings=tuple(timings),
-            error=error,
+            error=one_line(error, MAX_ERROR_CHARS),
             cost=cost,
             route=plan.route.name if plan is not None else "",
         )

@@ -25,7 +25,7 @@ import numpy as np
 
 from edge.actions import Actions, Settlement
 from edge.comms.grpc_client import GrpcTransport
-from edge.comms.mqtt import Handled, ResultSubscriber
+from edge.comms.mqtt import DeviceLink, Handled
 from edge.comms.mqtt_transport import MqttTransport
 from edge.comms.transport import Transport
 from edge.config import EdgeConfig, MqttTransportConfig
@@ -40,10 +40,10 @@ from edge.outbox.worker import EscalationWorker
 from edge.service import SystemdNotifier
 from edge.sources import Frame, FrameSource, LiveSource, SourceState, open_source
 from edge.sources.sensors import SensorState, open_sensor
-from protocol.codec import decode_result, encode_request, encode_result_ack
+from protocol.codec import decode_escalation_ack, decode_result, encode_request, encode_result_ack
 from protocol.errors import ProtocolError
 from protocol.messages import EncodedImage, EscalationRequest, Prediction, ResultAck, new_trace_id
-from protocol.topics import DeviceTopic
+from protocol.topics import Channel, DeviceTopic
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +85,9 @@ class EdgeRuntime:
         )
         self.detector = detector or create_detector(config.detector)
         self.judge = Judge.from_config(config.judge)
-        self.subscriber = ResultSubscriber(config.device_id, config.mqtt, self.on_result)
+        self.subscriber = DeviceLink(
+            config.device_id, config.mqtt, {Channel.RESULTS: self.on_result, Channel.ACCEPTED: self.on_accepted}
+        )
         self.transport = transport or self._transport(config)
         self.actions = Actions(config.device_id, config.actions, self._publish_alert, self.metrics)
         self.settle = Settlement(config, self.store, self.actions, self.metrics, clock)
@@ -349,6 +351,23 @@ class EdgeRuntime:
         log("result %s: %s", result.trace_id, outcome.value)
         if acknowledge:
             self._acknowledge(result.trace_id)
+        return Handled.ACK
+
+    def on_accepted(self, payload: bytes) -> Handled:
+        """The hub's acknowledgement of an escalation sent over MQTT (paho's thread): no more resends."""
+        try:
+            ack = decode_escalation_ack(payload)
+        except ProtocolError as exc:
+            logger.error("escalation ack dropped: %s", exc)
+            self.metrics.bad_results.labels(error=f"ack:{type(exc).__name__}").inc()
+            return Handled.ACK
+        try:
+            changed = self.store.mark_accepted(ack.trace_id)
+        except StoreError as exc:
+            logger.error("escalation ack %s could not be stored, asking for redelivery: %s", ack.trace_id, exc)
+            self.metrics.store_errors.labels(operation="mark_accepted").inc()
+            return Handled.RETRY
+        self.metrics.hub_acks.labels(status=ack.status.name.lower() if changed else "repeat").inc()
         return Handled.ACK
 
     def _acknowledge(self, trace_id: str) -> None:

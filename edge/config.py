@@ -43,6 +43,12 @@ class SourceConfig(_Strict):
     max_fps: Optional[float] = Field(
         None, gt=0, description="read at most this many frames a second (a file plays back at this rate); none: no cap"
     )
+    max_image_pixels: int = Field(
+        7680 * 4320,
+        gt=0,
+        description="images: a file whose header declares more pixels than this is not decoded (a decompression "
+        "bomb); its frame is unjudgeable",
+    )
     timeout_ms: int = Field(5000, gt=0, description="open and read timeout of a stream (stream)")
     reconnect_initial_ms: int = Field(500, gt=0, description="first wait before reopening a live source that failed")
     reconnect_max_ms: int = Field(30_000, gt=0, description="cap on that wait (it doubles, with jitter)")
@@ -205,6 +211,13 @@ class OutboxConfig(_Strict):
     max_in_flight: int = Field(8, ge=1, description="escalations sent to the hub at the same time")
     retry_initial_ms: int = Field(200, gt=0, description="first retry delay after a failed send")
     retry_max_ms: int = Field(10_000, gt=0, description="cap on the retry delay (it doubles, with jitter, up to this)")
+    confirm_timeout_ms: int = Field(
+        10_000,
+        gt=0,
+        description="transport mqtt: an escalation the hub has not confirmed (on .../accepted) this long after the "
+        "broker took it is sent again; the wait doubles with each send",
+    )
+    confirm_timeout_max_ms: int = Field(120_000, gt=0, description="cap on that wait")
     synchronous: Literal["NORMAL", "FULL"] = Field(
         "NORMAL",
         description="SQLite synchronous mode in WAL: NORMAL survives a crash of the process, FULL also a power cut",

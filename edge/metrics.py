@@ -88,7 +88,17 @@ class EdgeMetrics:
             registry=r,
         )
         self.escalations_sent = Counter(
-            "tandem_edge_escalations_sent", "Escalations the hub acknowledged", ["ack"], registry=r
+            "tandem_edge_escalations_sent",
+            "Escalation sends, by what acknowledged them: the hub in the call (accepted, duplicate), or the MQTT "
+            "broker (relayed; relayed_again: a resend because the hub had not confirmed the last one)",
+            ["ack"],
+            registry=r,
+        )
+        self.hub_acks = Counter(
+            "tandem_edge_hub_acks",
+            "The hub's confirmations of escalations sent over MQTT: accepted, duplicate, repeat (already confirmed)",
+            ["status"],
+            registry=r,
         )
         self.send_errors = Counter("tandem_edge_send_errors", "Failed escalation sends", ["retryable"], registry=r)
         self.escalation_rtt_ms = Histogram(

@@ -18,7 +18,7 @@ from google.protobuf.message import DecodeError, Message
 
 from protocol._generated.tandem.v1 import tandem_pb2 as pb
 from protocol.errors import MalformedMessage, ProtocolError
-from protocol.messages import EscalationRequest, EscalationResult, ResultAck
+from protocol.messages import EscalationAck, EscalationRequest, EscalationResult, ResultAck
 
 M = TypeVar("M", bound=Message)
 T = TypeVar("T")
@@ -82,3 +82,12 @@ def encode_result_ack(ack: ResultAck) -> bytes:
 def decode_result_ack(payload: bytes) -> ResultAck:
     """Parse a device's ResultAck (protobuf or JSON); raise MalformedMessage or UnsupportedSchemaVersion."""
     return _convert(_parse(payload, pb.ResultAck), ResultAck.from_proto)
+
+
+def encode_escalation_ack(ack: EscalationAck) -> bytes:
+    return ack.to_proto().SerializeToString()
+
+
+def decode_escalation_ack(payload: bytes) -> EscalationAck:
+    """Parse the hub's EscalationAck (protobuf or JSON); raise MalformedMessage or UnsupportedSchemaVersion."""
+    return _convert(_parse(payload, pb.EscalationAck), EscalationAck.from_proto)

@@ -21,7 +21,8 @@ from typing import Optional, Union
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from protocol._generated.tandem.v1 import tandem_pb2 as pb
-from protocol.errors import MalformedMessage, UnsupportedSchemaVersion
+from protocol.errors import InvalidTopic, MalformedMessage, UnsupportedSchemaVersion
+from protocol.topics import validate_device_id
 
 SCHEMA_VERSION = 1
 _TRACE_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -37,6 +38,14 @@ def validate_trace_id(trace_id: str) -> str:
     if not _TRACE_ID.match(trace_id) or trace_id == "0" * 32:
         raise MalformedMessage(f"trace_id must be 32 lowercase hex digits, not all zero: {trace_id!r}")
     return trace_id
+
+
+def _check_device_id(device_id: str) -> None:
+    """A device id names MQTT topics and store keys, so every message checks it at the door."""
+    try:
+        validate_device_id(device_id)
+    except InvalidTopic as exc:
+        raise MalformedMessage(str(exc)) from exc
 
 
 def _check_version(version: int) -> None:
@@ -246,8 +255,7 @@ class EscalationRequest:
 
     def __post_init__(self) -> None:
         validate_trace_id(self.trace_id)
-        if not self.device_id:
-            raise MalformedMessage("device_id is empty")
+        _check_device_id(self.device_id)
         if self.deadline_ms <= 0:
             raise MalformedMessage(f"deadline_ms must be positive, not {self.deadline_ms}")
         object.__setattr__(self, "sent_at", _as_micros(self.sent_at))
@@ -329,8 +337,7 @@ class EscalationResult:
 
     def __post_init__(self) -> None:
         validate_trace_id(self.trace_id)
-        if not self.device_id:
-            raise MalformedMessage("device_id is empty")
+        _check_device_id(self.device_id)
         if self.status is ResultStatus.SUCCESS and self.final is None:
             raise MalformedMessage(f"result {self.trace_id} is SUCCESS but has no final prediction")
         object.__setattr__(self, "sent_at", _as_micros(self.sent_at))
@@ -383,8 +390,7 @@ class ResultAck:
 
     def __post_init__(self) -> None:
         validate_trace_id(self.trace_id)
-        if not self.device_id:
-            raise MalformedMessage("device_id is empty")
+        _check_device_id(self.device_id)
         object.__setattr__(self, "sent_at", _as_micros(self.sent_at))
 
     def to_proto(self) -> pb.ResultAck:

@@ -21,8 +21,9 @@ class Channel(enum.Enum):
     """What a device topic carries."""
 
     RESULTS = "results"
-    ACKS = "acks"  # the device has stored a result (ResultAck); the hub stops resending it
+    ACKS = "acks"  # device -> hub: the device has stored a result (ResultAck); the hub stops resending it
     ESCALATIONS = "escalations"
+    ACCEPTED = "accepted"  # hub -> device: the hub has recorded an escalation (EscalationAck); no more resends
     MODELS_DESIRED = "models/desired"
     MODELS_STATUS = "models/status"
     AVAILABILITY = "availability"
@@ -57,6 +58,10 @@ class DeviceTopic:
     @classmethod
     def acks(cls, device_id: str) -> DeviceTopic:
         return cls(device_id, Channel.ACKS)
+
+    @classmethod
+    def accepted(cls, device_id: str) -> DeviceTopic:
+        return cls(device_id, Channel.ACCEPTED)
 
     @classmethod
     def availability(cls, device_id: str) -> DeviceTopic:

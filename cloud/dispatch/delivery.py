@@ -5,9 +5,15 @@
     ack ─────> acked_at; no more sends        (a ResultAck on .../acks, a callback's 2xx, the gRPC response)
     no ack ──> sent again at next_send_at:    resend_after_s, then doubling, max_sends in all; after the
                                               last, the result waits in the trace store (?acked=false)
+    sooner:                                   when the device escalates the same trace again, and when it
+                                              comes back online (everything it has not acknowledged)
 
 The trace store is the queue, so a hub that restarts sends what is due. A
 device deduplicates on trace_id, so a result that arrives twice is harmless.
+Each send is counted in the store before it leaves, so the trace's ``sends``
+is true even when the device's acknowledgement beats the send's bookkeeping.
+One result that cannot be sent (a damaged row, a device id no topic can
+carry) is logged, counted and set aside; it never stops the others.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from cloud.config import DeliveryConfig
 from cloud.dispatch.callbacks import HttpCallbacks
 from cloud.dispatch.mqtt import Publisher
 from cloud.metrics import HubMetrics
-from cloud.traces.store import TraceStore
+from cloud.traces.store import HubTrace, TraceStore
 from protocol.codec import Encoding, decode_result, encode_result
 from protocol.errors import ProtocolError
 from protocol.messages import EscalationResult
@@ -30,6 +36,7 @@ from protocol.messages import EscalationResult
 logger = logging.getLogger(__name__)
 
 POLL_S = 1.0  # how often the resend loop looks for due results at most
+ONLINE_RESENDS = 1000  # most results sent at once to a device that comes back online (the rest: when due)
 
 
 class Delivery:
@@ -56,11 +63,11 @@ class Delivery:
         """The first send of a result the trace store holds: to a gRPC call waiting for it, if any."""
         waiting = [w for w in self._waiters.pop(result.trace_id, []) if not w.done()]
         if waiting:
+            self._sent(result.trace_id, 0, "grpc")
             for waiter in waiting:
                 waiter.set_result(result)
-            self._sent(result.trace_id, 0, "grpc")
             return
-        self._dispatch(result, 0)
+        self._try_dispatch(result, 0)
 
     def send_untracked(self, result: EscalationResult) -> None:
         """A result with no trace behind it (a request refused before it was recorded): one send, no resends."""
@@ -77,6 +84,21 @@ class Delivery:
             return False
         self._metrics.acks.labels(channel=channel).inc()
         return True
+
+    def resend_now(self, trace_id: str) -> None:
+        """The device escalated a finished trace again: if it has not acknowledged the result, it is due now."""
+        if self._store.send_now(trace_id, self._clock()):
+            logger.info("result %s: asked for again by its device; sending it now", trace_id)
+
+    def device_online(self, device_id: str) -> int:
+        """A device (re)connected, maybe to a broker that lost what was sent: every result it has not acknowledged
+        goes out now, those out of sends included (each send counted as usual). Returns how many went out."""
+        sent = 0
+        for trace in self._store.query(device_id=device_id, acked=False, limit=ONLINE_RESENDS):
+            result = self._stored_result(trace)
+            if result is not None and self._try_dispatch(result, trace.sends):
+                sent += 1
+        return sent
 
     def waiter(self, trace_id: str) -> asyncio.Future[EscalationResult]:
         """A future the result of trace_id is set on, instead of sending it elsewhere. Call ``forget`` after."""
@@ -95,13 +117,8 @@ class Delivery:
         """Send every result whose next send time has come; return how many went out."""
         sent = 0
         for trace in self._store.due(self._clock()):
-            if trace.result is None:
-                continue
-            try:
-                result = decode_result(trace.result)
-            except ProtocolError as exc:  # written by this hub, so a bug or a damaged file
-                logger.error("result %s: stored result no longer decodes, not sent: %s", trace.trace_id, exc)
-                self._store.stop_sending(trace.trace_id)
+            result = self._stored_result(trace)
+            if result is None:
                 continue
             if trace.sends >= self._config.max_sends:
                 logger.warning(
@@ -115,9 +132,32 @@ class Delivery:
                 continue
             if trace.sends:
                 logger.info("result %s: no acknowledgement after %d sends; sending again", trace.trace_id, trace.sends)
-            self._dispatch(result, trace.sends)
-            sent += 1
+            if self._try_dispatch(result, trace.sends):
+                sent += 1
         return sent
+
+    def _stored_result(self, trace: HubTrace) -> Optional[EscalationResult]:
+        """The trace's result, or None (set aside, if it no longer decodes: a bug or a damaged file)."""
+        if trace.result is None:
+            return None
+        try:
+            return decode_result(trace.result)
+        except ProtocolError as exc:
+            logger.error("result %s: stored result no longer decodes, not sent: %s", trace.trace_id, exc)
+            self._metrics.delivery_errors.labels(channel="store", reason="undecodable").inc()
+            self._store.stop_sending(trace.trace_id)
+            return None
+
+    def _try_dispatch(self, result: EscalationResult, sends: int) -> bool:
+        """One send; a failure is logged and counted, and the result set aside so it cannot block the rest."""
+        try:
+            self._dispatch(result, sends)
+        except Exception as exc:  # a result no channel can carry (e.g. a device id no topic can hold)
+            logger.error("result %s: cannot be sent, set aside: %s", result.trace_id, exc)
+            self._metrics.delivery_errors.labels(channel="any", reason=type(exc).__name__).inc()
+            self._store.stop_sending(result.trace_id)
+            return False
+        return True
 
     async def run(self) -> None:
         """Resend what is due, until cancelled. A store error is logged and tried again next round."""
@@ -132,15 +172,17 @@ class Delivery:
             await asyncio.sleep(wait)
 
     def _dispatch(self, result: EscalationResult, sends: int) -> None:
-        channel = self._publish(result)
-        self._sent(result.trace_id, sends, channel)
+        self._sent(result.trace_id, sends, self._channel(result.device_id))
+        self._publish(result)
 
-    def _publish(self, result: EscalationResult) -> str:
+    def _channel(self, device_id: str) -> str:
+        return "callback" if self._callbacks is not None and self._callbacks.rule_for(device_id) else "mqtt"
+
+    def _publish(self, result: EscalationResult) -> None:
         if self._callbacks is not None and (rule := self._callbacks.rule_for(result.device_id)) is not None:
             self._callbacks.post(rule, result)
-            return "callback"
+            return
         self._mqtt.publish(result.device_id, result.trace_id, encode_result(result, self._encoding))
-        return "mqtt"
 
     def _sent(self, trace_id: str, sends_before: int, channel: str) -> None:
         """Count the send; the result is due again after resend_after_s, doubling with each send."""

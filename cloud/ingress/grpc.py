@@ -1,23 +1,35 @@
 """gRPC ``tandem.v1.Escalation`` (``Escalate``, ``EscalateAndWait``) onto the escalation service.
 
 Ray Serve's gRPC proxy calls the ingress deployment's ``Escalate`` method with
-the parsed request and a context; a domain error becomes a status code there.
+the request and a context; a domain error becomes a status code there
+(``cloud.errors``: INVALID_ARGUMENT, FAILED_PRECONDITION, RESOURCE_EXHAUSTED).
+
+The proxy is given ``add_escalation_servicer`` rather than the generated
+``add_EscalationServicer_to_server``: the generated one makes the proxy parse
+each request itself, and bytes that do not parse then fail inside gRPC with
+UNKNOWN, which a device must treat as retryable. Here the requests arrive as
+raw bytes and are parsed by the protocol's own codec, so a corrupt request
+gets INVALID_ARGUMENT and the device stops sending it.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Optional, Protocol
+from typing import Any, Optional, Protocol
 
 import grpc
 
-from cloud.errors import grpc_status
+from cloud.errors import InvalidInput, grpc_status
 from cloud.escalations import EscalationService
+from cloud.inputs import check_size
 from protocol._generated.tandem.v1 import tandem_pb2 as pb
+from protocol.codec import decode_request
 from protocol.errors import ProtocolError
 from protocol.messages import EscalationRequest
 
 logger = logging.getLogger(__name__)
+
+SERVICE = "tandem.v1.Escalation"
 
 
 class StatusContext(Protocol):
@@ -28,32 +40,58 @@ class StatusContext(Protocol):
     def set_details(self, details: str) -> None: ...
 
 
-def _parse(message: pb.EscalationRequest, context: StatusContext) -> Optional[EscalationRequest]:
-    """The request, or None with the status code set (INVALID_ARGUMENT, FAILED_PRECONDITION)."""
+def add_escalation_servicer(servicer: Any, server: Any) -> None:
+    """Register tandem.v1.Escalation with requests as raw bytes and responses as protobuf."""
+    handlers = {
+        "Escalate": grpc.unary_unary_rpc_method_handler(
+            servicer.Escalate, response_serializer=pb.EscalationAck.SerializeToString
+        ),
+        "EscalateAndWait": grpc.unary_unary_rpc_method_handler(
+            servicer.EscalateAndWait, response_serializer=pb.EscalationResult.SerializeToString
+        ),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    server.add_registered_method_handlers(SERVICE, handlers)
+
+
+def _refuse(exc: Exception, trace_hint: str, context: StatusContext) -> None:
+    context.set_code(grpc_status(exc))
+    context.set_details(str(exc))
+    logger.warning("rejected escalation %s: %s", trace_hint, exc)
+
+
+def _parse(service: EscalationService, payload: bytes, context: StatusContext) -> Optional[EscalationRequest]:
+    """The request, or None with the status code set (RESOURCE_EXHAUSTED, INVALID_ARGUMENT, FAILED_PRECONDITION)."""
     try:
-        return EscalationRequest.from_proto(message)
-    except ProtocolError as exc:
-        logger.warning("rejected escalation %r: %s", message.trace_id, exc)
-        context.set_code(grpc_status(exc))
-        context.set_details(str(exc))
+        check_size(len(payload), service.limits)
+        return decode_request(payload)
+    except (ProtocolError, InvalidInput) as exc:
+        service.metrics.escalations.labels(ack="rejected").inc()
+        _refuse(exc, f"of {len(payload)} bytes", context)
         return None
 
 
-async def escalate(
-    service: EscalationService, message: pb.EscalationRequest, context: StatusContext
-) -> pb.EscalationAck:
-    request = _parse(message, context)
+async def escalate(service: EscalationService, payload: bytes, context: StatusContext) -> pb.EscalationAck:
+    request = _parse(service, payload, context)
     if request is None:
         return pb.EscalationAck()
-    ack = await service.escalate(request)
+    try:
+        ack = await service.escalate(request)
+    except InvalidInput as exc:  # counted by the service
+        _refuse(exc, request.trace_id, context)
+        return pb.EscalationAck()
     return ack.to_proto()
 
 
 async def escalate_and_wait(
-    service: EscalationService, message: pb.EscalationRequest, context: StatusContext
+    service: EscalationService, payload: bytes, context: StatusContext
 ) -> pb.EscalationResult:
-    request = _parse(message, context)
+    request = _parse(service, payload, context)
     if request is None:
         return pb.EscalationResult()
-    result = await service.escalate_and_wait(request)
+    try:
+        result = await service.escalate_and_wait(request)
+    except InvalidInput as exc:
+        _refuse(exc, request.trace_id, context)
+        return pb.EscalationResult()
     return result.to_proto()

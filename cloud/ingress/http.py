@@ -11,6 +11,7 @@ from google.protobuf import json_format
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from cloud.errors import RegistryError, http_status
+from cloud.ingress.body_limit import BodyLimit
 from cloud.ingress.v2 import V2Service, v2_routes
 from cloud.metrics import HubMetrics
 from cloud.registry import ModelSpec, ModelStatus, ModelUpdate, Registry
@@ -28,8 +29,12 @@ def build_http_app(
     v2: Optional[V2Service] = None,
     hub_status: Optional[Callable[[], Awaitable[dict[str, Any]]]] = None,
     metrics: Optional[HubMetrics] = None,
+    max_body_bytes: int = 4 * 1024 * 1024,
+    max_artifact_bytes: int = 1024 * 1024 * 1024,
 ) -> FastAPI:
+    """``max_body_bytes`` bounds every request body (413 past it) but model uploads, bounded by max_artifact_bytes."""
     app = FastAPI(title="Tandem hub", version="1")
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes, by_prefix={"/v1/artifacts/": max_artifact_bytes})
     app.include_router(registry_routes(registry))
     if v2 is not None:
         app.include_router(v2_routes(v2))

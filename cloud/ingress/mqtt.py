@@ -1,5 +1,12 @@
 """Escalations from devices over MQTT: ``tandem/v1/devices/+/escalations``, QoS 1, onto the escalation service;
-and the devices' result acknowledgements, ``tandem/v1/devices/+/acks``, onto its delivery.
+the devices' result acknowledgements, ``tandem/v1/devices/+/acks``, onto its delivery; and their
+availability, ``tandem/v1/devices/+/availability``: a device that comes back ``online`` gets its
+unacknowledged results at once instead of at their next resend.
+
+Each escalation the service recorded (new or a duplicate) is confirmed to its
+device with an EscalationAck on ``tandem/v1/devices/{id}/accepted``; until it
+arrives the device sends the escalation again, because the broker's PUBACK
+only says the broker had it.
 
 The hub subscribes through a shared subscription (``$share/{mqtt_username}/...``),
 so with several ingress replicas each message goes to one of them, with a
@@ -22,21 +29,23 @@ from concurrent.futures import TimeoutError as FutureTimeout
 import paho.mqtt.client as mqtt
 from google.protobuf.message import DecodeError
 
+from cloud.errors import InvalidInput, RequestTooLarge
 from cloud.escalations import EscalationService
 from edge.comms.mqtt import set_tcp_nodelay
 from protocol._generated.tandem.v1 import tandem_pb2 as pb
-from protocol.codec import decode_request, decode_result_ack
+from protocol.codec import decode_request, decode_result_ack, encode_escalation_ack
 from protocol.errors import InvalidTopic, MalformedMessage, ProtocolError
-from protocol.messages import validate_trace_id
+from protocol.messages import EscalationAck, validate_trace_id
 from protocol.topics import PREFIX, Channel, DeviceTopic
 
 logger = logging.getLogger(__name__)
 
 
 def topic_filters(share_group: str) -> list[str]:
-    """Escalations and result acks of every device, shared among the replicas of one hub (its MQTT user name):
-    another hub on the same broker has its own group, so it never takes this hub's messages."""
-    return [f"$share/{share_group}/{PREFIX}/+/{c.value}" for c in (Channel.ESCALATIONS, Channel.ACKS)]
+    """Escalations, result acks and availability of every device, shared among the replicas of one hub (its MQTT
+    user name): another hub on the same broker has its own group, so it never takes this hub's messages."""
+    channels = (Channel.ESCALATIONS, Channel.ACKS, Channel.AVAILABILITY)
+    return [f"$share/{share_group}/{PREFIX}/+/{c.value}" for c in channels]
 
 
 RECORD_TIMEOUT_S = 10.0
@@ -98,6 +107,11 @@ class MqttEscalations:
             client.ack(message.mid, message.qos)
             return
         device_id = topic.device_id
+        if topic.channel is Channel.AVAILABILITY:
+            if message.payload == b"online":  # sending may post HTTP callbacks: done on the event loop
+                self._loop.call_soon_threadsafe(self._on_online, device_id)
+            client.ack(message.mid, message.qos)
+            return
         if topic.channel is Channel.ACKS:
             try:
                 self._on_result_ack(device_id, message.payload)
@@ -135,7 +149,22 @@ class MqttEscalations:
         self.counts["acks"] += 1
         self._service.delivery.acknowledged(ack.trace_id, device_id, "mqtt")
 
+    def _on_online(self, device_id: str) -> None:
+        """A device (re)connected, perhaps to a broker that forgot its session: what it has not acknowledged
+        goes out now."""
+        try:
+            due = self._service.delivery.device_online(device_id)
+        except Exception:  # a store error: the results still go out at their next resend
+            logger.exception("mqtt ingress: could not bring %s's unacknowledged results forward", device_id)
+            return
+        if due:
+            logger.info("mqtt ingress: %s is online; resending its %d unacknowledged results", device_id, due)
+
     async def _handle(self, device_id: str, payload: bytes) -> None:
+        limit = self._service.limits.max_request_bytes
+        if len(payload) > limit:  # not run; parsed only for its trace id (the broker's max_packet_size bounds it)
+            await self._reject(device_id, payload, RequestTooLarge(len(payload), limit))
+            return
         try:
             request = decode_request(payload)
         except ProtocolError as exc:
@@ -146,16 +175,32 @@ class MqttEscalations:
                 device_id, payload, MalformedMessage(f"sent on {device_id}'s topic as {request.device_id}")
             )
             return
-        await self._service.escalate(request)
+        try:
+            ack = await self._service.escalate(request)
+        except InvalidInput as exc:  # logged and counted by the service
+            self.counts["rejected"] += 1
+            self._service.answer_refused(device_id, request.trace_id, f"rejected: {exc}")
+            return
         self.counts["accepted"] += 1
+        self._confirm(device_id, ack)
 
-    async def _reject(self, device_id: str, payload: bytes, error: ProtocolError) -> None:
+    def _confirm(self, device_id: str, ack: EscalationAck) -> None:
+        """The hub has the escalation: tell the device, so it stops sending it. If this is lost, the
+        device's next resend is a duplicate, confirmed again."""
+        info = self._client.publish(str(DeviceTopic.accepted(device_id)), encode_escalation_ack(ack), qos=1)
+        if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+            logger.warning("mqtt ingress: confirmation of %s not queued (rc %s)", ack.trace_id, info.rc)
+
+    async def _reject(self, device_id: str, payload: bytes, error: Exception) -> None:
+        """Answer with a FAILED result if the request names its trace, so the device stops sending it."""
         try:
             trace_id = validate_trace_id(pb.EscalationRequest.FromString(payload).trace_id)
         except (DecodeError, ProtocolError):
             self.counts["undecodable"] += 1
             logger.error("mqtt ingress: undecodable escalation from %s dropped: %s", device_id, error)
+            self._service.metrics.escalations.labels(ack="undecodable").inc()
             return
         self.counts["rejected"] += 1
+        self._service.metrics.escalations.labels(ack="rejected").inc()
         logger.warning("mqtt ingress: escalation %s from %s rejected: %s", trace_id, device_id, error)
-        self._service.reject(device_id, trace_id, f"rejected: {error}")
+        self._service.answer_refused(device_id, trace_id, f"rejected: {error}")

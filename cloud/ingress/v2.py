@@ -19,9 +19,10 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 import numpy as np
-from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
 
-from cloud.errors import HubError, ModelUnavailable
+from cloud.errors import HubError, ModelUnavailable, V2Error, V2ModelNotFound, http_status
 from cloud.ingress.v2_grpc import service_pb2 as v2pb
 
 SERVER_NAME = "tandem"
@@ -50,10 +51,6 @@ ONNX_TYPES = {
     "tensor(uint8)": "UINT8",
     "tensor(bool)": "BOOL",
 }
-
-
-class V2Error(HubError):
-    """A v2 request that cannot be served: unknown model, bad tensor."""
 
 
 @dataclass(frozen=True)
@@ -152,7 +149,7 @@ class V2Service:
 
     async def _spec(self, name: str) -> ModelSpec:
         if name not in self._models().names():
-            raise V2Error(f"unknown model {name!r}; the hub serves {sorted(self._models().names())}")
+            raise V2ModelNotFound(f"unknown model {name!r}; the hub serves {sorted(self._models().names())}")
         return await self._models().spec(name)
 
 
@@ -173,14 +170,17 @@ def v2_routes(service: V2Service) -> APIRouter:
 
     @router.get("/v2/models/{name}")
     @router.get("/v2/models/{name}/versions/{version}")
-    async def model_metadata(name: str, version: Optional[str] = None) -> dict[str, Any]:
-        return await _http(service.model_metadata(name))
+    async def model_metadata(name: str, version: Optional[str] = None) -> Any:
+        try:
+            return await service.model_metadata(name)
+        except HubError as exc:
+            return v2_error_response(exc)
 
     @router.get("/v2/models/{name}/ready")
     @router.get("/v2/models/{name}/versions/{version}/ready")
-    def model_ready(name: str, version: Optional[str] = None) -> dict[str, Any]:
+    def model_ready(name: str, version: Optional[str] = None) -> Any:
         if not service.ready(name):
-            raise HTTPException(400, f"model {name} is not ready")
+            return v2_error_response(V2Error(f"model {name} is not ready"))
         return {}
 
     @router.post("/v2/models/{name}/infer")
@@ -192,18 +192,16 @@ def v2_routes(service: V2Service) -> APIRouter:
             header, inputs, binary_out = _parse_http_request(body, header_length)
             wanted = [o["name"] for o in header.get("outputs", [])] or None
             spec, outputs = await service.infer(name, inputs, wanted)
-        except (V2Error, HubError) as exc:
-            raise HTTPException(400 if isinstance(exc, V2Error) else 500, str(exc)) from exc
+        except HubError as exc:
+            return v2_error_response(exc)
         return _http_response(spec, header.get("id"), outputs, binary_out)
 
     return router
 
 
-async def _http(coro: Any) -> Any:
-    try:
-        return await coro
-    except V2Error as exc:
-        raise HTTPException(404, str(exc)) from exc
+def v2_error_response(exc: HubError) -> JSONResponse:
+    """The protocol's error body, ``{"error": message}`` (tritonclient shows it), with the status from cloud.errors."""
+    return JSONResponse({"error": str(exc)}, status_code=http_status(exc))
 
 
 def _parse_http_request(

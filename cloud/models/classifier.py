@@ -8,18 +8,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from edge.detectors.onnx import OnnxModel
-from edge.detectors.preprocess import decode_image
+from edge.detectors.preprocess import MAX_IMAGE_PIXELS, decode_image
 from edge.errors import DetectorError
 from protocol.errors import MalformedMessage
 from protocol.messages import EncodedImage, Prediction, Tensor
 
 
 class Classifier:
-    def __init__(self, path: Path, intra_op_num_threads: int = 1) -> None:
+    def __init__(self, path: Path, intra_op_num_threads: int = 1, max_image_pixels: int = MAX_IMAGE_PIXELS) -> None:
         self.model = OnnxModel(path, intra_op_num_threads)
+        self._max_pixels = max_image_pixels
 
     @property
     def model_id(self) -> str:
@@ -32,15 +34,18 @@ class Classifier:
         return answer
 
     def predict_batch(self, inputs: list[EncodedImage | Tensor]) -> list[Prediction | Exception]:
-        """One model run for every input that decodes; an input that does not gets its own error."""
+        """One model run for every input that decodes; an input that does not gets its own MalformedMessage
+        (the input's fault, never the replica's)."""
         tensors: list[np.ndarray] = []
         results: list[Prediction | Exception] = []
         for data in inputs:
             try:
-                tensors.append(self.model.head.tensor(pixels(data)))
+                tensors.append(self.model.head.tensor(pixels(data, self._max_pixels)))
                 results.append(_PENDING)
-            except (MalformedMessage, DetectorError) as exc:
-                results.append(MalformedMessage(str(exc)) if isinstance(exc, DetectorError) else exc)
+            except MalformedMessage as exc:
+                results.append(exc)
+            except (DetectorError, ValueError, cv2.error) as exc:  # pixels a model cannot take (shape, depth)
+                results.append(MalformedMessage(f"escalated input: {exc}"))
         if tensors:
             predictions = iter(self.model.head.predict_tensors(tensors))
             results = [next(predictions) if r is _PENDING else r for r in results]
@@ -59,10 +64,10 @@ class Classifier:
 _PENDING = MalformedMessage("not run")  # a placeholder while the batch is put together
 
 
-def pixels(data: EncodedImage | Tensor) -> np.ndarray:
+def pixels(data: EncodedImage | Tensor, max_image_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
     if isinstance(data, EncodedImage):
         try:
-            return decode_image(data.data)
+            return decode_image(data.data, max_image_pixels)
         except ValueError as exc:
             raise MalformedMessage(f"escalated image: {exc}") from exc
     try:

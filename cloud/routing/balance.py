@@ -3,6 +3,11 @@
     CLOSED --failure_threshold consecutive failures--> OPEN --open_ms--> HALF_OPEN (one probe)
     HALF_OPEN --probe succeeds--> CLOSED;  HALF_OPEN --probe fails--> OPEN
 
+What counts as a failure: an error from the replica, or a timeout while the replica answered
+nothing else (a hung replica). A timeout while the same replica answered other calls is this
+request's slowness, not the replica's, and so is a bad input (the router releases those): it
+lowers the replica's score through its error rate but never moves its circuit.
+
 A model whose replicas are all OPEN is ejected: its calls fail at once with
 ModelUnavailable until a probe is due. The breaker is a few lines here rather
 than pybreaker, whose async support needs Tornado and whose state the
@@ -42,6 +47,7 @@ class ReplicaStats:
     state: CircuitState = CircuitState.CLOSED
     opened_at: float = 0.0
     probing: bool = False
+    answered_at: float = float("-inf")  # when it last answered a call
     outcomes: deque[tuple[float, bool]] = field(default_factory=deque)  # (finished at, succeeded) in the window
 
     def error_rate(self) -> float:
@@ -106,6 +112,16 @@ class Balancer:
         stats.in_flight = max(0, stats.in_flight - 1)
         stats.probing = False
 
+    def record_timeout(self, model: str, key: str, waited_ms: float) -> None:
+        """A call that got no answer in time: a failure if the replica answered nothing else meanwhile."""
+        stats = self.stats(model, key)
+        if stats.answered_at >= self._clock() - waited_ms / 1000.0:  # alive: it answered calls made after this one
+            stats.in_flight = max(0, stats.in_flight - 1)
+            stats.probing = False
+            stats.outcomes.append((self._clock(), False))
+            return
+        self.record(model, key, False, waited_ms)
+
     def record(self, model: str, key: str, ok: bool, latency_ms: float) -> None:
         """One call's outcome: updates the measurements and the replica's circuit."""
         stats = self.stats(model, key)
@@ -114,6 +130,7 @@ class Balancer:
         stats.outcomes.append((now, ok))
         self._expire(stats, now)
         if ok:
+            stats.answered_at = now
             a = self.LATENCY_SMOOTHING
             stats.latency_ms = latency_ms if stats.latency_ms is None else (1 - a) * stats.latency_ms + a * latency_ms
             if stats.state is not CircuitState.CLOSED:

@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Optional
 
-from cloud.errors import ModelUnavailable, NoRoute
+from cloud.errors import ModelUnavailable, NoRoute, one_line
 from cloud.routing.aggregate import AGGREGATES, single
 from cloud.routing.balance import Balancer, CircuitState
 from cloud.routing.config import Aggregate, Route, RoutingConfig, Step, Strategy, When
@@ -225,17 +225,22 @@ class Router:
                 self.balancer.release(step.model, key)
                 raise
             except asyncio.TimeoutError:
-                self.balancer.record(step.model, key, False, (loop.time() - call_started) * 1000.0)
+                self.balancer.record_timeout(step.model, key, (loop.time() - call_started) * 1000.0)
                 error, timed_out = f"{step.model}: no answer from {key} within {remaining * 1000.0:.0f} ms", True
                 break
             except ProtocolError as exc:  # the input, not the replica, is at fault: no retry, no strike
                 self.balancer.release(step.model, key)
                 return StepOutput(
-                    step, key, (loop.time() - started) * 1000.0, len(tried), error=f"bad input: {exc}", bad_input=True
+                    step,
+                    key,
+                    (loop.time() - started) * 1000.0,
+                    len(tried),
+                    error=f"bad input: {one_line(str(exc))}",
+                    bad_input=True,
                 )
             except Exception as exc:  # any replica failure counts against it and may be retried elsewhere
                 self.balancer.record(step.model, key, False, (loop.time() - call_started) * 1000.0)
-                error = f"{step.model} on {key}: {type(exc).__name__}: {exc}"
+                error = f"{step.model} on {key}: {type(exc).__name__}: {one_line(str(exc))}"
                 logger.warning("step failed: %s", error)
                 continue
             self.balancer.record(step.model, key, True, (loop.time() - call_started) * 1000.0)

@@ -159,27 +159,37 @@ class TraceStore:
         )
 
     def mark_sent(self, trace_id: str, next_send_at: float) -> None:
-        """The result went out once more; unless acknowledged, it is due again at next_send_at."""
+        """The result goes out once more (recorded before it leaves, so an ack that beats this call here still
+        finds it counted); unless acknowledged by then, it is due again at next_send_at."""
         self._execute(
-            "UPDATE traces SET sends = COALESCE(sends, 0) + 1, next_send_at = ?"
-            " WHERE trace_id = ? AND acked_at IS NULL",
+            "UPDATE traces SET sends = COALESCE(sends, 0) + 1,"
+            " next_send_at = CASE WHEN acked_at IS NULL THEN ? ELSE NULL END WHERE trace_id = ?",
             (next_send_at, trace_id),
         )
+
+    def send_now(self, trace_id: str, now: float) -> bool:
+        """Make an unacknowledged result due at once (the device asked again). False if there is none to send."""
+        _, changed = self._run(
+            f"UPDATE traces SET next_send_at = ? WHERE trace_id = ? AND {_UNACKED_SQL}", (now, trace_id)
+        )
+        return changed == 1
 
     def stop_sending(self, trace_id: str) -> None:
         """No more sends (out of attempts); the result stays, unacknowledged, for operators to see."""
         self._execute("UPDATE traces SET next_send_at = NULL WHERE trace_id = ?", (trace_id,))
 
     def mark_delivered(self, trace_id: str, now: float) -> None:
+        """The broker's PUBACK for the first send: recorded once (an ack may have recorded it first)."""
         self._execute("UPDATE traces SET delivered_at = ? WHERE trace_id = ? AND delivered_at IS NULL", (now, trace_id))
 
     def mark_acked(self, trace_id: str, device_id: str, now: float) -> bool:
         """The device has the result: no more sends. False if the trace is unknown, another device's,
-        unfinished, or acknowledged already."""
+        unfinished, or acknowledged already. A result acknowledged before the broker's PUBACK was recorded
+        was delivered by then: delivered_at is never later than acked_at."""
         _, changed = self._run(
-            "UPDATE traces SET acked_at = ?, next_send_at = NULL"
+            "UPDATE traces SET acked_at = ?, next_send_at = NULL, delivered_at = MIN(COALESCE(delivered_at, ?), ?)"
             f" WHERE trace_id = ? AND device_id = ? AND {_UNACKED_SQL}",
-            (now, trace_id, device_id),
+            (now, now, now, trace_id, device_id),
         )
         return changed == 1
 

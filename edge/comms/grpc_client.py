@@ -69,7 +69,7 @@ class GrpcTransport(Transport):
                 "/tandem.v1.Escalation/Escalate", response_deserializer=pb.EscalationAck.FromString
             )
 
-    def send(self, trace_id: str, payload: bytes) -> EscalationAck:
+    def send(self, trace_id: str, payload: bytes) -> Optional[EscalationAck]:
         if self._call is None:
             raise TransportError("gRPC transport used before start()", retryable=True)
         if len(payload) > self._config.max_message_bytes:

@@ -1,9 +1,14 @@
-"""Verdicts from the hub: the device's results topic, QoS 1, persistent session.
+"""The device's one broker connection: QoS 1, persistent session, a handler per channel it reads.
 
-The broker keeps the session (``clean_session=False``, a fixed client id), so
-results published while the device is offline are delivered when it comes
-back. A message is acknowledged (PUBACK) only after the handler has dealt with
-it, so a verdict that could not be stored is redelivered, not lost.
+It reads ``results`` (the hub's verdicts) and ``accepted`` (the hub's
+acknowledgements of escalations sent over MQTT), and carries what the device
+publishes: escalations, result acks, alerts. The broker keeps the session
+(``clean_session=False``, a fixed client id), so what is published while the
+device is offline is delivered when it comes back, as long as the broker
+still has it; the hub resends results and the device resends escalations
+until the other side confirms them, so nothing depends on the broker keeping
+its state. A message is acknowledged (PUBACK) only after its handler has
+dealt with it, so a verdict that could not be stored is redelivered, not lost.
 
 ``tandem/v1/devices/{id}/availability`` is ``online`` (retained) while the
 device is connected and ``offline`` (the retained last will) after it is gone.
@@ -15,12 +20,12 @@ import enum
 import logging
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import paho.mqtt.client as mqtt
 
 from edge.config import MqttConfig
-from protocol.topics import DeviceTopic
+from protocol.topics import Channel, DeviceTopic
 
 logger = logging.getLogger(__name__)
 
@@ -42,11 +47,11 @@ def set_tcp_nodelay(client: mqtt.Client) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-class ResultSubscriber:
-    def __init__(self, device_id: str, config: MqttConfig, handler: MessageHandler) -> None:
+class DeviceLink:
+    def __init__(self, device_id: str, config: MqttConfig, handlers: Mapping[Channel, MessageHandler]) -> None:
+        """``handlers``: the channels this device reads, each with what deals with its messages."""
         self._config = config
-        self._handler = handler
-        self._results = str(DeviceTopic.results(device_id))
+        self._handlers = {str(DeviceTopic(device_id, channel)): handler for channel, handler in handlers.items()}
         self._availability = str(DeviceTopic.availability(device_id))
         self._subscribed = threading.Event()
         self._client = mqtt.Client(
@@ -121,11 +126,11 @@ class ResultSubscriber:
         set_tcp_nodelay(client)
         logger.info("mqtt: connected (session present: %s)", flags.session_present)
         client.publish(self._availability, b"online", qos=1, retain=True)
-        client.subscribe(self._results, qos=1)
+        client.subscribe([(topic, 1) for topic in self._handlers])
 
     def _on_subscribe(self, _client: mqtt.Client, _userdata: object, _mid: int, reasons: list, _props: object) -> None:
         if any(getattr(r, "is_failure", False) for r in reasons):
-            logger.error("mqtt: broker refused the subscription to %s: %s", self._results, reasons)
+            logger.error("mqtt: broker refused the subscription to %s: %s", ", ".join(self._handlers), reasons)
             return
         self._subscribed.set()
 
@@ -138,10 +143,15 @@ class ResultSubscriber:
 
     def _on_message(self, client: mqtt.Client, _userdata: object, message: mqtt.MQTTMessage) -> None:
         self.counts["messages"] += 1
+        handler = self._handlers.get(message.topic)
+        if handler is None:  # the broker only sends what was subscribed; nothing to do but let it go
+            logger.error("mqtt: message on %s, which this device does not read; dropped", message.topic)
+            client.ack(message.mid, message.qos)
+            return
         try:
-            handled = self._handler(message.payload)
+            handled = handler(message.payload)
         except Exception:  # a handler bug must not kill paho's network thread
-            logger.exception("mqtt: result handler failed on %s", message.topic)
+            logger.exception("mqtt: handler failed on %s", message.topic)
             self.counts["handler_errors"] += 1
             handled = Handled.RETRY
         if handled is Handled.ACK:

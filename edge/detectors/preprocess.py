@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import io
+import warnings
 from collections.abc import Sequence
 from typing import Union
 
 import cv2
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 Dim = Union[int, str, None]
+
+MAX_IMAGE_PIXELS = 7680 * 4320
+"""The default limit on an image's pixels (8K UHD, 33 megapixels): a larger one is refused before decoding."""
+
+# Pillow warns about large images itself; decode_image applies its own, lower limit, and says so.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 def image_to_nchw(image: np.ndarray, input_shape: Sequence[Dim]) -> np.ndarray:
@@ -38,9 +47,39 @@ def image_to_nchw(image: np.ndarray, input_shape: Sequence[Dim]) -> np.ndarray:
     return tensor.transpose(2, 0, 1)[np.newaxis]
 
 
-def decode_image(data: bytes) -> np.ndarray:
-    """Encoded PNG/JPEG bytes -> pixels; ValueError when they are not an image."""
-    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
-    if image is None:
+def image_size(data: bytes) -> tuple[int, int]:
+    """(width, height) read from an encoded image's header, without decoding its pixels.
+
+    ValueError when the bytes are empty or not an image format Pillow can identify (PNG, JPEG,
+    BMP, TIFF, WebP, PNM, ...): an image whose size cannot be known is not decoded.
+    """
+    if not data:
+        raise ValueError("0 bytes: an empty image")
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+    except Image.DecompressionBombError as exc:  # more pixels than even Pillow's own limit
+        raise ValueError(f"{len(data)} bytes declare an image too large to decode: {exc}") from exc
+    except UnidentifiedImageError as exc:
+        raise ValueError(f"{len(data)} bytes are not a decodable image (PNG, JPEG, BMP, TIFF, WebP, PNM)") from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:  # a known format with a broken header
+        raise ValueError(f"{len(data)} bytes are not a decodable image: {exc}") from exc
+    return int(width), int(height)
+
+
+def decode_image(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """Encoded image bytes -> pixels; ValueError when they are not an image, or one of more than ``max_pixels``.
+
+    The size comes from the header first, so a small file that declares a huge image (a decompression
+    bomb: a 30000 x 30000 PNG fits in 3 MB and decodes to 2.7 GB) is refused without decoding it.
+    """
+    width, height = image_size(data)
+    if width * height > max_pixels:
+        raise ValueError(f"image of {width}x{height} pixels is larger than the limit of {max_pixels} pixels")
+    try:
+        image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error as exc:
+        raise ValueError(f"{len(data)} bytes did not decode: {exc}") from exc
+    if image is None or image.size == 0:
         raise ValueError(f"{len(data)} bytes are not a decodable image")
     return image

@@ -14,8 +14,9 @@ from protocol.messages import Prediction
 
 
 class OutboxStatus(str, enum.Enum):
-    QUEUED = "QUEUED"
-    SENT = "SENT"
+    QUEUED = "QUEUED"  # to be sent at next_attempt_at (never sent, or the last send failed)
+    SENT = "SENT"  # a relay (the MQTT broker) took it; sent again at next_attempt_at unless the hub confirms it
+    ACCEPTED = "ACCEPTED"  # the hub has it (its EscalationAck); waits for the verdict, no more sends
 
 
 @dataclass(frozen=True)
@@ -83,13 +84,15 @@ class OutboxRow:
     enqueued_at: float
     last_error: Optional[str]
     priority: int = 0
+    relays: int = 0
+    """Sends a relay took (MQTT) with no confirmation from the hub yet: sets the wait before the next one."""
 
 
-OUTBOX_COLUMNS = "trace_id, payload, status, attempts, next_attempt_at, enqueued_at, last_error, priority"
+OUTBOX_COLUMNS = "trace_id, payload, status, attempts, next_attempt_at, enqueued_at, last_error, priority, relays"
 
 
 def outbox_row(r: tuple[Any, ...]) -> OutboxRow:
-    return OutboxRow(r[0], r[1], OutboxStatus(r[2]), r[3], r[4], r[5], r[6], r[7])
+    return OutboxRow(r[0], r[1], OutboxStatus(r[2]), *r[3:])
 
 
 # The three JSON columns are written for every frame, so they are put together from pieces rather

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import sqlite_utils
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 def create_schema(db: sqlite_utils.Database) -> None:
+    (found,) = db.execute("PRAGMA user_version").fetchone()
     db["traces"].create(
         {
             "trace_id": str,
@@ -48,14 +49,17 @@ def create_schema(db: sqlite_utils.Database) -> None:
             "last_error": str,
             "priority": int,
             "deadline_at": float,
+            "relays": int,
         },
         pk="trace_id",
-        not_null={"payload", "status", "attempts", "next_attempt_at", "enqueued_at", "priority"},
-        defaults={"attempts": 0, "priority": 0},
+        not_null={"payload", "status", "attempts", "next_attempt_at", "enqueued_at", "priority", "relays"},
+        defaults={"attempts": 0, "priority": 0, "relays": 0},
         if_not_exists=True,
     )
     if "priority" not in db["outbox"].columns_dict:  # a version 1 store
         db.execute("ALTER TABLE outbox ADD COLUMN priority INTEGER NOT NULL DEFAULT 0")
+    if "relays" not in db["outbox"].columns_dict:  # versions 1 to 3 trusted the broker's PUBACK
+        db.execute("ALTER TABLE outbox ADD COLUMN relays INTEGER NOT NULL DEFAULT 0")
     if "deadline_at" not in db["outbox"].columns_dict:  # versions 1 and 2 kept deadlines on the traces only
         db.execute("ALTER TABLE outbox ADD COLUMN deadline_at FLOAT")
         db.execute(
@@ -87,4 +91,9 @@ def create_schema(db: sqlite_utils.Database) -> None:
         " FROM outbox WHERE status = 'FAILED'"
     )
     db.execute("DELETE FROM outbox WHERE status = 'FAILED'")
+    if found < 4:
+        # Up to version 3 a SENT row was done sending, even over MQTT, where SENT meant only that the broker
+        # had it; such a row could wait for a verdict that never comes. Send each once more: the hub
+        # deduplicates on trace_id, and its acknowledgement makes the row ACCEPTED.
+        db.execute("UPDATE outbox SET next_attempt_at = enqueued_at WHERE status = 'SENT'")
     db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")

@@ -4,10 +4,12 @@ A trace row holds the trace's state and its whole transition history (a JSON
 list), so reading one row tells a trace's story. An outbox row holds the
 serialized EscalationRequest until the hub's verdict arrives:
 
-    QUEUED --send ok--> SENT --verdict--> (deleted)
-    QUEUED --send failed, retryable--> QUEUED (attempts + 1, next_attempt_at later)
-    QUEUED --send failed, permanent--> the ``failed`` table (kept for `tandem edge replay`)
-    QUEUED | SENT older than the TTL --> the ``failed`` table
+    QUEUED --sent, the hub acknowledged it in the call (gRPC)--> ACCEPTED --verdict--> (deleted)
+    QUEUED --sent, a relay took it (MQTT PUBACK)--> SENT --the hub's EscalationAck--> ACCEPTED
+    SENT --no EscalationAck by next_attempt_at--> sent again (the hub deduplicates on trace_id)
+    QUEUED | SENT --send failed, retryable--> QUEUED (attempts + 1, next_attempt_at later)
+    QUEUED | SENT --send failed, permanent--> the ``failed`` table (kept for `tandem edge replay`)
+    any row --verdict--> (deleted);  any row older than the TTL --> the ``failed`` table
     any row, when the outbox is full --> dropped by the on-full strategy (its trace falls back)
 
 The outbox is bounded by rows and by payload bytes; the totals are kept in
@@ -59,6 +61,8 @@ _TRACE_COLUMNS = (
     " reasons, created_at, escalated_at, deadline_at, history"
 )
 _INSERT_TRACE = f"INSERT INTO traces ({_TRACE_COLUMNS}) VALUES ({', '.join('?' * 14)})"
+# Rows the sender picks up when their next_attempt_at comes: not yet sent, or relayed and not yet confirmed.
+_SENDABLE = f"status IN ('{OutboxStatus.QUEUED.value}', '{OutboxStatus.SENT.value}')"
 
 
 class EdgeStore:
@@ -279,21 +283,42 @@ class EdgeStore:
     # -- the outbox sender ---------------------------------------------------
 
     def due(self, now: float, limit: int = 32) -> list[OutboxRow]:
-        """QUEUED rows whose next attempt is due: highest priority first, then the longest waiting."""
+        """Rows to send now (QUEUED, or SENT and unconfirmed) whose time has come: highest priority first,
+        then the longest waiting."""
         with self._tx() as conn:
             rows = conn.execute(
-                f"SELECT {OUTBOX_COLUMNS} FROM outbox WHERE status = ? AND next_attempt_at <= ?"
+                f"SELECT {OUTBOX_COLUMNS} FROM outbox WHERE {_SENDABLE} AND next_attempt_at <= ?"
                 " ORDER BY priority DESC, next_attempt_at LIMIT ?",
-                (OutboxStatus.QUEUED.value, now, limit),
+                (now, limit),
             ).fetchall()
         return [outbox_row(r) for r in rows]
 
-    def mark_sent(self, trace_id: str) -> None:
+    def mark_sent(self, trace_id: str, resend_at: Optional[float] = None) -> None:
+        """One send went out. ``resend_at`` None: the hub acknowledged it in the call, so the row is ACCEPTED.
+        Otherwise a relay took it: SENT, and sent again at ``resend_at`` unless the hub confirms it first
+        (a confirmation that beat this call here keeps the row ACCEPTED)."""
         with self._tx() as conn:
+            if resend_at is None:
+                conn.execute(
+                    "UPDATE outbox SET status = ?, attempts = attempts + 1, last_error = NULL WHERE trace_id = ?",
+                    (OutboxStatus.ACCEPTED.value, trace_id),
+                )
+                return
             conn.execute(
-                "UPDATE outbox SET status = ?, attempts = attempts + 1, last_error = NULL WHERE trace_id = ?",
-                (OutboxStatus.SENT.value, trace_id),
+                "UPDATE outbox SET status = CASE WHEN status = ? THEN status ELSE ? END, attempts = attempts + 1,"
+                " relays = relays + 1, last_error = NULL, next_attempt_at = ? WHERE trace_id = ?",
+                (OutboxStatus.ACCEPTED.value, OutboxStatus.SENT.value, resend_at, trace_id),
             )
+
+    def mark_accepted(self, trace_id: str) -> bool:
+        """The hub's EscalationAck arrived: no more sends, the row waits for its verdict.
+        False if there is no such row or it was accepted already (a repeated ack)."""
+        with self._tx() as conn:
+            changed = conn.execute(
+                "UPDATE outbox SET status = ? WHERE trace_id = ? AND status != ?",
+                (OutboxStatus.ACCEPTED.value, trace_id, OutboxStatus.ACCEPTED.value),
+            ).rowcount
+        return changed == 1
 
     def mark_retry(self, trace_id: str, error: str, next_attempt_at: float) -> None:
         with self._tx() as conn:
@@ -316,7 +341,7 @@ class EdgeStore:
         row = self._remove_outbox(conn, trace_id)
         if row is None:
             return
-        _, payload, _, attempts, _, enqueued_at, _, priority = row
+        _, payload, _, attempts, _, enqueued_at, _, priority, _ = row
         conn.execute(
             "INSERT OR REPLACE INTO failed (trace_id, payload, priority, attempts, enqueued_at, failed_at, reason)"
             " VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -391,9 +416,7 @@ class EdgeStore:
 
     def next_due_at(self) -> Optional[float]:
         with self._tx() as conn:
-            (at,) = conn.execute(
-                "SELECT MIN(next_attempt_at) FROM outbox WHERE status = ?", (OutboxStatus.QUEUED.value,)
-            ).fetchone()
+            (at,) = conn.execute(f"SELECT MIN(next_attempt_at) FROM outbox WHERE {_SENDABLE}").fetchone()
         return at
 
     # -- verdicts and deadlines ----------------------------------------------

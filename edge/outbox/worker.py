@@ -29,13 +29,15 @@ IDLE_WAKE_S = 1.0  # wake at least this often, to notice a clock that moved
 HOUSEKEEPING_S = 60.0  # how often the outbox TTL and the retention are applied
 
 
-def backoff_s(attempts: int, config: OutboxConfig, rand: Callable[[], float] = random.random) -> float:
-    """Delay before retry number ``attempts`` (1-based): doubling, capped, with "equal jitter".
+def backoff_s(
+    attempts: int, initial_ms: float, max_ms: float, rand: Callable[[], float] = random.random
+) -> float:
+    """Delay before retry number ``attempts`` (1-based): doubling from initial_ms, capped at max_ms, "equal jitter".
 
     Half the delay is fixed and half random, so a fleet that lost the hub at
     the same moment does not retry in lockstep, yet no retry comes too soon.
     """
-    capped = min(config.retry_max_ms, config.retry_initial_ms * 2 ** max(0, attempts - 1)) / 1000.0
+    capped = min(max_ms, initial_ms * 2 ** max(0, attempts - 1)) / 1000.0
     return capped / 2 + rand() * capped / 2
 
 
@@ -142,8 +144,14 @@ class EscalationWorker:
             except TransportError as exc:
                 self._failed(row, exc)
                 continue
-            self._store.mark_sent(row.trace_id)
-            self._metrics.escalations_sent.labels(ack=ack.status.name.lower()).inc()
+            if ack is None:  # a relay took it; unless the hub confirms it in time, it goes again
+                config = self._config
+                wait = backoff_s(row.relays + 1, config.confirm_timeout_ms, config.confirm_timeout_max_ms)
+                self._store.mark_sent(row.trace_id, resend_at=self._clock() + wait)
+                self._metrics.escalations_sent.labels(ack="relayed" if row.relays == 0 else "relayed_again").inc()
+            else:
+                self._store.mark_sent(row.trace_id)
+                self._metrics.escalations_sent.labels(ack=ack.status.name.lower()).inc()
             sent += 1
         return sent
 
@@ -156,7 +164,7 @@ class EscalationWorker:
             if fell_back:
                 self._on_fallback([row.trace_id])
             return
-        delay = backoff_s(row.attempts + 1, self._config)
+        delay = backoff_s(row.attempts + 1, self._config.retry_initial_ms, self._config.retry_max_ms)
         logger.warning(
             "trace %s: send attempt %d failed, retrying in %.2f s: %s", row.trace_id, row.attempts + 1, delay, exc
         )

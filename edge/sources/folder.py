@@ -8,9 +8,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Optional
 
-import cv2
 import numpy as np
 
+from edge.detectors.preprocess import MAX_IMAGE_PIXELS, decode_image
 from edge.errors import SourceError
 from edge.sources.base import Frame, FrameSource, Labels
 
@@ -20,10 +20,13 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".p
 
 
 class ImageFolderSource(FrameSource):
-    def __init__(self, source_id: str, folder: Path, labels: Optional[Labels] = None) -> None:
+    def __init__(
+        self, source_id: str, folder: Path, labels: Optional[Labels] = None, max_pixels: int = MAX_IMAGE_PIXELS
+    ) -> None:
         super().__init__(source_id)
         self._folder = folder
         self._labels = labels
+        self._max_pixels = max_pixels
         self._files: list[Path] = []
 
     def start(self) -> None:
@@ -34,7 +37,7 @@ class ImageFolderSource(FrameSource):
 
     def frames(self) -> Iterator[Frame]:
         for index, path in enumerate(self._files):
-            image, error = _read(path)
+            image, error = _read(path, self._max_pixels)
             truth = self._labels.by_file.get(path.name) if self._labels else None
             yield Frame(self.source_id, index, time.time(), image, error=error, truth=truth, name=path.name)
 
@@ -42,12 +45,13 @@ class ImageFolderSource(FrameSource):
         self._files = []
 
 
-def _read(path: Path) -> tuple[Optional[np.ndarray], str]:
+def _read(path: Path, max_pixels: int) -> tuple[Optional[np.ndarray], str]:
+    """The image, or None and why not: unreadable, undecodable, or more pixels than max_pixels (never decoded)."""
     try:
-        data = np.fromfile(path, dtype=np.uint8)
+        data = path.read_bytes()
     except OSError as exc:
         return None, f"cannot read {path.name}: {exc}"
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
-    if image is None:
-        return None, f"cannot decode {path.name} ({data.size} bytes)"
-    return image, ""
+    try:
+        return decode_image(data, max_pixels), ""
+    except ValueError as exc:
+        return None, f"cannot decode {path.name}: {exc}"

@@ -17,10 +17,9 @@ def check_serve_config(config: dict) -> None:
     (app,) = config["applications"]
     assert app["import_path"] == "cloud.app:build_app"
     HubConfig.model_validate(app["args"])
-    assert config["grpc_options"]["grpc_servicer_functions"] == [
-        "protocol._generated.tandem.v1.tandem_pb2_grpc.add_EscalationServicer_to_server",
-        "cloud.ingress.v2_grpc.add_GRPCInferenceServiceServicer_to_server",
-    ]
+    from cloud.app import GRPC_SERVICERS
+
+    assert config["grpc_options"]["grpc_servicer_functions"] == GRPC_SERVICERS
 
 
 def test_serve_config_is_valid():
@@ -33,6 +32,11 @@ def test_rayservice_carries_a_valid_serve_config_and_gpu_workers():
     check_serve_config(yaml.safe_load(service["spec"]["serveConfigV2"]))
     (gpu,) = service["spec"]["rayClusterConfig"]["workerGroupSpecs"]
     assert gpu["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    # Every node's gRPC proxy refuses what the hub would refuse, before it crosses Ray.
+    head = service["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    for container in (head, gpu["template"]["spec"]["containers"][0]):
+        env = {e["name"]: e["value"] for e in container["env"]}
+        assert env["RAY_SERVE_GRPC_MAX_MESSAGE_SIZE"] == str(HubConfig.model_fields["max_request_bytes"].default)
 
 
 def test_model_replicas_reserve_the_gpus_the_config_asks_for(tmp_path):

@@ -16,6 +16,7 @@ from cloud.routing import ModelAnswer, ModelBackend, Router, single_model_routin
 from cloud.traces import TraceStatus, TraceStore
 from protocol import AckStatus, EncodedImage, EscalationRequest, Prediction, ResultStatus, new_trace_id
 from protocol.codec import decode_result
+from tests.support.images import png
 
 LABELS = ("0", "1")
 
@@ -65,7 +66,7 @@ def request(device_id: str = "cam-1") -> EscalationRequest:
         new_trace_id(),
         device_id,
         Prediction("weak", "1", LABELS, (0.6, 0.4)),
-        EncodedImage("image/png", b"x", 1, 1),
+        EncodedImage("image/png", png(), 8, 8),
         deadline_ms=1000,
     )
 

@@ -108,12 +108,12 @@ def test_retry_moves_the_row_out_of_the_due_window(store):
     assert row.attempts == 1 and row.last_error == "UNAVAILABLE"
 
 
-def test_sent_rows_are_not_sent_again_and_failed_rows_move_to_the_failed_table(store):
+def test_accepted_rows_are_not_sent_again_and_failed_rows_move_to_the_failed_table(store):
     a, b = escalate(store), escalate(store)
     store.mark_sent(a)
     store.mark_failed(b, "INVALID_ARGUMENT", now=120.0)
     assert store.due(now=1e12) == []
-    assert {r.trace_id: r.status for r in store.outbox()} == {a: OutboxStatus.SENT}
+    assert {r.trace_id: r.status for r in store.outbox()} == {a: OutboxStatus.ACCEPTED}
     (failed,) = store.failed()
     assert (failed.trace_id, failed.reason, failed.attempts, failed.payload) == (
         b,
@@ -358,3 +358,53 @@ def test_local_traces_are_grouped_and_an_escalation_is_written_at_once(tmp_path)
     local()
     store.close()  # and close writes what is left
     assert on_disk() == 6
+
+
+def test_a_relayed_row_is_due_again_until_the_hub_confirms_it(store):
+    a = escalate(store, now=100.0)
+    store.mark_sent(a, resend_at=150.0)
+    (row,) = store.outbox()
+    assert (row.status, row.attempts, row.relays) == (OutboxStatus.SENT, 1, 1)
+    assert store.due(now=149.0) == [] and store.next_due_at() == 150.0
+    assert [r.trace_id for r in store.due(now=150.0)] == [a]
+    assert store.mark_accepted(a) and not store.mark_accepted(a)  # a repeated ack changes nothing
+    assert store.due(now=1e12) == [] and store.next_due_at() is None
+
+
+def test_a_confirmation_that_beats_the_send_bookkeeping_keeps_the_row_accepted(store):
+    """The hub's ack can arrive (paho's thread) before the sender records its send: no resend follows."""
+    a = escalate(store, now=100.0)
+    assert store.mark_accepted(a)
+    store.mark_sent(a, resend_at=150.0)
+    assert store.outbox()[0].status is OutboxStatus.ACCEPTED and store.due(now=1e12) == []
+
+
+def test_a_version_3_store_sends_its_sent_rows_once_more(tmp_path):
+    """Up to version 3 SENT meant done, even when only the broker had the row: such rows are sent again."""
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(
+        """
+        CREATE TABLE traces (trace_id TEXT PRIMARY KEY, state TEXT NOT NULL, source_id TEXT, frame_index INTEGER,
+          truth TEXT, local_label TEXT, local_confidence FLOAT, local_prediction TEXT, cloud_label TEXT,
+          cloud_confidence FLOAT, cloud_result TEXT, final_label TEXT, reasons TEXT, created_at FLOAT NOT NULL,
+          escalated_at FLOAT, deadline_at FLOAT, verdict_at FLOAT, history TEXT NOT NULL);
+        CREATE TABLE outbox (trace_id TEXT PRIMARY KEY, payload BLOB NOT NULL, status TEXT NOT NULL,
+          attempts INTEGER NOT NULL DEFAULT 0, next_attempt_at FLOAT NOT NULL, enqueued_at FLOAT NOT NULL,
+          last_error TEXT, priority INTEGER NOT NULL DEFAULT 0, deadline_at FLOAT);
+        INSERT INTO outbox VALUES ('a', x'01', 'SENT', 1, 10.0, 5.0, NULL, 0, NULL);
+        INSERT INTO outbox VALUES ('b', x'02', 'QUEUED', 0, 20.0, 6.0, NULL, 0, NULL);
+        PRAGMA user_version = 3;
+        """
+    )
+    conn.close()
+    store = EdgeStore(path)
+    store.open()
+    try:
+        assert [(r.trace_id, r.status, r.relays) for r in store.due(now=30.0)] == [
+            ("a", OutboxStatus.SENT, 0),
+            ("b", OutboxStatus.QUEUED, 0),
+        ]
+    finally:
+        store.close()
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone() == (4,)

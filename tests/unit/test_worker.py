@@ -13,7 +13,7 @@ from protocol import AckStatus, EscalationAck, Prediction, new_trace_id
 
 
 class ScriptedTransport(Transport):
-    """Answers each send with the next scripted outcome: an exception or an ack."""
+    """Answers each send with the next scripted outcome: an exception, an ack status, or None (a relay took it)."""
 
     def __init__(self, outcomes):
         self.outcomes = list(outcomes)
@@ -27,7 +27,7 @@ class ScriptedTransport(Transport):
         outcome = self.outcomes.pop(0)
         if isinstance(outcome, Exception):
             raise outcome
-        return EscalationAck(payload.decode(), outcome)
+        return None if outcome is None else EscalationAck(payload.decode(), outcome)
 
     def close(self):
         pass
@@ -78,8 +78,34 @@ def test_hub_down_then_back(store):
     assert worker.send_due() == 0  # not due yet: nothing is sent
     clock.now = row.next_attempt_at
     assert worker.send_due() == 1
-    assert store.outbox()[0].status is OutboxStatus.SENT
+    assert store.outbox()[0].status is OutboxStatus.ACCEPTED
     assert transport.sent == [trace_id.encode()] * 2
+
+
+def test_a_relayed_escalation_is_sent_again_until_the_hub_confirms_it(store):
+    """MQTT: the broker's PUBACK is not the hub's. Unconfirmed, the row goes again after confirm_timeout_ms,
+    doubling with each relay; the hub's acknowledgement (mark_accepted) ends the resends."""
+    clock = Clock()
+    trace_id = enqueue(store, clock.now)
+    transport = ScriptedTransport([None, None, None])
+    config = OutboxConfig(confirm_timeout_ms=1000, confirm_timeout_max_ms=3000)
+    worker = EscalationWorker(store, transport, config, EdgeMetrics(), clock)
+    waits = []
+    for _ in range(3):
+        assert worker.send_due() == 1
+        (row,) = store.outbox()
+        assert row.status is OutboxStatus.SENT
+        waits.append(row.next_attempt_at - clock.now)
+        assert worker.send_due() == 0  # not before its time
+        clock.now = row.next_attempt_at
+    # Equal jitter: between half and all of 1 s, 2 s, then the 3 s cap.
+    for wait, cap in zip(waits, (1.0, 2.0, 3.0), strict=True):
+        assert cap / 2 <= wait <= cap
+    assert store.outbox()[0].relays == 3
+    assert store.mark_accepted(trace_id)
+    clock.now += 3600
+    assert worker.send_due() == 0 and store.outbox()[0].status is OutboxStatus.ACCEPTED
+    assert len(transport.sent) == 3
 
 
 def test_permanent_rejection_is_kept_for_an_operator(store):
@@ -113,7 +139,6 @@ def test_overdue_traces_fall_back(store):
 
 @pytest.mark.parametrize("attempt", range(1, 12))
 def test_backoff_doubles_is_capped_and_jittered(attempt):
-    config = OutboxConfig(retry_initial_ms=100, retry_max_ms=2000)
     cap = min(2.0, 0.1 * 2 ** (attempt - 1))
-    low, high = backoff_s(attempt, config, rand=lambda: 0.0), backoff_s(attempt, config, rand=lambda: 1.0)
+    low, high = backoff_s(attempt, 100, 2000, rand=lambda: 0.0), backoff_s(attempt, 100, 2000, rand=lambda: 1.0)
     assert low == pytest.approx(cap / 2) and high == pytest.approx(cap)
