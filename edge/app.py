@@ -31,7 +31,7 @@ from edge.comms.transport import Transport
 from edge.config import EdgeConfig, MqttTransportConfig
 from edge.detectors import create_detector
 from edge.detectors.base import Detector
-from edge.errors import DetectorError, StoreError
+from edge.errors import DetectorError, StoreError, StoreFull
 from edge.health import HealthServer
 from edge.judge import Judge, JudgeDecision, JudgeInput, TraceMachine, TraceState, Verdict
 from edge.metrics import EdgeMetrics, RuntimeState
@@ -114,6 +114,7 @@ class EdgeRuntime:
         self._source: Optional[FrameSource] = None
         self._source_state = "connecting"
         self._recent: collections.deque[float] = collections.deque(maxlen=1000)  # monotonic times of frames
+        self._store_full = False  # the last write found the store's filesystem full
         self._last_turn = time.monotonic()
 
     def _transport(self, config: EdgeConfig) -> Transport:
@@ -227,10 +228,20 @@ class EdgeRuntime:
                 deadline_at=deadline_at,
                 priority=escalation.priority if escalation else 0,
             )
+        except StoreFull as exc:
+            self.metrics.store_errors.labels(operation="record_trace_full").inc()
+            if not self._store_full:  # said once, not at every frame; /healthz and a gauge say it meanwhile
+                logger.error("device store full: frames are not recorded until space returns: %s", exc)
+                self._store_full = True
+            self._turn()  # a full disk degrades the loop; it does not stall it
+            return None
         except StoreError as exc:
             logger.error("frame %s/%d: could not be recorded: %s", frame.source_id, frame.index, exc)
             self.metrics.store_errors.labels(operation="record_trace").inc()
             return None
+        if self._store_full:
+            logger.warning("device store writable again")
+            self._store_full = False
         self.metrics.count_frame(machine.state.value.lower())
         self._recent.append(time.monotonic())
         self._turn()
@@ -404,6 +415,7 @@ class EdgeRuntime:
             source_dropped=stats.dropped if stats else 0,
             source_reconnects=stats.reconnects if stats else 0,
             source_down_s=stats.down_s if stats else 0.0,
+            store_full=self._store_full,
         )
 
     def health_probe(self) -> tuple[bool, dict[str, object]]:
@@ -417,6 +429,7 @@ class EdgeRuntime:
                 ("source down", state.source_state == "down"),
                 ("broker not connected", not self.subscriber.subscribed),
                 ("failed escalations waiting for replay", state.failed_rows > 0),
+                ("store full: frames are not recorded", state.store_full),
             )
             if bad
         ]

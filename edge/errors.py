@@ -23,6 +23,11 @@ class StoreError(EdgeError):
     """The device's SQLite store cannot be opened or written."""
 
 
+class StoreFull(StoreError):
+    """The device store's filesystem is full (SQLITE_FULL): nothing new is written until space returns.
+    What is on disk stays intact; SQLite rolls the failed transaction back."""
+
+
 class TransportError(EdgeError):
     """An escalation that did not reach the hub.
 

@@ -31,6 +31,7 @@ class RuntimeState:
     source_dropped: int
     source_reconnects: int
     source_down_s: float
+    store_full: bool = False
 
 
 SOURCE_STATES = ("connecting", "up", "down", "closed", "file")
@@ -50,6 +51,11 @@ class _StateCollector(Collector):
         )
         yield GaugeMetricFamily(
             "tandem_edge_failed_rows", "Escalations in the failed table (tandem edge replay)", value=s.failed_rows
+        )
+        yield GaugeMetricFamily(
+            "tandem_edge_store_full",
+            "1 while the device store's filesystem is full and frames are not recorded",
+            value=float(s.store_full),
         )
         state = GaugeMetricFamily(
             "tandem_edge_source_state", "1 for the source's current state", labels=["source", "state"]

@@ -34,7 +34,7 @@ from typing import Any, Optional
 
 import sqlite_utils
 
-from edge.errors import StoreError
+from edge.errors import StoreError, StoreFull
 from edge.judge.states import TERMINAL, TraceMachine, TraceState, Transition
 from edge.outbox.records import (
     OUTBOX_COLUMNS,
@@ -61,6 +61,8 @@ _TRACE_COLUMNS = (
     " reasons, created_at, escalated_at, deadline_at, history"
 )
 _INSERT_TRACE = f"INSERT INTO traces ({_TRACE_COLUMNS}) VALUES ({', '.join('?' * 14)})"
+_SQLITE_FULL = 13  # sqlite3.SQLITE_FULL, which Python only names from 3.11
+MAX_PENDING_LOCAL = 4096  # grouped local traces kept in memory while writes fail (a full disk); older ones go
 # Rows the sender picks up when their next_attempt_at comes: not yet sent, or relayed and not yet confirmed.
 _SENDABLE = f"status IN ('{OutboxStatus.QUEUED.value}', '{OutboxStatus.SENT.value}')"
 
@@ -91,6 +93,7 @@ class EdgeStore:
         self._rows = 0  # the outbox's row count and payload bytes, kept in step by every write
         self._bytes = 0
         self._delta = [0, 0]  # changes to both inside the current transaction
+        self.local_traces_dropped = 0  # grouped local traces dropped while writes failed (MAX_PENDING_LOCAL)
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -138,15 +141,37 @@ class EdgeStore:
             except sqlite3.Error as exc:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
-                self._pending = pending + self._pending
-                raise StoreError(f"device store {self.path}: {exc}") from exc
+                self._requeue(pending)
+                kind = StoreFull if _is_full(exc) else StoreError
+                raise kind(f"device store {self.path}: {exc}") from exc
             except BaseException:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
-                self._pending = pending + self._pending
+                self._requeue(pending)
                 raise
             self._rows += self._delta[0]
             self._bytes += self._delta[1]
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        """A read outside any write transaction, without the grouped local traces: it works on a full disk, so
+        /healthz, the metrics and the sender can still look while nothing can be written."""
+        with self._lock:
+            if self._conn is None:
+                raise StoreError("the device store is not open")
+            try:
+                yield self._conn
+            except sqlite3.Error as exc:
+                raise StoreError(f"device store {self.path}: {exc}") from exc
+
+    def _requeue(self, pending: list[tuple[Any, ...]]) -> None:
+        """Grouped local traces a failed transaction did not write wait for the next one, up to MAX_PENDING_LOCAL
+        (the oldest go first: confident answers, no escalation among them)."""
+        self._pending = pending + self._pending
+        excess = len(self._pending) - MAX_PENDING_LOCAL
+        if excess > 0:
+            del self._pending[:excess]
+            self.local_traces_dropped += excess
 
     def _resize(self, rows: int, size: int) -> None:
         self._delta[0] += rows
@@ -175,7 +200,7 @@ class EdgeStore:
         if limits.on_full == "reject_new":
             return f"outbox full ({self._rows} rows, {self._bytes} bytes; on_full reject_new)"
         if limits.on_full == "drop_lowest_priority":
-            with self._tx() as conn:
+            with self._read() as conn:
                 (lowest,) = conn.execute("SELECT MIN(priority) FROM outbox").fetchone()
             if lowest is not None and lowest > priority:
                 return f"outbox full and every queued escalation outranks this one (priority {priority})"
@@ -285,7 +310,7 @@ class EdgeStore:
     def due(self, now: float, limit: int = 32) -> list[OutboxRow]:
         """Rows to send now (QUEUED, or SENT and unconfirmed) whose time has come: highest priority first,
         then the longest waiting."""
-        with self._tx() as conn:
+        with self._read() as conn:
             rows = conn.execute(
                 f"SELECT {OUTBOX_COLUMNS} FROM outbox WHERE {_SENDABLE} AND next_attempt_at <= ?"
                 " ORDER BY priority DESC, next_attempt_at LIMIT ?",
@@ -361,7 +386,7 @@ class EdgeStore:
         return ids
 
     def failed(self) -> list[FailedRow]:
-        with self._tx() as conn:
+        with self._read() as conn:
             rows = conn.execute(
                 "SELECT trace_id, payload, priority, attempts, enqueued_at, failed_at, reason FROM failed"
                 " ORDER BY failed_at"
@@ -398,7 +423,7 @@ class EdgeStore:
         return requeued
 
     def depth(self) -> OutboxDepth:
-        with self._tx() as conn:
+        with self._read() as conn:
             (oldest,) = conn.execute("SELECT MIN(enqueued_at) FROM outbox").fetchone()
             (failed,) = conn.execute("SELECT COUNT(*) FROM failed").fetchone()
         return OutboxDepth(self._rows, self._bytes, oldest, failed)
@@ -415,7 +440,7 @@ class EdgeStore:
         return traces, failed
 
     def next_due_at(self) -> Optional[float]:
-        with self._tx() as conn:
+        with self._read() as conn:
             (at,) = conn.execute(f"SELECT MIN(next_attempt_at) FROM outbox WHERE {_SENDABLE}").fetchone()
         return at
 
@@ -504,7 +529,7 @@ class EdgeStore:
         return expired
 
     def next_deadline(self) -> Optional[float]:
-        with self._tx() as conn:
+        with self._read() as conn:
             (at,) = conn.execute("SELECT MIN(deadline_at) FROM outbox").fetchone()
         return at
 
@@ -544,7 +569,7 @@ class EdgeStore:
         ]
 
     def outbox(self) -> list[OutboxRow]:
-        with self._tx() as conn:
+        with self._read() as conn:
             rows = conn.execute(f"SELECT {OUTBOX_COLUMNS} FROM outbox ORDER BY enqueued_at").fetchall()
         return [outbox_row(r) for r in rows]
 
@@ -555,3 +580,9 @@ class EdgeStore:
                 "SELECT COUNT(*) FROM traces WHERE state NOT IN (?, ?, ?)", tuple(s.value for s in TERMINAL)
             ).fetchone()
         return int(n)
+
+
+def _is_full(exc: sqlite3.Error) -> bool:
+    """SQLITE_FULL: by its code where Python gives it (3.11+), else by SQLite's fixed message for it."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code == _SQLITE_FULL if code is not None else "database or disk is full" in str(exc)

@@ -17,7 +17,7 @@ from typing import Optional
 
 from edge.comms.transport import Transport
 from edge.config import OutboxConfig
-from edge.errors import StoreError, TransportError
+from edge.errors import StoreError, StoreFull, TransportError
 from edge.metrics import EdgeMetrics
 from edge.outbox.records import OutboxRow
 from edge.outbox.store import EdgeStore
@@ -63,6 +63,7 @@ class EscalationWorker:
         # The pool starts its threads on first use, not here.
         self._pool = ThreadPoolExecutor(config.max_in_flight, thread_name_prefix="tandem-send")
         self._housekeeping_at = 0.0
+        self._store_full = False
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="tandem-escalations", daemon=True)
@@ -90,6 +91,15 @@ class EscalationWorker:
                     self._housekeeping_at = time.monotonic() + HOUSEKEEPING_S
                 self.send_due()
                 wait = self._seconds_to_next_event()
+                if self._store_full:
+                    logger.warning("escalation worker: the device store takes writes again")
+                    self._store_full = False
+            except StoreFull as exc:  # said once; the runtime's /healthz and gauge say it meanwhile
+                if not self._store_full:
+                    logger.error("escalation worker: device store full, waiting for space: %s", exc)
+                    self._store_full = True
+                self._metrics.store_errors.labels(operation="worker_full").inc()
+                wait = IDLE_WAKE_S
             except StoreError as exc:
                 logger.error("escalation worker: store error, retrying in %.1f s: %s", IDLE_WAKE_S, exc)
                 self._metrics.store_errors.labels(operation="worker").inc()
