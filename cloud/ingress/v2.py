@@ -207,34 +207,66 @@ def v2_error_response(exc: HubError) -> JSONResponse:
 def _parse_http_request(
     body: bytes, header_length: Optional[str]
 ) -> tuple[dict[str, Any], dict[str, np.ndarray], set[str]]:
-    """The JSON header, its input tensors (from JSON data or the binary tail), and which outputs go back binary."""
-    split = int(header_length) if header_length else len(body)
+    """The JSON header, its input tensors (from JSON data or the binary tail), and which outputs go back binary.
+    V2Error for anything that is not a well-formed v2 request."""
+    try:
+        split = int(header_length) if header_length else len(body)
+    except ValueError as exc:
+        raise V2Error(f"{HEADER_LENGTH} is not a number: {header_length!r}") from exc
+    if not 0 <= split <= len(body):
+        raise V2Error(f"{HEADER_LENGTH} {split} is outside the body of {len(body)} bytes")
     try:
         header = json.loads(body[:split])
     except ValueError as exc:
         raise V2Error(f"the request's JSON does not parse: {exc}") from exc
+    if not isinstance(header, dict):
+        raise V2Error(f"the request must be a JSON object, not {type(header).__name__}")
+    parameters = _mapping(header.get("parameters"), "parameters")
+    wanted = [_mapping(o, "an output") for o in _list(header.get("outputs"), "outputs")]
+    if any(not isinstance(o.get("name"), str) for o in wanted):
+        raise V2Error("every requested output needs a name")
     tail, offset = body[split:], 0
     inputs: dict[str, np.ndarray] = {}
-    for item in header.get("inputs", []):
+    for item in (_mapping(i, "an input") for i in _list(header.get("inputs"), "inputs")):
         try:
             dtype, shape = DATATYPES[item["datatype"]], [int(d) for d in item["shape"]]
-            size = (item.get("parameters") or {}).get("binary_data_size")
+            size = _mapping(item.get("parameters"), "an input's parameters").get("binary_data_size")
             if size is not None:
+                size = int(size)
+                if size < 0 or offset + size > len(tail):
+                    raise ValueError(f"binary_data_size {size} is beyond the body's binary part")
                 array = np.frombuffer(tail[offset : offset + size], dtype=dtype).reshape(shape)
                 offset += size
             else:
                 array = np.asarray(item["data"], dtype=dtype).reshape(shape)
-        except (KeyError, TypeError, ValueError) as exc:
+            inputs[str(item["name"])] = array
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise V2Error(f"input {item.get('name')!r}: {type(exc).__name__}: {exc}") from exc
-        inputs[item["name"]] = array
+    binary_default = parameters.get("binary_data_output")
     binary = {
         o["name"]
-        for o in header.get("outputs", [])
-        if (o.get("parameters") or {}).get("binary_data", header.get("parameters", {}).get("binary_data_output"))
+        for o in wanted
+        if _mapping(o.get("parameters"), "an output's parameters").get("binary_data", binary_default)
     }
-    if not header.get("outputs") and (header.get("parameters") or {}).get("binary_data_output"):
+    if not wanted and binary_default:
         binary = {"*"}
-    return header, inputs, binary
+    return {**header, "outputs": wanted}, inputs, binary
+
+
+def _list(value: Any, what: str) -> list[Any]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise V2Error(f"{what} must be a list, not {type(value).__name__}")
+    return value
+
+
+def _mapping(value: Any, what: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise V2Error(f"{what} must be a JSON object, not {type(value).__name__}")
+    return value
 
 
 def _http_response(
@@ -301,14 +333,13 @@ class V2Grpc:
             dtype = DATATYPES.get(item.datatype)
             if dtype is None:
                 raise V2Error(f"input {item.name}: datatype {item.datatype} is not supported")
-            shape = list(item.shape)
-            if index < len(request.raw_input_contents):
-                array = np.frombuffer(request.raw_input_contents[index], dtype=dtype)
-            else:
-                array = np.asarray(_typed_contents(item.contents, item.datatype), dtype=dtype)
             try:
-                inputs[item.name] = array.reshape(shape)
-            except ValueError as exc:
+                if index < len(request.raw_input_contents):
+                    array = np.frombuffer(request.raw_input_contents[index], dtype=dtype)
+                else:
+                    array = np.asarray(_typed_contents(item.contents, item.datatype), dtype=dtype)
+                inputs[item.name] = array.reshape(list(item.shape))
+            except (TypeError, ValueError, OverflowError) as exc:
                 raise V2Error(f"input {item.name}: {exc}") from exc
         wanted = [o.name for o in request.outputs] or None
         spec, outputs = await self._service.infer(request.model_name, inputs, wanted)

@@ -264,7 +264,8 @@ def parse_routing(raw: Any, source: str = "routing") -> RoutingConfig:
 def load_routing(path: Path) -> RoutingConfig:
     """A routing YAML file; model paths in it are taken from the file's folder."""
     raw = read_yaml_mapping(path, RoutingError)
-    for entry in (raw.get("models") or {}).values():
+    models = raw.get("models")
+    for entry in models.values() if isinstance(models, dict) else ():  # anything else: refused by the validation
         if isinstance(entry, dict) and isinstance(entry.get("path"), str) and not Path(entry["path"]).is_absolute():
             entry["path"] = str((path.parent / entry["path"]).resolve())
     return parse_routing(raw, str(path))
