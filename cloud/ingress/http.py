@@ -100,6 +100,7 @@ def _trace_json(trace: HubTrace) -> dict[str, Any]:
         "delivered_at": trace.delivered_at,
         "acked_at": trace.acked_at,
         "sends": trace.sends,
+        "runs": trace.runs,
         "next_send_at": trace.next_send_at,
         "error": trace.error,
         "result": _result_json(trace.result),

@@ -57,14 +57,16 @@ class HubTrace:
     acked_at: Optional[float] = None
     sends: int = 0
     next_send_at: Optional[float] = None
+    runs: int = 0
+    """How often the routing started for it: 1, or more only if a hub restart cut a run short."""
 
 
 _COLUMNS = (
     "trace_id, device_id, status, received_at, started_at, finished_at, delivered_at, result, error, route, cost,"
-    " acked_at, COALESCE(sends, 0), next_send_at"
+    " acked_at, COALESCE(sends, 0), next_send_at, COALESCE(runs, 0)"
 )
 # Columns added after the first release, with their types: a store written before them gains them at open.
-_ADDED = (("route", str), ("cost", float), ("acked_at", float), ("sends", int), ("next_send_at", float))
+_ADDED = (("route", str), ("cost", float), ("acked_at", float), ("sends", int), ("next_send_at", float), ("runs", int))
 
 
 class TraceStore:
@@ -96,6 +98,7 @@ class TraceStore:
                 "acked_at": float,
                 "sends": int,
                 "next_send_at": float,
+                "runs": int,
             },
             pk="trace_id",
             not_null={"device_id", "status", "received_at"},
@@ -137,7 +140,7 @@ class TraceStore:
 
     def set_running(self, trace_id: str, now: float) -> None:
         self._execute(
-            "UPDATE traces SET status = ?, started_at = ? WHERE trace_id = ?",
+            "UPDATE traces SET status = ?, started_at = ?, runs = COALESCE(runs, 0) + 1 WHERE trace_id = ?",
             (TraceStatus.RUNNING.value, now, trace_id),
         )
 
