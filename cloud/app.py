@@ -62,6 +62,7 @@ logger = logging.getLogger(__name__)
 GRPC_PROXY_LIMIT_ENV = "RAY_SERVE_GRPC_MAX_MESSAGE_SIZE"
 REGISTRY_REPORT_S = 10.0  # how often the Ingress writes serving versions' health and replicas to the registry
 PRUNE_S = 3600.0  # how often the trace store drops traces past trace_retention_s
+ORPHAN_CHECK_S = 30.0  # how often the Ingress looks for accepted traces whose run died
 
 GRPC_SERVICERS = [
     # tandem.v1.Escalation with raw-bytes requests, so the hub's own parser maps a bad one to INVALID_ARGUMENT.
@@ -247,6 +248,7 @@ class Ingress:
         self._resender = loop.create_task(self._delivery.run())
         self._reporter = loop.create_task(self._report_to_registry())
         self._pruner = loop.create_task(self._prune_traces(hub.trace_retention_s))
+        self._orphans = loop.create_task(self._rerun_orphans())
 
     def _router(self, routing: RoutingConfig) -> Router:
         """Rules -> a router whose Serve replicas are the pool, by each model file's sha256. Registry versions
@@ -286,6 +288,16 @@ class Ingress:
             except Exception:  # a bug here must not end the reports for good
                 logger.exception("registry: report failed; trying again in %.0f s", REGISTRY_REPORT_S)
             await asyncio.sleep(REGISTRY_REPORT_S)
+
+    async def _rerun_orphans(self) -> None:
+        """Every ORPHAN_CHECK_S: an accepted trace with no result and no run in progress (its run died) runs again.
+        One more line of defence: nothing the hub accepted may stay unanswered."""
+        while True:
+            await asyncio.sleep(ORPHAN_CHECK_S)
+            try:
+                self._service.recover(received_before=time.time() - ORPHAN_CHECK_S)
+            except Exception:  # a store error: logged, tried again next round
+                logger.exception("trace store: looking for unfinished traces failed")
 
     async def _prune_traces(self, retention_s: float) -> None:
         """Every PRUNE_S: delete finished traces past the retention (never one whose result is still being sent)."""

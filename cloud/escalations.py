@@ -11,9 +11,10 @@ models arrive as ``ModelBackend``s inside the ``Router``).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from typing import Optional
 
 from cloud.dispatch.delivery import Delivery
@@ -55,7 +56,7 @@ class EscalationService:
         self.metrics = metrics
         self.limits = limits or InputLimits()
         self._clock = clock
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._running: dict[str, asyncio.Task[None]] = {}  # trace_id -> its routing, while it runs
 
     async def escalate(self, request: EscalationRequest) -> EscalationAck:
         """Record the request (idempotent on trace_id) and start it; the result is delivered when ready.
@@ -78,7 +79,7 @@ class EscalationService:
             self.delivery.resend_now(request.trace_id)
             return EscalationAck(request.trace_id, AckStatus.DUPLICATE)
         self.metrics.escalations.labels(ack="accepted").inc()
-        self._spawn(self.process(request, received))
+        self._start(request, received)
         return EscalationAck(request.trace_id, AckStatus.ACCEPTED)
 
     async def escalate_and_wait(self, request: EscalationRequest) -> EscalationResult:
@@ -149,26 +150,30 @@ class EscalationService:
         """Answer a request that was not accepted with a FAILED result (for transports with no reply)."""
         self.delivery.send_untracked(EscalationResult(trace_id, device_id, ResultStatus.FAILED, error=error))
 
-    def recover(self) -> int:
-        """After a restart: rerun accepted-but-unfinished traces. (Finished results that are still
-        unacknowledged are due in the trace store; the delivery loop sends them.)"""
+    def recover(self, received_before: Optional[float] = None) -> int:
+        """Rerun accepted traces that have no result and no routing running: after a restart, all of them; later
+        (``received_before``), any whose run died without finishing. Finished results that are still
+        unacknowledged are due in the trace store; the delivery loop sends them."""
         rerun = 0
-        for trace_id, request_bytes in self.store.unfinished():
+        for trace_id, request_bytes in self.store.unfinished(received_before):
+            if trace_id in self._running:
+                continue
             try:
                 request = decode_request(request_bytes)
             except ProtocolError as exc:
                 logger.error("trace %s: stored request no longer decodes: %s", trace_id, exc)
                 continue
-            self._spawn(self.process(request, self._clock()))
+            self._start(request, self._clock())
             rerun += 1
         if rerun:
-            logger.info("recovered %d unfinished traces", rerun)
+            logger.warning("reran %d accepted traces that had no result and no run in progress", rerun)
+            self.metrics.reruns.inc(rerun)
         return rerun
 
     async def drain(self) -> None:
         """Wait for every background trace to finish (tests, shutdown)."""
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        while self._running:
+            await asyncio.gather(*list(self._running.values()), return_exceptions=True)
 
     def _answered(
         self, request: EscalationRequest, plan: Plan, answer: CachedAnswer, timings: list[HopTiming], cost: float
@@ -204,10 +209,17 @@ class EscalationService:
             route=plan.route.name if plan is not None else "",
         )
 
-    def _spawn(self, coro: Coroutine[object, object, None]) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def _start(self, request: EscalationRequest, received: float) -> None:
+        """Run the trace in the background, in a context of its own.
+
+        Not the caller's: under Ray Serve that holds the gRPC request's context, and Serve cancels every
+        model call made in a request's context when its client goes away, which would end this run
+        half-way and leave the trace RUNNING for good (a device that timed out or was killed mid-call).
+        The work belongs to the trace, which outlives the call that brought it."""
+        loop = asyncio.get_running_loop()
+        task = contextvars.Context().run(loop.create_task, self.process(request, received))
+        self._running[request.trace_id] = task
+        task.add_done_callback(lambda _task: self._running.pop(request.trace_id, None))
 
 
 def _hops(outcome: Outcome) -> list[HopTiming]:

@@ -61,6 +61,11 @@ class HubMetrics:
             ["reason"],
             registry=self.registry,
         )
+        self.reruns = Counter(
+            "tandem_hub_trace_reruns",
+            "accepted traces run again because they had no result and no run in progress (a restart, a run that died)",
+            registry=self.registry,
+        )
         self.given_up = Counter(
             "tandem_hub_results_out_of_sends",
             "results sent max_sends times without an acknowledgement; they stay in the trace store",

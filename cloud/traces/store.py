@@ -255,13 +255,13 @@ class TraceStore:
         )
         return [_trace(r) for r in rows]
 
-    def unfinished(self) -> list[tuple[str, bytes]]:
-        """(trace_id, request bytes) of every accepted trace that has no result yet."""
+    def unfinished(self, received_before: Optional[float] = None) -> list[tuple[str, bytes]]:
+        """(trace_id, request bytes) of every accepted trace that has no result yet (received before a time)."""
         return [
             (r[0], r[1])
             for r in self._execute(
-                "SELECT trace_id, request FROM traces WHERE status IN (?, ?) ORDER BY received_at",
-                (TraceStatus.PENDING.value, TraceStatus.RUNNING.value),
+                "SELECT trace_id, request FROM traces WHERE status IN (?, ?) AND received_at < ? ORDER BY received_at",
+                (TraceStatus.PENDING.value, TraceStatus.RUNNING.value, received_before or float("inf")),
             )
         ]
 

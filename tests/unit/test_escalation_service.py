@@ -1,6 +1,7 @@
 """The hub's core without Ray: a real SQLite trace store, a fake model and a fake publisher."""
 
 import asyncio
+import contextvars
 from pathlib import Path
 
 import httpx
@@ -10,13 +11,24 @@ from cloud.config import CallbackRule, DeliveryConfig
 from cloud.dispatch.callbacks import HttpCallbacks
 from cloud.dispatch.delivery import Delivery
 from cloud.dispatch.mqtt import Publisher
+from cloud.errors import InvalidInput, RequestTooLarge
 from cloud.escalations import EscalationService
+from cloud.inputs import InputLimits
 from cloud.metrics import HubMetrics
 from cloud.routing import ModelAnswer, ModelBackend, Router, single_model_routing
 from cloud.traces import TraceStatus, TraceStore
-from protocol import AckStatus, EncodedImage, EscalationRequest, Prediction, ResultStatus, new_trace_id
+from protocol import (
+    AckStatus,
+    EncodedImage,
+    EscalationRequest,
+    EscalationResult,
+    Prediction,
+    ResultStatus,
+    Tensor,
+    new_trace_id,
+)
 from protocol.codec import decode_result
-from tests.support.images import png
+from tests.support.images import png, png_bomb
 
 LABELS = ("0", "1")
 
@@ -295,3 +307,212 @@ def test_pruning_keeps_what_is_still_being_sent(store):
     assert store.prune(clock.now + 1) == 2
     assert [t.trace_id for t in store.query()] == [resending.trace_id]
     assert store.prune(clock.now - 3600) == 0  # nothing finished that long ago
+
+
+def with_input(data) -> EscalationRequest:
+    local = Prediction("weak", "1", LABELS, (0.6, 0.4))
+    return EscalationRequest(new_trace_id(), "cam-1", local, data, deadline_ms=1000)
+
+
+@pytest.mark.parametrize(
+    ("data", "error"),
+    [
+        (EncodedImage("image/png", b"", 0, 0), "empty image"),
+        (EncodedImage("image/png", b"\x89PNG\r\n\x1a\n\x00garbage", 8, 8), "not a decodable image"),
+        (EncodedImage("image/png", png_bomb(30000, 30000), 30000, 30000), "30000x30000 pixels is larger than"),
+        (Tensor("float32", (1, 1, 8, 8), bytes(10)), "needs 256 bytes, not 10"),
+        (Tensor("object", (2,), bytes(16)), "dtype 'object' is not one of"),
+        (EncodedImage("image/png", png() + bytes(2 << 20), 8, 8), "larger than the hub's limit of 1048576 bytes"),
+    ],
+)
+def test_an_input_the_hub_refuses_is_never_recorded_or_run(store, data, error):
+    """A request's own fault is refused at the door: nothing stored, no model run, so no replica can be blamed."""
+    model = FakeModel()
+    service = make_service(store, model, ListPublisher())
+    service.limits = InputLimits(max_request_bytes=1 << 20)
+    req = with_input(data)
+
+    async def go():
+        await service.escalate(req)
+
+    with pytest.raises(InvalidInput, match=error) as refused:
+        run(go())
+    assert isinstance(refused.value, RequestTooLarge) == ("hub's limit" in error)
+    assert store.get(req.trace_id) is None and model.calls == 0
+    assert service.metrics.escalations.labels(ack="rejected")._value.get() == 1
+
+
+def test_a_device_that_asks_again_for_an_unacknowledged_result_gets_it_now(store):
+    """An escalation repeated after its result went out (lost on the way) is a request for the result."""
+    clock, publisher = Clock(), ListPublisher()
+    service = make_service(store, FakeModel(), publisher, clock=clock)
+    req = request()
+
+    async def go():
+        await service.escalate(req)
+        await service.drain()
+        clock.now += 1  # well before resend_after_s
+        return await service.escalate(req)
+
+    assert run(go()).status is AckStatus.DUPLICATE
+    assert service.delivery.resend_due() == 1 and len(publisher.published) == 2
+    assert service.delivery.acknowledged(req.trace_id, "cam-1", "mqtt")
+    run(service.escalate(req))  # acknowledged now: a repeat sends nothing more
+    assert service.delivery.resend_due() == 0 and len(publisher.published) == 2
+
+
+def test_a_device_back_online_gets_every_result_it_has_not_acknowledged(store):
+    clock, publisher = Clock(), ListPublisher()
+    service = make_service(store, FakeModel(), publisher, DeliveryConfig(resend_after_s=10, max_sends=2), clock)
+    out_of_sends, acked, other_device = request(), request(), request("cam-2")
+
+    async def go():
+        for r in (out_of_sends, acked, other_device):
+            await service.escalate(r)
+        await service.drain()
+
+    run(go())
+    service.delivery.acknowledged(acked.trace_id, "cam-1", "mqtt")
+    for _ in range(3):
+        clock.now += 100
+        service.delivery.resend_due()
+    assert store.get(out_of_sends.trace_id).next_send_at is None  # it had given up
+    publisher.published.clear()
+    assert service.delivery.device_online("cam-1") == 1
+    assert [t for _, t, _ in publisher.published] == [out_of_sends.trace_id]
+    assert store.get(out_of_sends.trace_id).sends == 3  # the send is counted like any other
+
+
+class AckingPublisher(ListPublisher):
+    """A device so quick that its ack arrives before publish() returns."""
+
+    def __init__(self):
+        super().__init__()
+        self.delivery: Delivery | None = None
+
+    def publish(self, device_id, trace_id, payload):
+        super().publish(device_id, trace_id, payload)
+        self.delivery.acknowledged(trace_id, device_id, "mqtt")
+
+
+def test_a_send_is_counted_even_when_the_ack_beats_its_bookkeeping(store):
+    publisher = AckingPublisher()
+    service = make_service(store, FakeModel(), publisher)
+    publisher.delivery = service.delivery
+    req = request()
+
+    async def go():
+        await service.escalate(req)
+        await service.drain()
+
+    run(go())
+    trace = store.get(req.trace_id)
+    assert trace.sends == 1 and trace.acked_at is not None and trace.next_send_at is None
+    assert trace.delivered_at is not None and trace.delivered_at <= trace.acked_at
+
+
+def test_one_result_that_cannot_be_sent_does_not_block_the_others(store):
+    """A row stored before device ids were checked at the door, with an id no topic can carry."""
+    clock, publisher = Clock(), ListPublisher()
+    service = make_service(store, FakeModel(), publisher, clock=clock)
+    good = request()
+    bad_id = "cam/+/#"
+    bad = EscalationResult(new_trace_id(), "cam-1", ResultStatus.FAILED, error="x").to_proto()
+    bad.device_id = bad_id
+    store.insert_if_absent(bad.trace_id, bad_id, b"", clock.now - 5)
+    store.set_finished(bad.trace_id, TraceStatus.FAILED, bad.SerializeToString(), "x", clock.now - 5)
+
+    async def go():
+        await service.escalate(good)
+        await service.drain()
+
+    run(go())
+    clock.now += 100
+    for _ in range(3):
+        service.delivery.resend_due()
+    assert {t for _, t, _ in publisher.published} == {good.trace_id}
+    assert store.get(bad.trace_id).next_send_at is None  # set aside, for operators (GET /v1/traces?acked=false)
+    errors = service.metrics.delivery_errors.labels(channel="store", reason="undecodable")._value.get()
+    assert errors == 1
+
+
+class BrokenChannelPublisher(ListPublisher):
+    """A channel that raises for one device (say, a callback rule whose URL no longer parses)."""
+
+    def publish(self, device_id, trace_id, payload):
+        if device_id == "cam-broken":
+            raise RuntimeError("this channel cannot carry it")
+        super().publish(device_id, trace_id, payload)
+
+
+def test_a_send_that_raises_is_set_aside_and_the_round_goes_on(store):
+    clock, publisher = Clock(), BrokenChannelPublisher()
+    service = make_service(store, FakeModel(), publisher, clock=clock)
+    broken, fine = request("cam-broken"), request()
+
+    async def go():
+        for r in (broken, fine):
+            await service.escalate(r)
+        await service.drain()
+
+    run(go())  # the first sends: the broken one raised inside the service, which went on
+    clock.now += 100
+    service.delivery.resend_due()
+    assert [t for _, t, _ in publisher.published] == [fine.trace_id, fine.trace_id]
+    assert store.get(broken.trace_id).next_send_at is None
+    assert service.metrics.delivery_errors.labels(channel="any", reason="RuntimeError")._value.get() == 1
+
+
+class DyingModel(FakeModel):
+    """The first call is cancelled under the run (as Ray Serve cancels a gRPC request's model calls when its client
+    goes away); later calls answer."""
+
+    async def predict(self, request, previous):
+        self.calls += 1
+        if self.calls == 1:
+            raise asyncio.CancelledError
+        return ModelAnswer(Prediction("strong", "1", LABELS, (0.1, 0.9)))
+
+
+def test_an_accepted_trace_whose_run_died_is_run_again(store):
+    clock, publisher = Clock(), ListPublisher()
+    model = DyingModel()
+    service = make_service(store, model, publisher, clock=clock)
+    req = request()
+
+    async def go():
+        await service.escalate(req)
+        await service.drain()
+        assert store.get(req.trace_id).status is TraceStatus.RUNNING  # the run died half-way
+        assert service.recover(received_before=clock.now - 30) == 0  # too recent to call it orphaned yet
+        clock.now += 60
+        rerun = service.recover(received_before=clock.now - 30)
+        await service.drain()
+        return rerun
+
+    assert run(go()) == 1
+    trace = store.get(req.trace_id)
+    assert trace.status is TraceStatus.SUCCESS and trace.runs == 2 and len(publisher.published) == 1
+    assert service.metrics.reruns._value.get() == 1
+
+
+def test_a_run_does_not_see_the_context_of_the_call_that_brought_it(store):
+    """Ray Serve ties model calls made in a request's context to that request, and cancels them when its client
+    goes away; a trace's run must not be tied to the call that delivered it."""
+    request_context: contextvars.ContextVar[str] = contextvars.ContextVar("request_context", default="none")
+    seen = []
+
+    class Looking(FakeModel):
+        async def predict(self, request, previous):
+            seen.append(request_context.get())
+            return await super().predict(request, previous)
+
+    service = make_service(store, Looking(), ListPublisher())
+
+    async def go():
+        request_context.set("the gRPC call")
+        await service.escalate(request())
+        await service.drain()
+
+    run(go())
+    assert seen == ["none"]
