@@ -248,14 +248,15 @@ class EdgeRuntime:
         if prediction is not None:
             self.metrics.inference_ms.observe(prediction.inference_ms)
         self.settle.new_trace(trace_id, frame, prediction, machine.state, now)
-        if dropped:
+        if dropped.rows:
             logger.warning(
-                "outbox full: dropped %d waiting escalations (%s); their local answers stand",
-                len(dropped),
+                "outbox full: dropped %d escalations (%s), %d of them still waiting; their local answers stand",
+                len(dropped.rows),
                 self.config.outbox.on_full,
+                len(dropped.fell_back),
             )
-            self.metrics.outbox_dropped.labels(reason="full").inc(len(dropped))
-            self.settle.fallback(dropped)
+            self.metrics.outbox_dropped.labels(reason="full").inc(len(dropped.rows))
+            self.settle.fallback(list(dropped.fell_back))
         if escalation is not None:
             self.worker.wake()
         return machine.state

@@ -27,6 +27,15 @@ class OutboxLimits:
 
 
 @dataclass(frozen=True)
+class Dropped:
+    """Outbox rows an enqueue dropped to make room (on_full), and which of their traces fell back because of it
+    (the others had fallen back already, at their deadline)."""
+
+    rows: tuple[str, ...] = ()
+    fell_back: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class OutboxDepth:
     rows: int
     bytes: int

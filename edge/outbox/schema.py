@@ -29,11 +29,14 @@ def create_schema(db: sqlite_utils.Database) -> None:
             "deadline_at": float,
             "verdict_at": float,
             "history": str,
+            "dropped": str,
         },
         pk="trace_id",
         not_null={"state", "history", "created_at"},
         if_not_exists=True,
     )
+    if "dropped" not in db["traces"].columns_dict:  # why its escalation left the outbox unanswered (version 4)
+        db.execute("ALTER TABLE traces ADD COLUMN dropped TEXT")
     # No index on traces but its key: the deadline pass reads deadlines from the (bounded) outbox,
     # so writing a trace, the frame loop's one write, maintains nothing else.
     db.execute("DROP INDEX IF EXISTS idx_traces_state_deadline_at")

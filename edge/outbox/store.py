@@ -38,6 +38,7 @@ from edge.errors import StoreError, StoreFull
 from edge.judge.states import TERMINAL, TraceMachine, TraceState, Transition
 from edge.outbox.records import (
     OUTBOX_COLUMNS,
+    Dropped,
     FailedRow,
     OutboxDepth,
     OutboxLimits,
@@ -220,13 +221,12 @@ class EdgeStore:
         escalation: Optional[bytes] = None,
         deadline_at: Optional[float] = None,
         priority: int = 0,
-    ) -> list[str]:
+    ) -> Dropped:
         """Write a new trace; with ``escalation``, its outbox row too, in the same transaction.
 
         When the outbox is full, rows are dropped by the on-full strategy to
-        make room (call ``admission`` first); their traces fall back to the
-        local answer. Returns the ids of the traces that fell back because of it (a dropped row whose
-        trace had already fallen back at its deadline changes no answer).
+        make room (call ``admission`` first). Every dropped row's trace says so (its ``dropped`` column),
+        and those still waiting fall back to the local answer now. Returns what was dropped.
         """
         final = prediction.label if prediction and machine.state is TraceState.COMPLETE else None
         row = (
@@ -256,8 +256,8 @@ class EdgeStore:
                 )
             if due:
                 self.flush()
-            return []
-        dropped: list[str] = []
+            return Dropped()
+        dropped = Dropped()
         with self._tx() as conn:
             conn.execute(_INSERT_TRACE, row)
             if escalation is not None:
@@ -270,10 +270,12 @@ class EdgeStore:
                 self._resize(1, len(escalation))
         return dropped
 
-    def _make_room(self, conn: sqlite3.Connection, size: int, now: float) -> list[str]:
+    def _make_room(self, conn: sqlite3.Connection, size: int, now: float) -> Dropped:
         limits = self.limits
         order = "priority, enqueued_at" if limits.on_full == "drop_lowest_priority" else "enqueued_at"
-        dropped: list[str] = []
+        rows: list[str] = []
+        fell_back: list[str] = []
+        reason = f"escalation dropped: outbox full (on_full {limits.on_full})"
         while (
             self._rows + self._delta[0] + 1 > limits.max_rows or self._bytes + self._delta[1] + size > limits.max_bytes
         ):
@@ -281,10 +283,13 @@ class EdgeStore:
             if victim is None:
                 break
             self._remove_outbox(conn, victim[0])
-            reason = f"escalation dropped: outbox full (on_full {limits.on_full})"
+            # Said on the trace whatever its state: one that fell back at its deadline would otherwise just
+            # never get its late verdict, with nothing to tell why.
+            conn.execute("UPDATE traces SET dropped = ? WHERE trace_id = ?", (reason, victim[0]))
+            rows.append(victim[0])
             if self._fall_back(conn, victim[0], reason, now):
-                dropped.append(victim[0])
-        return dropped
+                fell_back.append(victim[0])
+        return Dropped(tuple(rows), tuple(fell_back))
 
     def _fall_back(self, conn: sqlite3.Connection, trace_id: str, reason: str, now: float) -> bool:
         """A PENDING_CLOUD trace whose escalation is gone: the local answer stands now. True if it changed."""

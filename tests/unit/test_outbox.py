@@ -148,6 +148,32 @@ def bounded(tmp_path, **limits) -> EdgeStore:
     return s
 
 
+def test_a_dropped_row_is_reported_and_marked_even_when_its_trace_had_fallen_back(tmp_path):
+    """Found by the kill -9 soak: rows whose traces had fallen back at their deadline were dropped with no log,
+    no metric and no mark, so their late verdicts never came and nothing said why."""
+    store = bounded(tmp_path, max_rows=2, on_full="drop_oldest")
+    a, b = escalate(store, now=100.0, deadline_s=1.0), escalate(store, now=101.0)
+    assert store.expire(now=101.5) == [a]  # a's deadline passed: it stands on the local answer, row kept
+    trace_id = new_trace_id()
+    dropped = store.record_trace(
+        trace_id,
+        pending_machine(),
+        source_id="cam0",
+        frame_index=1,
+        truth="1",
+        prediction=pred(0),
+        reasons=(),
+        created_at=102.0,
+        escalation=b"request-bytes",
+        deadline_at=107.0,
+    )
+    assert dropped.rows == (a,) and dropped.fell_back == ()  # dropped, and said so, though no answer changed
+    with sqlite3.connect(tmp_path / "bounded.db") as conn:
+        (why,) = conn.execute("SELECT dropped FROM traces WHERE trace_id = ?", (a,)).fetchone()
+    assert why == "escalation dropped: outbox full (on_full drop_oldest)"
+    assert [r.trace_id for r in store.outbox()] == [b, trace_id]
+
+
 def test_drop_oldest_makes_room_and_the_dropped_trace_falls_back(tmp_path):
     store = bounded(tmp_path, max_rows=2, on_full="drop_oldest")
     a, b = escalate(store, now=100.0), escalate(store, now=101.0)
