@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from typing import Optional
 
-from cloud.config import DeliveryConfig
+from cloud.config import CallbackRule, DeliveryConfig
 from cloud.dispatch.callbacks import HttpCallbacks
 from cloud.dispatch.mqtt import Publisher
 from cloud.metrics import HubMetrics
@@ -71,7 +71,7 @@ class Delivery:
 
     def send_untracked(self, result: EscalationResult) -> None:
         """A result with no trace behind it (a request refused before it was recorded): one send, no resends."""
-        self._publish(result)
+        self._publish(result, self._callbacks.rule_for(result.device_id) if self._callbacks is not None else None)
 
     def delivered(self, trace_id: str) -> None:
         """The broker has the result (its PUBACK): recorded; resends wait for the device's own ack."""
@@ -149,10 +149,13 @@ class Delivery:
             return None
 
     def _try_dispatch(self, result: EscalationResult, sends: int) -> bool:
-        """One send; a failure is logged and counted, and the result set aside so it cannot block the rest."""
+        """One send. A result no channel can take (a device id no topic can hold) is logged, counted and set aside,
+        so it cannot block the rest; a store error goes up to the caller, whose next round tries again."""
+        rule = self._callbacks.rule_for(result.device_id) if self._callbacks is not None else None
+        self._sent(result.trace_id, sends, "callback" if rule is not None else "mqtt")
         try:
-            self._dispatch(result, sends)
-        except Exception as exc:  # a result no channel can carry (e.g. a device id no topic can hold)
+            self._publish(result, rule)
+        except Exception as exc:
             logger.error("result %s: cannot be sent, set aside: %s", result.trace_id, exc)
             self._metrics.delivery_errors.labels(channel="any", reason=type(exc).__name__).inc()
             self._store.stop_sending(result.trace_id)
@@ -171,15 +174,8 @@ class Delivery:
             wait = POLL_S if upcoming is None else min(POLL_S, max(0.0, upcoming - self._clock()))
             await asyncio.sleep(wait)
 
-    def _dispatch(self, result: EscalationResult, sends: int) -> None:
-        self._sent(result.trace_id, sends, self._channel(result.device_id))
-        self._publish(result)
-
-    def _channel(self, device_id: str) -> str:
-        return "callback" if self._callbacks is not None and self._callbacks.rule_for(device_id) else "mqtt"
-
-    def _publish(self, result: EscalationResult) -> None:
-        if self._callbacks is not None and (rule := self._callbacks.rule_for(result.device_id)) is not None:
+    def _publish(self, result: EscalationResult, rule: Optional[CallbackRule]) -> None:
+        if rule is not None and self._callbacks is not None:
             self._callbacks.post(rule, result)
             return
         self._mqtt.publish(result.device_id, result.trace_id, encode_result(result, self._encoding))
