@@ -21,3 +21,13 @@ def ocr_models() -> Path:
     from tools.ocr_models import fetch
 
     return fetch(Path(__file__).resolve().parents[1] / ".tandem" / "ocr")
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """The fault tests' own account: what each injected and what it counted (tests/support/report.py)."""
+    from tests.support.report import LINES
+
+    if LINES:
+        terminalreporter.section("faults injected, and what was counted")
+        for line in LINES:
+            terminalreporter.write_line(line)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -12,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Optional
 
+import psutil
 import pytest
 
 from cloud.broker import MosquittoBroker, find_mosquitto, free_port, wait_for_port
@@ -103,6 +105,7 @@ class HubProcess:
         """SIGTERM, as systemd or Kubernetes would; returns once nothing listens on its ports."""
         if self._process is None:
             return
+        family = self._family()
         self._process.send_signal(signal.SIGTERM)
         try:
             self._process.wait(60)
@@ -110,13 +113,28 @@ class HubProcess:
             os.killpg(self._process.pid, signal.SIGKILL)
             self._process.wait()
         self._process = None
+        self._end(family)  # Ray's shutdown leaves its dashboard and runtime-env agents behind
         self._wait_closed()
 
+    def _family(self) -> list[psutil.Process]:
+        if self._process is None:
+            return []
+        hub = psutil.Process(self._process.pid)
+        return [hub, *hub.children(recursive=True)]
+
+    @staticmethod
+    def _end(family: list[psutil.Process]) -> None:
+        for process in family:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.send_signal(signal.SIGKILL)
+        psutil.wait_procs(family, timeout=30)
+
     def kill(self) -> None:
-        """SIGKILL to the hub and every Ray process it started (one process group), as a crash of its machine."""
+        """SIGKILL to the hub and every process it started, all at once, as a crash of its machine. (Ray's own
+        processes leave the hub's process group; killed through it alone they die one by one, seconds later.)"""
         if self._process is None:
             return
-        os.killpg(self._process.pid, signal.SIGKILL)
+        self._end(self._family())
         self._process.wait()
         self._process = None
         self._wait_closed()

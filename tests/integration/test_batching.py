@@ -8,13 +8,9 @@ import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
-import pytest
-
 from edge.comms.grpc_client import GrpcTransport
 from edge.config import GrpcConfig
 from protocol import EncodedImage, EscalationRequest, Prediction, new_trace_id
-
-pytestmark = pytest.mark.slow
 
 
 def test_concurrent_escalations_are_batched(hub, demo_assets):

@@ -24,8 +24,6 @@ from protocol.codec import decode_result, encode_result_ack
 from tests.integration.conftest import HubProcess, edge_config
 from tests.support.waiting import wait_for
 
-pytestmark = pytest.mark.slow
-
 
 class Endpoint:
     """An HTTP server that records each POST and answers with the next status in ``statuses`` (then 200)."""

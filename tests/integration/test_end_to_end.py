@@ -21,8 +21,6 @@ from protocol._generated.tandem.v1 import tandem_pb2_grpc as pb_grpc
 from tests.integration.conftest import edge_config
 from tests.support.waiting import wait_for
 
-pytestmark = pytest.mark.slow
-
 
 def escalated(runtime: EdgeRuntime):
     return [t for t in runtime.store.traces() if t.escalated_at is not None]

@@ -13,8 +13,6 @@ import time
 import urllib.error
 import urllib.request
 
-import pytest
-
 from cloud.broker import free_port
 from edge.app import EdgeRuntime
 from edge.config import (
@@ -28,8 +26,6 @@ from edge.config import (
 from edge.sources import LiveSource, SourceState
 from tests.support.mjpeg import MjpegCamera
 from tests.support.waiting import wait_for
-
-pytestmark = pytest.mark.slow
 
 
 def get(url: str) -> tuple[int, bytes]:

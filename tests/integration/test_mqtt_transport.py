@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 
 import paho.mqtt.client as mqtt
-import pytest
 
 from edge.app import EdgeRuntime
 from edge.config import MqttTransportConfig
@@ -16,8 +15,6 @@ from protocol.topics import Channel
 from tests.integration.conftest import edge_config
 from tests.integration.test_end_to_end import escalated
 from tests.support.waiting import wait_for
-
-pytestmark = pytest.mark.slow
 
 
 def test_escalations_over_mqtt_get_their_verdicts(tmp_path, demo_assets, hub, mosquitto):

@@ -9,10 +9,6 @@ import sys
 import urllib.error
 import urllib.request
 
-import pytest
-
-pytestmark = pytest.mark.slow
-
 
 def call(url: str, method: str = "GET", body: bytes | None = None, content_type: str = "application/json"):
     request = urllib.request.Request(url, data=body, method=method, headers={"Content-Type": content_type})

@@ -24,8 +24,6 @@ from tests.integration.conftest import HubProcess
 from tests.support.tcp_proxy import TcpForwarder
 from tests.support.waiting import wait_for
 
-pytestmark = pytest.mark.slow
-
 DEAD_PORT = free_port()  # nothing listens here: the "flaky" model's only replica
 
 

@@ -5,15 +5,12 @@ from __future__ import annotations
 import json
 
 import paho.mqtt.client as mqtt
-import pytest
 
 from edge.app import EdgeRuntime
 from edge.config import JudgeConfig, SensorConfig, SensorGateConfig
 from edge.judge import TraceState
 from tests.integration.conftest import edge_config
 from tests.support.waiting import wait_for
-
-pytestmark = pytest.mark.slow
 
 
 def test_mqtt_sensor_gates_escalation(tmp_path, demo_assets, hub, mosquitto):

@@ -21,8 +21,6 @@ from edge.config import GrpcConfig
 from edge.errors import TransportError
 from protocol import EncodedImage, EscalationRequest, Prediction, new_trace_id
 
-pytestmark = pytest.mark.slow
-
 ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -12,7 +12,6 @@ import threading
 import time
 
 import paho.mqtt.client as mqtt
-import pytest
 import yaml
 
 from cloud.broker import free_port
@@ -22,8 +21,6 @@ from edge.outbox import EdgeStore
 from protocol.topics import Channel, DeviceTopic
 from tests.integration.conftest import edge_config
 from tests.support.mjpeg import MjpegCamera
-
-pytestmark = pytest.mark.slow
 
 
 def test_sigterm_drains_and_the_outbox_survives_a_restart(tmp_path, demo_assets, hub, mosquitto):

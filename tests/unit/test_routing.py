@@ -298,6 +298,26 @@ def test_a_failed_probe_opens_the_circuit_again():
         b.choose("m", ["r1"])
 
 
+def test_a_timeout_counts_against_a_replica_only_if_it_answered_nothing_meanwhile():
+    """A slow request on a live replica (it answered other calls during the wait) is the request's fault;
+    timeouts with no sign of life are a hung replica's, and open its circuit."""
+    clock = Clock()
+    b = Balancer(Balancing(), Breaker(failure_threshold=2, open_ms=1000), clock=clock)
+    for _ in range(5):
+        slow = b.choose("m", ["r1"])
+        b.record("m", b.choose("m", ["r1"]), ok=True, latency_ms=5)  # another call answered during the wait
+        clock.now += 2.0
+        b.record_timeout("m", slow, waited_ms=2000)
+    stats = b.stats("m", "r1")
+    assert stats.state is CircuitState.CLOSED and stats.in_flight == 0
+    assert stats.error_rate() > 0  # it still costs the replica some score
+    for _ in range(2):
+        hung = b.choose("m", ["r1"])
+        clock.now += 2.0
+        b.record_timeout("m", hung, waited_ms=2000)
+    assert b.stats("m", "r1").state is CircuitState.OPEN
+
+
 def test_faster_healthier_replica_gets_most_traffic():
     b = Balancer(Balancing(), Breaker(), clock=Clock(), rng=random.Random(3))
     for _ in range(20):

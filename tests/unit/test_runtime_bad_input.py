@@ -1,5 +1,6 @@
 """Bad input never stops the runtime and never loses a trace. No network: nothing is started."""
 
+import resource
 import shutil
 
 import cv2
@@ -12,8 +13,9 @@ from edge.config import DetectorConfig, EdgeConfig, JudgeConfig, SourceConfig
 from edge.detectors import create_detector
 from edge.errors import DetectorError
 from edge.judge import TraceState
-from protocol import EscalationResult, Prediction, ResultStatus
-from protocol.codec import encode_result
+from protocol import AckStatus, EscalationAck, EscalationResult, Prediction, ResultStatus
+from protocol.codec import encode_escalation_ack, encode_result
+from tests.support.images import png_bomb
 
 
 @pytest.fixture
@@ -121,3 +123,47 @@ def test_max_fps_paces_the_source(runtime):
     started = time.monotonic()
     assert paced.run() == 6
     assert time.monotonic() - started >= 5 * 0.05 * 0.9
+
+
+def test_a_decompression_bomb_in_the_folder_is_unjudgeable_and_never_decoded(tmp_path, demo_assets):
+    """A 30000 x 30000 PNG under 1 MB would decode to 900 MB: the header says so, and it is not decoded."""
+    frames = tmp_path / "bombs"
+    frames.mkdir()
+    shutil.copy(sorted((demo_assets / "stream" / "images").iterdir())[0], frames / "000000.png")
+    (frames / "000001.png").write_bytes(png_bomb(30000, 30000))
+    (frames / "000002.png").write_bytes(b"")
+    config = EdgeConfig(
+        device_id="cam-bomb",
+        state_path=tmp_path / "edge.db",
+        source=SourceConfig(kind="images", path=frames),
+        detector=DetectorConfig(model_path=demo_assets / "models" / "digits-weak.onnx"),
+    )
+    rt = EdgeRuntime(config)
+    rt.store.open()
+    rt.detector.start()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    try:
+        assert rt.run() == 3
+        traces = {t.frame_index: t for t in rt.store.traces()}
+    finally:
+        rt.store.close()
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert traces[1].state is TraceState.UNJUDGEABLE
+    assert "30000x30000 pixels is larger than the limit" in traces[1].history[-1].reason
+    assert traces[2].state is TraceState.UNJUDGEABLE and "empty image" in traces[2].history[-1].reason
+    assert traces[0].state is not TraceState.UNJUDGEABLE
+    assert grown_mb < 200  # decoding it would have taken 900 MB at least
+
+
+def test_the_hubs_confirmation_ends_the_resends_of_an_mqtt_escalation(runtime):
+    runtime.run()
+    pending = [t for t in runtime.store.traces() if t.state is TraceState.PENDING_CLOUD]
+    runtime.store.mark_sent(pending[0].trace_id, resend_at=0.0)  # relayed by a broker, not yet confirmed
+    ack = encode_escalation_ack(EscalationAck(pending[0].trace_id, AckStatus.ACCEPTED))
+    assert runtime.on_accepted(ack) is Handled.ACK
+    assert runtime.on_accepted(ack) is Handled.ACK  # a repeat changes nothing
+    assert pending[0].trace_id not in {r.trace_id for r in runtime.store.due(now=1e12)}
+    assert runtime.metrics.value("hub_acks", status="accepted") == 1
+    assert runtime.metrics.value("hub_acks", status="repeat") == 1
+    assert runtime.on_accepted(b"\xffnot an ack") is Handled.ACK
+    assert runtime.metrics.value("bad_results", error="ack:MalformedMessage") == 1

@@ -275,7 +275,7 @@ def run(args: argparse.Namespace) -> int:
             rates = {}
             for name, batch in (("unbatched", 1), ("batched", 16)):
                 pool = ModelPool.options(name=f"Pool-{name}", ray_actor_options={"num_cpus": 0.25}).bind(
-                    str(config.artifacts_dir()), batch, 5.0, 2
+                    str(config.artifacts_dir()), batch, 5.0, 2, config.max_image_pixels
                 )
                 handle = serve.run(pool, name=f"pool-{name}", route_prefix=None).options(multiplexed_model_id=sha)
                 rates[name] = _throughput(handle, frames, 32, args.requests * 2)
