@@ -122,7 +122,10 @@ class EdgeMetrics:
             registry=r,
         )
         self.bad_results = Counter(
-            "tandem_edge_bad_results", "Result messages that could not be decoded", ["error"], registry=r
+            "tandem_edge_bad_results",
+            "Messages from the hub that could not be decoded: results (error: the reason), escalation acks (ack:...)",
+            ["error"],
+            registry=r,
         )
         self.fallbacks = Counter("tandem_edge_fallbacks", "Traces whose deadline passed without a verdict", registry=r)
         self.store_errors = Counter(
