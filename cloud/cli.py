@@ -1,7 +1,12 @@
-"""``tandem hub run``: the hub on one machine, until SIGINT or SIGTERM.
+"""``tandem hub ...``: the hub's commands (the ``tandem`` command itself is ``tandem.cli``).
 
-Settings come from ``--config FILE`` (YAML, the fields of ``HubConfig``), overridden by
-any flag given; by default HTTP on port 8000 and gRPC on 9000.
+    tandem hub run [...]                 run the hub on this machine until SIGINT or SIGTERM
+    tandem hub models ...                the model registry: register, list, show, update, retire
+    tandem hub routing check FILE        validate routing rules before deploying them
+
+``hub run`` takes its settings from ``--config FILE`` (YAML, the fields of ``HubConfig``),
+overridden by any flag given; by default HTTP on port 8000 and gRPC on 9000. Ray is imported
+only when the hub starts (``cloud.app``), so ``tandem --help`` and ``hub models`` stay quick.
 """
 
 from __future__ import annotations
@@ -17,14 +22,14 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from cloud.app import deploy, start_hub, stop_hub
 from cloud.config import HubConfig, load_hub_config
 from cloud.errors import RoutingError
 from cloud.registry import SqliteRegistry
+from cloud.registry.cli import add_parser as add_models_parser
 from cloud.routing import load_routing
 from cloud.routing.config import resolve_registry
-from edge.config import describe_errors
-from edge.errors import ConfigError
+from common.config import describe_errors
+from common.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +61,8 @@ def hub_config(args: argparse.Namespace) -> HubConfig:
 
 
 def hub_run(args: argparse.Namespace) -> int:
+    from cloud.app import start_hub, stop_hub
+
     config = hub_config(args)
     routing = config.routing()  # a bad rules file stops the start here, with every problem named
     stop = threading.Event()
@@ -78,6 +85,8 @@ def watch_routing(config: HubConfig, path: Path, stop: threading.Event, poll_s: 
     """Redeploy the rules whenever the file changes (Serve reconfigures the ingress in place).
 
     A file that does not validate is logged and skipped: the hub keeps the rules it has."""
+    from cloud.app import deploy
+
     seen = _mtime(path)
     while not stop.wait(poll_s):
         now = _mtime(path)
@@ -129,3 +138,28 @@ def routing_check(args: argparse.Namespace) -> int:
         print(f"{route.name}: {route.strategy.value} -> {', '.join(s.model for s in route.steps)}")
     print(f"ok: {len(routing.routes)} routes, {len(routing.models)} models, digest {routing.digest()}")
     return 0
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:
+    """``tandem hub`` and its subcommands, each with its handler."""
+    hub = commands.add_parser("hub", help="the cloud hub").add_subparsers(dest="hub_command", required=True)
+    hub_run = hub.add_parser("run", help="run the hub on this machine until interrupted")
+    hub_run.add_argument("--config", type=Path, help="YAML of the hub's settings (deploy/cloud/hub.example.yaml)")
+    hub_run.add_argument("--model", type=Path, help="one ONNX model for every escalation (without --routing)")
+    hub_run.add_argument("--routing", type=Path, help="routing rules (deploy/cloud/routing.yaml), reloaded on change")
+    hub_run.add_argument("--http-port", type=int, help="HTTP port (default 8000)")
+    hub_run.add_argument("--grpc-port", type=int, help="gRPC port (default 9000)")
+    hub_run.add_argument("--mqtt-host", help="the MQTT broker's host (default 127.0.0.1)")
+    hub_run.add_argument("--mqtt-port", type=int, help="the MQTT broker's port (default 1883)")
+    hub_run.add_argument("--store", type=Path, help="SQLite file of the hub's traces (default tandem-hub.db)")
+    hub_run.add_argument("--result-encoding", choices=["protobuf", "json"])
+    hub_run.set_defaults(handler=hub_run)
+    check = hub.add_parser("routing", help="routing rules").add_subparsers(dest="routing_command", required=True)
+    check_cmd = check.add_parser("check", help="validate a routing file; print its routes, or every problem")
+    check_cmd.add_argument("file", type=Path)
+    check_cmd.add_argument(
+        "--registry", type=Path, help="the hub's registry file: check that each NAME@VERSION the rules name is servable"
+    )
+    check_cmd.add_argument("--artifacts", type=Path, help="the registry's artifacts (default: artifacts/ beside it)")
+    check_cmd.set_defaults(handler=routing_check)
+    add_models_parser(hub)

@@ -5,18 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from cloud.inputs import InputLimits
 from cloud.routing.config import RoutingConfig, load_routing, single_model_routing
-from edge.config import read_yaml_mapping
-from edge.errors import ConfigError
+from common.config import StrictModel, read_yaml_mapping
+from common.errors import ConfigError
 
 
-class CallbackRule(BaseModel):
+class CallbackRule(StrictModel):
     """Results for the devices matching ``devices`` are POSTed to ``url`` instead of going out on MQTT."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     devices: str = Field(description="device ids this rule covers: a glob, e.g. kiosk-* (first matching rule wins)")
     url: str = Field(
@@ -29,10 +27,8 @@ class CallbackRule(BaseModel):
     headers: dict[str, str] = Field({}, description="extra request headers, e.g. Authorization")
 
 
-class DeliveryConfig(BaseModel):
+class DeliveryConfig(StrictModel):
     """How results reach devices, and how often they are sent again until the device acknowledges them."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     resend_after_s: float = Field(
         30.0, gt=0, description="a result not acknowledged this long after it went out is sent again (then doubling)"
@@ -43,9 +39,7 @@ class DeliveryConfig(BaseModel):
     callbacks: list[CallbackRule] = Field([], description="devices whose results go to an HTTP endpoint, not MQTT")
 
 
-class HubConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class HubConfig(StrictModel):
     app_name: str = Field("tandem", description="the Ray Serve application name; devices send it as gRPC metadata")
     http_host: str = Field("127.0.0.1", description="address Ray Serve's HTTP proxy listens on")
     http_port: int = Field(8000, gt=0, lt=65536, description="HTTP port: /v1/traces and /healthz")

@@ -22,7 +22,8 @@ from cloud.errors import InvalidInput, NoRoute, one_line
 from cloud.inputs import InputLimits, check_input, check_size
 from cloud.metrics import HubMetrics
 from cloud.routing.cache import CachedAnswer, ResultCache
-from cloud.routing.router import Outcome, Plan, Router
+from cloud.routing.router import Router
+from cloud.routing.steps import Outcome, Plan
 from cloud.traces.store import TraceStatus, TraceStore
 from protocol.codec import decode_request, decode_result, encode_request, encode_result
 from protocol.errors import ProtocolError
@@ -140,11 +141,11 @@ class EscalationService:
     def finish(self, result: EscalationResult) -> None:
         """Store the result, then send it; the store keeps it until the device acknowledges it."""
         status = TraceStatus(result.status.name)
-        stored = encode_result(result)
+        stored = encode_result(result, self.delivery.encoding)  # the bytes every send of it publishes
         error = result.error or None
         self.store.set_finished(result.trace_id, status, stored, error, self._clock(), result.route, result.cost)
         self.metrics.results.labels(status=status.value).inc()
-        self.delivery.send(result)
+        self.delivery.send(result, stored)
 
     def answer_refused(self, device_id: str, trace_id: str, error: str) -> None:
         """Answer a request that was not accepted with a FAILED result (for transports with no reply)."""

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cloud.errors import InvalidInput, RequestTooLarge
-from edge.detectors.preprocess import MAX_IMAGE_PIXELS, image_size
+from common.inference.preprocess import MAX_IMAGE_PIXELS, image_size
 from protocol.messages import EncodedImage, Input
 
 MAX_REQUEST_BYTES = 4 * 1024 * 1024

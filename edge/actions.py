@@ -29,7 +29,7 @@ from edge.metrics import EdgeMetrics
 from edge.outbox import EdgeStore, TraceRecord, VerdictOutcome
 from edge.sources.base import Frame
 from protocol.messages import Prediction
-from protocol.topics import Channel, DeviceTopic
+from protocol.topics import Channel
 
 logger = logging.getLogger(__name__)
 
@@ -51,14 +51,13 @@ class Answer:
     at: float = 0.0
 
 
-Publish = Callable[[str, bytes], None]
+Publish = Callable[[Channel, bytes], None]  # the device link's publish
 
 
 class Actions:
     def __init__(self, device_id: str, config: ActionsConfig, publish: Publish, metrics: EdgeMetrics) -> None:
         self._config = config
         self._labels = frozenset(config.alert_labels)
-        self._topic = str(DeviceTopic(device_id, Channel.ALERTS))
         self._publish = publish
         self._metrics = metrics
         self._pool: Optional[ThreadPoolExecutor] = None
@@ -80,7 +79,7 @@ class Actions:
             return
         body = json.dumps(asdict(answer)).encode()
         try:
-            self._publish(self._topic, body)
+            self._publish(Channel.ALERTS, body)
             self._metrics.actions.labels(action="alert", outcome="queued").inc()
         except (ConnectionError, OSError) as exc:
             logger.warning("alert for %s not queued: %s", answer.trace_id, exc)

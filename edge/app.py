@@ -23,15 +23,16 @@ from typing import Optional
 import cv2
 import numpy as np
 
+from common.errors import InferenceError
 from edge.actions import Actions, Settlement
 from edge.comms.grpc_client import GrpcTransport
-from edge.comms.mqtt import DeviceLink, Handled
+from edge.comms.link import DeviceLink, Handled
 from edge.comms.mqtt_transport import MqttTransport
 from edge.comms.transport import Transport
 from edge.config import EdgeConfig, MqttTransportConfig
 from edge.detectors import create_detector
 from edge.detectors.base import Detector
-from edge.errors import DetectorError, StoreError, StoreFull
+from edge.errors import StoreError, StoreFull
 from edge.health import HealthServer
 from edge.judge import Judge, JudgeDecision, JudgeInput, TraceMachine, TraceState, Verdict
 from edge.metrics import EdgeMetrics, RuntimeState
@@ -43,7 +44,7 @@ from edge.sources.sensors import SensorState, open_sensor
 from protocol.codec import decode_escalation_ack, decode_result, encode_request, encode_result_ack
 from protocol.errors import ProtocolError
 from protocol.messages import EncodedImage, EscalationRequest, Prediction, ResultAck, new_trace_id
-from protocol.topics import Channel, DeviceTopic
+from protocol.topics import Channel
 
 logger = logging.getLogger(__name__)
 
@@ -85,11 +86,11 @@ class EdgeRuntime:
         )
         self.detector = detector or create_detector(config.detector)
         self.judge = Judge.from_config(config.judge)
-        self.subscriber = DeviceLink(
+        self.link = DeviceLink(
             config.device_id, config.mqtt, {Channel.RESULTS: self.on_result, Channel.ACCEPTED: self.on_accepted}
         )
         self.transport = transport or self._transport(config)
-        self.actions = Actions(config.device_id, config.actions, self._publish_alert, self.metrics)
+        self.actions = Actions(config.device_id, config.actions, self.link.publish, self.metrics)
         self.settle = Settlement(config, self.store, self.actions, self.metrics, clock)
         self.worker = EscalationWorker(
             self.store,
@@ -119,7 +120,7 @@ class EdgeRuntime:
 
     def _transport(self, config: EdgeConfig) -> Transport:
         if isinstance(config.transport, MqttTransportConfig):
-            return MqttTransport(config.device_id, config.transport, self.subscriber)
+            return MqttTransport(config.device_id, config.transport, self.link)
         return GrpcTransport(config.transport, on_result=lambda payload: self.on_result(payload, acknowledge=False))
 
     # -- lifecycle -----------------------------------------------------------
@@ -130,7 +131,7 @@ class EdgeRuntime:
         self.transport.start()
         # Subscribe before escalating anything, so no verdict can be published
         # before the broker holds a session for this device.
-        self.subscriber.start()
+        self.link.start()
         self.worker.start()
         for reader in self.sensor_readers:
             reader.start()
@@ -156,7 +157,7 @@ class EdgeRuntime:
         self.actions.close()
         if self.health is not None:
             self.health.close()
-        self.subscriber.close()
+        self.link.close()
         self.transport.close()
         self.detector.close()
         self.store.close()
@@ -268,7 +269,7 @@ class EdgeRuntime:
             return None
         try:
             prediction = self.detector.predict(frame.image)
-        except DetectorError as exc:
+        except InferenceError as exc:
             machine.advance(TraceState.UNJUDGEABLE, f"inference failed: {exc}", now)
             return None
         answer = f"{prediction.model_id}: {prediction.label} ({prediction.confidence:.3f})"
@@ -385,13 +386,10 @@ class EdgeRuntime:
     def _acknowledge(self, trace_id: str) -> None:
         ack = encode_result_ack(ResultAck(trace_id, self.config.device_id))
         try:
-            self.subscriber.publish(str(DeviceTopic.acks(self.config.device_id)), ack)
+            self.link.publish(Channel.ACKS, ack)
         except ConnectionError as exc:  # the hub sends the result again, and this ack goes with the repeat
             logger.warning("result %s: stored, but its ack could not be queued: %s", trace_id, exc)
             self.metrics.ack_errors.inc()
-
-    def _publish_alert(self, topic: str, payload: bytes) -> None:
-        self.subscriber.publish(topic, payload)
 
     # -- state for /healthz and /metrics -------------------------------------------
 
@@ -428,7 +426,7 @@ class EdgeRuntime:
             name
             for name, bad in (
                 ("source down", state.source_state == "down"),
-                ("broker not connected", not self.subscriber.subscribed),
+                ("broker not connected", not self.link.subscribed),
                 ("failed escalations waiting for replay", state.failed_rows > 0),
                 ("store full: frames are not recorded", state.store_full),
             )
@@ -454,7 +452,7 @@ class EdgeRuntime:
                 "oldest_age_s": round(state.outbox_oldest_age_s, 3),
                 "failed": state.failed_rows,
             },
-            "mqtt_connected": self.subscriber.subscribed,
+            "mqtt_connected": self.link.subscribed,
         }
         return not stalled, body
 

@@ -1,17 +1,11 @@
-"""The ``tandem`` command.
+"""``tandem edge ...``: the device's commands (the ``tandem`` command itself is ``tandem.cli``).
 
     tandem edge run --config FILE        run the device runtime
     tandem edge check-config FILE        validate a config; names the bad field
     tandem edge calibrate --config FILE  pick the judge's threshold from a labelled stream
     tandem edge replay --config FILE     list failed escalations; requeue them with --all or by id
-    tandem hub run [...]                 run the cloud hub (needs the cloud extra)
-    tandem hub models ...                the model registry: register, list, show, update, retire
-    tandem hub routing check FILE        validate routing rules before deploying them
-    tandem demo [--json]                 hub + broker + one device on the demo stream
 
-The root lives in ``edge`` because the device is where ``tandem`` must run
-with the fewest packages; ``hub`` and ``demo`` import the cloud side only when
-they are used.
+Each command imports what it needs when it runs, so ``tandem --help`` stays quick on a Jetson.
 """
 
 from __future__ import annotations
@@ -20,12 +14,7 @@ import argparse
 import json
 import logging
 import signal
-import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Optional
-
-from edge.errors import EdgeError
 
 logger = logging.getLogger(__name__)
 
@@ -146,47 +135,8 @@ def _edge_replay(args: argparse.Namespace) -> int:
     return 0
 
 
-def _hub_run(args: argparse.Namespace) -> int:
-    from cloud.cli import hub_run
-
-    return hub_run(args)
-
-
-def _hub_routing_check(args: argparse.Namespace) -> int:
-    from cloud.cli import routing_check
-
-    return routing_check(args)
-
-
-def _hub_models(args: argparse.Namespace) -> int:
-    from cloud.registry.cli import run
-
-    return run(args)
-
-
-def _hub_models_parser(hub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """The registry commands live with the hub; they need only the standard library to run."""
-    try:
-        from cloud.registry.cli import add_parser
-    except ImportError:  # a device without the cloud extra: no hub commands to offer
-        return
-    add_parser(hub)
-    hub.choices["models"].set_defaults(handler=_hub_models)
-
-
-def _demo(args: argparse.Namespace) -> int:
-    from cloud.demo import run_demo
-
-    return run_demo(args)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="tandem", description="Edge-cloud inference: devices answer, the hub decides the hard cases."
-    )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
-    commands = parser.add_subparsers(dest="command", required=True)
-
+def add_commands(commands: argparse._SubParsersAction) -> None:
+    """``tandem edge`` and its subcommands, each with its handler."""
     edge = commands.add_parser("edge", help="the device runtime").add_subparsers(dest="edge_command", required=True)
     run = edge.add_parser("run", help="run the device runtime")
     run.add_argument("--config", type=Path, required=True, help="YAML config (see README)")
@@ -212,73 +162,3 @@ def build_parser() -> argparse.ArgumentParser:
     check = edge.add_parser("check-config", help="validate a config file")
     check.add_argument("file", type=Path)
     check.set_defaults(handler=_edge_check)
-
-    hub = commands.add_parser("hub", help="the cloud hub").add_subparsers(dest="hub_command", required=True)
-    hub_run = hub.add_parser("run", help="run the hub on this machine until interrupted")
-    hub_run.add_argument("--config", type=Path, help="YAML of the hub's settings (deploy/cloud/hub.example.yaml)")
-    hub_run.add_argument("--model", type=Path, help="one ONNX model for every escalation (without --routing)")
-    hub_run.add_argument("--routing", type=Path, help="routing rules (deploy/cloud/routing.yaml), reloaded on change")
-    hub_run.add_argument("--http-port", type=int, help="HTTP port (default 8000)")
-    hub_run.add_argument("--grpc-port", type=int, help="gRPC port (default 9000)")
-    hub_run.add_argument("--mqtt-host", help="the MQTT broker's host (default 127.0.0.1)")
-    hub_run.add_argument("--mqtt-port", type=int, help="the MQTT broker's port (default 1883)")
-    hub_run.add_argument("--store", type=Path, help="SQLite file of the hub's traces (default tandem-hub.db)")
-    hub_run.add_argument("--result-encoding", choices=["protobuf", "json"])
-    hub_run.set_defaults(handler=_hub_run)
-    check = hub.add_parser("routing", help="routing rules").add_subparsers(dest="routing_command", required=True)
-    check_cmd = check.add_parser("check", help="validate a routing file; print its routes, or every problem")
-    check_cmd.add_argument("file", type=Path)
-    check_cmd.add_argument(
-        "--registry", type=Path, help="the hub's registry file: check that each NAME@VERSION the rules name is servable"
-    )
-    check_cmd.add_argument("--artifacts", type=Path, help="the registry's artifacts (default: artifacts/ beside it)")
-    check_cmd.set_defaults(handler=_hub_routing_check)
-    _hub_models_parser(hub)
-
-    demo = commands.add_parser("demo", help="run hub, broker and one device on the demo digits stream")
-    demo.add_argument("--models", type=Path, default=Path(".tandem/demo"), help="output of python -m tools.demo_models")
-    demo.add_argument("--json", action="store_true", help="end with the summary as one JSON object on the last line")
-    demo.add_argument(
-        "--threshold", type=float, default=None, help="the judge's confidence threshold (default: calibrated)"
-    )
-    demo.add_argument(
-        "--target-escalation",
-        type=float,
-        default=0.15,
-        help="without --threshold: calibrate on the calibration stream for this share of escalations",
-    )
-    demo.add_argument("--deadline-ms", type=int, default=10_000, help="how long a frame waits for the hub")
-    demo.add_argument("--frames", type=int, default=None, help="stop after this many frames")
-    demo.add_argument(
-        "--fps",
-        type=float,
-        default=None,
-        help="play the stream at this rate, like a camera (default: as fast as the device can)",
-    )
-    demo.add_argument(
-        "--broker",
-        choices=["auto", "mosquitto", "embedded"],
-        default="auto",
-        help="auto: Mosquitto when installed, else the embedded amqtt broker",
-    )
-    demo.set_defaults(handler=_demo)
-    return parser
-
-
-def main(argv: Optional[list[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    handler: Callable[[argparse.Namespace], int] = args.handler
-    try:
-        return handler(args)
-    except EdgeError as exc:
-        print(f"tandem: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

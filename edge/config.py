@@ -8,21 +8,17 @@ rather than ignored.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Annotated, Literal, Optional, Union
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
+from pydantic import Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
-from edge.errors import ConfigError
+from common.config import StrictModel, describe_errors, read_yaml_mapping
+from common.errors import ConfigError
 from protocol.errors import InvalidTopic
 from protocol.topics import validate_device_id
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class SourceConfig(_Strict):
+class SourceConfig(StrictModel):
     kind: Literal["video", "camera", "images", "stream", "gstreamer"] = Field(
         description=(
             "video: a video file; camera: a V4L2 camera (camera_index, or device); images: a folder of images, "
@@ -62,7 +58,7 @@ class SourceConfig(_Strict):
         return self
 
 
-class SensorConfig(_Strict):
+class SensorConfig(StrictModel):
     name: str = Field(pattern=r"^[a-z][a-z0-9_]*$", description="the sensor's name; its fields are '<name>.<field>'")
     kind: Literal["mqtt", "serial", "stdin"] = Field(
         description="mqtt: messages on a topic of the device's broker; serial: lines from a serial port; stdin: lines "
@@ -76,7 +72,7 @@ class SensorConfig(_Strict):
     )
 
 
-class DetectorConfig(_Strict):
+class DetectorConfig(StrictModel):
     type: Literal["onnx", "opencv", "tensorrt"] = Field(
         "onnx",
         description="the inference backend: onnx (ONNX Runtime: CPU, or CUDA/TensorRT providers when present), "
@@ -109,7 +105,7 @@ class DetectorConfig(_Strict):
     )
 
 
-class OodConfig(_Strict):
+class OodConfig(StrictModel):
     brightness_mean: float = Field(description="mean frame brightness (0-255) of the calibration stream")
     brightness_std: float = Field(gt=0, description="its standard deviation across frames")
     contrast_mean: float = Field(description="mean frame contrast (standard deviation of the pixels)")
@@ -119,7 +115,7 @@ class OodConfig(_Strict):
     )
 
 
-class SensorGateConfig(_Strict):
+class SensorGateConfig(StrictModel):
     sensor: str = Field(description="the sensor field, as '<sensor name>.<field>' (see sensors)")
     above: Optional[float] = Field(None, description="escalate every frame while the value is above this")
     below: Optional[float] = Field(None, description="escalate every frame while the value is below this")
@@ -138,7 +134,7 @@ PRESETS: dict[str, dict[str, object]] = {
 }
 
 
-class JudgeConfig(_Strict):
+class JudgeConfig(StrictModel):
     preset: Literal["default", "edge_answers_with_escalation", "no_cloud", "cloud_only"] = Field(
         "default", description="a starting set of the fields below; any field set here overrides it"
     )
@@ -207,7 +203,7 @@ class JudgeConfig(_Strict):
         return value
 
 
-class OutboxConfig(_Strict):
+class OutboxConfig(StrictModel):
     max_in_flight: int = Field(8, ge=1, description="escalations sent to the hub at the same time")
     retry_initial_ms: int = Field(200, gt=0, description="first retry delay after a failed send")
     retry_max_ms: int = Field(10_000, gt=0, description="cap on the retry delay (it doubles, with jitter, up to this)")
@@ -252,7 +248,7 @@ class OutboxConfig(_Strict):
     )
 
 
-class GrpcConfig(_Strict):
+class GrpcConfig(StrictModel):
     kind: Literal["grpc"] = Field("grpc", description="the escalation transport: grpc or mqtt")
     target: str = Field("127.0.0.1:9000", description="the hub's gRPC address, host:port")
     timeout_ms: int = Field(3000, gt=0, description="deadline of one Escalate call")
@@ -265,7 +261,7 @@ class GrpcConfig(_Strict):
     )
 
 
-class MqttTransportConfig(_Strict):
+class MqttTransportConfig(StrictModel):
     kind: Literal["mqtt"] = Field(description="escalations as QoS 1 messages on tandem/v1/devices/{id}/escalations")
     timeout_ms: int = Field(3000, gt=0, description="how long one send waits for the broker's PUBACK")
     max_message_bytes: int = Field(
@@ -273,7 +269,7 @@ class MqttTransportConfig(_Strict):
     )
 
 
-class MqttConfig(_Strict):
+class MqttConfig(StrictModel):
     host: str = Field("127.0.0.1", description="the MQTT broker's host")
     port: int = Field(1883, gt=0, lt=65536, description="the MQTT broker's port")
     keepalive_s: int = Field(30, gt=0, description="MQTT keep-alive interval")
@@ -284,7 +280,7 @@ class MqttConfig(_Strict):
     )
 
 
-class ActionsConfig(_Strict):
+class ActionsConfig(StrictModel):
     enabled: bool = Field(False, description="publish alerts (and call the webhook) for settled answers")
     alert_labels: list[str] = Field([], description="the classes that trigger an action; empty: every class")
     alert_min_confidence: float = Field(0.0, ge=0, le=1, description="skip answers less sure than this")
@@ -292,7 +288,7 @@ class ActionsConfig(_Strict):
     webhook_timeout_ms: int = Field(2000, gt=0, description="timeout of one webhook call (3 attempts)")
 
 
-class ServiceConfig(_Strict):
+class ServiceConfig(StrictModel):
     http_host: str = Field("127.0.0.1", description="address of /healthz and /metrics")
     http_port: Optional[int] = Field(
         9108, ge=0, lt=65536, description="port of /healthz and /metrics; 0 picks a free one; none turns them off"
@@ -302,7 +298,7 @@ class ServiceConfig(_Strict):
     )
 
 
-class EscalationConfig(_Strict):
+class EscalationConfig(StrictModel):
     deadline_ms: int = Field(
         5000, gt=0, description="how long a trace waits for the hub's verdict before the local answer stands"
     )
@@ -316,7 +312,7 @@ def _transport_kind(value: object) -> str:
     return str(kind)
 
 
-class EdgeConfig(_Strict):
+class EdgeConfig(StrictModel):
     device_id: str = Field(description="this device's id; names its MQTT topics")
     state_path: Path = Field(Path("tandem-edge.db"), description="the SQLite file holding traces and the outbox")
     source: SourceConfig
@@ -342,19 +338,6 @@ class EdgeConfig(_Strict):
             raise ValueError(str(exc)) from exc
 
 
-def read_yaml_mapping(path: Path, error: type[Exception] = ConfigError, empty_ok: bool = False) -> dict[str, Any]:
-    """A YAML file whose top level is a mapping, or ``error`` naming the file and what is wrong."""
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise error(f"{path}: cannot read: {exc}") from exc
-    if raw is None and empty_ok:
-        return {}
-    if not isinstance(raw, dict):
-        raise error(f"{path}: expected a mapping at the top level")
-    return raw
-
-
 def load_config(path: Path) -> EdgeConfig:
     """Read and validate a YAML config; relative paths in it are taken from the file's folder."""
     raw = read_yaml_mapping(path)
@@ -363,11 +346,6 @@ def load_config(path: Path) -> EdgeConfig:
     except ValidationError as exc:
         raise ConfigError(f"{path}: {describe_errors(exc)}") from exc
     return resolve_paths(config, path.parent)
-
-
-def describe_errors(exc: ValidationError) -> str:
-    """One line per bad field: ``detector.model_path: Field required``."""
-    return "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
 
 
 def resolve_paths(config: EdgeConfig, base: Path) -> EdgeConfig:

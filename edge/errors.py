@@ -1,22 +1,17 @@
-"""The edge runtime's exception tree. Library errors are translated at each boundary."""
+"""The edge runtime's branch of the exception tree (its root, ``ConfigError`` and ``InferenceError`` are in
+``common.errors``). Library errors are translated at each boundary."""
 
 from __future__ import annotations
 
+from common.errors import TandemError
 
-class EdgeError(Exception):
+
+class EdgeError(TandemError):
     """Base class for every error the edge runtime raises on purpose."""
-
-
-class ConfigError(EdgeError):
-    """A configuration file that cannot be read or does not validate."""
 
 
 class SourceError(EdgeError):
     """A frame source that cannot be opened."""
-
-
-class DetectorError(EdgeError):
-    """A model that cannot be loaded or cannot run on an input."""
 
 
 class StoreError(EdgeError):

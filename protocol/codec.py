@@ -30,7 +30,7 @@ class Encoding(enum.Enum):
 
 
 def _parse(payload: bytes, message_type: type[M]) -> M:
-    msg = message_type()
+    msg: M = message_type()
     try:
         if payload[:1] == b"{":
             json_format.Parse(payload.decode("utf-8"), msg, ignore_unknown_fields=True)
@@ -39,6 +39,11 @@ def _parse(payload: bytes, message_type: type[M]) -> M:
     except (DecodeError, json_format.ParseError, UnicodeDecodeError) as exc:
         raise MalformedMessage(f"not a {message_type.DESCRIPTOR.full_name}: {exc}") from exc
     return msg
+
+
+def _bytes(msg: Message) -> bytes:
+    data: bytes = msg.SerializeToString()
+    return data
 
 
 def _convert(msg: M, convert: Callable[[M], T]) -> T:
@@ -53,8 +58,9 @@ def _convert(msg: M, convert: Callable[[M], T]) -> T:
 def encode_result(result: EscalationResult, encoding: Encoding = Encoding.PROTOBUF) -> bytes:
     msg = result.to_proto()
     if encoding is Encoding.JSON:
-        return json_format.MessageToJson(msg, indent=None, sort_keys=True).encode("utf-8")
-    return msg.SerializeToString()
+        text: str = json_format.MessageToJson(msg, indent=None, sort_keys=True)
+        return text.encode("utf-8")
+    return _bytes(msg)
 
 
 def decode_result(payload: bytes) -> EscalationResult:
@@ -62,13 +68,19 @@ def decode_result(payload: bytes) -> EscalationResult:
     return _convert(_parse(payload, pb.EscalationResult), EscalationResult.from_proto)
 
 
+def parse_result(payload: bytes) -> pb.EscalationResult:
+    """A result payload (either encoding) as its protobuf message, unchecked beyond parsing; MalformedMessage."""
+    return _parse(payload, pb.EscalationResult)
+
+
 def result_to_json(payload: bytes) -> str:
     """Render a result payload (either encoding) as indented JSON, for people."""
-    return json_format.MessageToJson(_parse(payload, pb.EscalationResult), indent=2, sort_keys=True)
+    text: str = json_format.MessageToJson(_parse(payload, pb.EscalationResult), indent=2, sort_keys=True)
+    return text
 
 
 def encode_request(request: EscalationRequest) -> bytes:
-    return request.to_proto().SerializeToString()
+    return _bytes(request.to_proto())
 
 
 def decode_request(payload: bytes) -> EscalationRequest:
@@ -76,7 +88,7 @@ def decode_request(payload: bytes) -> EscalationRequest:
 
 
 def encode_result_ack(ack: ResultAck) -> bytes:
-    return ack.to_proto().SerializeToString()
+    return _bytes(ack.to_proto())
 
 
 def decode_result_ack(payload: bytes) -> ResultAck:
@@ -85,7 +97,7 @@ def decode_result_ack(payload: bytes) -> ResultAck:
 
 
 def encode_escalation_ack(ack: EscalationAck) -> bytes:
-    return ack.to_proto().SerializeToString()
+    return _bytes(ack.to_proto())
 
 
 def decode_escalation_ack(payload: bytes) -> EscalationAck:

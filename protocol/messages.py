@@ -70,7 +70,8 @@ def _timestamp(seconds: float) -> Timestamp:
 
 
 def _seconds(ts: Timestamp) -> float:
-    return ts.ToMicroseconds() / 1e6
+    micros: int = ts.ToMicroseconds()
+    return micros / 1e6
 
 
 class AckStatus(enum.Enum):

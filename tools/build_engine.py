@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from edge.detectors.runner import read_model_info, sidecar
+from common.inference.model_info import read_model_info, sidecar
 
 PHASES = (
     (re.compile(r"Parsing|ONNX"), "parsing the model"),
@@ -109,7 +109,7 @@ def build_engine(build: Build, cache: Path, trtexec: str) -> Path:
         return engine
     cache.mkdir(parents=True, exist_ok=True)
     info = read_model_info(build.model)
-    from edge.detectors.onnx import OrtRunner
+    from common.inference.onnx import OrtRunner
 
     runner = OrtRunner(build.model)
     dims = "x".join(str(d) for d in runner.input_shape[1:])

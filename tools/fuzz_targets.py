@@ -25,9 +25,10 @@ with atheris.instrument_imports():
     from cloud.ingress.v2 import V2Grpc, V2Service, _parse_http_request, v2pb
     from cloud.inputs import InputLimits, check_input
     from cloud.routing import load_routing
+    from common.errors import ConfigError
+    from common.inference.preprocess import decode_image
     from edge.config import SensorConfig, load_config
-    from edge.detectors.preprocess import decode_image
-    from edge.errors import ConfigError, SourceError
+    from edge.errors import SourceError
     from edge.sources.sensors import SensorSchema
     from protocol import EncodedImage, ProtocolError, Tensor
     from protocol.codec import decode_escalation_ack, decode_request, decode_result, decode_result_ack

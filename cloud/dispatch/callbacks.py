@@ -30,7 +30,7 @@ class HttpCallbacks:
     def __init__(
         self,
         rules: Sequence[CallbackRule],
-        on_acked: Callable[[str, str], None],
+        on_acked: Callable[[str, str], object],
         metrics: HubMetrics,
         transport: Optional[httpx.AsyncBaseTransport] = None,
     ) -> None:

@@ -8,8 +8,11 @@
     sooner:                                   when the device escalates the same trace again, and when it
                                               comes back online (everything it has not acknowledged)
 
-The trace store is the queue, so a hub that restarts sends what is due. A
-device deduplicates on trace_id, so a result that arrives twice is harmless.
+The trace store is the queue, so a hub that restarts sends what is due. It
+holds each result's bytes as they go out on MQTT (``result_encoding``), and a
+resend publishes them as stored: nothing is decoded or encoded again (an HTTP
+callback, in its rule's encoding, is the exception). A device deduplicates on
+trace_id, so a result that arrives twice is harmless.
 Each send is counted in the store before it leaves, so the trace's ``sends``
 is true even when the device's acknowledgement beats the send's bookkeeping.
 One result that cannot be sent (a damaged row, a device id no topic can
@@ -28,9 +31,8 @@ from cloud.config import CallbackRule, DeliveryConfig
 from cloud.dispatch.callbacks import HttpCallbacks
 from cloud.dispatch.mqtt import Publisher
 from cloud.metrics import HubMetrics
-from cloud.traces.store import HubTrace, TraceStore
+from cloud.traces.store import TraceStore
 from protocol.codec import Encoding, decode_result, encode_result
-from protocol.errors import ProtocolError
 from protocol.messages import EscalationResult
 
 logger = logging.getLogger(__name__)
@@ -54,24 +56,25 @@ class Delivery:
         self._mqtt = mqtt
         self._config = config
         self._metrics = metrics
-        self._encoding = encoding
+        self.encoding = encoding  # of the results' bytes, as stored and as published
         self._callbacks = callbacks
         self._clock = clock
         self._waiters: dict[str, list[asyncio.Future[EscalationResult]]] = {}
 
-    def send(self, result: EscalationResult) -> None:
-        """The first send of a result the trace store holds: to a gRPC call waiting for it, if any."""
+    def send(self, result: EscalationResult, stored: bytes) -> None:
+        """The first send of a result the trace store holds (``stored``: its bytes there): to a gRPC call
+        waiting for it, if any."""
         waiting = [w for w in self._waiters.pop(result.trace_id, []) if not w.done()]
         if waiting:
             self._sent(result.trace_id, 0, "grpc")
             for waiter in waiting:
                 waiter.set_result(result)
             return
-        self._try_dispatch(result, 0)
+        self._try_dispatch(result.trace_id, result.device_id, stored, 0)
 
     def send_untracked(self, result: EscalationResult) -> None:
         """A result with no trace behind it (a request refused before it was recorded): one send, no resends."""
-        self._publish(result, self._callbacks.rule_for(result.device_id) if self._callbacks is not None else None)
+        self._publish(result.trace_id, result.device_id, encode_result(result, self.encoding))
 
     def delivered(self, trace_id: str) -> None:
         """The broker has the result (its PUBACK): recorded; resends wait for the device's own ack."""
@@ -95,8 +98,9 @@ class Delivery:
         goes out now, those out of sends included (each send counted as usual). Returns how many went out."""
         sent = 0
         for trace in self._store.query(device_id=device_id, acked=False, limit=ONLINE_RESENDS):
-            result = self._stored_result(trace)
-            if result is not None and self._try_dispatch(result, trace.sends):
+            if trace.result is None:
+                continue
+            if self._try_dispatch(trace.trace_id, trace.device_id, trace.result, trace.sends):
                 sent += 1
         return sent
 
@@ -117,8 +121,7 @@ class Delivery:
         """Send every result whose next send time has come; return how many went out."""
         sent = 0
         for trace in self._store.due(self._clock()):
-            result = self._stored_result(trace)
-            if result is None:
+            if trace.result is None:
                 continue
             if trace.sends >= self._config.max_sends:
                 logger.warning(
@@ -132,33 +135,22 @@ class Delivery:
                 continue
             if trace.sends:
                 logger.info("result %s: no acknowledgement after %d sends; sending again", trace.trace_id, trace.sends)
-            if self._try_dispatch(result, trace.sends):
+            if self._try_dispatch(trace.trace_id, trace.device_id, trace.result, trace.sends):
                 sent += 1
         return sent
 
-    def _stored_result(self, trace: HubTrace) -> Optional[EscalationResult]:
-        """The trace's result, or None (set aside, if it no longer decodes: a bug or a damaged file)."""
-        if trace.result is None:
-            return None
+    def _try_dispatch(self, trace_id: str, device_id: str, payload: bytes, sends: int) -> bool:
+        """One send of a stored result. One that no channel can take (a device id no topic can hold, bytes a
+        callback cannot decode: a bug or a damaged file) is logged, counted and set aside, so it cannot block the
+        rest; a store error goes up to the caller, whose next round tries again."""
+        rule = self._rule(device_id)
+        self._sent(trace_id, sends, "callback" if rule is not None else "mqtt")
         try:
-            return decode_result(trace.result)
-        except ProtocolError as exc:
-            logger.error("result %s: stored result no longer decodes, not sent: %s", trace.trace_id, exc)
-            self._metrics.delivery_errors.labels(channel="store", reason="undecodable").inc()
-            self._store.stop_sending(trace.trace_id)
-            return None
-
-    def _try_dispatch(self, result: EscalationResult, sends: int) -> bool:
-        """One send. A result no channel can take (a device id no topic can hold) is logged, counted and set aside,
-        so it cannot block the rest; a store error goes up to the caller, whose next round tries again."""
-        rule = self._callbacks.rule_for(result.device_id) if self._callbacks is not None else None
-        self._sent(result.trace_id, sends, "callback" if rule is not None else "mqtt")
-        try:
-            self._publish(result, rule)
+            self._publish(trace_id, device_id, payload)
         except Exception as exc:
-            logger.error("result %s: cannot be sent, set aside: %s", result.trace_id, exc)
+            logger.error("result %s: cannot be sent, set aside: %s", trace_id, exc)
             self._metrics.delivery_errors.labels(channel="any", reason=type(exc).__name__).inc()
-            self._store.stop_sending(result.trace_id)
+            self._store.stop_sending(trace_id)
             return False
         return True
 
@@ -174,11 +166,15 @@ class Delivery:
             wait = POLL_S if upcoming is None else min(POLL_S, max(0.0, upcoming - self._clock()))
             await asyncio.sleep(wait)
 
-    def _publish(self, result: EscalationResult, rule: Optional[CallbackRule]) -> None:
+    def _rule(self, device_id: str) -> Optional[CallbackRule]:
+        return self._callbacks.rule_for(device_id) if self._callbacks is not None else None
+
+    def _publish(self, trace_id: str, device_id: str, payload: bytes) -> None:
+        rule = self._rule(device_id)
         if rule is not None and self._callbacks is not None:
-            self._callbacks.post(rule, result)
+            self._callbacks.post(rule, decode_result(payload))  # in the rule's own encoding
             return
-        self._mqtt.publish(result.device_id, result.trace_id, encode_result(result, self._encoding))
+        self._mqtt.publish(device_id, trace_id, payload)
 
     def _sent(self, trace_id: str, sends_before: int, channel: str) -> None:
         """Count the send; the result is due again after resend_after_s, doubling with each send."""

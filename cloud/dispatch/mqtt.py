@@ -18,7 +18,7 @@ from typing import Optional
 import paho.mqtt.client as mqtt
 
 from cloud.metrics import HubMetrics
-from edge.comms.mqtt import set_tcp_nodelay
+from common.mqtt import new_client
 from protocol.topics import DeviceTopic
 
 logger = logging.getLogger(__name__)
@@ -50,14 +50,12 @@ class MqttDispatcher(Publisher):
         self._pending: dict[int, str] = {}  # message id -> trace id, until the broker's PUBACK
         self._acked_early: set[int] = set()  # PUBACKs that arrived before publish() recorded the id
         # Each hub replica needs its own client id: a broker drops the older of two equal ids.
-        self._client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2,
-            client_id=f"{username}-{uuid.uuid4().hex[:8]}",
-            protocol=mqtt.MQTTv311,
+        self._client = new_client(
+            f"{username}-{uuid.uuid4().hex[:8]}",
+            username=username,
+            password=password,
+            max_queued_messages=0,  # unbounded: never drop a result while the broker is away
         )
-        self._client.username_pw_set(username, password)
-        self._client.max_queued_messages_set(0)  # 0 = unbounded: never drop a result while the broker is away
-        self._client.reconnect_delay_set(min_delay=1, max_delay=30)
         self._client.on_connect = self._on_connect
         self._client.on_publish = self._on_publish
         self._client.on_disconnect = self._on_disconnect
@@ -98,7 +96,6 @@ class MqttDispatcher(Publisher):
         if getattr(reason, "is_failure", False):
             logger.error("dispatch: broker refused the connection: %s", reason)
             return
-        set_tcp_nodelay(client)
         logger.info("dispatch: connected to %s:%d", self._host, self._port)
 
     def _on_disconnect(self, _c: mqtt.Client, _u: object, _f: object, reason: object, _p: object) -> None:

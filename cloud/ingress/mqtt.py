@@ -31,7 +31,7 @@ from google.protobuf.message import DecodeError
 
 from cloud.errors import InvalidInput, RequestTooLarge
 from cloud.escalations import EscalationService
-from edge.comms.mqtt import set_tcp_nodelay
+from common.mqtt import new_client
 from protocol._generated.tandem.v1 import tandem_pb2 as pb
 from protocol.codec import decode_request, decode_result_ack, encode_escalation_ack
 from protocol.errors import InvalidTopic, MalformedMessage, ProtocolError
@@ -69,15 +69,9 @@ class MqttEscalations:
         self._host = host
         self._port = port
         self._filters = topic_filters(username)
-        self._client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2,
-            client_id=client_id,
-            clean_session=False,
-            protocol=mqtt.MQTTv311,
-            manual_ack=True,
+        self._client = new_client(
+            client_id, username=username, password=password, clean_session=False, manual_ack=True
         )
-        self._client.username_pw_set(username, password)
-        self._client.reconnect_delay_set(min_delay=1, max_delay=30)
         self._client.on_connect = self._on_connect
         self._client.on_message = self._on_message
         self.counts = {"accepted": 0, "rejected": 0, "undecodable": 0, "acks": 0, "bad_acks": 0}
@@ -94,7 +88,6 @@ class MqttEscalations:
         if getattr(reason, "is_failure", False):
             logger.error("mqtt ingress: broker refused the connection: %s", reason)
             return
-        set_tcp_nodelay(client)
         client.subscribe([(f, 1) for f in self._filters])
         logger.info("mqtt ingress: subscribed to %s", ", ".join(self._filters))
 
@@ -114,13 +107,13 @@ class MqttEscalations:
             return
         if topic.channel is Channel.ACKS:
             try:
-                self._on_result_ack(device_id, message.payload)
+                self._on_result_ack(device_id, bytes(message.payload))
             except Exception:  # a store error: leave it unacknowledged so the broker sends it again
                 logger.exception("mqtt ingress: result ack from %s not recorded; left for redelivery", device_id)
                 return
             client.ack(message.mid, message.qos)
             return
-        future = asyncio.run_coroutine_threadsafe(self._handle(device_id, message.payload), self._loop)
+        future = asyncio.run_coroutine_threadsafe(self._handle(device_id, bytes(message.payload)), self._loop)
         try:
             future.result(RECORD_TIMEOUT_S)
         except FutureTimeout:

@@ -235,7 +235,7 @@ def _parse_http_request(
                 size = int(size)
                 if size < 0 or offset + size > len(tail):
                     raise ValueError(f"binary_data_size {size} is beyond the body's binary part")
-                array = np.frombuffer(tail[offset : offset + size], dtype=dtype).reshape(shape)
+                array: np.ndarray = np.frombuffer(tail[offset : offset + size], dtype=dtype).reshape(shape)
                 offset += size
             else:
                 array = np.asarray(item["data"], dtype=dtype).reshape(shape)
@@ -335,7 +335,7 @@ class V2Grpc:
                 raise V2Error(f"input {item.name}: datatype {item.datatype} is not supported")
             try:
                 if index < len(request.raw_input_contents):
-                    array = np.frombuffer(request.raw_input_contents[index], dtype=dtype)
+                    array: np.ndarray = np.frombuffer(request.raw_input_contents[index], dtype=dtype)
                 else:
                     array = np.asarray(_typed_contents(item.contents, item.datatype), dtype=dtype)
                 inputs[item.name] = array.reshape(list(item.shape))

@@ -11,9 +11,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge.detectors.onnx import OnnxModel
-from edge.detectors.preprocess import MAX_IMAGE_PIXELS, decode_image
-from edge.errors import DetectorError
+from common.errors import InferenceError
+from common.inference.classify import OnnxModel
+from common.inference.preprocess import MAX_IMAGE_PIXELS, decode_image
 from protocol.errors import MalformedMessage
 from protocol.messages import EncodedImage, Prediction, Tensor
 
@@ -44,7 +44,7 @@ class Classifier:
                 results.append(_PENDING)
             except MalformedMessage as exc:
                 results.append(exc)
-            except (DetectorError, ValueError, cv2.error) as exc:  # pixels a model cannot take (shape, depth)
+            except (InferenceError, ValueError, cv2.error) as exc:  # pixels a model cannot take (shape, depth)
                 results.append(MalformedMessage(f"escalated input: {exc}"))
         if tensors:
             predictions = iter(self.model.head.predict_tensors(tensors))
@@ -58,7 +58,7 @@ class Classifier:
         try:
             return dict(zip(names, session.run(names, inputs), strict=True))
         except Exception as exc:  # onnxruntime's errors carry no stable types
-            raise DetectorError(f"{self.model_id}: inference failed: {exc}") from exc
+            raise InferenceError(f"{self.model_id}: inference failed: {exc}") from exc
 
 
 _PENDING = MalformedMessage("not run")  # a placeholder while the batch is put together

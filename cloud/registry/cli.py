@@ -132,6 +132,7 @@ _COMMANDS = {"register": _register, "list": _list, "show": _show, "update": _upd
 def add_parser(hub: Any) -> None:
     """``tandem hub models`` and its sub-commands, on the hub's sub-parser."""
     models = hub.add_parser("models", help="the model registry (through the hub's HTTP API)")
+    models.set_defaults(handler=run)
     models.add_argument("--url", default=os.environ.get("TANDEM_HUB_URL", DEFAULT_URL), help="the hub's HTTP address")
     sub = models.add_subparsers(dest="models_command", required=True)
     register = sub.add_parser("register", help="upload a model file and register it as a version")

@@ -141,7 +141,8 @@ class SqliteRegistry(Registry):
         precision: Optional[str] = None,
         status: Optional[ModelStatus] = None,
     ) -> list[ModelVersion]:
-        where, params = [], []  # type: ignore[var-annotated]
+        where: list[str] = []
+        params: list[object] = []
         for column, value in (
             ("name", name),
             ("task", task),

@@ -19,9 +19,9 @@ import numpy as np
 from cloud.errors import HubError
 from cloud.models.classifier import pixels
 from cloud.routing.config import OnnxModelEntry, ParserModelEntry, RoutingConfig, TritonReplica
-from cloud.routing.router import ModelAnswer, ModelBackend
-from edge.detectors.classify import ClassifierHead
-from edge.detectors.onnx import SCORES_OUTPUT, OrtRunner
+from cloud.routing.steps import ModelAnswer, ModelBackend
+from common.inference.classify import SCORES_OUTPUT, ClassifierHead
+from common.inference.onnx import OrtRunner
 from protocol.errors import MalformedMessage
 from protocol.messages import EscalationRequest, Prediction
 
@@ -73,7 +73,7 @@ class TritonBackend(ModelBackend):
             if self._replica.protocol == "grpc":
                 import tritonclient.grpc.aio as module
             else:
-                import tritonclient.http.aio as module  # type: ignore[no-redef]
+                import tritonclient.http.aio as module
             self._module = module
             self._client = module.InferenceServerClient(self._replica.url)
         return self._client, self._module
@@ -81,7 +81,7 @@ class TritonBackend(ModelBackend):
     async def predict(self, request: EscalationRequest, previous: Optional[Prediction]) -> ModelAnswer:
         try:
             tensor = self._head.tensor(pixels(request.input)).astype(np.float32)
-        except Exception as exc:  # DetectorError or a decoding error: the input is at fault
+        except Exception as exc:  # InferenceError or a decoding error: the input is at fault
             raise MalformedMessage(str(exc)) from exc
         client, module = self._connect()
         data = module.InferInput(self._input, list(tensor.shape), "FP32")

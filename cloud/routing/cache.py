@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from cachetools import TTLCache
 
 from cloud.routing.config import Cache
-from cloud.routing.router import Plan
+from cloud.routing.steps import Plan
 from protocol.messages import EncodedImage, EscalationRequest, Prediction
 
 

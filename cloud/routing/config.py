@@ -16,19 +16,15 @@ import json
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from cloud.errors import RegistryError, RoutingError
 from cloud.registry.models import ModelStatus
 from cloud.registry.store import Registry
-from edge.config import describe_errors, read_yaml_mapping
+from common.config import StrictModel, describe_errors, read_yaml_mapping
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ServeReplica(_Strict):
+class ServeReplica(StrictModel):
     """The hub's own model deployment (Ray Serve, many models per replica, loaded on demand)."""
 
     backend: Literal["serve"] = "serve"
@@ -38,7 +34,7 @@ class ServeReplica(_Strict):
         return "serve"
 
 
-class TritonReplica(_Strict):
+class TritonReplica(StrictModel):
     """An external server that speaks the Open Inference Protocol v2 (Triton, KServe, or another hub)."""
 
     backend: Literal["triton"]
@@ -58,7 +54,7 @@ Replica = Union[ServeReplica, TritonReplica]
 REGISTRY_REF = r"^(?P<name>[a-z0-9][a-z0-9._-]{0,63})@(?P<version>[A-Za-z0-9][A-Za-z0-9._+-]{0,31})$"
 
 
-class OnnxModelEntry(_Strict):
+class OnnxModelEntry(StrictModel):
     kind: Literal["onnx"] = "onnx"
     path: Optional[Path] = Field(
         None, description="the ONNX classifier (tandem.* metadata); relative to the routing file"
@@ -70,7 +66,9 @@ class OnnxModelEntry(_Strict):
         None, ge=0, description="what 1,000 calls cost, in any unit; traces sum it. Default: the registry's, else 0"
     )
     replicas: list[Replica] = Field(
-        default_factory=lambda: [ServeReplica()], min_length=1, description="who serves it; the balancer picks one"
+        default_factory=lambda: list[Replica]([ServeReplica()]),
+        min_length=1,
+        description="who serves it; the balancer picks one",
     )
 
     @model_validator(mode="after")
@@ -106,7 +104,7 @@ class OnnxModelEntry(_Strict):
         return (self.cost_per_1k or 0.0) / 1000.0
 
 
-class ParserModelEntry(_Strict):
+class ParserModelEntry(StrictModel):
     """A rule, not a network: it checks the previous step's answer (``aggregate: chain``)."""
 
     kind: Literal["parser"]
@@ -121,7 +119,7 @@ class ParserModelEntry(_Strict):
 ModelEntry = Union[OnnxModelEntry, ParserModelEntry]
 
 
-class When(_Strict):
+class When(StrictModel):
     """Conditions on an escalation; every one given must hold. Lists mean "any of"; ids allow glob patterns."""
 
     model_hint: Optional[list[str]] = Field(None, description="the device's model_hint is one of these")
@@ -151,7 +149,7 @@ class Aggregate(str, enum.Enum):
     CHAIN = "chain"
 
 
-class Step(_Strict):
+class Step(StrictModel):
     model: str = Field(description="a name under models")
     deadline_ms: int = Field(5000, gt=0, description="time for the step, all its attempts together")
     retries: int = Field(0, ge=0, le=5, description="attempts after the first failure (on another replica if any)")
@@ -170,7 +168,7 @@ _STEPS = {
 }
 
 
-class Route(_Strict):
+class Route(StrictModel):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     when: When = Field(default_factory=When, description="no conditions: matches every escalation")
     strategy: Strategy = Strategy.SINGLE
@@ -193,7 +191,7 @@ class Route(_Strict):
         return self
 
 
-class Balancing(_Strict):
+class Balancing(StrictModel):
     """Replica score = latency_weight / latency + throughput_weight * throughput / max + resource_weight / load,
     each term scaled to 0..1 across the model's replicas, times (1 - error rate); a replica is picked at
     random in proportion to its score."""
@@ -204,18 +202,18 @@ class Balancing(_Strict):
     window_s: float = Field(10.0, gt=0, description="throughput and error rate are measured over this window")
 
 
-class Breaker(_Strict):
+class Breaker(StrictModel):
     failure_threshold: int = Field(5, ge=1, description="consecutive failures that open a replica's circuit")
     open_ms: int = Field(10_000, gt=0, description="how long an open circuit rejects before one probe is let through")
 
 
-class Cache(_Strict):
+class Cache(StrictModel):
     enabled: bool = True
     ttl_s: float = Field(60.0, gt=0, description="an answer is reused for this long")
     max_entries: int = Field(10_000, ge=1, description="least recently used answers go first")
 
 
-class RoutingConfig(_Strict):
+class RoutingConfig(StrictModel):
     models: dict[str, ModelEntry] = Field(min_length=1)
     routes: list[Route] = Field(min_length=1, description="checked in order; the first match handles the request")
     balancing: Balancing = Field(default_factory=Balancing)

@@ -1,4 +1,5 @@
-"""The router: which rule handles an escalation (``plan``), then running its steps (``run``).
+"""The router: which rule handles an escalation (``plan``), then running its steps (``run``) by the rule's
+strategy (``strategies/``, one module each).
 
 A step calls one model: the balancer picks a replica, the call gets the
 step's deadline, and a failure is retried on
@@ -13,80 +14,23 @@ there (for audit and for retraining), so the hub finishes the work.
 
 from __future__ import annotations
 
-import abc
 import asyncio
 import fnmatch
 import logging
 import random
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Mapping
+from dataclasses import replace
 from typing import Optional
 
 from cloud.errors import ModelUnavailable, NoRoute, one_line
-from cloud.routing.aggregate import AGGREGATES, single
 from cloud.routing.balance import Balancer, CircuitState
-from cloud.routing.config import Aggregate, Route, RoutingConfig, Step, Strategy, When
+from cloud.routing.config import RoutingConfig, Step, Strategy, When
+from cloud.routing.steps import ModelBackend, Outcome, Plan, StepOutput
+from cloud.routing.strategies import STRATEGIES
 from protocol.errors import ProtocolError
 from protocol.messages import EscalationRequest, Prediction
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ModelAnswer:
-    prediction: Prediction
-    batch_size: int = 1
-    """How many requests the model ran together with this one (dynamic batching)."""
-
-
-class ModelBackend(abc.ABC):
-    """One replica of one model: the hub's Serve deployment, a Triton server, or a parser rule."""
-
-    @abc.abstractmethod
-    async def predict(self, request: EscalationRequest, previous: Optional[Prediction]) -> ModelAnswer:
-        """The answer for the request's input (or, for a parser, for the previous step's answer)."""
-
-    async def close(self) -> None:  # noqa: B027 - most backends hold nothing
-        """Release connections; called when the rules that made it are replaced."""
-
-
-@dataclass(frozen=True)
-class Plan:
-    """The routing decision: the rule and the steps it will run (weighted has picked its one)."""
-
-    route: Route
-    steps: tuple[Step, ...]
-
-    def describe(self) -> str:
-        return f"{self.route.name}:{self.route.strategy.value}:" + ",".join(s.model for s in self.steps)
-
-
-@dataclass(frozen=True)
-class StepOutput:
-    step: Step
-    replica: str
-    ms: float
-    attempts: int
-    answer: Optional[ModelAnswer] = None
-    error: str = ""
-    timed_out: bool = False
-    bad_input: bool = False
-    cost: float = 0.0
-
-
-@dataclass(frozen=True)
-class Outcome:
-    route: str
-    final: Optional[Prediction]
-    steps: tuple[StepOutput, ...] = ()
-    error: str = ""
-    timed_out: bool = False
-    bad_input: bool = False
-    cost: float = field(default=0.0)
-
-    @property
-    def ok(self) -> bool:
-        return self.final is not None
 
 
 class Router:
@@ -102,14 +46,6 @@ class Router:
         self.backends = backends
         self.balancer = balancer or Balancer(config.balancing, config.breaker, rng=rng)
         self._rng = rng or random.Random()
-        self._strategies: dict[Strategy, Callable[[Plan, EscalationRequest], Awaitable[Outcome]]] = {
-            Strategy.SINGLE: self._first_that_answers,
-            Strategy.FALLBACK: self._first_that_answers,
-            Strategy.WEIGHTED: self._first_that_answers,
-            Strategy.PARALLEL: self._parallel,
-            Strategy.FIRST_SUCCESS: self._first_success,
-            Strategy.CASCADE: self._cascade,
-        }
 
     def circuits(self, model: str) -> dict[str, CircuitState]:
         """Each replica's circuit state for one model of the rules."""
@@ -125,75 +61,8 @@ class Router:
         return Plan(route, tuple(route.steps))
 
     async def run(self, plan: Plan, request: EscalationRequest) -> Outcome:
-        outcome = await self._strategies[plan.route.strategy](plan, request)
+        outcome = await STRATEGIES[plan.route.strategy](plan, request, self._run_step)
         return replace(outcome, cost=sum(s.cost for s in outcome.steps))
-
-    # -- strategies --------------------------------------------------------------------------------------------
-
-    async def _first_that_answers(self, plan: Plan, request: EscalationRequest) -> Outcome:
-        """single, weighted (one step) and fallback (each step in turn until one answers)."""
-        outputs: list[StepOutput] = []
-        for step in plan.steps:
-            output = await self._run_step(step, request)
-            outputs.append(output)
-            if output.answer is not None:
-                return self._decided(plan, outputs, output.answer.prediction)
-            if output.bad_input:
-                break
-        return self._failed(plan, outputs)
-
-    async def _parallel(self, plan: Plan, request: EscalationRequest) -> Outcome:
-        if plan.route.aggregate is Aggregate.CHAIN:
-            return await self._chain(plan, request)
-        outputs = list(await asyncio.gather(*(self._run_step(s, request) for s in plan.steps)))
-        hard_failures = [o for o in outputs if o.answer is None and (o.step.required or o.bad_input)]
-        answered = [(o.answer.prediction, o.step.weight) for o in outputs if o.answer is not None]
-        if hard_failures or not answered or plan.route.aggregate is None:  # Route requires aggregate here
-            return self._failed(plan, outputs)
-        return Outcome(plan.route.name, AGGREGATES[plan.route.aggregate](answered), tuple(outputs))
-
-    async def _chain(self, plan: Plan, request: EscalationRequest) -> Outcome:
-        outputs: list[StepOutput] = []
-        answered: list[tuple[Prediction, float]] = []
-        for step in plan.steps:
-            previous = answered[-1][0] if answered else None
-            output = await self._run_step(step, request, previous)
-            outputs.append(output)
-            if output.answer is not None:
-                answered.append((output.answer.prediction, step.weight))
-            elif step.required or output.bad_input or not answered:
-                return self._failed(plan, outputs)
-        return Outcome(plan.route.name, AGGREGATES[Aggregate.CHAIN](answered), tuple(outputs))
-
-    async def _first_success(self, plan: Plan, request: EscalationRequest) -> Outcome:
-        tasks = [asyncio.ensure_future(self._run_step(s, request)) for s in plan.steps]
-        outputs: list[StepOutput] = []
-        try:
-            for next_done in asyncio.as_completed(tasks):
-                output = await next_done
-                outputs.append(output)
-                if output.answer is not None:
-                    return self._decided(plan, outputs, output.answer.prediction)
-        finally:
-            for task in tasks:
-                task.cancel()
-        return self._failed(plan, outputs)
-
-    async def _cascade(self, plan: Plan, request: EscalationRequest) -> Outcome:
-        """Cheapest first; the next step runs only while the answer so far is below the gate."""
-        outputs: list[StepOutput] = []
-        best: Optional[Prediction] = None
-        for step in plan.steps:
-            output = await self._run_step(step, request)
-            outputs.append(output)
-            if output.answer is None:
-                if step.required or output.bad_input or best is None:
-                    return self._failed(plan, outputs)
-                continue
-            best = output.answer.prediction
-            if best.confidence >= plan.route.gate:
-                break
-        return self._decided(plan, outputs, best) if best is not None else self._failed(plan, outputs)
 
     # -- steps -------------------------------------------------------------------------------------------------
 
@@ -260,20 +129,6 @@ class Router:
             error=error,
             timed_out=timed_out,
             cost=entry.cost_per_call * len(tried),
-        )
-
-    def _decided(self, plan: Plan, outputs: list[StepOutput], answer: Prediction) -> Outcome:
-        return Outcome(plan.route.name, single(answer, plan.route.strategy.value), tuple(outputs))
-
-    def _failed(self, plan: Plan, outputs: list[StepOutput]) -> Outcome:
-        errors = [o for o in outputs if o.answer is None]
-        return Outcome(
-            plan.route.name,
-            None,
-            tuple(outputs),
-            error="; ".join(o.error for o in errors) or "no step answered",
-            timed_out=bool(errors) and all(o.timed_out for o in errors),
-            bad_input=any(o.bad_input for o in errors),
         )
 
 

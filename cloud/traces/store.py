@@ -81,7 +81,7 @@ class TraceStore:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         db = sqlite_utils.Database(conn)
-        db["traces"].create(
+        db.table("traces").create(
             {
                 "trace_id": str,
                 "device_id": str,

@@ -38,15 +38,17 @@ mkdir -p "$PREFIX"
 "$VENV/bin/pip" install --upgrade pip >/dev/null
 if [[ $JETSON == 1 ]]; then
   # Keep JetPack's OpenCV: install everything else from the lock, then the project without its deps.
+  # These are the base (common/, protocol/) and edge extras' packages, less OpenCV, plus pycuda;
+  # the device runs edge/, common/ and protocol/ only, and nothing of the hub's is installed.
   grep -v '^opencv-python-headless==' "$ROOT/constraints.txt" > "$PREFIX/constraints.txt"
-  "$VENV/bin/pip" install -c "$PREFIX/constraints.txt" numpy onnxruntime paho-mqtt grpcio sqlite-utils \
+  "$VENV/bin/pip" install -c "$PREFIX/constraints.txt" numpy onnxruntime paho-mqtt Pillow grpcio sqlite-utils \
     prometheus-client pyserial protobuf pydantic PyYAML pycuda
   "$VENV/bin/pip" install --no-deps "$ROOT"
 else
   "$VENV/bin/pip" install -c "$ROOT/constraints.txt" "$ROOT[edge]"
 fi
 "$VENV/bin/python" - <<'PY'
-from edge.detectors import available
+from common.inference import available
 for name, why in available().items():
     print(f"backend {name}: {why}")
 PY

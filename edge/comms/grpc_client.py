@@ -13,7 +13,7 @@ from typing import Optional
 
 import grpc
 
-from edge.comms.mqtt import Handled
+from edge.comms.link import Handled
 from edge.comms.transport import Transport
 from edge.config import GrpcConfig
 from edge.errors import TransportError

@@ -15,19 +15,18 @@ from __future__ import annotations
 
 from typing import Optional
 
-from edge.comms.mqtt import DeviceLink
+from edge.comms.link import DeviceLink
 from edge.comms.transport import Transport
 from edge.config import MqttTransportConfig
 from edge.errors import TransportError
 from protocol.messages import EscalationAck
-from protocol.topics import Channel, DeviceTopic
+from protocol.topics import Channel
 
 
 class MqttTransport(Transport):
     def __init__(self, device_id: str, config: MqttTransportConfig, connection: DeviceLink) -> None:
         self._config = config
         self._connection = connection
-        self._topic = str(DeviceTopic(device_id, Channel.ESCALATIONS))
 
     def start(self) -> None:
         """The connection is the device link's, started by the runtime."""
@@ -39,7 +38,7 @@ class MqttTransport(Transport):
                 retryable=False,
             )
         try:
-            self._connection.publish_confirmed(self._topic, payload, self._config.timeout_ms / 1000.0)
+            self._connection.publish_confirmed(Channel.ESCALATIONS, payload, self._config.timeout_ms / 1000.0)
         except (ConnectionError, TimeoutError) as exc:
             raise TransportError(f"MQTT: {exc}", retryable=True) from exc
         return None  # relayed: the hub's acknowledgement comes on the accepted topic

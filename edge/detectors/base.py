@@ -10,20 +10,18 @@ from __future__ import annotations
 
 import abc
 import logging
-from collections.abc import Callable
 from pathlib import Path
 from typing import ClassVar, Optional
 
 import numpy as np
 
+from common.errors import InferenceError
+from common.inference import RunnerFactory, RunnerOptions
+from common.inference.runner import Runner
 from edge.config import DetectorConfig
-from edge.detectors.runner import Runner
-from edge.errors import DetectorError
 from protocol.messages import Prediction
 
 logger = logging.getLogger(__name__)
-
-RunnerFactory = Callable[[DetectorConfig, Path, Optional[str]], Runner]
 
 
 class Detector(abc.ABC):
@@ -39,18 +37,19 @@ class Detector(abc.ABC):
 
     def make_runner(self, path: Path, output: Optional[str] = None) -> Runner:
         if self._runner_factory is None:
-            raise DetectorError(f"{self.kind} detector has no backend")
-        runner = self._runner_factory(self.config, path, output)
+            raise InferenceError(f"{self.kind} detector has no backend")
+        options = RunnerOptions(self.config.intra_op_num_threads, self.config.providers or None)
+        runner = self._runner_factory(path, output, options)
         self._runners.append(runner)
         return runner
 
     @abc.abstractmethod
     def start(self) -> None:
-        """Load the model(s) and warm up; raise DetectorError if they cannot load."""
+        """Load the model(s) and warm up; raise InferenceError if they cannot load."""
 
     @abc.abstractmethod
     def infer(self, image: np.ndarray) -> Prediction:
-        """The model's answer for one frame (BGR or greyscale); raise DetectorError on failure."""
+        """The model's answer for one frame (BGR or greyscale); raise InferenceError on failure."""
 
     def blank(self) -> np.ndarray:
         """An input for warm-up."""
@@ -74,7 +73,7 @@ class Detector(abc.ABC):
 
     def predict(self, image: np.ndarray) -> Prediction:
         if not self._started:
-            raise DetectorError("detector used before start()")
+            raise InferenceError("detector used before start()")
         return self.infer(image)
 
     def close(self) -> None:

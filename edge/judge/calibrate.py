@@ -30,9 +30,9 @@ from typing import Any, Optional
 import numpy as np
 import yaml
 
+from common.errors import ConfigError, InferenceError
 from edge.config import EdgeConfig, JudgeConfig, OodConfig, SourceConfig
 from edge.detectors.base import Detector
-from edge.errors import ConfigError, DetectorError
 from edge.judge.judge import Judge, build_policies
 from edge.judge.policies import Blur, JudgeInput, Verdict, grey
 from edge.sources import open_source
@@ -149,7 +149,7 @@ def collect(
             try:
                 prediction = detector.predict(frame.image)
                 hub = strong.predict(frame.image).label == frame.truth if strong is not None else None
-            except DetectorError as exc:
+            except InferenceError as exc:
                 logger.warning("calibrate: frame %d skipped: %s", frame.index, exc)
                 continue
             decision = others.combine(JudgeInput(prediction, frame.image))

@@ -1,4 +1,5 @@
-"""The device's durable state: every trace and the outbox of escalations, in one SQLite file.
+"""The device's durable state: every trace (``traces``) and the outbox of escalations (``outbox``), in one
+SQLite file (``database``), joined by ``store.EdgeStore``.
 
 Both live in one file so that a trace and its outbox row are written in one
 transaction: an escalation is never recorded without its trace, or the other

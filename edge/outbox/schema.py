@@ -9,7 +9,7 @@ SCHEMA_VERSION = 4
 
 def create_schema(db: sqlite_utils.Database) -> None:
     (found,) = db.execute("PRAGMA user_version").fetchone()
-    db["traces"].create(
+    db.table("traces").create(
         {
             "trace_id": str,
             "state": str,
@@ -41,7 +41,7 @@ def create_schema(db: sqlite_utils.Database) -> None:
     # so writing a trace, the frame loop's one write, maintains nothing else.
     db.execute("DROP INDEX IF EXISTS idx_traces_state_deadline_at")
     db.execute("DROP INDEX IF EXISTS traces_pending_deadline")
-    db["outbox"].create(
+    db.table("outbox").create(
         {
             "trace_id": str,
             "payload": bytes,
@@ -73,7 +73,7 @@ def create_schema(db: sqlite_utils.Database) -> None:
     # would be upkeep on every enqueue, the write the frame loop waits for.
     db.execute("DROP INDEX IF EXISTS idx_outbox_status_next_attempt_at")
     db.execute("DROP INDEX IF EXISTS idx_outbox_enqueued_at")  # a scan of a bounded table is cheaper than upkeep
-    db["failed"].create(
+    db.table("failed").create(
         {
             "trace_id": str,
             "payload": bytes,

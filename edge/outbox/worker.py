@@ -143,7 +143,7 @@ class EscalationWorker:
     def send_due(self) -> int:
         """Send due rows, up to max_in_flight at once; each failure schedules its own retry."""
         rows = self._store.due(self._clock(), limit=self._config.max_in_flight)
-        sends: dict[Future[EscalationAck], OutboxRow] = {
+        sends: dict[Future[Optional[EscalationAck]], OutboxRow] = {
             self._pool.submit(self._transport.send, row.trace_id, row.payload): row for row in rows
         }
         sent = 0

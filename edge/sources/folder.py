@@ -10,7 +10,7 @@ from typing import Optional
 
 import numpy as np
 
-from edge.detectors.preprocess import MAX_IMAGE_PIXELS, decode_image
+from common.inference.preprocess import MAX_IMAGE_PIXELS, decode_image
 from edge.errors import SourceError
 from edge.sources.base import Frame, FrameSource, Labels
 

@@ -17,12 +17,14 @@ import random
 import sys
 import threading
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from types import MappingProxyType
 from typing import IO, Any, Optional
 
 import paho.mqtt.client as mqtt
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
+from common.mqtt import new_client
 from edge.config import MqttConfig, SensorConfig
 from edge.errors import SourceError
 
@@ -60,7 +62,7 @@ class SensorSchema:
 
     def __init__(self, config: SensorConfig) -> None:
         fields: dict[str, Any] = {name: (FIELD_TYPES[kind], ...) for name, kind in config.fields.items()}
-        self._model: type[BaseModel] = create_model(  # type: ignore[call-overload]
+        self._model: type[BaseModel] = create_model(
             f"Sensor_{config.name}", __config__=ConfigDict(extra="ignore", strict=False), **fields
         )
 
@@ -116,7 +118,7 @@ class LineStreamSensor(SensorReader):
         self,
         config: SensorConfig,
         state: SensorState,
-        open_stream: Callable[[], IO[bytes]],
+        open_stream: Callable[[], AbstractContextManager[IO[bytes]]],
         on_error: Optional[ErrorCallback] = None,
         backoff_max_s: float = 30.0,
     ) -> None:
@@ -174,11 +176,12 @@ class MqttSensor(SensorReader):
             raise SourceError(f"sensor {config.name!r}: kind mqtt needs a topic")
         self._topic = config.topic
         self._mqtt = mqtt_config
-        self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
-        self._client.username_pw_set(mqtt_config.username or client_id, mqtt_config.password)
-        self._client.reconnect_delay_set(min_delay=1, max_delay=30)
+        self._client = new_client(client_id, username=mqtt_config.username or client_id, password=mqtt_config.password)
         self._client.on_connect = lambda c, *_: c.subscribe(self._topic, qos=0)
-        self._client.on_message = lambda _c, _u, message: self.handle_line(message.payload)
+        self._client.on_message = self._on_message
+
+    def _on_message(self, _client: object, _userdata: object, message: mqtt.MQTTMessage) -> None:
+        self.handle_line(bytes(message.payload))
 
     def start(self) -> None:
         self._client.connect_async(self._mqtt.host, self._mqtt.port, keepalive=self._mqtt.keepalive_s)
@@ -210,7 +213,8 @@ def _open_serial(config: SensorConfig) -> IO[bytes]:
         import serial  # pyserial
     except ImportError as exc:
         raise OSError(f"serial sensors need pyserial: {exc}") from exc
-    return serial.Serial(config.port, config.baudrate, timeout=1.0)  # type: ignore[no-any-return]
+    port: IO[bytes] = serial.Serial(config.port, config.baudrate, timeout=1.0)
+    return port
 
 
 class _NoClose:

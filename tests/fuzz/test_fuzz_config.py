@@ -15,8 +15,8 @@ from cloud.cli import FLAGS, hub_config
 from cloud.config import HubConfig
 from cloud.errors import RoutingError
 from cloud.routing import load_routing
+from common.errors import ConfigError
 from edge.config import load_config
-from edge.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 SEEDS = [

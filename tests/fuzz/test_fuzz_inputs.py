@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from cloud.errors import InvalidInput, V2Error
 from cloud.ingress.v2 import V2Grpc, V2Service, _parse_http_request, v2pb
 from cloud.inputs import InputLimits, check_input
+from common.inference.preprocess import decode_image, image_size
 from edge.config import SensorConfig
-from edge.detectors.preprocess import decode_image, image_size
 from edge.errors import SourceError
 from edge.sources.sensors import SensorSchema
 from protocol import EncodedImage, Tensor

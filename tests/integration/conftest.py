@@ -16,7 +16,6 @@ from typing import Optional
 import psutil
 import pytest
 
-from cloud.broker import MosquittoBroker, find_mosquitto, free_port, wait_for_port
 from edge.config import (
     DetectorConfig,
     EdgeConfig,
@@ -28,6 +27,7 @@ from edge.config import (
     ServiceConfig,
     SourceConfig,
 )
+from tandem.broker import MosquittoBroker, find_mosquitto, free_port, wait_for_port
 
 HUB_START_TIMEOUT_S = 180
 
@@ -63,7 +63,7 @@ class HubProcess:
         command = [
             sys.executable,
             "-m",
-            "edge.cli",
+            "tandem.cli",
             "hub",
             "run",
             "--model",

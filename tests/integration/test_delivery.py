@@ -9,18 +9,18 @@ import urllib.request
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import paho.mqtt.client as mqtt
 import pytest
 import yaml
 
-from cloud.broker import free_port
+from common.mqtt import new_client
 from edge.app import EdgeRuntime
 from edge.comms.grpc_client import GrpcTransport
-from edge.comms.mqtt import Handled, set_tcp_nodelay
+from edge.comms.link import Handled
 from edge.config import GrpcConfig
 from edge.judge import TraceState
 from protocol import DeviceTopic, EncodedImage, EscalationRequest, Prediction, ResultAck, new_trace_id
 from protocol.codec import decode_result, encode_result_ack
+from tandem.broker import free_port
 from tests.integration.conftest import HubProcess, edge_config
 from tests.support.waiting import wait_for
 
@@ -58,10 +58,10 @@ class Device:
     def __init__(self, device_id: str, port: int) -> None:
         self.device_id = device_id
         self.received: list[bytes] = []
-        self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"test-{device_id}")
+        self._client = new_client(f"test-{device_id}")
         subscribed = threading.Event()
         topic = str(DeviceTopic.results(device_id))
-        self._client.on_connect = lambda c, *_: (set_tcp_nodelay(c), c.subscribe(topic, 1))
+        self._client.on_connect = lambda c, *_: c.subscribe(topic, 1)
         self._client.on_subscribe = lambda *_: subscribed.set()
         self._client.on_message = lambda _c, _u, m: self.received.append(m.payload)
         self._client.connect("127.0.0.1", port)
@@ -217,5 +217,5 @@ def test_devices_acknowledge_results_and_can_wait_for_them(tmp_path, demo_assets
             assert sent_up and all(t.state is TraceState.COMPLETE for t in sent_up)
             assert runtime.metrics.value("verdicts", outcome="duplicate") == 0
             # Waiting, every verdict came in a gRPC response and none on MQTT; otherwise all on MQTT.
-            assert runtime.subscriber.counts["messages"] == (0 if wait else len(sent_up))
+            assert runtime.link.counts["messages"] == (0 if wait else len(sent_up))
         wait_for(lambda d=device_id: unacked(delivery_hub, d) == [], 10, f"{device_id}'s results to be acknowledged")

@@ -15,7 +15,7 @@ from edge.comms.grpc_client import GrpcTransport
 from edge.config import GrpcConfig
 from edge.errors import TransportError
 from edge.judge import TraceState
-from edge.outbox.store import OutboxStatus
+from edge.outbox import OutboxStatus
 from protocol import DeviceTopic, EncodedImage, EscalationRequest, Prediction, new_trace_id
 from protocol._generated.tandem.v1 import tandem_pb2_grpc as pb_grpc
 from tests.integration.conftest import edge_config

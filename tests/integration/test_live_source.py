@@ -13,7 +13,6 @@ import time
 import urllib.error
 import urllib.request
 
-from cloud.broker import free_port
 from edge.app import EdgeRuntime
 from edge.config import (
     DetectorConfig,
@@ -24,6 +23,7 @@ from edge.config import (
     SourceConfig,
 )
 from edge.sources import LiveSource, SourceState
+from tandem.broker import free_port
 from tests.support.mjpeg import MjpegCamera
 from tests.support.waiting import wait_for
 

@@ -20,7 +20,7 @@ def call(url: str, method: str = "GET", body: bytes | None = None, content_type:
 
 
 def tandem(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "edge.cli", *args], capture_output=True, text=True, check=False)
+    return subprocess.run([sys.executable, "-m", "tandem.cli", *args], capture_output=True, text=True, check=False)
 
 
 def test_registry_over_rest(hub, demo_assets):

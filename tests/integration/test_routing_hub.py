@@ -16,10 +16,10 @@ import onnxruntime as ort
 import pytest
 import yaml
 
-from cloud.broker import free_port
 from edge.comms.grpc_client import GrpcTransport
 from edge.config import GrpcConfig
 from protocol import EncodedImage, EscalationRequest, Prediction, new_trace_id
+from tandem.broker import free_port
 from tests.integration.conftest import HubProcess
 from tests.support.tcp_proxy import TcpForwarder
 from tests.support.waiting import wait_for

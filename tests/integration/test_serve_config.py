@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cloud.broker import free_port
 from edge.comms.grpc_client import GrpcTransport
 from edge.config import GrpcConfig
 from edge.errors import TransportError
 from protocol import EncodedImage, EscalationRequest, Prediction, new_trace_id
+from tandem.broker import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -14,11 +14,11 @@ import time
 import paho.mqtt.client as mqtt
 import yaml
 
-from cloud.broker import free_port
 from edge.app import EdgeRuntime
 from edge.config import ActionsConfig
 from edge.outbox import EdgeStore
 from protocol.topics import Channel, DeviceTopic
+from tandem.broker import free_port
 from tests.integration.conftest import edge_config
 from tests.support.mjpeg import MjpegCamera
 
@@ -42,7 +42,7 @@ def test_sigterm_drains_and_the_outbox_survives_a_restart(tmp_path, demo_assets,
         )
     )
     process = subprocess.Popen(
-        [sys.executable, "-m", "edge.cli", "edge", "run", "--config", str(config), "--json"],
+        [sys.executable, "-m", "tandem.cli", "edge", "run", "--config", str(config), "--json"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -3,11 +3,11 @@
 import pytest
 import yaml
 
-from edge.cli import main
+from common.errors import ConfigError
 from edge.config import DetectorConfig, JudgeConfig, SourceConfig, load_config
 from edge.detectors import create_detector
-from edge.errors import ConfigError
 from edge.judge.calibrate import Sample, choose, collect, operating_point, sweep
+from tandem.cli import main
 
 
 def samples() -> list[Sample]:

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
+from common.errors import ConfigError
 from edge.config import load_config
-from edge.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "deploy" / "jetson" / "edge.example.yaml"
@@ -40,7 +40,7 @@ def test_check_config_command_reports_the_field(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("device_id: cam-1\nsource: {kind: video}\n")
     out = subprocess.run(
-        [sys.executable, "-m", "edge.cli", "edge", "check-config", str(bad)],
+        [sys.executable, "-m", "tandem.cli", "edge", "check-config", str(bad)],
         capture_output=True,
         text=True,
         check=False,

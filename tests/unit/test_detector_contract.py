@@ -12,9 +12,9 @@ import cv2
 import numpy as np
 import pytest
 
+from common.errors import InferenceError
 from edge.config import DetectorConfig
 from edge.detectors import BACKENDS, available, create_detector
-from edge.errors import DetectorError
 from protocol import Prediction
 
 PLATE_TEXT = "KA51 MX7"
@@ -93,7 +93,7 @@ def test_ocr_reads_a_plate_with_per_character_confidence(backend, ocr_models):
     )
     try:
         detector.start()
-    except DetectorError as exc:
+    except InferenceError as exc:
         # OpenCV 4's DNN cannot run PP-OCRv4's recogniser (a Reshape it mis-sizes): refused at start, clearly.
         assert backend == "opencv" and "failed" in str(exc)
         pytest.xfail(f"{backend}: {exc}")
@@ -125,7 +125,7 @@ def test_haar_cascade_finds_a_plate_and_nothing_in_a_blank_frame():
 def test_opencv_says_which_models_it_cannot_run(demo_assets):
     """The strong model uses scikit-learn's ai.onnx.ml operators, which only ONNX Runtime implements."""
     detector = create_detector(DetectorConfig(type="opencv", model_path=demo_assets / "models" / "digits-strong.onnx"))
-    with pytest.raises(DetectorError, match="OpenCV DNN cannot load"):
+    with pytest.raises(InferenceError, match="OpenCV DNN cannot load"):
         detector.start()
 
 
@@ -134,14 +134,14 @@ def test_missing_backend_is_a_clear_error_and_nothing_else(demo_assets):
     assert set(status) == set(BACKENDS)
     if status["tensorrt"].startswith("off"):
         detector = create_detector(DetectorConfig(type="tensorrt", model_path=demo_assets / "models" / "x.engine"))
-        with pytest.raises(DetectorError, match="the tensorrt backend is off"):
+        with pytest.raises(InferenceError, match="the tensorrt backend is off"):
             detector.start()
     assert status["onnx"].startswith("ok")  # the others keep working
 
 
 def test_detector_used_before_start_says_so(demo_assets):
     detector = create_detector(DetectorConfig(model_path=demo_assets / "models" / "digits-weak.onnx"))
-    with pytest.raises(DetectorError, match="before start"):
+    with pytest.raises(InferenceError, match="before start"):
         detector.predict(np.zeros((8, 8), np.uint8))
 
 

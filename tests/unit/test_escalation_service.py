@@ -27,7 +27,8 @@ from protocol import (
     Tensor,
     new_trace_id,
 )
-from protocol.codec import decode_result
+from protocol.codec import Encoding, decode_result
+from protocol.topics import DeviceTopic
 from tests.support.images import png, png_bomb
 
 LABELS = ("0", "1")
@@ -55,6 +56,7 @@ class ListPublisher(Publisher):
         self.published: list[tuple[str, str, bytes]] = []
 
     def publish(self, device_id, trace_id, payload):
+        DeviceTopic.results(device_id)  # as the real dispatcher: a device id no topic can carry raises
         self.published.append((device_id, trace_id, payload))
 
 
@@ -192,6 +194,29 @@ def test_an_unacknowledged_result_is_resent_with_backoff_until_max_sends(store):
     assert (trace.sends, trace.acked_at, trace.next_send_at) == (3, None, None)
     assert [t.trace_id for t in store.query(acked=False)] == [req.trace_id]
     assert service.metrics.given_up._value.get() == 1
+
+
+@pytest.mark.parametrize("encoding", list(Encoding))
+def test_every_send_publishes_the_result_bytes_as_stored(store, encoding):
+    """Encoded once, in the hub's result encoding, when the result is stored; resends publish those bytes."""
+    clock, publisher = Clock(), ListPublisher()
+    metrics = HubMetrics()
+    delivery = Delivery(store, publisher, DeliveryConfig(resend_after_s=10), metrics, encoding, clock=clock)
+    service = EscalationService(store, routed(FakeModel()), delivery, metrics, clock=clock)
+    req = request()
+
+    async def go():
+        await service.escalate(req)
+        await service.drain()
+
+    run(go())
+    clock.now += 10
+    assert delivery.resend_due() == 1
+    assert delivery.device_online("cam-1") == 1
+    stored = store.get(req.trace_id).result
+    assert [payload for _, _, payload in publisher.published] == [stored, stored, stored]
+    assert stored.startswith(b"{") is (encoding is Encoding.JSON)
+    assert decode_result(stored).final.label == "1"
 
 
 def test_an_acknowledged_result_is_not_resent_and_a_stranger_cannot_acknowledge_it(store):
@@ -432,7 +457,7 @@ def test_one_result_that_cannot_be_sent_does_not_block_the_others(store):
         service.delivery.resend_due()
     assert {t for _, t, _ in publisher.published} == {good.trace_id}
     assert store.get(bad.trace_id).next_send_at is None  # set aside, for operators (GET /v1/traces?acked=false)
-    errors = service.metrics.delivery_errors.labels(channel="store", reason="undecodable")._value.get()
+    errors = service.metrics.delivery_errors.labels(channel="any", reason="InvalidTopic")._value.get()
     assert errors == 1
 
 

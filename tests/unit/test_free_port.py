@@ -2,7 +2,7 @@
 
 import socket
 
-from cloud.broker import _FIRST_PORT, _ephemeral_start, free_port
+from tandem.broker import _FIRST_PORT, _ephemeral_start, free_port
 
 
 def test_ports_are_distinct_bindable_and_outside_the_ephemeral_range():
@@ -20,7 +20,7 @@ def test_a_taken_port_is_never_handed_out(monkeypatch):
     taken = held.getsockname()[1]
     picks = iter([taken, taken, _FIRST_PORT + 7])
     monkeypatch.setattr("random.Random.randint", lambda self, a, b: next(picks))
-    monkeypatch.setattr("cloud.broker._GIVEN_PORTS", set())
+    monkeypatch.setattr("tandem.broker._GIVEN_PORTS", set())
     try:
         assert free_port() == _FIRST_PORT + 7
     finally:

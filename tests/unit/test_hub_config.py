@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from cloud.cli import hub_config
-from edge.errors import ConfigError
+from common.errors import ConfigError
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "cloud" / "hub.example.yaml"
 

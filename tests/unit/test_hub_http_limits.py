@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
-from cloud.ingress.http import build_http_app
+from cloud.api import build_http_app
 from cloud.ingress.v2 import V2Service
 from cloud.registry import SqliteRegistry
 from cloud.traces import TraceStore

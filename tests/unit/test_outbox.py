@@ -6,8 +6,7 @@ import pytest
 
 from edge.errors import StoreError
 from edge.judge import TraceMachine, TraceState
-from edge.outbox import EdgeStore, OutboxLimits, VerdictOutcome
-from edge.outbox.store import OutboxStatus
+from edge.outbox import EdgeStore, OutboxLimits, OutboxStatus, VerdictOutcome
 from protocol import EscalationResult, Prediction, ResultStatus, new_trace_id
 
 LABELS = ("0", "1", "2")
@@ -320,7 +319,7 @@ def test_a_version_1_store_is_migrated(tmp_path):
 def test_replay_command_lists_and_requeues(tmp_path, capsys):
     import yaml
 
-    from edge.cli import main
+    from tandem.cli import main
 
     config = tmp_path / "edge.yaml"
     config.write_text(

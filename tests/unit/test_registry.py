@@ -14,9 +14,8 @@ from cloud.registry import (
     ModelUpdate,
     RegistryError,
     SqliteRegistry,
-    serving,
 )
-from cloud.routing import RoutingConfig, parse_routing
+from cloud.routing import RoutingConfig, parse_routing, serving
 from cloud.routing.balance import CircuitState
 from cloud.routing.config import resolve_registry
 

@@ -7,11 +7,11 @@ import cv2
 import numpy as np
 import pytest
 
+from common.errors import InferenceError
 from edge.app import EdgeRuntime
-from edge.comms.mqtt import Handled
+from edge.comms.link import Handled
 from edge.config import DetectorConfig, EdgeConfig, JudgeConfig, SourceConfig
 from edge.detectors import create_detector
-from edge.errors import DetectorError
 from edge.judge import TraceState
 from protocol import AckStatus, EscalationAck, EscalationResult, Prediction, ResultStatus
 from protocol.codec import encode_escalation_ack, encode_result
@@ -86,7 +86,7 @@ def test_store_failure_asks_the_broker_to_redeliver(runtime):
 def test_model_that_does_not_load_is_a_clear_error(tmp_path):
     broken = tmp_path / "broken.onnx"
     broken.write_bytes(b"not a model")
-    with pytest.raises(DetectorError, match=r"cannot load ONNX model .*broken.onnx"):
+    with pytest.raises(InferenceError, match=r"cannot load ONNX model .*broken.onnx"):
         create_detector(DetectorConfig(model_path=broken)).start()
 
 
@@ -97,7 +97,7 @@ def test_model_without_tandem_metadata_is_refused(tmp_path, demo_assets):
     del model.metadata_props[:]
     path = tmp_path / "bare.onnx"
     onnx.save(model, path)
-    with pytest.raises(DetectorError, match="tandem"):
+    with pytest.raises(InferenceError, match="tandem"):
         create_detector(DetectorConfig(model_path=path)).start()
 
 

@@ -7,7 +7,7 @@ from edge.config import OutboxConfig
 from edge.errors import TransportError
 from edge.judge import TraceMachine, TraceState
 from edge.metrics import EdgeMetrics
-from edge.outbox.store import OutboxStatus
+from edge.outbox import OutboxStatus
 from edge.outbox.worker import EscalationWorker, backoff_s
 from protocol import AckStatus, EscalationAck, Prediction, new_trace_id
 

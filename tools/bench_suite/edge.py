@@ -31,13 +31,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from common.inference.onnx import OrtRunner
+from common.inference.preprocess import image_to_nchw
 from edge.app import EdgeRuntime
 from edge.config import DetectorConfig, EdgeConfig, JudgeConfig, ServiceConfig, SourceConfig
 from edge.detectors import create_detector
 from edge.detectors.base import Detector
-from edge.detectors.ocr import _det_size, _normalise
-from edge.detectors.onnx import OrtRunner
-from edge.detectors.preprocess import image_to_nchw
+from edge.detectors.text import det_size, normalise
 from edge.judge import Judge, JudgeInput, TraceMachine, TraceState, calibrate
 from edge.judge.judge import JudgeDecision
 from edge.outbox import EdgeStore
@@ -125,8 +125,8 @@ def fps(work: Path, frames: list[Frame], passes: int) -> dict[str, float]:
     detector.start()
     tensors = []
     for f in frames:
-        h, w = _det_size(*f.image.shape[:2], config.det_min_side, config.det_max_side)
-        tensors.append(_normalise(cv2.resize(f.image, (w, h))))
+        h, w = det_size(*f.image.shape[:2], config.det_min_side, config.det_max_side)
+        tensors.append(normalise(cv2.resize(f.image, (w, h))))
     bare = detector_fps = runtime_fps = 0.0
     for _ in range(passes):  # interleaved, so all three see the same machine
         bare = max(bare, _best_rate(len(tensors), 1, lambda: [runner.run(t) for t in tensors]))

@@ -12,7 +12,7 @@ batch_throughput_ratio          requests/s through the ModelPool with dynamic ba
                                 this script builds (64 -> 5120 -> 5120 -> 5120 -> 10, random weights: the cost of a
                                 trained one) whose single inference takes >= 5 ms here.
 
-Ray calls live in cloud/app.py for the product; this script adds only the baseline deployment.
+Ray calls live in cloud/app.py and cloud/deployments/ for the product; this script adds only the baseline deployment.
 """
 
 from __future__ import annotations
@@ -32,13 +32,13 @@ import numpy as np
 import paho.mqtt.client as mqtt
 import yaml
 
-from cloud.broker import MosquittoBroker, free_port
+from common.mqtt import new_client
 from edge.comms.grpc_client import GrpcTransport
-from edge.comms.mqtt import set_tcp_nodelay
 from edge.config import GrpcConfig
 from protocol import EncodedImage, EscalationRequest, Prediction, ResultAck, new_trace_id
 from protocol.codec import decode_result, encode_result_ack
 from protocol.topics import DeviceTopic
+from tandem.broker import MosquittoBroker, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / ".tandem" / "demo"
@@ -140,9 +140,9 @@ class ResultWaiter:
         self._events: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
         self.failed = 0
-        self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-results")
+        self._client = new_client("bench-results")
         self._client.on_message = self._on_message
-        self._client.on_connect = lambda c, *_: (set_tcp_nodelay(c), c.subscribe(str(DeviceTopic.results(DEVICE)), 1))
+        self._client.on_connect = lambda c, *_: c.subscribe(str(DeviceTopic.results(DEVICE)), 1)
         self._client.connect("127.0.0.1", port)
         self._client.loop_start()
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cloud.broker import free_port
 from edge.config import EdgeConfig, JudgeConfig, MqttConfig, MqttTransportConfig, OutboxConfig
+from tandem.broker import free_port
 from tests.integration.conftest import HubProcess, edge_config
 from tests.support.ledger import DeviceBooks, audit_device
 from tests.support.tcp_proxy import FaultProxy

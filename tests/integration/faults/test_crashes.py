@@ -42,7 +42,7 @@ class EdgeProcess:
     def start(self) -> None:
         with self.log.open("ab") as log:
             self._process = subprocess.Popen(
-                [sys.executable, "-m", "edge.cli", "edge", "run", "--config", str(self.config_path), "--json"],
+                [sys.executable, "-m", "tandem.cli", "edge", "run", "--config", str(self.config_path), "--json"],
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from cloud.broker import free_port
 from edge.app import EdgeRuntime
 from edge.config import GrpcConfig, JudgeConfig
+from tandem.broker import free_port
 from tests.integration.conftest import edge_config
 from tests.support.ledger import audit_device
 from tests.support.report import report

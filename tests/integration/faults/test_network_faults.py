@@ -14,9 +14,9 @@ from pathlib import Path
 import grpc
 import pytest
 
-from cloud.broker import free_port
 from edge.app import EdgeRuntime
 from protocol import EncodedImage, EscalationRequest, Prediction, new_trace_id
+from tandem.broker import free_port
 from tests.integration.faults.conftest import drained, fault_device
 from tests.support.ledger import hub_runs
 from tests.support.report import report

@@ -1,9 +1,4 @@
-"""ONNX Runtime: the CPU here, the CUDA or TensorRT execution providers where onnxruntime-gpu has them.
-
-``OnnxModel`` is the classifier contract the edge and the hub share: input
-``image`` [N, C, H, W] float32 0-255, output ``scores`` [N, K], metadata
-``tandem.model_id``, ``tandem.model_version`` and ``tandem.labels``.
-"""
+"""ONNX Runtime: the CPU here, the CUDA or TensorRT execution providers where onnxruntime-gpu has them."""
 
 from __future__ import annotations
 
@@ -13,9 +8,8 @@ from typing import Any, Optional
 
 import numpy as np
 
-from edge.detectors.runner import BackendUnavailable, Runner
-from edge.errors import DetectorError
-from protocol.messages import Prediction
+from common.errors import InferenceError
+from common.inference.runner import BackendUnavailable, Runner
 
 logger = logging.getLogger(__name__)
 
@@ -27,9 +21,13 @@ except ImportError as exc:  # the backend is disabled; the registry still import
 else:
     IMPORT_ERROR = None
 
-SCORES_OUTPUT = "scores"
 # Fastest first; only those this onnxruntime build has are used.
 PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+def status() -> str:
+    """``ok`` with the execution providers this build has, or why the backend is off."""
+    return f"off: {IMPORT_ERROR}" if ort is None else "ok: " + ", ".join(providers())
 
 
 def providers(wanted: Optional[list[str]] = None) -> list[str]:
@@ -56,13 +54,13 @@ class OrtRunner(Runner):
         try:
             self.session = ort.InferenceSession(str(path), options, providers=providers(provider_list))
         except Exception as exc:  # onnxruntime raises its own untyped errors for bad files
-            raise DetectorError(f"cannot load ONNX model {path}: {exc}") from exc
+            raise InferenceError(f"cannot load ONNX model {path}: {exc}") from exc
         first = self.session.get_inputs()[0]
         self.input_name: str = first.name
         self.input_shape: list[Any] = list(first.shape)
         outputs = [o.name for o in self.session.get_outputs()]
         if output is not None and output not in outputs:
-            raise DetectorError(f"{path}: model has no {output!r} output (outputs: {outputs})")
+            raise InferenceError(f"{path}: model has no {output!r} output (outputs: {outputs})")
         self.output = output or outputs[0]
         self.path = path
 
@@ -73,7 +71,7 @@ class OrtRunner(Runner):
         try:
             (out,) = self.session.run([self.output], {self.input_name: batch})
         except Exception as exc:  # onnxruntime's errors carry no stable types
-            raise DetectorError(f"{self.path.name}: inference failed: {exc}") from exc
+            raise InferenceError(f"{self.path.name}: inference failed: {exc}") from exc
         return np.asarray(out)
 
 
@@ -84,20 +82,5 @@ def onnx_metadata(path: Path) -> dict[str, str]:
     try:
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own untyped errors for bad files
-        raise DetectorError(f"cannot load ONNX model {path}: {exc}") from exc
+        raise InferenceError(f"cannot load ONNX model {path}: {exc}") from exc
     return dict(session.get_modelmeta().custom_metadata_map)
-
-
-class OnnxModel:
-    """An ONNX classifier and its declared contract, on ONNX Runtime. Shared by the edge and the hub."""
-
-    def __init__(self, path: Path, intra_op_num_threads: int = 1, provider_list: Optional[list[str]] = None) -> None:
-        from edge.detectors.classify import ClassifierHead
-
-        self.runner = OrtRunner(path, intra_op_num_threads, provider_list, output=SCORES_OUTPUT)
-        self.head = ClassifierHead(path, self.runner)
-        self.model_id = self.head.info.model_id
-        self.labels = self.head.info.labels
-
-    def predict(self, image: np.ndarray) -> Prediction:
-        return self.head.predict(image)

@@ -15,10 +15,11 @@ import logging
 import tempfile
 import time
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
+
+import cv2
 
 from cloud.app import start_hub, stop_hub
-from cloud.broker import EmbeddedBroker, MosquittoBroker, find_mosquitto, free_port
 from cloud.config import HubConfig
 from edge.app import EdgeRuntime
 from edge.config import (
@@ -34,16 +35,35 @@ from edge.config import (
 from edge.detectors import create_detector
 from edge.judge import calibrate
 from edge.summary import format_table, summarize
+from tandem.broker import EmbeddedBroker, MosquittoBroker, find_mosquitto, free_port
 
 logger = logging.getLogger(__name__)
 
 DEVICE_ID = "demo-cam-1"
+DEFAULT_FPS = 30.0  # when the video does not say its rate
 
 
 def _broker(choice: str, port: int) -> Union[MosquittoBroker, EmbeddedBroker]:
     if choice == "mosquitto" or (choice == "auto" and find_mosquitto()):
         return MosquittoBroker(port)
     return EmbeddedBroker(port)
+
+
+def _pace(args: argparse.Namespace, video: Path) -> Optional[float]:
+    """Frames per second to play: --fps, else the video's own rate (a camera's pace); None with --fast.
+
+    At camera pace the round trips are the system's; as fast as possible, a burst queues behind the
+    hub and the round trips read that queue."""
+    if args.fast:
+        return None
+    if args.fps is not None:
+        return float(args.fps)
+    capture = cv2.VideoCapture(str(video))
+    try:
+        fps = float(capture.get(cv2.CAP_PROP_FPS))
+    finally:
+        capture.release()
+    return fps if fps > 0 else DEFAULT_FPS
 
 
 def _calibrated_threshold(weak: DetectorConfig, models: Path, args: argparse.Namespace) -> float:
@@ -99,7 +119,7 @@ def run_demo(args: argparse.Namespace) -> int:
                 kind="video",
                 path=models / "stream" / "digits.avi",
                 labels_csv=models / "stream" / "labels.csv",
-                max_fps=args.fps,
+                max_fps=_pace(args, models / "stream" / "digits.avi"),
             ),
             detector=weak,
             judge=JudgeConfig(confidence_threshold=threshold),

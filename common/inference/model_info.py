@@ -1,29 +1,17 @@
-"""The runner layer: one inference engine (ONNX Runtime session, OpenCV DNN net, TensorRT engine) behind one call.
-
-Detectors (classification, text detection, OCR) do their pre- and
-post-processing around a ``Runner``; a runner only turns one input tensor
-into the named output tensor. A backend whose native library is missing
-raises ``BackendUnavailable`` with the reason, and only that backend is off.
-"""
+"""What a model declares about itself: its id, version and labels (ONNX metadata ``tandem.*``, or the sidecar
+JSON of an engine, whose format cannot carry them)."""
 
 from __future__ import annotations
 
-import abc
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional
 
-import numpy as np
-
-from edge.errors import DetectorError
-
-Dim = Union[int, str, None]
-
-
-class BackendUnavailable(DetectorError):
-    """The backend's native library is not installed or cannot load."""
+from common.errors import InferenceError
+from common.inference.onnx import onnx_metadata
+from common.inference.runner import Runner
 
 
 @dataclass(frozen=True)
@@ -33,21 +21,6 @@ class ModelInfo:
     model_id: str
     version: str
     labels: tuple[str, ...]
-
-
-class Runner(abc.ABC):
-    input_shape: Sequence[Dim]
-
-    @abc.abstractmethod
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        """One input tensor -> the model's output tensor; raise DetectorError on failure."""
-
-    def close(self) -> None:  # noqa: B027 - most runners free their memory with their last reference
-        """Free the engine's resources. Safe to call twice."""
-
-    def metadata(self) -> Optional[dict[str, str]]:
-        """The model's custom metadata when the engine has already read it (None: read it from the file)."""
-        return None
 
 
 def sidecar(path: Path) -> Path:
@@ -68,15 +41,13 @@ def read_model_info(
         try:
             meta = json.loads(sidecar(path).read_text())
         except (OSError, ValueError) as exc:
-            raise DetectorError(f"{sidecar(path)}: unreadable: {exc}") from exc
+            raise InferenceError(f"{sidecar(path)}: unreadable: {exc}") from exc
     elif path.suffix == ".onnx":
-        from edge.detectors.onnx import onnx_metadata
-
         meta = onnx_metadata(path)
     try:
         label_list = tuple(json.loads(meta["tandem.labels"])) if "tandem.labels" in meta else tuple(labels)
     except ValueError as exc:
-        raise DetectorError(f"{path}: tandem.labels is not a JSON list: {exc}") from exc
+        raise InferenceError(f"{path}: tandem.labels is not a JSON list: {exc}") from exc
     return ModelInfo(
         meta.get("tandem.model_id", default_id or path.stem), meta.get("tandem.model_version", ""), label_list
     )

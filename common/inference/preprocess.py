@@ -44,7 +44,8 @@ def image_to_nchw(image: np.ndarray, input_shape: Sequence[Dim]) -> np.ndarray:
     tensor = image.astype(np.float32)
     if tensor.ndim == 2:
         return tensor[np.newaxis, np.newaxis]
-    return tensor.transpose(2, 0, 1)[np.newaxis]
+    nchw: np.ndarray = tensor.transpose(2, 0, 1)[np.newaxis]
+    return nchw
 
 
 def image_size(data: bytes) -> tuple[int, int]:

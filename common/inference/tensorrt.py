@@ -17,8 +17,8 @@ from typing import Any, Optional
 
 import numpy as np
 
-from edge.detectors.runner import BackendUnavailable, Runner
-from edge.errors import DetectorError
+from common.errors import InferenceError
+from common.inference.runner import BackendUnavailable, Runner
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +31,11 @@ except ImportError as exc:
     IMPORT_ERROR: Optional[str] = f"tensorrt or pycuda did not import: {exc}"
 else:
     IMPORT_ERROR = None
+
+
+def status() -> str:
+    """``ok`` with TensorRT's version, or why the backend is off."""
+    return f"off: {IMPORT_ERROR}" if trt is None else f"ok: TensorRT {trt.__version__}"
 
 
 class TensorRtRunner(Runner):
@@ -48,15 +53,15 @@ class TensorRtRunner(Runner):
             runtime = trt.Runtime(self._logger)
             self._engine = runtime.deserialize_cuda_engine(path.read_bytes())
             if self._engine is None:
-                raise DetectorError(f"{path}: TensorRT could not deserialize the engine (built for another version?)")
+                raise InferenceError(f"{path}: TensorRT could not deserialize the engine (built for another version?)")
             self._context = self._engine.create_execution_context()
             names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
             inputs = [n for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
             outputs = [n for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
             if len(inputs) != 1 or not outputs:
-                raise DetectorError(f"{path}: expected one input and an output, found {inputs} and {outputs}")
+                raise InferenceError(f"{path}: expected one input and an output, found {inputs} and {outputs}")
             self._input = inputs[0]
-            self._output = output if output in outputs else outputs[0]
+            self._output: str = output if output is not None and output in outputs else outputs[0]
             self.input_shape = [d if d >= 0 else "N" for d in self._engine.get_tensor_shape(self._input)]
             self._stream = cuda.Stream()
             self._buffers: dict[str, Any] = {}
@@ -85,12 +90,13 @@ class TensorRtRunner(Runner):
             self._context.set_tensor_address(self._output, int(device_out))
             cuda.memcpy_htod_async(device_in, host_in, self._stream)
             if not self._context.execute_async_v3(self._stream.handle):
-                raise DetectorError(f"{self._path.name}: TensorRT execution failed")
+                raise InferenceError(f"{self._path.name}: TensorRT execution failed")
             cuda.memcpy_dtoh_async(host_out, device_out, self._stream)
             self._stream.synchronize()
-            return host_out.copy()
+            result: np.ndarray = host_out.copy()
+            return result
         except cuda.Error as exc:
-            raise DetectorError(f"{self._path.name}: CUDA error: {exc}") from exc
+            raise InferenceError(f"{self._path.name}: CUDA error: {exc}") from exc
         finally:
             cuda.Context.pop()
 

@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import enum
 import logging
-import socket
 import threading
 from collections.abc import Callable, Mapping
 
 import paho.mqtt.client as mqtt
 
+from common.mqtt import Will, new_client
 from edge.config import MqttConfig
 from protocol.topics import Channel, DeviceTopic
 
@@ -40,30 +40,22 @@ class Handled(enum.Enum):
 MessageHandler = Callable[[bytes], Handled]
 
 
-def set_tcp_nodelay(client: mqtt.Client) -> None:
-    """paho leaves Nagle's algorithm on, which turns QoS 1 round trips into tens of ms."""
-    sock = client.socket()
-    if isinstance(sock, socket.socket):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
 class DeviceLink:
     def __init__(self, device_id: str, config: MqttConfig, handlers: Mapping[Channel, MessageHandler]) -> None:
         """``handlers``: the channels this device reads, each with what deals with its messages."""
         self._config = config
-        self._handlers = {str(DeviceTopic(device_id, channel)): handler for channel, handler in handlers.items()}
+        self._topics = {channel: str(DeviceTopic(device_id, channel)) for channel in Channel}
+        self._handlers = {self._topics[channel]: handler for channel, handler in handlers.items()}
         self._availability = str(DeviceTopic.availability(device_id))
         self._subscribed = threading.Event()
-        self._client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2,
-            client_id=f"tandem-edge-{device_id}",
+        self._client = new_client(
+            f"tandem-edge-{device_id}",
+            username=config.username or device_id,
+            password=config.password,
             clean_session=False,
-            protocol=mqtt.MQTTv311,
             manual_ack=True,
+            will=Will(self._availability, b"offline"),
         )
-        self._client.username_pw_set(config.username or device_id, config.password)
-        self._client.will_set(self._availability, b"offline", qos=1, retain=True)
-        self._client.reconnect_delay_set(min_delay=1, max_delay=30)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_subscribe = self._on_subscribe
@@ -88,13 +80,13 @@ class DeviceLink:
     def wait_subscribed(self, timeout_s: float) -> bool:
         return self._subscribed.wait(timeout_s)
 
-    def publish(self, topic: str, payload: bytes) -> None:
-        """Queue a QoS 1 message on this connection; paho sends it now or after it reconnects."""
-        info = self._client.publish(topic, payload, qos=1)
+    def publish(self, channel: Channel, payload: bytes) -> None:
+        """Queue a QoS 1 message on one of this device's channels; paho sends it now or after it reconnects."""
+        info = self._client.publish(self._topics[channel], payload, qos=1)
         if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
             raise ConnectionError(f"paho could not queue the message (rc {info.rc})")
 
-    def publish_confirmed(self, topic: str, payload: bytes, timeout_s: float) -> None:
+    def publish_confirmed(self, channel: Channel, payload: bytes, timeout_s: float) -> None:
         """Publish at QoS 1 on this device's connection and wait for the broker's PUBACK.
 
         Raises ConnectionError when the broker is not connected and TimeoutError
@@ -102,7 +94,7 @@ class DeviceLink:
         """
         if not self._client.is_connected():
             raise ConnectionError("broker not connected")
-        info = self._client.publish(topic, payload, qos=1)
+        info = self._client.publish(self._topics[channel], payload, qos=1)
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
             raise ConnectionError(f"paho could not queue the message (rc {info.rc})")
         info.wait_for_publish(timeout_s)
@@ -123,7 +115,6 @@ class DeviceLink:
         if getattr(reason, "is_failure", False):
             logger.error("mqtt: broker refused the connection: %s", reason)
             return
-        set_tcp_nodelay(client)
         logger.info("mqtt: connected (session present: %s)", flags.session_present)
         client.publish(self._availability, b"online", qos=1, retain=True)
         client.subscribe([(topic, 1) for topic in self._handlers])
@@ -149,7 +140,7 @@ class DeviceLink:
             client.ack(message.mid, message.qos)
             return
         try:
-            handled = handler(message.payload)
+            handled = handler(bytes(message.payload))
         except Exception:  # a handler bug must not kill paho's network thread
             logger.exception("mqtt: handler failed on %s", message.topic)
             self.counts["handler_errors"] += 1

@@ -1,0 +1,59 @@
+"""The hub's HTTP API (FastAPI), one app on Serve's HTTP proxy.
+
+For operators (this package): health, metrics, ``/v1/traces`` (``traces``), the model registry
+(``registry``), the routing status. For devices and model clients: the Open Inference Protocol v2,
+whose routes live with the rest of the device-facing ingress (``cloud.ingress.v2``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, Optional
+
+from fastapi import FastAPI, HTTPException, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from cloud.api.registry import registry_routes
+from cloud.api.traces import trace_routes
+from cloud.ingress.body_limit import BodyLimit
+from cloud.ingress.v2 import V2Service, v2_routes
+from cloud.metrics import HubMetrics
+from cloud.registry import Registry
+from cloud.traces.store import TraceStore
+
+
+def build_http_app(
+    traces: TraceStore,
+    registry: Registry,
+    v2: Optional[V2Service] = None,
+    hub_status: Optional[Callable[[], Awaitable[dict[str, Any]]]] = None,
+    metrics: Optional[HubMetrics] = None,
+    max_body_bytes: int = 4 * 1024 * 1024,
+    max_artifact_bytes: int = 1024 * 1024 * 1024,
+) -> FastAPI:
+    """``max_body_bytes`` bounds every request body (413 past it) but model uploads, bounded by max_artifact_bytes."""
+    app = FastAPI(title="Tandem hub", version="1")
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes, by_prefix={"/v1/artifacts/": max_artifact_bytes})
+    app.include_router(registry_routes(registry))
+    app.include_router(trace_routes(traces))
+    if v2 is not None:
+        app.include_router(v2_routes(v2))
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/metrics")
+    def prometheus() -> Response:
+        if metrics is None:
+            raise HTTPException(404, "no metrics here")
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/routing")
+    async def routing() -> dict[str, Any]:
+        """The rules in use (their digest changes on every reload), the cache, and each replica's circuit."""
+        if hub_status is None:
+            raise HTTPException(404, "no routing status here")
+        return await hub_status()
+
+    return app

@@ -1,0 +1,286 @@
+"""The hub without Ray: one object that builds every part from ``HubConfig`` and hands each its collaborators.
+
+    Hub(config, pool)   no I/O: nothing is opened or started
+    hub.start()         (on a running event loop) stores, MQTT clients, delivery, the escalation service,
+                        recovery of unfinished traces, and the background loops (resends, registry reports,
+                        pruning, orphan reruns)
+    await hub.close()   the loops, the MQTT clients, the model backends, the stores; in that order
+
+The Ray Serve ingress (``cloud.deployments.ingress``) holds one, as do tests and anything else that wants
+the hub in a process of its own. Where models run is the ``ModelPool`` it is given: the Serve deployment
+(``cloud.deployments.pool``), or ``LocalPool`` here, which runs them in this process.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+from fastapi import FastAPI
+
+from cloud.api import build_http_app
+from cloud.config import HubConfig
+from cloud.dispatch.callbacks import HttpCallbacks
+from cloud.dispatch.delivery import Delivery
+from cloud.dispatch.mqtt import MqttDispatcher
+from cloud.errors import HubError
+from cloud.escalations import EscalationService
+from cloud.ingress import mqtt as mqtt_ingress
+from cloud.ingress import v2
+from cloud.metrics import HubMetrics
+from cloud.models.classifier import Classifier
+from cloud.registry import SqliteRegistry
+from cloud.routing import ModelAnswer, ModelBackend, Router, RoutingConfig, parse_routing, serving
+from cloud.routing.backends import build_backends, close_backends
+from cloud.routing.config import resolve_registry
+from cloud.traces.store import TraceStore
+from protocol.codec import Encoding
+from protocol.messages import EscalationRequest, Prediction
+
+logger = logging.getLogger(__name__)
+
+REGISTRY_REPORT_S = 10.0  # how often the hub writes serving versions' health and replicas to the registry
+PRUNE_S = 3600.0  # how often the trace store drops traces past trace_retention_s
+ORPHAN_CHECK_S = 30.0  # how often the hub looks for accepted traces whose run died
+
+
+class ModelPool(abc.ABC):
+    """Where the hub's own ONNX models run, each known by its artifact's sha256."""
+
+    @abc.abstractmethod
+    def backend(self, sha256: str) -> ModelBackend:
+        """The router's view of one model in the pool."""
+
+    @abc.abstractmethod
+    def tensor_models(self, artifacts: dict[str, str]) -> v2.TensorModels:
+        """The v2 protocol's view of the pool: ``artifacts`` maps each model name to its sha256."""
+
+    async def loads(self) -> int:
+        """How many model loads the pool has done (one replica's count, where there are several)."""
+        return 0
+
+
+class LocalPool(ModelPool):
+    """The models in this process, loaded on first use from the registry's artifacts (no batching)."""
+
+    def __init__(self, artifacts_dir: Path, max_image_pixels: int) -> None:
+        self._dir = artifacts_dir
+        self._max_pixels = max_image_pixels
+        self._models: dict[str, Classifier] = {}
+
+    def model(self, sha256: str) -> Classifier:
+        if sha256 not in self._models:
+            logger.info("local pool: loading %s", sha256[:12])
+            self._models[sha256] = Classifier(self._dir / sha256, max_image_pixels=self._max_pixels)
+        return self._models[sha256]
+
+    def backend(self, sha256: str) -> ModelBackend:
+        return _LocalBackend(self, sha256)
+
+    def tensor_models(self, artifacts: dict[str, str]) -> v2.TensorModels:
+        return _LocalTensorModels(self, artifacts)
+
+    async def loads(self) -> int:
+        return len(self._models)
+
+
+class _LocalBackend(ModelBackend):
+    def __init__(self, pool: LocalPool, sha256: str) -> None:
+        self._pool = pool
+        self._sha256 = sha256
+
+    async def predict(self, request: EscalationRequest, previous: Optional[Prediction]) -> ModelAnswer:
+        model = await asyncio.to_thread(self._pool.model, self._sha256)
+        return ModelAnswer(await asyncio.to_thread(model.predict, request.input))
+
+
+class _LocalTensorModels(v2.TensorModels):
+    def __init__(self, pool: LocalPool, artifacts: dict[str, str]) -> None:
+        self._pool = pool
+        self._artifacts = artifacts
+
+    def names(self) -> list[str]:
+        return list(self._artifacts)
+
+    async def spec(self, name: str) -> v2.ModelSpec:
+        model = await asyncio.to_thread(self._pool.model, self._artifacts[name])
+        session, version = model.model.runner.session, model.model.head.info.version or "1"
+        return v2.spec_from_onnx(name, version, session.get_inputs(), session.get_outputs())
+
+    async def run(self, name: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        model = await asyncio.to_thread(self._pool.model, self._artifacts[name])
+        return await asyncio.to_thread(model.run_tensors, inputs)
+
+
+class Hub:
+    def __init__(self, config: HubConfig, pool: ModelPool) -> None:
+        self.config = config.absolute()
+        self.pool = pool
+        self.metrics = HubMetrics()
+        self.store = TraceStore(self.config.trace_store_path)
+        self.registry = SqliteRegistry(self.config.registry_file(), self.config.artifacts_dir())
+        self._tensor_models: v2.TensorModels = pool.tensor_models({})
+        self.v2 = v2.V2Service(lambda: self._tensor_models)
+        self.v2_grpc = v2.V2Grpc(self.v2)
+        self._service: Optional[EscalationService] = None
+        self._dispatcher: Optional[MqttDispatcher] = None
+        self._mqtt_ingress: Optional[mqtt_ingress.MqttEscalations] = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def service(self) -> EscalationService:
+        if self._service is None:
+            raise HubError("the hub is not started")
+        return self._service
+
+    def start(self) -> None:
+        """Open the stores, connect to the broker, recover unfinished traces, start the background loops.
+        Call it on the event loop the hub will run on."""
+        hub = self.config
+        loop = asyncio.get_running_loop()
+        self.store.open()
+        self.registry.open()
+        self.metrics.watch_unacked(self.store.count_unacked)
+        self._dispatcher = MqttDispatcher(
+            hub.mqtt_host,
+            hub.mqtt_port,
+            hub.mqtt_username,
+            hub.mqtt_password,
+            on_delivered=lambda trace_id: delivery.delivered(trace_id),  # noqa: PLW0108 - built below
+            metrics=self.metrics,
+        )
+        callbacks = (
+            HttpCallbacks(
+                hub.delivery.callbacks,
+                on_acked=lambda trace_id, device_id: delivery.acknowledged(trace_id, device_id, "callback"),
+                metrics=self.metrics,
+            )
+            if hub.delivery.callbacks
+            else None
+        )
+        delivery = Delivery(
+            self.store, self._dispatcher, hub.delivery, self.metrics, Encoding(hub.result_encoding), callbacks
+        )
+        self._service = EscalationService(
+            self.store, self._router(hub.routing()), delivery, self.metrics, limits=hub.input_limits()
+        )
+        self._dispatcher.start()
+        self._mqtt_ingress = mqtt_ingress.MqttEscalations(
+            self._service,
+            loop,
+            hub.mqtt_host,
+            hub.mqtt_port,
+            hub.mqtt_username,
+            hub.mqtt_password,
+            # One hub here; several need a client id per hub that survives restarts.
+            client_id=f"{hub.mqtt_username}-escalations",
+        )
+        self._mqtt_ingress.start()
+        self._service.recover()
+        self._tasks = [
+            # Sends what is due: results not acknowledged in time, and any a restart left unsent.
+            loop.create_task(delivery.run(), name="hub-resends"),
+            loop.create_task(self._every(REGISTRY_REPORT_S, self._report_to_registry), name="hub-registry-report"),
+            loop.create_task(self._every(PRUNE_S, self._prune_traces), name="hub-prune"),
+            loop.create_task(self._every(ORPHAN_CHECK_S, self._rerun_orphans, first_after_s=ORPHAN_CHECK_S)),
+        ]
+
+    async def close(self) -> None:
+        """Stop the loops, the MQTT clients and the model backends; close the stores. Safe to call twice."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        if self._mqtt_ingress is not None:
+            await asyncio.to_thread(self._mqtt_ingress.close)
+            self._mqtt_ingress = None
+        if self._dispatcher is not None:
+            await asyncio.to_thread(self._dispatcher.close)
+            self._dispatcher = None
+        if self._service is not None:
+            await close_backends(self._service.router.backends)
+        self.store.close()
+        self.registry.close()
+
+    def _router(self, routing: RoutingConfig) -> Router:
+        """Rules -> a router whose own models are the pool's, by each model file's sha256. Registry versions
+        the rules name are resolved to their artifacts here (RoutingError if one cannot be served)."""
+        routing = resolve_registry(routing, self.registry)
+        artifacts = {
+            name: self.registry.put_artifact(entry.model_file.read_bytes())
+            for name, entry in routing.onnx_models().items()
+        }
+        self._tensor_models = self.pool.tensor_models(artifacts)
+        return Router(routing, build_backends(routing, lambda name, _entry: self.pool.backend(artifacts[name])))
+
+    async def reconfigure(self, routing: dict[str, Any]) -> None:
+        """New routing rules in place of the old (no restart). Rules that fail to validate are logged and the
+        running ones stay; ``tandem hub run`` and ``tandem hub routing check`` validate before they deploy,
+        so this is the last line."""
+        try:
+            router = self._router(parse_routing(routing, "user_config.routing"))
+        except (HubError, OSError) as exc:
+            logger.error("routing: new rules refused, the old ones stay: %s", exc)
+            return
+        old = self.service.router
+        self.service.use(router)
+        logger.info("routing: %d rules, %d models in use", len(router.config.routes), len(router.config.models))
+        serving.report(self.registry, router.config, router.circuits, previous=old.config)
+        await close_backends(old.backends)
+
+    def http_app(self) -> FastAPI:
+        return build_http_app(
+            self.store, self.registry, self.v2, self.status, self.metrics, max_body_bytes=self.config.max_request_bytes
+        )
+
+    async def status(self) -> dict[str, Any]:
+        """The rules in use, the cache, each replica's circuit, and the pool's model loads."""
+        router, cache = self.service.router, self.service.cache
+        return {
+            "pid": os.getpid(),  # the same pid after a reload: reconfigured in place, not restarted
+            "digest": router.config.digest(),
+            "routes": [r.name for r in router.config.routes],
+            "models": sorted(router.config.models),
+            "cache": {"entries": len(cache), "hits": cache.hits, "misses": cache.misses},
+            "replicas": {
+                model: {key: state.value for key, state in router.circuits(model).items()} for model in router.backends
+            },
+            "pool_loads": await self.pool.loads(),
+        }
+
+    # -- background loops ------------------------------------------------------------------------------------
+
+    @staticmethod
+    async def _every(period_s: float, step: Callable[[], Awaitable[None]], first_after_s: float = 0.0) -> None:
+        """Run ``step`` every period_s until cancelled; an error is logged and the next round tries again."""
+        await asyncio.sleep(first_after_s)
+        while True:
+            try:
+                await step()
+            except Exception:  # a bug or a store error (a full disk) must not end the loop for good
+                logger.exception("hub: %s failed; trying again in %.0f s", step.__name__, period_s)
+            await asyncio.sleep(period_s)
+
+    async def _report_to_registry(self) -> None:
+        """The registry versions in use, with their replicas and health."""
+        router = self.service.router
+        serving.report(self.registry, router.config, router.circuits)
+
+    async def _rerun_orphans(self) -> None:
+        """An accepted trace with no result and no run in progress (its run died) runs again. One more line of
+        defence: nothing the hub accepted may stay unanswered."""
+        self.service.recover(received_before=time.time() - ORPHAN_CHECK_S)
+
+    async def _prune_traces(self) -> None:
+        """Finished traces past the retention are deleted (never one whose result is still being sent)."""
+        retention_s = self.config.trace_retention_s
+        deleted = self.store.prune(time.time() - retention_s)
+        if deleted:
+            logger.info("trace store: deleted %d traces older than %.0f s", deleted, retention_s)

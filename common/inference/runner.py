@@ -1,0 +1,38 @@
+"""The runner layer: one inference engine (ONNX Runtime session, OpenCV DNN net, TensorRT engine) behind one call.
+
+Detectors (classification, text detection, OCR) do their pre- and
+post-processing around a ``Runner``; a runner only turns one input tensor
+into the named output tensor. A backend whose native library is missing
+raises ``BackendUnavailable`` with the reason, and only that backend is off.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from typing import Optional, Union
+
+import numpy as np
+
+from common.errors import InferenceError
+
+Dim = Union[int, str, None]
+
+
+class BackendUnavailable(InferenceError):
+    """The backend's native library is not installed or cannot load."""
+
+
+class Runner(abc.ABC):
+    input_shape: Sequence[Dim]
+
+    @abc.abstractmethod
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """One input tensor -> the model's output tensor; raise InferenceError on failure."""
+
+    def close(self) -> None:  # noqa: B027 - most runners free their memory with their last reference
+        """Free the engine's resources. Safe to call twice."""
+
+    def metadata(self) -> Optional[dict[str, str]]:
+        """The model's custom metadata when the engine has already read it (None: read it from the file)."""
+        return None

@@ -1,0 +1,1 @@
+"""Above both sides: the ``tandem`` command, the demo and the embedded broker."""
