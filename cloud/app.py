@@ -22,8 +22,11 @@ arrive in Ingress's ``user_config`` (hot-reloaded by ``reconfigure``), or from `
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
+import re
 from typing import Any, Optional, Union
 
 import ray
@@ -40,6 +43,7 @@ from cloud.routing import RoutingConfig
 logger = logging.getLogger(__name__)
 
 GRPC_PROXY_LIMIT_ENV = "RAY_SERVE_GRPC_MAX_MESSAGE_SIZE"
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")  # the colours Ray puts on its lines
 
 GRPC_SERVICERS = [
     # tandem.v1.Escalation with raw-bytes requests, so the hub's own parser maps a bad one to INVALID_ARGUMENT.
@@ -126,5 +130,29 @@ def deploy(config: HubConfig, routing: Optional[RoutingConfig] = None, timeout_s
 
 
 def stop_hub() -> None:
-    serve.shutdown()
-    ray.shutdown()
+    """Serve shuts down gracefully (replicas finish what they hold), then Ray.
+
+    What Ray's driver prints meanwhile goes to this module's log instead of the caller's stdout: Serve's
+    controller ends its own graceful shutdown by dying, and Ray reports that as a failed task
+    ("(raylet) Task ServeController.graceful_shutdown failed ..."), which would land in the middle, or after
+    the end, of what the caller prints. Ray joins its printing thread before ``ray.shutdown`` returns."""
+    with contextlib.redirect_stdout(_LogLines(logging.INFO)):
+        serve.shutdown()
+        ray.shutdown()
+
+
+class _LogLines(io.TextIOBase):
+    """A text stream whose lines become log records."""
+
+    def __init__(self, level: int) -> None:
+        super().__init__()
+        self._level = level
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        for line in _ANSI.sub("", text).splitlines():
+            if line.strip():
+                logger.log(self._level, "ray: %s", line.strip())
+        return len(text)

@@ -59,14 +59,17 @@ class EscalationService:
         self._clock = clock
         self._running: dict[str, asyncio.Task[None]] = {}  # trace_id -> its routing, while it runs
 
-    async def escalate(self, request: EscalationRequest) -> EscalationAck:
+    async def escalate(self, request: EscalationRequest, wire: Optional[bytes] = None) -> EscalationAck:
         """Record the request (idempotent on trace_id) and start it; the result is delivered when ready.
+
+        ``wire``: the request's bytes as they arrived, when the transport has them; they are stored as they
+        are (a request is parsed once, not parsed, encoded and stored).
 
         InvalidInput (RequestTooLarge) if the hub refuses the input: nothing is recorded or run. A duplicate
         of a finished trace the device has not acknowledged is also a request for its result: it goes out now.
         """
         received = self._clock()
-        stored = encode_request(request)
+        stored = wire if wire is not None else encode_request(request)
         try:
             check_size(len(stored), self.limits)
             check_input(request.input, self.limits)
@@ -83,14 +86,14 @@ class EscalationService:
         self._start(request, received)
         return EscalationAck(request.trace_id, AckStatus.ACCEPTED)
 
-    async def escalate_and_wait(self, request: EscalationRequest) -> EscalationResult:
+    async def escalate_and_wait(self, request: EscalationRequest, wire: Optional[bytes] = None) -> EscalationResult:
         """``escalate``, then answer with the result itself; that answer is its delivery.
 
         A repeat of a finished trace gets the stored result. If the caller goes away first
         (cancelled: its deadline passed), the result goes out the usual way instead."""
         waiter = self.delivery.waiter(request.trace_id)  # before the work starts, so it cannot finish unseen
         try:
-            ack = await self.escalate(request)
+            ack = await self.escalate(request, wire)
             stored = self.store.get(request.trace_id) if ack.status is AckStatus.DUPLICATE else None
             if stored is not None and stored.result is not None:
                 result = decode_result(stored.result)

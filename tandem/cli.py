@@ -30,23 +30,17 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _add_hub_commands(commands: argparse._SubParsersAction) -> None:
+    """``tandem hub`` and ``tandem demo``, where the hub's packages are installed."""
     try:
         from cloud.cli import add_commands
     except ImportError as exc:  # a device without the cloud extra: no hub commands to offer
-        logger.debug("tandem hub is not available here: %s", exc)
+        logger.debug("tandem hub and tandem demo are not available here: %s", exc)
         return
     add_commands(commands)
+    _add_demo_command(commands)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="tandem", description="Edge-cloud inference: devices answer, the hub decides the hard cases."
-    )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
-    commands = parser.add_subparsers(dest="command", required=True)
-    add_edge_commands(commands)
-    _add_hub_commands(commands)
-
+def _add_demo_command(commands: argparse._SubParsersAction) -> None:
     demo = commands.add_parser("demo", help="run hub, broker and one device on the demo digits stream")
     demo.add_argument("--models", type=Path, default=Path(".tandem/demo"), help="output of python -m tools.demo_models")
     demo.add_argument("--json", action="store_true", help="end with the summary as one JSON object on the last line")
@@ -77,6 +71,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="auto: Mosquitto when installed, else the embedded amqtt broker",
     )
     demo.set_defaults(handler=_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tandem", description="Edge-cloud inference: devices answer, the hub decides the hard cases."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    commands = parser.add_subparsers(dest="command", required=True)
+    add_edge_commands(commands)
+    _add_hub_commands(commands)
+
     return parser
 
 

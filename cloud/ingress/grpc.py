@@ -76,7 +76,7 @@ async def escalate(service: EscalationService, payload: bytes, context: StatusCo
     if request is None:
         return pb.EscalationAck()
     try:
-        ack = await service.escalate(request)
+        ack = await service.escalate(request, payload)
     except InvalidInput as exc:  # counted by the service
         _refuse(exc, request.trace_id, context)
         return pb.EscalationAck()
@@ -90,7 +90,7 @@ async def escalate_and_wait(
     if request is None:
         return pb.EscalationResult()
     try:
-        result = await service.escalate_and_wait(request)
+        result = await service.escalate_and_wait(request, payload)
     except InvalidInput as exc:
         _refuse(exc, request.trace_id, context)
         return pb.EscalationResult()

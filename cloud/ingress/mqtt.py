@@ -169,7 +169,7 @@ class MqttEscalations:
             )
             return
         try:
-            ack = await self._service.escalate(request)
+            ack = await self._service.escalate(request, payload)
         except InvalidInput as exc:  # logged and counted by the service
             self.counts["rejected"] += 1
             self._service.answer_refused(device_id, request.trace_id, f"rejected: {exc}")

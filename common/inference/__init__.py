@@ -39,7 +39,9 @@ def _onnx(path: Path, output: Optional[str], options: RunnerOptions) -> Runner:
 
 def _opencv(path: Path, output: Optional[str], _options: RunnerOptions) -> Runner:
     # OpenCV DNN does not report an ONNX model's input shape; ONNX Runtime reads it (and the metadata) once.
-    shape: list[Dim] = onnx_backend.OrtRunner(path).input_shape if onnx_backend.IMPORT_ERROR is None else ["N", 3, "H", "W"]
+    shape: list[Dim] = ["N", 3, "H", "W"]
+    if onnx_backend.IMPORT_ERROR is None:
+        shape = onnx_backend.OrtRunner(path).input_shape
     return OpenCvRunner(path, shape, output)
 
 
@@ -60,7 +62,11 @@ def available() -> dict[str, str]:
     """Each backend: ``ok`` with what it runs on, or why it is off."""
     import cv2
 
-    return {"onnx": onnx_backend.status(), "opencv": f"ok: OpenCV {cv2.__version__}", "tensorrt": tensorrt_backend.status()}
+    return {
+        "onnx": onnx_backend.status(),
+        "opencv": f"ok: OpenCV {cv2.__version__}",
+        "tensorrt": tensorrt_backend.status(),
+    }
 
 
 __all__ = ["BACKENDS", "BackendUnavailable", "Runner", "RunnerFactory", "RunnerOptions", "available"]

@@ -48,6 +48,7 @@ class DeviceLink:
         self._handlers = {self._topics[channel]: handler for channel, handler in handlers.items()}
         self._availability = str(DeviceTopic.availability(device_id))
         self._subscribed = threading.Event()
+        self._closing = False
         self._client = new_client(
             f"tandem-edge-{device_id}",
             username=config.username or device_id,
@@ -102,6 +103,7 @@ class DeviceLink:
             raise TimeoutError(f"no PUBACK within {timeout_s:.1f} s")
 
     def close(self) -> None:
+        self._closing = True
         if self._client.is_connected():
             self._client.publish(self._availability, b"offline", qos=1, retain=True).wait_for_publish(2.0)
         self._client.disconnect()
@@ -130,7 +132,10 @@ class DeviceLink:
     ) -> None:
         self._subscribed.clear()
         self.counts["disconnects"] += 1
-        logger.warning("mqtt: disconnected (%s); paho reconnects with backoff", reason)
+        if self._closing:
+            logger.info("mqtt: disconnected (%s)", reason)
+        else:
+            logger.warning("mqtt: disconnected (%s); paho reconnects with backoff", reason)
 
     def _on_message(self, client: mqtt.Client, _userdata: object, message: mqtt.MQTTMessage) -> None:
         self.counts["messages"] += 1

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from google.protobuf import json_format
 
 from cloud.config import CallbackRule, DeliveryConfig
 from cloud.dispatch.callbacks import HttpCallbacks
@@ -194,6 +195,27 @@ def test_an_unacknowledged_result_is_resent_with_backoff_until_max_sends(store):
     assert (trace.sends, trace.acked_at, trace.next_send_at) == (3, None, None)
     assert [t.trace_id for t in store.query(acked=False)] == [req.trace_id]
     assert service.metrics.given_up._value.get() == 1
+
+
+def test_a_request_is_stored_as_it_arrived_and_a_restart_reads_it(store):
+    """The bytes the transport received are what the store keeps (JSON here): parsed once, never re-encoded."""
+    req = request()
+    wire = json_format.MessageToJson(req.to_proto()).encode()
+    service = make_service(store, FakeModel(), ListPublisher())
+
+    async def accept():
+        await service.escalate(req, wire)
+        return store.unfinished()  # before the run: nothing has awaited since
+
+    assert run(accept()) == [(req.trace_id, wire)]
+    restarted = make_service(store, FakeModel(), ListPublisher())
+
+    async def recover():
+        assert restarted.recover() == 1
+        await restarted.drain()
+
+    run(recover())
+    assert store.get(req.trace_id).status is TraceStatus.SUCCESS
 
 
 @pytest.mark.parametrize("encoding", list(Encoding))
