@@ -174,6 +174,22 @@ class EscalationService:
             self.metrics.reruns.inc(rerun)
         return rerun
 
+    async def stop(self, timeout_s: float) -> None:
+        """Wait up to timeout_s for running traces, then cancel the rest: they stay unfinished in the store,
+        and ``recover`` runs them again at the next start."""
+        try:
+            await asyncio.wait_for(self.drain(), timeout_s)
+        except asyncio.TimeoutError:
+            running = list(self._running.values())
+            logger.warning(
+                "%d traces still running after %.0f s; cancelled, to run again at the next start",
+                len(running),
+                timeout_s,
+            )
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
+
     async def drain(self) -> None:
         """Wait for every background trace to finish (tests, shutdown)."""
         while self._running:

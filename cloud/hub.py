@@ -49,6 +49,7 @@ logger = logging.getLogger(__name__)
 REGISTRY_REPORT_S = 10.0  # how often the hub writes serving versions' health and replicas to the registry
 PRUNE_S = 3600.0  # how often the trace store drops traces past trace_retention_s
 ORPHAN_CHECK_S = 30.0  # how often the hub looks for accepted traces whose run died
+CLOSE_RUNS_S = 10.0  # how long close() lets running traces finish; the rest run again at the next start
 
 
 class ModelPool(abc.ABC):
@@ -193,7 +194,8 @@ class Hub:
         ]
 
     async def close(self) -> None:
-        """Stop the loops, the MQTT clients and the model backends; close the stores. Safe to call twice."""
+        """Stop the loops and the MQTT clients, let running traces finish (CLOSE_RUNS_S; the rest are cancelled
+        and run again at the next start), close the model backends and the stores. Safe to call twice."""
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -205,6 +207,7 @@ class Hub:
             await asyncio.to_thread(self._dispatcher.close)
             self._dispatcher = None
         if self._service is not None:
+            await self._service.stop(CLOSE_RUNS_S)
             await close_backends(self._service.router.backends)
         self.store.close()
         self.registry.close()

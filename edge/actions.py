@@ -98,6 +98,8 @@ class Actions:
                 self._metrics.actions.labels(action="webhook", outcome="ok").inc()
                 return
             except (urllib.error.URLError, OSError) as exc:
+                if isinstance(exc, urllib.error.HTTPError):
+                    exc.close()  # an error reply holds its connection until closed
                 logger.warning("webhook for %s, attempt %d/%d: %s", trace_id, attempt, WEBHOOK_ATTEMPTS, exc)
                 time.sleep(delay)
                 delay *= 2

@@ -36,7 +36,8 @@ def _request(url: str, method: str, body: Optional[bytes] = None, content_type: 
         with urllib.request.urlopen(request, timeout=60) as reply:
             return json.loads(reply.read() or b"null")
     except urllib.error.HTTPError as exc:
-        detail = exc.read().decode(errors="replace")
+        with exc:  # an error reply holds its connection until closed
+            detail = exc.read().decode(errors="replace")
         with contextlib.suppress(ValueError):  # FastAPI's {"detail": ...}; anything else is shown as it came
             detail = json.loads(detail).get("detail", detail)
         raise HubHttpError(f"{method} {url}: {exc.code}: {detail}") from exc

@@ -78,11 +78,11 @@ class HubProcess:
             str(self.store),
             *self.extra,
         ]
-        log = self.log.open("a")
+        self._log_file = self.log.open("a")
         self._process = subprocess.Popen(
             command,
             stdout=subprocess.PIPE,
-            stderr=log,
+            stderr=self._log_file,
             text=True,
             start_new_session=True,
         )
@@ -94,7 +94,8 @@ class HubProcess:
                 if line.startswith("hub ready"):
                     ready.set()
 
-        threading.Thread(target=watch, daemon=True).start()
+        self._watcher = threading.Thread(target=watch, daemon=True)
+        self._watcher.start()
         deadline = time.monotonic() + HUB_START_TIMEOUT_S
         while not ready.wait(0.5):
             if self._process.poll() is not None or time.monotonic() > deadline:
@@ -112,8 +113,8 @@ class HubProcess:
         except subprocess.TimeoutExpired:
             os.killpg(self._process.pid, signal.SIGKILL)
             self._process.wait()
-        self._process = None
         self._end(family)  # Ray's shutdown leaves its dashboard and runtime-env agents behind
+        self._release()
         self._wait_closed()
 
     def _family(self) -> list[psutil.Process]:
@@ -136,8 +137,17 @@ class HubProcess:
             return
         self._end(self._family())
         self._process.wait()
-        self._process = None
+        self._release()
         self._wait_closed()
+
+    def _release(self) -> None:
+        """The dead hub's pipe (once the watcher has read it to its end) and its log file."""
+        assert self._process is not None
+        self._watcher.join(10)
+        if self._process.stdout is not None:
+            self._process.stdout.close()
+        self._log_file.close()
+        self._process = None
 
     def _wait_closed(self, timeout_s: float = 30.0) -> None:
         """A Ray proxy can outlive the hub's own process for a moment; "down" means nothing answers."""

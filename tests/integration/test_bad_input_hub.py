@@ -57,7 +57,8 @@ def http(hub, method: str, path: str, body: bytes | None = None) -> tuple[int, d
         with urllib.request.urlopen(req, timeout=30) as response:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
+        with error:
+            return error.code, json.loads(error.read())
 
 
 def still_serving(hub) -> None:
@@ -148,8 +149,8 @@ def test_requests_over_the_size_limit_are_refused_on_grpc_http_and_mqtt(hub, mos
         client.publish(str(DeviceTopic(device, Channel.ESCALATIONS)), big.to_proto().SerializeToString(), qos=1)
         wait_for(lambda: results, 30, "the FAILED result for the oversized MQTT escalation")
     finally:
-        client.loop_stop()
         client.disconnect()
+        client.loop_stop()
     result = decode_result(results[0])
     assert result.trace_id == big.trace_id and result.status.name == "FAILED"
     assert "larger than the hub's limit" in result.error

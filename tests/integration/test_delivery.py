@@ -76,8 +76,8 @@ class Device:
         self._client.publish(str(DeviceTopic.acks(self.device_id)), ack, qos=1).wait_for_publish(10)
 
     def close(self) -> None:
-        self._client.loop_stop()
         self._client.disconnect()
+        self._client.loop_stop()
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,11 @@ from tests.integration.conftest import edge_config
 from tests.support.waiting import wait_for
 
 
+def get_json(url: str):
+    with urllib.request.urlopen(url, timeout=10) as reply:
+        return json.load(reply)
+
+
 def escalated(runtime: EdgeRuntime):
     return [t for t in runtime.store.traces() if t.escalated_at is not None]
 
@@ -71,22 +76,18 @@ def test_every_escalated_frame_gets_exactly_one_verdict(tmp_path, demo_assets, h
 
         # The hub's HTTP API tells the same story.
         trace_id = sent_up[0].trace_id
-        body = json.load(urllib.request.urlopen(f"http://127.0.0.1:{hub.http_port}/v1/traces/{trace_id}", timeout=10))
+        body = get_json(f"http://127.0.0.1:{hub.http_port}/v1/traces/{trace_id}")
         assert body["status"] == "SUCCESS" and body["device_id"] == "cam-e2e"
         assert body["result"]["final"]["modelId"] == "aggregate:single"
         wait_for(
-            lambda: (
-                json.load(urllib.request.urlopen(f"http://127.0.0.1:{hub.http_port}/v1/traces/{trace_id}", timeout=10))[
-                    "delivered_at"
-                ]
-                is not None
-            ),
+            lambda: get_json(f"http://127.0.0.1:{hub.http_port}/v1/traces/{trace_id}")["delivered_at"] is not None,
             10,
             "the broker's PUBACK to be recorded",
         )
         with pytest.raises(urllib.error.HTTPError) as missing:
-            urllib.request.urlopen(f"http://127.0.0.1:{hub.http_port}/v1/traces/{new_trace_id()}", timeout=10)
+            get_json(f"http://127.0.0.1:{hub.http_port}/v1/traces/{new_trace_id()}")
         assert missing.value.code == 404
+        missing.value.close()
 
 
 def test_hub_rejects_an_unknown_schema_version_and_the_device_does_not_retry(demo_assets, hub):
@@ -164,7 +165,7 @@ def test_verdict_published_while_the_device_is_offline_arrives_when_it_restarts(
 
     def all_delivered() -> bool:
         url = f"http://127.0.0.1:{hub.http_port}/v1/traces/"
-        return all(json.load(urllib.request.urlopen(url + t, timeout=10))["delivered_at"] for t in pending)
+        return all(get_json(url + t)["delivered_at"] for t in pending)
 
     wait_for(all_delivered, 30, "the broker to accept every result for the offline device")
 

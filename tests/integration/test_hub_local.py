@@ -48,14 +48,16 @@ class HubThread:
         self.call(self.hub.close())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
+        self.loop.close()
 
 
 @pytest.fixture
-def local_hub(tmp_path, demo_assets, mosquitto) -> Iterator[HubThread]:
+def local_hub(tmp_path, demo_assets, mosquitto, hub) -> Iterator[HubThread]:
+    hub.stop()  # the session's Ray hub would answer the same escalations: here only this one may
     config = HubConfig(
         model_path=demo_assets / "models" / "digits-strong.onnx",
         mqtt_port=mosquitto.port,
-        mqtt_username="tandem-hub-local",  # its own client ids: the session's Ray hub may share the broker
+        mqtt_username="tandem-hub-local",
         trace_store_path=tmp_path / "hub.db",
     )
     runner = HubThread(Hub(config, LocalPool(config.artifacts_dir(), config.max_image_pixels)))

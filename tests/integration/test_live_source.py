@@ -33,7 +33,8 @@ def get(url: str) -> tuple[int, bytes]:
         with urllib.request.urlopen(url, timeout=5) as reply:
             return reply.status, reply.read()
     except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
+        with exc:
+            return exc.code, exc.read()
 
 
 def test_mjpeg_stream_cut_off_and_resumed(tmp_path, demo_assets, mosquitto, monkeypatch):

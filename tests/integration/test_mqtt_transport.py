@@ -66,5 +66,5 @@ def test_a_rejected_mqtt_escalation_comes_back_as_a_failed_result(hub, mosquitto
         assert result.trace_id == request.trace_id and result.status.name == "FAILED"
         assert "schema_version 99 is not supported" in result.error
     finally:
-        client.loop_stop()
         client.disconnect()
+        client.loop_stop()

@@ -16,7 +16,8 @@ def call(url: str, method: str = "GET", body: bytes | None = None, content_type:
         with urllib.request.urlopen(request, timeout=30) as reply:
             return reply.status, json.loads(reply.read())
     except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
+        with exc:
+            return exc.code, json.loads(exc.read())
 
 
 def tandem(*args: str) -> subprocess.CompletedProcess:

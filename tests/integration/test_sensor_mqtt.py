@@ -48,6 +48,7 @@ def test_mqtt_sensor_gates_escalation(tmp_path, demo_assets, hub, mosquitto):
             traces = runtime.store.traces()
             assert runtime.metrics.value("sensor_errors", sensor="thermo", error="invalid") == 1
     finally:
+        publisher.disconnect()
         publisher.loop_stop()
     cool, hot = traces[:20], traces[20:]
     assert all(t.escalated_at is None for t in cool)

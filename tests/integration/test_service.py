@@ -129,8 +129,10 @@ def test_alerts_and_webhook_fire_once_per_settled_answer(tmp_path, demo_assets, 
         while time.monotonic() < deadline and (len(alerts) < len(sevens) or len(_Webhook.received) < len(sevens)):
             time.sleep(0.1)
     finally:
+        listener.disconnect()
         listener.loop_stop()
         server.shutdown()
+        server.server_close()
     assert sorted(a["trace_id"] for a in alerts) == sorted(t.trace_id for t in sevens)
     assert sorted(a["trace_id"] for a in _Webhook.received) == sorted(t.trace_id for t in sevens)
     by_cloud = {a["trace_id"] for a in alerts if a["decided_by"] == "cloud"}

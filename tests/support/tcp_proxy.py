@@ -33,7 +33,8 @@ class TcpForwarder:
         self._host = host
         self._loop = asyncio.new_event_loop()
         self._server: Optional[asyncio.base_events.Server] = None
-        threading.Thread(target=self._loop.run_forever, daemon=True).start()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
 
     def start(self) -> None:
         """Listen on ``port`` and forward every connection to the target."""
@@ -56,6 +57,8 @@ class TcpForwarder:
 
         asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
 
     def _call(self, fn) -> None:  # type: ignore[no-untyped-def]
         """Run fn on the proxy's loop and wait for it."""
