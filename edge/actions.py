@@ -55,7 +55,7 @@ Publish = Callable[[Channel, bytes], None]  # the device link's publish
 
 
 class Actions:
-    def __init__(self, device_id: str, config: ActionsConfig, publish: Publish, metrics: EdgeMetrics) -> None:
+    def __init__(self, config: ActionsConfig, publish: Publish, metrics: EdgeMetrics) -> None:
         self._config = config
         self._labels = frozenset(config.alert_labels)
         self._publish = publish

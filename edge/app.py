@@ -90,7 +90,7 @@ class EdgeRuntime:
             config.device_id, config.mqtt, {Channel.RESULTS: self.on_result, Channel.ACCEPTED: self.on_accepted}
         )
         self.transport = transport or self._transport(config)
-        self.actions = Actions(config.device_id, config.actions, self.link.publish, self.metrics)
+        self.actions = Actions(config.actions, self.link.publish, self.metrics)
         self.settle = Settlement(config, self.store, self.actions, self.metrics, clock)
         self.worker = EscalationWorker(
             self.store,
@@ -120,7 +120,7 @@ class EdgeRuntime:
 
     def _transport(self, config: EdgeConfig) -> Transport:
         if isinstance(config.transport, MqttTransportConfig):
-            return MqttTransport(config.device_id, config.transport, self.link)
+            return MqttTransport(config.transport, self.link)
         return GrpcTransport(config.transport, on_result=lambda payload: self.on_result(payload, acknowledge=False))
 
     # -- lifecycle -----------------------------------------------------------

@@ -24,7 +24,7 @@ from protocol.topics import Channel
 
 
 class MqttTransport(Transport):
-    def __init__(self, device_id: str, config: MqttTransportConfig, connection: DeviceLink) -> None:
+    def __init__(self, config: MqttTransportConfig, connection: DeviceLink) -> None:
         self._config = config
         self._connection = connection
 

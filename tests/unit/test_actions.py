@@ -33,7 +33,7 @@ class Harness:
         self.store.open()
         self.sent: list[dict] = []
         actions = Actions(
-            "cam-1", self.config.actions, lambda _t, body: self.sent.append(json.loads(body)), EdgeMetrics()
+            self.config.actions, lambda _t, body: self.sent.append(json.loads(body)), EdgeMetrics()
         )
         self.settle = Settlement(self.config, self.store, actions, EdgeMetrics(), lambda: 200.0)
 
