@@ -190,7 +190,9 @@ class Hub:
             loop.create_task(delivery.run(), name="hub-resends"),
             loop.create_task(self._every(REGISTRY_REPORT_S, self._report_to_registry), name="hub-registry-report"),
             loop.create_task(self._every(PRUNE_S, self._prune_traces), name="hub-prune"),
-            loop.create_task(self._every(ORPHAN_CHECK_S, self._rerun_orphans, first_after_s=ORPHAN_CHECK_S)),
+            loop.create_task(
+                self._every(ORPHAN_CHECK_S, self._rerun_orphans, first_after_s=ORPHAN_CHECK_S), name="hub-orphan-reruns"
+            ),
         ]
 
     async def close(self) -> None:
