@@ -74,7 +74,8 @@ class Delivery:
 
     def send_untracked(self, result: EscalationResult) -> None:
         """A result with no trace behind it (a request refused before it was recorded): one send, no resends."""
-        self._publish(result.trace_id, result.device_id, encode_result(result, self.encoding))
+        payload = encode_result(result, self.encoding)
+        self._publish(result.trace_id, result.device_id, payload, self._rule(result.device_id))
 
     def delivered(self, trace_id: str) -> None:
         """The broker has the result (its PUBACK): recorded; resends wait for the device's own ack."""
@@ -146,7 +147,7 @@ class Delivery:
         rule = self._rule(device_id)
         self._sent(trace_id, sends, "callback" if rule is not None else "mqtt")
         try:
-            self._publish(trace_id, device_id, payload)
+            self._publish(trace_id, device_id, payload, rule)
         except Exception as exc:
             logger.error("result %s: cannot be sent, set aside: %s", trace_id, exc)
             self._metrics.delivery_errors.labels(channel="any", reason=type(exc).__name__).inc()
@@ -169,8 +170,7 @@ class Delivery:
     def _rule(self, device_id: str) -> Optional[CallbackRule]:
         return self._callbacks.rule_for(device_id) if self._callbacks is not None else None
 
-    def _publish(self, trace_id: str, device_id: str, payload: bytes) -> None:
-        rule = self._rule(device_id)
+    def _publish(self, trace_id: str, device_id: str, payload: bytes, rule: Optional[CallbackRule]) -> None:
         if rule is not None and self._callbacks is not None:
             self._callbacks.post(rule, decode_result(payload))  # in the rule's own encoding
             return

@@ -115,8 +115,8 @@ class EdgeStore:
             if escalation is None:
                 return Dropped()
             victims = self.queue.victims(conn, len(escalation))
-            reason = f"escalation dropped: outbox full (on_full {self.limits.on_full})"
             fell_back = []
+            reason = f"escalation dropped: outbox full (on_full {self.limits.on_full})" if victims else ""
             for victim in victims:
                 TraceStore.mark_dropped(conn, victim, reason)
                 if TraceStore.fall_back(conn, victim, reason, created_at):
