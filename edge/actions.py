@@ -117,6 +117,8 @@ class Settlement:
         self._actions = actions
         self._metrics = metrics
         self._clock = clock
+        self.answer = config.judge.answer
+        """judge.answer in effect: the hub's settings change it without a restart."""
 
     def new_trace(
         self, trace_id: str, frame: Frame, prediction: Optional[Prediction], state: TraceState, now: float
@@ -126,7 +128,7 @@ class Settlement:
             return
         if state is TraceState.COMPLETE:
             decided_by = "edge"
-        elif state is TraceState.PENDING_CLOUD and self._config.judge.answer == "immediately":
+        elif state is TraceState.PENDING_CLOUD and self.answer == "immediately":
             decided_by = "edge_provisional"
         else:
             return
@@ -160,7 +162,7 @@ class Settlement:
                 self._settled(trace, "fallback")
 
     def _settled(self, trace: TraceRecord, decided_by: str, after_fallback: bool = False) -> None:
-        acted_already = after_fallback or self._config.judge.answer == "immediately"
+        acted_already = after_fallback or self.answer == "immediately"
         if acted_already and trace.final_label == trace.local_label:
             return  # the answer acted on stands
         confidence = trace.cloud_confidence if decided_by == "cloud" else trace.local_confidence

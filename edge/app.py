@@ -13,7 +13,10 @@ hub or a dead broker: each becomes a recorded state, a log line and a metric.
 from __future__ import annotations
 
 import collections
+import hashlib
+import importlib.metadata
 import logging
+import platform
 import threading
 import time
 from collections.abc import Callable
@@ -29,18 +32,22 @@ from edge.comms.grpc_client import GrpcTransport
 from edge.comms.link import DeviceLink, Handled
 from edge.comms.mqtt_transport import MqttTransport
 from edge.comms.transport import Transport
-from edge.config import EdgeConfig, MqttTransportConfig
+from edge.config import EdgeConfig, EscalationConfig, MqttTransportConfig, fleet_state_dir
 from edge.detectors import create_detector
 from edge.detectors.base import Detector
 from edge.errors import StoreError, StoreFull
 from edge.health import HealthServer
 from edge.judge import Judge, JudgeDecision, JudgeInput, TraceMachine, TraceState, Verdict
 from edge.metrics import EdgeMetrics, RuntimeState
+from edge.models.agent import DesiredStateAgent, Identity
+from edge.models.settings import HotSettings
 from edge.outbox import EdgeStore, OutboxLimits, VerdictOutcome
 from edge.outbox.worker import EscalationWorker
 from edge.service import SystemdNotifier
 from edge.sources import Frame, FrameSource, LiveSource, SourceState, open_source
 from edge.sources.sensors import SensorState, open_sensor
+from edge.telemetry import Heartbeat, HeartbeatLoop
+from protocol import fleet
 from protocol.codec import decode_escalation_ack, decode_result, encode_request, encode_result_ack
 from protocol.errors import ProtocolError
 from protocol.messages import EncodedImage, EscalationRequest, Prediction, ResultAck, new_trace_id
@@ -52,9 +59,42 @@ MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg"}
 
 
 @dataclass(frozen=True)
+class Live:
+    """The settings the frame loop reads, swapped as one reference: a frame sees the old set or the new."""
+
+    judge: Judge
+    escalation: EscalationConfig
+
+
+@dataclass(frozen=True)
 class Escalation:
     payload: bytes
     priority: int
+
+
+def identity(config: EdgeConfig, detector: Detector) -> Identity:
+    """Group, tags and class from the config; the class, when not set, from the machine and the backend."""
+    return Identity(
+        group=config.fleet.group,
+        tags=tuple(config.fleet.tags),
+        device_class=config.fleet.device_class or f"{platform.machine() or 'unknown'}/{accelerator(config)}",
+        runtime_version=runtime_version(),
+    )
+
+
+def accelerator(config: EdgeConfig) -> str:
+    """cpu, cuda or trt: what the configured backend runs on (the report's model.backend says what really does)."""
+    if config.detector.type == "tensorrt":
+        return "trt"
+    wanted = " ".join(config.detector.providers)
+    return "trt" if "Tensorrt" in wanted else "cuda" if "CUDA" in wanted else "cpu"
+
+
+def runtime_version() -> str:
+    try:
+        return importlib.metadata.version("tandem")
+    except importlib.metadata.PackageNotFoundError:
+        return "dev"
 
 
 def priority(decision: JudgeDecision, prediction: Prediction) -> int:
@@ -85,9 +125,26 @@ class EdgeRuntime:
             local_flush_s=outbox.local_trace_flush_ms / 1000.0,
         )
         self.detector = detector or create_detector(config.detector)
-        self.judge = Judge.from_config(config.judge)
+        self.live = Live(Judge.from_config(config.judge), config.escalation)
+        self.heartbeat = Heartbeat(config.device_id, clock)
+        self.fleet = DesiredStateAgent(
+            config,
+            fleet_state_dir(config),
+            identity(config, self.detector),
+            apply=self.use_settings,
+            active_model=self.active_model,
+            publish_reported=lambda payload: self.link.publish(Channel.REPORTED, payload, retain=True),
+            clock=clock,
+        )
         self.link = DeviceLink(
-            config.device_id, config.mqtt, {Channel.RESULTS: self.on_result, Channel.ACCEPTED: self.on_accepted}
+            config.device_id,
+            config.mqtt,
+            {
+                Channel.RESULTS: self.on_result,
+                Channel.ACCEPTED: self.on_accepted,
+                Channel.DESIRED: self.fleet.on_desired,
+            },
+            on_connected=self.fleet.report,
         )
         self.transport = transport or self._transport(config)
         self.actions = Actions(config.actions, self.link.publish, self.metrics)
@@ -98,7 +155,13 @@ class EdgeRuntime:
             config.outbox,
             self.metrics,
             clock,
-            on_fallback=self.settle.fallback,
+            on_fallback=self._fell_back,
+        )
+        self.telemetry = HeartbeatLoop(
+            self.heartbeat,
+            config.fleet.telemetry_interval_s,
+            self._outbox_now,
+            lambda payload: self.link.publish(Channel.TELEMETRY, payload, qos=0),
         )
         self.notifier = SystemdNotifier()
         self.health = (
@@ -117,6 +180,7 @@ class EdgeRuntime:
         self._recent: collections.deque[float] = collections.deque(maxlen=1000)  # monotonic times of frames
         self._store_full = False  # the last write found the store's filesystem full
         self._last_turn = time.monotonic()
+        self._sha256: Optional[str] = None
 
     def _transport(self, config: EdgeConfig) -> Transport:
         if isinstance(config.transport, MqttTransportConfig):
@@ -127,12 +191,14 @@ class EdgeRuntime:
 
     def start(self) -> None:
         self.store.open()
+        self.fleet.start()  # the hub's saved settings, before the first frame
         self.detector.start()
         self.transport.start()
         # Subscribe before escalating anything, so no verdict can be published
         # before the broker holds a session for this device.
         self.link.start()
         self.worker.start()
+        self.telemetry.start()
         for reader in self.sensor_readers:
             reader.start()
         self.actions.start()
@@ -151,6 +217,7 @@ class EdgeRuntime:
     def close(self) -> None:
         """Drain and release everything: sends in flight finish, queued rows stay in the outbox for the next start."""
         self.notifier.stopping()
+        self.telemetry.close()
         for reader in self.sensor_readers:
             reader.close()
         self.worker.stop()
@@ -206,15 +273,15 @@ class EdgeRuntime:
 
     def process(self, frame: Frame) -> Optional[TraceState]:
         """One frame through detector and judge; returns the trace's state, or None if it could not be stored."""
-        trace_id, now, machine = new_trace_id(), self.clock(), TraceMachine()
+        trace_id, now, machine, live = new_trace_id(), self.clock(), TraceMachine(), self.live
         prediction = self._infer(frame, machine, now)
         reasons: tuple[str, ...] = ()
         escalation: Optional[Escalation] = None
         if prediction is not None and frame.image is not None:
-            reasons, escalation = self._judge(trace_id, frame, frame.image, prediction, machine, now)
+            reasons, escalation = self._judge(trace_id, frame, frame.image, prediction, machine, now, live)
         if machine.state is TraceState.UNJUDGEABLE:
             logger.warning("frame %s/%d unjudgeable: %s", frame.source_id, frame.index, machine.last_reason)
-        deadline_at = now + self.config.escalation.deadline_ms / 1000.0 if escalation is not None else None
+        deadline_at = now + live.escalation.deadline_ms / 1000.0 if escalation is not None else None
         try:
             dropped = self.store.record_trace(
                 trace_id,
@@ -244,6 +311,7 @@ class EdgeRuntime:
             logger.warning("device store writable again")
             self._store_full = False
         self.metrics.count_frame(machine.state.value.lower())
+        self.heartbeat.frame(prediction.confidence if prediction else None, escalation is not None)
         self._recent.append(time.monotonic())
         self._turn()
         if prediction is not None:
@@ -257,7 +325,7 @@ class EdgeRuntime:
                 len(dropped.fell_back),
             )
             self.metrics.outbox_dropped.labels(reason="full").inc(len(dropped.rows))
-            self.settle.fallback(list(dropped.fell_back))
+            self._fell_back(list(dropped.fell_back))
         if escalation is not None:
             self.worker.wake()
         return machine.state
@@ -277,10 +345,17 @@ class EdgeRuntime:
         return prediction
 
     def _judge(
-        self, trace_id: str, frame: Frame, image: np.ndarray, prediction: Prediction, machine: TraceMachine, now: float
+        self,
+        trace_id: str,
+        frame: Frame,
+        image: np.ndarray,
+        prediction: Prediction,
+        machine: TraceMachine,
+        now: float,
+        live: Live,
     ) -> tuple[tuple[str, ...], Optional[Escalation]]:
         """INFERRED -> JUDGED -> COMPLETE or PENDING_CLOUD (or UNJUDGEABLE); returns the reasons and any escalation."""
-        decision = self.judge.decide(JudgeInput(prediction, image, self.sensors.values()))
+        decision = live.judge.decide(JudgeInput(prediction, image, self.sensors.values()))
         self.metrics.count_decision(decision.verdict.value, decision.cause)
         if decision.verdict is Verdict.UNJUDGEABLE:
             machine.advance(TraceState.UNJUDGEABLE, "; ".join(decision.reasons), now)
@@ -290,7 +365,7 @@ class EdgeRuntime:
             why = "uncertain, not escalated" if decision.uncertain else "confident"
             machine.advance(TraceState.COMPLETE, f"local answer stands ({why})", now)
             return decision.reasons, None
-        escalation = self._escalation(trace_id, image, prediction, frame, decision, now)
+        escalation = self._escalation(trace_id, image, prediction, frame, decision, now, live.escalation)
         if escalation is None:
             machine.advance(TraceState.COMPLETE, "local answer stands (cannot escalate: frame did not encode)", now)
             return decision.reasons, None
@@ -310,8 +385,9 @@ class EdgeRuntime:
         frame: Frame,
         decision: JudgeDecision,
         now: float,
+        settings: EscalationConfig,
     ) -> Optional[Escalation]:
-        fmt = self.config.escalation.image_format
+        fmt = settings.image_format
         ok, encoded = cv2.imencode(f".{fmt}", image)
         if not ok:
             logger.error("frame %s/%d: cannot encode as %s for the hub", frame.source_id, frame.index, fmt)
@@ -321,8 +397,8 @@ class EdgeRuntime:
             device_id=self.config.device_id,
             local_prediction=prediction,
             input=EncodedImage(MEDIA_TYPES[fmt], encoded.tobytes(), int(image.shape[1]), int(image.shape[0])),
-            deadline_ms=self.config.escalation.deadline_ms,
-            model_hint=self.config.escalation.model_hint,
+            deadline_ms=settings.deadline_ms,
+            model_hint=settings.model_hint,
             sent_at=now,
             attributes={
                 "source_id": frame.source_id,
@@ -331,6 +407,10 @@ class EdgeRuntime:
             },
         )
         return Escalation(encode_request(request), priority(decision, prediction))
+
+    def _fell_back(self, trace_ids: list[str]) -> None:
+        self.heartbeat.fell_back(len(trace_ids))
+        self.settle.fallback(trace_ids)
 
     def _on_sensor_error(self, sensor: str, error: str) -> None:
         self.metrics.sensor_errors.labels(sensor=sensor, error=error).inc()
@@ -390,6 +470,30 @@ class EdgeRuntime:
         except ConnectionError as exc:  # the hub sends the result again, and this ack goes with the repeat
             logger.warning("result %s: stored, but its ack could not be queued: %s", trace_id, exc)
             self.metrics.ack_errors.inc()
+
+    # -- the fleet: settings from the hub, what this device reports ----------------
+
+    def use_settings(self, settings: HotSettings) -> None:
+        """The hub's settings from the next frame on (paho's thread, or start()): no restart, no frame lost."""
+        self.live = Live(Judge.from_config(settings.judge), settings.escalation)
+        self.settle.answer = settings.judge.answer
+
+    def active_model(self) -> fleet.ActiveModel:
+        path = self.config.detector.model_path
+        return fleet.ActiveModel(model_id=path.stem, sha256=self._model_sha256(), backend=self.detector.engine())
+
+    def _model_sha256(self) -> str:
+        if self._sha256 is None:
+            try:
+                self._sha256 = hashlib.sha256(self.config.detector.model_path.read_bytes()).hexdigest()
+            except OSError:
+                self._sha256 = ""
+        return self._sha256
+
+    def _outbox_now(self) -> tuple[int, float]:
+        depth = self.store.depth()
+        age = self.clock() - depth.oldest_enqueued_at if depth.oldest_enqueued_at else 0.0
+        return depth.rows, age
 
     # -- state for /healthz and /metrics -------------------------------------------
 

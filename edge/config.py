@@ -306,6 +306,28 @@ class EscalationConfig(StrictModel):
     image_format: Literal["png", "jpeg"] = Field("png", description="how a frame is encoded for the hub")
 
 
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+class FleetConfig(StrictModel):
+    group: str = Field(
+        "default", pattern=NAME_PATTERN, description="the device's group: the hub sets settings and rolls out per group"
+    )
+    tags: list[Annotated[str, Field(pattern=NAME_PATTERN)]] = Field(
+        [], description="labels the hub can target, e.g. site-a, night"
+    )
+    device_class: Optional[str] = Field(
+        None,
+        pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$",
+        description="hardware/software class, e.g. jetson-orin-nano/jp6.1/trt10.3; none: the machine and the "
+        "backend that runs the model (x86_64/cpu, x86_64/cuda, aarch64/trt10.3)",
+    )
+    telemetry_interval_s: float = Field(5.0, gt=0, description="how often the heartbeat goes to .../telemetry")
+    state_dir: Optional[Path] = Field(
+        None, description="where the hub's settings are kept across restarts; none: <state_path>.fleet/"
+    )
+
+
 def _transport_kind(value: object) -> str:
     """The transport's kind; a section without one is gRPC, the default."""
     kind = value.get("kind", "grpc") if isinstance(value, dict) else getattr(value, "kind", "grpc")
@@ -328,6 +350,7 @@ class EdgeConfig(StrictModel):
     escalation: EscalationConfig = EscalationConfig()
     actions: ActionsConfig = ActionsConfig()
     service: ServiceConfig = ServiceConfig()
+    fleet: FleetConfig = FleetConfig()
 
     @field_validator("device_id")
     @classmethod
@@ -348,6 +371,10 @@ def load_config(path: Path) -> EdgeConfig:
     return resolve_paths(config, path.parent)
 
 
+def fleet_state_dir(config: EdgeConfig) -> Path:
+    return config.fleet.state_dir or config.state_path.with_name(config.state_path.name + ".fleet")
+
+
 def resolve_paths(config: EdgeConfig, base: Path) -> EdgeConfig:
     def fix(p: Optional[Path]) -> Optional[Path]:
         return p if p is None or p.is_absolute() else base / p
@@ -359,5 +386,6 @@ def resolve_paths(config: EdgeConfig, base: Path) -> EdgeConfig:
                 update={"path": fix(config.source.path), "labels_csv": fix(config.source.labels_csv)}
             ),
             "detector": config.detector.model_copy(update={"model_path": fix(config.detector.model_path)}),
+            "fleet": config.fleet.model_copy(update={"state_dir": fix(config.fleet.state_dir)}),
         }
     )

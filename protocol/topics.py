@@ -24,10 +24,10 @@ class Channel(enum.Enum):
     ACKS = "acks"  # device -> hub: the device has stored a result (ResultAck); the hub stops resending it
     ESCALATIONS = "escalations"
     ACCEPTED = "accepted"  # hub -> device: the hub has recorded an escalation (EscalationAck); no more resends
-    MODELS_DESIRED = "models/desired"
-    MODELS_STATUS = "models/status"
+    DESIRED = "desired"  # hub -> device, retained: the settings (and model bundle) it should run (protocol.fleet)
+    REPORTED = "reported"  # device -> hub, retained: what it is and what it applied, or why it refused
     AVAILABILITY = "availability"
-    TELEMETRY = "telemetry"
+    TELEMETRY = "telemetry"  # device -> hub: the heartbeat
     ALERTS = "alerts"
 
 
@@ -66,6 +66,10 @@ class DeviceTopic:
     @classmethod
     def availability(cls, device_id: str) -> DeviceTopic:
         return cls(device_id, Channel.AVAILABILITY)
+
+    @classmethod
+    def desired(cls, device_id: str) -> DeviceTopic:
+        return cls(device_id, Channel.DESIRED)
 
     @classmethod
     def parse(cls, topic: str) -> DeviceTopic:

@@ -64,6 +64,9 @@ class OrtRunner(Runner):
         self.output = output or outputs[0]
         self.path = path
 
+    def engine(self) -> str:
+        return f"onnxruntime:{self.session.get_providers()[0]}"  # the first is the one the graph runs on
+
     def metadata(self) -> dict[str, str]:
         return dict(self.session.get_modelmeta().custom_metadata_map)
 

@@ -28,6 +28,9 @@ class OpenCvRunner(Runner):
         self._output = output
         self._path = path
 
+    def engine(self) -> str:
+        return f"opencv:{cv2.__version__}"
+
     def run(self, batch: np.ndarray) -> np.ndarray:
         try:
             self._net.setInput(np.ascontiguousarray(batch))

@@ -33,6 +33,11 @@ class Runner(abc.ABC):
     def close(self) -> None:  # noqa: B027 - most runners free their memory with their last reference
         """Free the engine's resources. Safe to call twice."""
 
+    def engine(self) -> str:
+        """What really runs the model, for the device's report: ``onnxruntime:CPUExecutionProvider``,
+        ``opencv:dnn``, ``tensorrt:10.3.0``."""
+        return type(self).__name__
+
     def metadata(self) -> Optional[dict[str, str]]:
         """The model's custom metadata when the engine has already read it (None: read it from the file)."""
         return None

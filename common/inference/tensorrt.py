@@ -78,6 +78,9 @@ class TensorRtRunner(Runner):
             self._buffers[name] = (host, device)
         return host, device
 
+    def engine(self) -> str:
+        return f"tensorrt:{trt.__version__}"
+
     def run(self, batch: np.ndarray) -> np.ndarray:
         self._context_owner.push()
         try:

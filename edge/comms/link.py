@@ -1,8 +1,9 @@
 """The device's one broker connection: QoS 1, persistent session, a handler per channel it reads.
 
-It reads ``results`` (the hub's verdicts) and ``accepted`` (the hub's
-acknowledgements of escalations sent over MQTT), and carries what the device
-publishes: escalations, result acks, alerts. The broker keeps the session
+It reads ``results`` (the hub's verdicts), ``accepted`` (the hub's
+acknowledgements of escalations sent over MQTT) and ``desired`` (the hub's
+settings for it), and carries what the device publishes: escalations, result
+acks, alerts, its report (retained) and its heartbeat. The broker keeps the session
 (``clean_session=False``, a fixed client id), so what is published while the
 device is offline is delivered when it comes back, as long as the broker
 still has it; the hub resends results and the device resends escalations
@@ -41,9 +42,17 @@ MessageHandler = Callable[[bytes], Handled]
 
 
 class DeviceLink:
-    def __init__(self, device_id: str, config: MqttConfig, handlers: Mapping[Channel, MessageHandler]) -> None:
-        """``handlers``: the channels this device reads, each with what deals with its messages."""
+    def __init__(
+        self,
+        device_id: str,
+        config: MqttConfig,
+        handlers: Mapping[Channel, MessageHandler],
+        on_connected: Callable[[], None] = lambda: None,
+    ) -> None:
+        """``handlers``: the channels this device reads, each with what deals with its messages;
+        ``on_connected``: called (on paho's thread) after every connect, e.g. to publish the device's report."""
         self._config = config
+        self._on_connected = on_connected
         self._topics = {channel: str(DeviceTopic(device_id, channel)) for channel in Channel}
         self._handlers = {self._topics[channel]: handler for channel, handler in handlers.items()}
         self._availability = str(DeviceTopic.availability(device_id))
@@ -81,9 +90,12 @@ class DeviceLink:
     def wait_subscribed(self, timeout_s: float) -> bool:
         return self._subscribed.wait(timeout_s)
 
-    def publish(self, channel: Channel, payload: bytes) -> None:
-        """Queue a QoS 1 message on one of this device's channels; paho sends it now or after it reconnects."""
-        info = self._client.publish(self._topics[channel], payload, qos=1)
+    def publish(self, channel: Channel, payload: bytes, qos: int = 1, retain: bool = False) -> None:
+        """Queue a message on one of this device's channels. QoS 1: paho sends it now or after it reconnects;
+        QoS 0: now or never (ConnectionError while disconnected)."""
+        info = self._client.publish(self._topics[channel], payload, qos=qos, retain=retain)
+        if qos == 0 and info.rc == mqtt.MQTT_ERR_NO_CONN:
+            raise ConnectionError("broker not connected")
         if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
             raise ConnectionError(f"paho could not queue the message (rc {info.rc})")
 
@@ -120,6 +132,10 @@ class DeviceLink:
         logger.info("mqtt: connected (session present: %s)", flags.session_present)
         client.publish(self._availability, b"online", qos=1, retain=True)
         client.subscribe([(topic, 1) for topic in self._handlers])
+        try:
+            self._on_connected()
+        except Exception:  # must not kill paho's network thread
+            logger.exception("mqtt: on_connected hook failed")
 
     def _on_subscribe(self, _client: mqtt.Client, _userdata: object, _mid: int, reasons: list, _props: object) -> None:
         if any(getattr(r, "is_failure", False) for r in reasons):

@@ -58,6 +58,10 @@ class Detector(abc.ABC):
     def describe(self) -> str:
         return self.kind
 
+    def engine(self) -> str:
+        """What really runs this detector's (first) model; the configured backend's name before start()."""
+        return self._runners[0].engine() if self._runners else self.config.type
+
     def warm_up(self) -> None:
         """Run one blank input so the first real frame does not pay for the engine's lazy set-up.
 

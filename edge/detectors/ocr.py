@@ -25,6 +25,7 @@ from protocol.messages import Prediction, TextLine
 REC_HEIGHT = 48
 REC_MAX_WIDTH = 320
 
+
 def _crop(image: np.ndarray, corners: np.ndarray) -> np.ndarray:
     """The rotated rectangle cut out and turned upright (long side horizontal)."""
     tl, tr, br, bl = _order(corners)

@@ -29,9 +29,7 @@ IDLE_WAKE_S = 1.0  # wake at least this often, to notice a clock that moved
 HOUSEKEEPING_S = 60.0  # how often the outbox TTL and the retention are applied
 
 
-def backoff_s(
-    attempts: int, initial_ms: float, max_ms: float, rand: Callable[[], float] = random.random
-) -> float:
+def backoff_s(attempts: int, initial_ms: float, max_ms: float, rand: Callable[[], float] = random.random) -> float:
     """Delay before retry number ``attempts`` (1-based): doubling from initial_ms, capped at max_ms, "equal jitter".
 
     Half the delay is fixed and half random, so a fleet that lost the hub at

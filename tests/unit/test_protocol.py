@@ -124,7 +124,7 @@ def test_prediction_checks_alignment():
 def test_topics_build_and_parse():
     topic = DeviceTopic.results("cam-7")
     assert str(topic) == "tandem/v1/devices/cam-7/results"
-    assert DeviceTopic.parse("tandem/v1/devices/cam-7/models/desired") == DeviceTopic("cam-7", Channel.MODELS_DESIRED)
+    assert DeviceTopic.parse("tandem/v1/devices/cam-7/desired") == DeviceTopic("cam-7", Channel.DESIRED)
     assert DeviceTopic.parse(str(DeviceTopic.availability("a.b_c-1"))).channel is Channel.AVAILABILITY
 
 
