@@ -3,6 +3,7 @@
     tandem hub run [...]                 run the hub on this machine until SIGINT or SIGTERM
     tandem hub models ...                the model registry: register, list, show, update, retire
     tandem hub routing check FILE        validate routing rules before deploying them
+    tandem hub devices|settings|audit    the fleet: inventory, settings by scope, who changed what
 
 ``hub run`` takes its settings from ``--config FILE`` (YAML, the fields of ``HubConfig``),
 overridden by any flag given; by default HTTP on port 8000 and gRPC on 9000. Ray is imported
@@ -24,6 +25,7 @@ from pydantic import ValidationError
 
 from cloud.config import HubConfig, load_hub_config
 from cloud.errors import RoutingError
+from cloud.fleet.cli import add_parsers as add_fleet_parsers
 from cloud.registry import SqliteRegistry
 from cloud.registry.cli import add_parser as add_models_parser
 from cloud.routing import load_routing
@@ -163,3 +165,4 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     check_cmd.add_argument("--artifacts", type=Path, help="the registry's artifacts (default: artifacts/ beside it)")
     check_cmd.set_defaults(handler=routing_check)
     add_models_parser(hub)
+    add_fleet_parsers(hub)

@@ -39,6 +39,24 @@ class DeliveryConfig(StrictModel):
     callbacks: list[CallbackRule] = Field([], description="devices whose results go to an HTTP endpoint, not MQTT")
 
 
+class FleetConfig(StrictModel):
+    """The device inventory and the admin API."""
+
+    silent_after_s: float = Field(
+        30.0, gt=0, description="a device with no message for this long is shown as silent, whatever it last said"
+    )
+    sleep_after_s: float = Field(
+        300.0, gt=0, description="a device that has not escalated for this long goes to session SLEEP"
+    )
+    check_every_s: float = Field(5.0, gt=0, description="how often sessions are checked for SLEEP")
+    preload: bool = Field(True, description="load the models a new device's routes need when it first appears")
+    operators: dict[str, str] = Field(
+        {},
+        description="operator name: bearer token for the admin API (Authorization: Bearer TOKEN); every change is "
+        "recorded with the name. Empty: the admin API is open and changes are recorded as 'anonymous'",
+    )
+
+
 class HubConfig(StrictModel):
     app_name: str = Field("tandem", description="the Ray Serve application name; devices send it as gRPC metadata")
     http_host: str = Field("127.0.0.1", description="address Ray Serve's HTTP proxy listens on")
@@ -97,6 +115,10 @@ class HubConfig(StrictModel):
         64, ge=1, description="requests a model replica takes at once; above batch_max_size, or batches cannot fill"
     )
     delivery: DeliveryConfig = Field(DeliveryConfig(), description="result resends and HTTP callbacks")
+    fleet: FleetConfig = Field(FleetConfig(), description="the device inventory, sessions and the admin API")
+    fleet_path: Optional[Path] = Field(
+        None, description="SQLite file of the device inventory, settings and audit log (default: beside the traces)"
+    )
     ray_address: Optional[str] = Field(
         None, description="join this Ray cluster instead of starting a local one (tandem hub run: $RAY_ADDRESS)"
     )
@@ -124,6 +146,7 @@ class HubConfig(StrictModel):
                 "routing_path": self.routing_path.resolve() if self.routing_path else None,
                 "trace_store_path": self.trace_store_path.resolve(),
                 "registry_path": self.registry_file().resolve(),
+                "fleet_path": self.fleet_file().resolve(),
                 "artifacts_path": self.artifacts_dir().resolve(),
             }
         )
@@ -139,6 +162,9 @@ class HubConfig(StrictModel):
     def registry_file(self) -> Path:
         return self.registry_path or self.trace_store_path.with_name("tandem-registry.db")
 
+    def fleet_file(self) -> Path:
+        return self.fleet_path or self.trace_store_path.with_name("tandem-fleet.db")
+
     def artifacts_dir(self) -> Path:
         return self.artifacts_path or self.trace_store_path.parent / "artifacts"
 
@@ -149,7 +175,7 @@ class HubConfig(StrictModel):
 def load_hub_config(path: Path) -> dict[str, Any]:
     """A hub YAML file as settings; relative paths in it are taken from the file's folder."""
     raw = read_yaml_mapping(path, empty_ok=True)
-    for key in ("model_path", "routing_path", "trace_store_path", "registry_path", "artifacts_path"):
+    for key in ("model_path", "routing_path", "trace_store_path", "registry_path", "artifacts_path", "fleet_path"):
         if isinstance(raw.get(key), str) and not Path(raw[key]).is_absolute():
             raw[key] = str(path.parent / raw[key])
     return raw

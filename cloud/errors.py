@@ -70,6 +70,18 @@ class RequestTooLarge(InvalidInput):
         self.limit = limit
 
 
+class DeviceNotFound(HubError):
+    """No device by that id has ever spoken to this hub."""
+
+
+class InvalidSettings(HubError):
+    """Device settings the hub cannot store: not a mapping of sections to mappings, or a bad scope name."""
+
+
+class Unauthorized(HubError):
+    """An admin request without a valid operator token."""
+
+
 # (gRPC code, HTTP status) per error type; the first match in order wins.
 _STATUS: list[tuple[type[Exception], grpc.StatusCode, int]] = [
     (UnsupportedSchemaVersion, grpc.StatusCode.FAILED_PRECONDITION, 400),
@@ -87,6 +99,9 @@ _STATUS: list[tuple[type[Exception], grpc.StatusCode, int]] = [
     (RoutingError, grpc.StatusCode.INVALID_ARGUMENT, 400),
     (ModelUnavailable, grpc.StatusCode.UNAVAILABLE, 503),
     (ReplicaFailed, grpc.StatusCode.UNAVAILABLE, 503),
+    (DeviceNotFound, grpc.StatusCode.NOT_FOUND, 404),
+    (InvalidSettings, grpc.StatusCode.INVALID_ARGUMENT, 400),
+    (Unauthorized, grpc.StatusCode.UNAUTHENTICATED, 401),
 ]
 
 

@@ -50,8 +50,11 @@ class EscalationService:
         metrics: HubMetrics,
         clock: Callable[[], float] = time.time,
         limits: Optional[InputLimits] = None,
+        on_escalation: Callable[[str], None] = lambda _device_id: None,
     ) -> None:
+        """``on_escalation``: told the device id of every escalation recorded (the fleet's sessions)."""
         self.store = store
+        self._on_escalation = on_escalation
         self.use(router)
         self.delivery = delivery
         self.metrics = metrics
@@ -77,6 +80,7 @@ class EscalationService:
             logger.warning("trace %s from %s refused: %s", request.trace_id, request.device_id, exc)
             self.metrics.escalations.labels(ack="rejected").inc()
             raise
+        self._on_escalation(request.device_id)
         if not self.store.insert_if_absent(request.trace_id, request.device_id, stored, received):
             logger.info("trace %s: duplicate escalation from %s", request.trace_id, request.device_id)
             self.metrics.escalations.labels(ack="duplicate").inc()

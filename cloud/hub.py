@@ -32,6 +32,8 @@ from cloud.dispatch.delivery import Delivery
 from cloud.dispatch.mqtt import MqttDispatcher
 from cloud.errors import HubError
 from cloud.escalations import EscalationService
+from cloud.fleet.service import FleetService
+from cloud.fleet.store import Device, FleetStore
 from cloud.ingress import mqtt as mqtt_ingress
 from cloud.ingress import v2
 from cloud.metrics import HubMetrics
@@ -43,6 +45,7 @@ from cloud.routing.config import resolve_registry
 from cloud.traces.store import TraceStore
 from protocol.codec import Encoding
 from protocol.messages import EscalationRequest, Prediction
+from protocol.topics import DeviceTopic
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +70,9 @@ class ModelPool(abc.ABC):
         """How many model loads the pool has done (one replica's count, where there are several)."""
         return 0
 
+    async def preload(self, sha256: str) -> None:  # noqa: B027 - a pool that loads on first use needs nothing
+        """Load a model now, before the first request needs it (a new device's routes)."""
+
 
 class LocalPool(ModelPool):
     """The models in this process, loaded on first use from the registry's artifacts (no batching)."""
@@ -90,6 +96,9 @@ class LocalPool(ModelPool):
 
     async def loads(self) -> int:
         return len(self._models)
+
+    async def preload(self, sha256: str) -> None:
+        await asyncio.to_thread(self.model, sha256)
 
 
 class _LocalBackend(ModelBackend):
@@ -127,6 +136,10 @@ class Hub:
         self.metrics = HubMetrics()
         self.store = TraceStore(self.config.trace_store_path)
         self.registry = SqliteRegistry(self.config.registry_file(), self.config.artifacts_dir())
+        self.fleet_store = FleetStore(self.config.fleet_file())
+        self._fleet: Optional[FleetService] = None
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._artifacts: dict[str, str] = {}  # the rules' ONNX model names -> sha256
         self._tensor_models: v2.TensorModels = pool.tensor_models({})
         self.v2 = v2.V2Service(lambda: self._tensor_models)
         self.v2_grpc = v2.V2Grpc(self.v2)
@@ -141,13 +154,20 @@ class Hub:
             raise HubError("the hub is not started")
         return self._service
 
+    @property
+    def fleet(self) -> FleetService:
+        if self._fleet is None:
+            raise HubError("the hub is not started")
+        return self._fleet
+
     def start(self) -> None:
         """Open the stores, connect to the broker, recover unfinished traces, start the background loops.
         Call it on the event loop the hub will run on."""
         hub = self.config
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         self.store.open()
         self.registry.open()
+        self.fleet_store.open()
         self.metrics.watch_unacked(self.store.count_unacked)
         self._dispatcher = MqttDispatcher(
             hub.mqtt_host,
@@ -169,12 +189,27 @@ class Hub:
         delivery = Delivery(
             self.store, self._dispatcher, hub.delivery, self.metrics, Encoding(hub.result_encoding), callbacks
         )
+        dispatcher = self._dispatcher
+        self._fleet = FleetService(
+            self.fleet_store,
+            hub.fleet,
+            lambda device_id, payload: dispatcher.publish_state(str(DeviceTopic.desired(device_id)), payload),
+            self.metrics,
+            on_new_device=self._preload_for,
+        )
+        self._fleet.start()
         self._service = EscalationService(
-            self.store, self._router(hub.routing()), delivery, self.metrics, limits=hub.input_limits()
+            self.store,
+            self._router(hub.routing()),
+            delivery,
+            self.metrics,
+            limits=hub.input_limits(),
+            on_escalation=self._fleet.on_escalation,
         )
         self._dispatcher.start()
         self._mqtt_ingress = mqtt_ingress.MqttEscalations(
             self._service,
+            self._fleet,
             loop,
             hub.mqtt_host,
             hub.mqtt_port,
@@ -190,6 +225,7 @@ class Hub:
             loop.create_task(delivery.run(), name="hub-resends"),
             loop.create_task(self._every(REGISTRY_REPORT_S, self._report_to_registry), name="hub-registry-report"),
             loop.create_task(self._every(PRUNE_S, self._prune_traces), name="hub-prune"),
+            loop.create_task(self._every(hub.fleet.check_every_s, self._check_fleet), name="hub-fleet-check"),
             loop.create_task(
                 self._every(ORPHAN_CHECK_S, self._rerun_orphans, first_after_s=ORPHAN_CHECK_S), name="hub-orphan-reruns"
             ),
@@ -213,6 +249,7 @@ class Hub:
             await close_backends(self._service.router.backends)
         self.store.close()
         self.registry.close()
+        self.fleet_store.close()
 
     def _router(self, routing: RoutingConfig) -> Router:
         """Rules -> a router whose own models are the pool's, by each model file's sha256. Registry versions
@@ -223,6 +260,7 @@ class Hub:
             for name, entry in routing.onnx_models().items()
         }
         self._tensor_models = self.pool.tensor_models(artifacts)
+        self._artifacts = artifacts
         return Router(routing, build_backends(routing, lambda name, _entry: self.pool.backend(artifacts[name])))
 
     async def reconfigure(self, routing: dict[str, Any]) -> None:
@@ -242,7 +280,14 @@ class Hub:
 
     def http_app(self) -> FastAPI:
         return build_http_app(
-            self.store, self.registry, self.v2, self.status, self.metrics, max_body_bytes=self.config.max_request_bytes
+            self.store,
+            self.registry,
+            self.v2,
+            self.status,
+            self.metrics,
+            max_body_bytes=self.config.max_request_bytes,
+            fleet=lambda: self.fleet,
+            operators=self.config.fleet.operators,
         )
 
     async def status(self) -> dict[str, Any]:
@@ -282,6 +327,27 @@ class Hub:
         """An accepted trace with no result and no run in progress (its run died) runs again. One more line of
         defence: nothing the hub accepted may stay unanswered."""
         self.service.recover(received_before=time.time() - ORPHAN_CHECK_S)
+
+    async def _check_fleet(self) -> None:
+        await asyncio.to_thread(self.fleet.check)
+
+    def _preload_for(self, device: Device) -> None:
+        """A new device (session INIT): load the models its routes name, so its first escalation does not wait
+        for a model load. Called from paho's thread or the event loop; the loads run on the event loop."""
+        if not self.config.fleet.preload or self._loop is None or self._service is None:
+            return
+        names = self._service.router.models_for(device.device_id, device.group)
+        wanted = sorted({self._artifacts[n] for n in names if n in self._artifacts})
+        if wanted:
+            logger.info("fleet: preloading %d models for %s", len(wanted), device.device_id)
+            asyncio.run_coroutine_threadsafe(self._preload(wanted), self._loop)
+
+    async def _preload(self, sha256s: list[str]) -> None:
+        for sha256 in sha256s:
+            try:
+                await self.pool.preload(sha256)
+            except Exception as exc:  # the first request loads it instead, and says why if it cannot
+                logger.warning("fleet: preloading %s failed: %s", sha256[:12], exc)
 
     async def _prune_traces(self) -> None:
         """Finished traces past the retention are deleted (never one whose result is still being sent)."""

@@ -72,5 +72,21 @@ class HubMetrics:
             registry=self.registry,
         )
 
+        self.sessions = Counter(
+            "tandem_hub_device_sessions",
+            "device session changes, by the state entered (INIT at first contact, ACTIVE, SLEEP)",
+            ["state"],
+            registry=self.registry,
+        )
+        self.fleet_messages = Counter(
+            "tandem_hub_fleet_messages",
+            "device reports, heartbeats and availability messages, by channel and outcome (ok, or the error)",
+            ["channel", "outcome"],
+            registry=self.registry,
+        )
+        self.desired_sent = Counter(
+            "tandem_hub_desired_published", "desired states published to devices (retained)", registry=self.registry
+        )
+
     def watch_unacked(self, count: Callable[[], int]) -> None:
         self.registry.register(_Unacked(count))

@@ -404,6 +404,7 @@ class EdgeRuntime:
                 "source_id": frame.source_id,
                 "frame_index": str(frame.index),
                 "reasons": "; ".join(decision.reasons),
+                "device_group": self.config.fleet.group,  # routing rules can match on it (when.device_group)
             },
         )
         return Escalation(encode_request(request), priority(decision, prediction))

@@ -1,20 +1,23 @@
 """The hub's HTTP API (FastAPI), one app on Serve's HTTP proxy.
 
 For operators (this package): health, metrics, ``/v1/traces`` (``traces``), the model registry
-(``registry``), the routing status. For devices and model clients: the Open Inference Protocol v2,
-whose routes live with the rest of the device-facing ingress (``cloud.ingress.v2``).
+(``registry``), the routing status, the fleet (``fleet``: devices, settings, audit). For devices and
+model clients: the Open Inference Protocol v2, whose routes live with the rest of the device-facing
+ingress (``cloud.ingress.v2``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Optional
 
 from fastapi import FastAPI, HTTPException, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from cloud.api.fleet import fleet_routes
 from cloud.api.registry import registry_routes
 from cloud.api.traces import trace_routes
+from cloud.fleet.service import FleetService
 from cloud.ingress.body_limit import BodyLimit
 from cloud.ingress.v2 import V2Service, v2_routes
 from cloud.metrics import HubMetrics
@@ -30,6 +33,8 @@ def build_http_app(
     metrics: Optional[HubMetrics] = None,
     max_body_bytes: int = 4 * 1024 * 1024,
     max_artifact_bytes: int = 1024 * 1024 * 1024,
+    fleet: Optional[Callable[[], FleetService]] = None,
+    operators: Optional[Mapping[str, str]] = None,
 ) -> FastAPI:
     """``max_body_bytes`` bounds every request body (413 past it) but model uploads, bounded by max_artifact_bytes."""
     app = FastAPI(title="Tandem hub", version="1")
@@ -38,6 +43,8 @@ def build_http_app(
     app.include_router(trace_routes(traces))
     if v2 is not None:
         app.include_router(v2_routes(v2))
+    if fleet is not None:
+        app.include_router(fleet_routes(fleet, operators or {}))
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:

@@ -1,9 +1,9 @@
 """The model pool as a Ray Serve deployment, and the hub's handles on it.
 
-    ModelPool          the deployment: every ONNX model the rules name, multiplexed by sha256, batched
-    ServeBackend       the router's view of one model in it (Ray's errors translated here)
-    PoolTensorModels   the v2 protocol's view of it
-    ServePool          both, for the ``Hub`` (``cloud.hub.ModelPool``)
+ModelPool          the deployment: every ONNX model the rules name, multiplexed by sha256, batched
+ServeBackend       the router's view of one model in it (Ray's errors translated here)
+PoolTensorModels   the v2 protocol's view of it
+ServePool          both, for the ``Hub`` (``cloud.hub.ModelPool``)
 """
 
 from __future__ import annotations
@@ -98,6 +98,10 @@ class ModelPool:
         model = await self._model(serve.get_multiplexed_model_id())
         return await asyncio.to_thread(model.run_tensors, inputs)
 
+    async def preload(self) -> None:
+        """Load the multiplexed model on this replica (no request runs)."""
+        await self._model(serve.get_multiplexed_model_id())
+
     def loads(self) -> int:
         """How many model loads this replica has done (multiplexing: a model evicted and used again loads again)."""
         return self._loads
@@ -163,3 +167,6 @@ class ServePool(PoolClient):
     async def loads(self) -> int:
         loads: int = await self._pool.loads.remote()
         return loads
+
+    async def preload(self, sha256: str) -> None:
+        await self._pool.options(multiplexed_model_id=sha256).preload.remote()

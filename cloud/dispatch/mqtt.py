@@ -88,6 +88,13 @@ class MqttDispatcher(Publisher):
             logger.error("result %s: paho refused to queue it (rc %s); it is sent again later", trace_id, info.rc)
             self._count_error(f"paho_rc_{info.rc}")
 
+    def publish_state(self, topic: str, payload: bytes) -> None:
+        """A retained QoS 1 message (a device's desired state); paho keeps it while the broker is away."""
+        info = self._client.publish(topic, payload, qos=1, retain=True)
+        if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+            logger.error("%s: paho refused to queue it (rc %s); it is sent again at the next report", topic, info.rc)
+            self._count_error(f"paho_rc_{info.rc}")
+
     def _count_error(self, reason: str) -> None:
         if self._metrics is not None:
             self._metrics.delivery_errors.labels(channel="mqtt", reason=reason).inc()

@@ -83,9 +83,7 @@ async def escalate(service: EscalationService, payload: bytes, context: StatusCo
     return ack.to_proto()
 
 
-async def escalate_and_wait(
-    service: EscalationService, payload: bytes, context: StatusContext
-) -> pb.EscalationResult:
+async def escalate_and_wait(service: EscalationService, payload: bytes, context: StatusContext) -> pb.EscalationResult:
     request = _parse(service, payload, context)
     if request is None:
         return pb.EscalationResult()

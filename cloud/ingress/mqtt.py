@@ -1,7 +1,8 @@
 """Escalations from devices over MQTT: ``tandem/v1/devices/+/escalations``, QoS 1, onto the escalation service;
-the devices' result acknowledgements, ``tandem/v1/devices/+/acks``, onto its delivery; and their
+the devices' result acknowledgements, ``tandem/v1/devices/+/acks``, onto its delivery; their
 availability, ``tandem/v1/devices/+/availability``: a device that comes back ``online`` gets its
-unacknowledged results at once instead of at their next resend.
+unacknowledged results at once instead of at their next resend; and their reports and heartbeats
+(``…/reported``, ``…/telemetry``) onto the fleet service.
 
 Each escalation the service recorded (new or a duplicate) is confirmed to its
 device with an EscalationAck on ``tandem/v1/devices/{id}/accepted``; until it
@@ -31,7 +32,9 @@ from google.protobuf.message import DecodeError
 
 from cloud.errors import InvalidInput, RequestTooLarge
 from cloud.escalations import EscalationService
+from cloud.fleet.service import FleetService
 from common.mqtt import new_client
+from protocol import fleet
 from protocol._generated.tandem.v1 import tandem_pb2 as pb
 from protocol.codec import decode_request, decode_result_ack, encode_escalation_ack
 from protocol.errors import InvalidTopic, MalformedMessage, ProtocolError
@@ -44,7 +47,7 @@ logger = logging.getLogger(__name__)
 def topic_filters(share_group: str) -> list[str]:
     """Escalations, result acks and availability of every device, shared among the replicas of one hub (its MQTT
     user name): another hub on the same broker has its own group, so it never takes this hub's messages."""
-    channels = (Channel.ESCALATIONS, Channel.ACKS, Channel.AVAILABILITY)
+    channels = (Channel.ESCALATIONS, Channel.ACKS, Channel.AVAILABILITY, Channel.REPORTED, Channel.TELEMETRY)
     return [f"$share/{share_group}/{PREFIX}/+/{c.value}" for c in channels]
 
 
@@ -57,6 +60,7 @@ class MqttEscalations:
     def __init__(
         self,
         service: EscalationService,
+        fleet: FleetService,
         loop: asyncio.AbstractEventLoop,
         host: str,
         port: int,
@@ -65,13 +69,12 @@ class MqttEscalations:
         client_id: str,
     ) -> None:
         self._service = service
+        self._fleet = fleet
         self._loop = loop
         self._host = host
         self._port = port
         self._filters = topic_filters(username)
-        self._client = new_client(
-            client_id, username=username, password=password, clean_session=False, manual_ack=True
-        )
+        self._client = new_client(client_id, username=username, password=password, clean_session=False, manual_ack=True)
         self._client.on_connect = self._on_connect
         self._client.on_message = self._on_message
         self.counts = {"accepted": 0, "rejected": 0, "undecodable": 0, "acks": 0, "bad_acks": 0}
@@ -100,9 +103,12 @@ class MqttEscalations:
             client.ack(message.mid, message.qos)
             return
         device_id = topic.device_id
-        if topic.channel is Channel.AVAILABILITY:
-            if message.payload == b"online":  # sending may post HTTP callbacks: done on the event loop
-                self._loop.call_soon_threadsafe(self._on_online, device_id)
+        if topic.channel in (Channel.AVAILABILITY, Channel.REPORTED, Channel.TELEMETRY):
+            try:
+                self._on_fleet_message(topic, bytes(message.payload))
+            except Exception:  # a store error: leave it unacknowledged so the broker sends it again
+                logger.exception("mqtt ingress: %s from %s not recorded; left for redelivery", topic.channel, device_id)
+                return
             client.ack(message.mid, message.qos)
             return
         if topic.channel is Channel.ACKS:
@@ -123,6 +129,33 @@ class MqttEscalations:
             logger.exception("mqtt ingress: escalation from %s not recorded; left for redelivery", device_id)
             return
         client.ack(message.mid, message.qos)
+
+    def _on_fleet_message(self, topic: DeviceTopic, payload: bytes) -> None:
+        """What a device says about itself: its availability, its report, its heartbeat. A malformed one is
+        logged, counted and dropped."""
+        device_id, channel = topic.device_id, topic.channel
+        if channel is Channel.AVAILABILITY:
+            if payload not in (b"online", b"offline"):
+                logger.error("mqtt ingress: availability %r from %s is neither online nor offline", payload, device_id)
+                self._fleet.bad_message(channel.value, MalformedMessage("availability"))
+                return
+            self._fleet.on_availability(device_id, payload == b"online")
+            if payload == b"online":  # sending may post HTTP callbacks: done on the event loop
+                self._loop.call_soon_threadsafe(self._on_online, device_id)
+            return
+        kind = fleet.Reported if channel is Channel.REPORTED else fleet.Telemetry
+        try:
+            message = fleet.decode(payload, kind)
+            if message.device_id != device_id:
+                raise MalformedMessage(f"{kind.__name__} for {message.device_id} on {device_id}'s topic")
+        except ProtocolError as exc:
+            logger.error("mqtt ingress: %s from %s dropped: %s", channel.value, device_id, exc)
+            self._fleet.bad_message(channel.value, exc)
+            return
+        if isinstance(message, fleet.Reported):
+            self._fleet.on_reported(message)
+        elif isinstance(message, fleet.Telemetry):
+            self._fleet.on_telemetry(message)
 
     def _on_result_ack(self, device_id: str, payload: bytes) -> None:
         """A device has stored a result: stop resending it. A bad ack is logged, counted and dropped."""

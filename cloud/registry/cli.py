@@ -12,37 +12,14 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import json
-import os
 import sys
-import urllib.error
 import urllib.parse
-import urllib.request
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
-DEFAULT_URL = "http://127.0.0.1:8000"
-
-
-class HubHttpError(Exception):
-    pass
-
-
-def _request(url: str, method: str, body: Optional[bytes] = None, content_type: str = "application/json") -> Any:
-    request = urllib.request.Request(url, data=body, method=method, headers={"Content-Type": content_type})
-    try:
-        with urllib.request.urlopen(request, timeout=60) as reply:
-            return json.loads(reply.read() or b"null")
-    except urllib.error.HTTPError as exc:
-        with exc:  # an error reply holds its connection until closed
-            detail = exc.read().decode(errors="replace")
-        with contextlib.suppress(ValueError):  # FastAPI's {"detail": ...}; anything else is shown as it came
-            detail = json.loads(detail).get("detail", detail)
-        raise HubHttpError(f"{method} {url}: {exc.code}: {detail}") from exc
-    except urllib.error.URLError as exc:
-        raise HubHttpError(f"{method} {url}: cannot reach the hub: {exc.reason}") from exc
+from cloud.client import HubHttpError, default_url, request
 
 
 def _row(m: dict[str, Any]) -> str:
@@ -65,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
 def _register(base: str, args: argparse.Namespace) -> int:
     data = Path(args.file).read_bytes()
     digest = hashlib.sha256(data).hexdigest()
-    _request(f"{base}/v1/artifacts/{digest}", "PUT", data, "application/octet-stream")
+    request(f"{base}/v1/artifacts/{digest}", "PUT", data, "application/octet-stream")
     spec = {
         "name": args.name,
         "version": args.version,
@@ -78,7 +55,7 @@ def _register(base: str, args: argparse.Namespace) -> int:
         "cost_per_1k": args.cost_per_1k,
         "artifact_sha256": digest,
     }
-    print(_row(_request(f"{base}/v1/models", "POST", json.dumps(spec).encode())))
+    print(_row(request(f"{base}/v1/models", "POST", json.dumps(spec).encode())))
     return 0
 
 
@@ -94,7 +71,7 @@ def _list(base: str, args: argparse.Namespace) -> int:
         )
         if v
     }
-    models = _request(f"{base}/v1/models?{urllib.parse.urlencode(query)}", "GET")
+    models = request(f"{base}/v1/models?{urllib.parse.urlencode(query)}", "GET")
     for m in models:
         print(_row(m))
     print(f"{len(models)} model versions")
@@ -102,7 +79,7 @@ def _list(base: str, args: argparse.Namespace) -> int:
 
 
 def _show(base: str, args: argparse.Namespace) -> int:
-    print(json.dumps(_request(f"{base}/v1/models/{args.name}/{args.version}", "GET"), indent=2))
+    print(json.dumps(request(f"{base}/v1/models/{args.name}/{args.version}", "GET"), indent=2))
     return 0
 
 
@@ -118,12 +95,12 @@ def _update(base: str, args: argparse.Namespace) -> int:
         )
         if v is not None
     }
-    print(_row(_request(f"{base}/v1/models/{args.name}/{args.version}", "PATCH", json.dumps(change).encode())))
+    print(_row(request(f"{base}/v1/models/{args.name}/{args.version}", "PATCH", json.dumps(change).encode())))
     return 0
 
 
 def _retire(base: str, args: argparse.Namespace) -> int:
-    print(_row(_request(f"{base}/v1/models/{args.name}/{args.version}/retire", "POST", b"")))
+    print(_row(request(f"{base}/v1/models/{args.name}/{args.version}/retire", "POST", b"")))
     return 0
 
 
@@ -134,7 +111,7 @@ def add_parser(hub: Any) -> None:
     """``tandem hub models`` and its sub-commands, on the hub's sub-parser."""
     models = hub.add_parser("models", help="the model registry (through the hub's HTTP API)")
     models.set_defaults(handler=run)
-    models.add_argument("--url", default=os.environ.get("TANDEM_HUB_URL", DEFAULT_URL), help="the hub's HTTP address")
+    models.add_argument("--url", default=default_url(), help="the hub's HTTP address")
     sub = models.add_subparsers(dest="models_command", required=True)
     register = sub.add_parser("register", help="upload a model file and register it as a version")
     register.add_argument("file", type=Path)

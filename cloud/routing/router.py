@@ -51,6 +51,19 @@ class Router:
         """Each replica's circuit state for one model of the rules."""
         return {key: self.balancer.stats(model, key).state for key in self.backends.get(model, {})}
 
+    def models_for(self, device_id: str, group: str) -> set[str]:
+        """The models of every rule that could take this device's escalations (its id and group match, or the
+        rule does not ask), for preloading when the device first appears."""
+        names: set[str] = set()
+        for route in self.config.routes:
+            when = route.when
+            if when.device_id is not None and not any(fnmatch.fnmatchcase(device_id, p) for p in when.device_id):
+                continue
+            if when.device_group is not None and group not in when.device_group:
+                continue
+            names.update(step.model for step in route.steps)
+        return names
+
     def plan(self, request: EscalationRequest) -> Plan:
         route = next((r for r in self.config.routes if matches(r.when, request)), None)
         if route is None:

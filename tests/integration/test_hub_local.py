@@ -94,7 +94,7 @@ def test_closing_the_hub_stops_its_loops_and_clients(tmp_path, demo_assets, mosq
     runner = HubThread(Hub(config, LocalPool(config.artifacts_dir(), config.max_image_pixels)))
     with runner as hub:
         tasks = runner.call(_hub_tasks())
-        assert {"hub-resends", "hub-registry-report", "hub-prune", "hub-orphan-reruns"} <= tasks
+        assert {"hub-resends", "hub-registry-report", "hub-prune", "hub-orphan-reruns", "hub-fleet-check"} <= tasks
     leftover = {t.name for t in threading.enumerate()} - before
     assert not {name for name in leftover if name.startswith("paho")}, leftover
     with pytest.raises(HubError, match="not open"):
