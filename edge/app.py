@@ -20,7 +20,8 @@ import platform
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Optional
 
 import cv2
@@ -32,15 +33,19 @@ from edge.comms.grpc_client import GrpcTransport
 from edge.comms.link import DeviceLink, Handled
 from edge.comms.mqtt_transport import MqttTransport
 from edge.comms.transport import Transport
-from edge.config import EdgeConfig, EscalationConfig, MqttTransportConfig, fleet_state_dir
+from edge.config import DetectorConfig, EdgeConfig, EscalationConfig, MqttTransportConfig, fleet_state_dir
 from edge.detectors import create_detector
 from edge.detectors.base import Detector
 from edge.errors import StoreError, StoreFull
 from edge.health import HealthServer
 from edge.judge import Judge, JudgeDecision, JudgeInput, TraceMachine, TraceState, Verdict
 from edge.metrics import EdgeMetrics, RuntimeState
+from edge.models import prepare, verify
 from edge.models.agent import DesiredStateAgent, Identity
+from edge.models.quality import FrameStat, Quality
 from edge.models.settings import HotSettings
+from edge.models.slots import Slots
+from edge.models.updater import Host, ModelUpdater
 from edge.outbox import EdgeStore, OutboxLimits, VerdictOutcome
 from edge.outbox.worker import EscalationWorker
 from edge.service import SystemdNotifier
@@ -48,6 +53,7 @@ from edge.sources import Frame, FrameSource, LiveSource, SourceState, open_sourc
 from edge.sources.sensors import SensorState, open_sensor
 from edge.telemetry import Heartbeat, HeartbeatLoop
 from protocol import fleet
+from protocol.bundle import Manifest
 from protocol.codec import decode_escalation_ack, decode_result, encode_request, encode_result_ack
 from protocol.errors import ProtocolError
 from protocol.messages import EncodedImage, EscalationRequest, Prediction, ResultAck, new_trace_id
@@ -60,8 +66,9 @@ MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg"}
 
 @dataclass(frozen=True)
 class Live:
-    """The settings the frame loop reads, swapped as one reference: a frame sees the old set or the new."""
+    """What the frame loop reads, swapped as one reference between frames: a frame sees the old set or the new."""
 
+    detector: Detector
     judge: Judge
     escalation: EscalationConfig
 
@@ -72,7 +79,7 @@ class Escalation:
     priority: int
 
 
-def identity(config: EdgeConfig, detector: Detector) -> Identity:
+def identity(config: EdgeConfig) -> Identity:
     """Group, tags and class from the config; the class, when not set, from the machine and the backend."""
     return Identity(
         group=config.fleet.group,
@@ -124,16 +131,33 @@ class EdgeRuntime:
             local_batch=outbox.local_trace_batch,
             local_flush_s=outbox.local_trace_flush_ms / 1000.0,
         )
-        self.detector = detector or create_detector(config.detector)
-        self.live = Live(Judge.from_config(config.judge), config.escalation)
+        self._live_lock = threading.Lock()  # writers of self.live: the fleet agent and the model updater
+        self.live = Live(
+            detector or create_detector(config.detector), Judge.from_config(config.judge), config.escalation
+        )
         self.heartbeat = Heartbeat(config.device_id, clock)
+        self.identity = identity(config)
+        self.slots = Slots(fleet_state_dir(config))
+        self.quality = Quality(config.models.probation.frames)
+        self.updater = ModelUpdater(
+            config.models,
+            self.slots,
+            self.quality,
+            Host(
+                self.prepare_model,
+                self.swap_model,
+                self._standing,
+                lambda status: self.fleet.update_status(status),  # noqa: PLW0108 - self.fleet is built below
+            ),
+        )
         self.fleet = DesiredStateAgent(
             config,
             fleet_state_dir(config),
-            identity(config, self.detector),
+            self.identity,
             apply=self.use_settings,
             active_model=self.active_model,
             publish_reported=lambda payload: self.link.publish(Channel.REPORTED, payload, retain=True),
+            want_model=self.updater.want,
             clock=clock,
         )
         self.link = DeviceLink(
@@ -181,6 +205,7 @@ class EdgeRuntime:
         self._store_full = False  # the last write found the store's filesystem full
         self._last_turn = time.monotonic()
         self._sha256: Optional[str] = None
+        self._bundle_model: Optional[Manifest] = None  # the bundle swapped in by this run, if any
 
     def _transport(self, config: EdgeConfig) -> Transport:
         if isinstance(config.transport, MqttTransportConfig):
@@ -189,8 +214,17 @@ class EdgeRuntime:
 
     # -- lifecycle -----------------------------------------------------------
 
+    @property
+    def detector(self) -> Detector:
+        """The detector the next frame runs on."""
+        return self.live.detector
+
     def start(self) -> None:
         self.store.open()
+        manifest, folder = self.updater.recover()  # the active bundle, checked complete, if the hub sent one
+        if manifest is not None and folder is not None:
+            self._replace_live(detector=create_detector(self._bundle_config(manifest, folder)))
+            self.fleet.use_bundle_judge(manifest.judge)
         self.fleet.start()  # the hub's saved settings, before the first frame
         self.detector.start()
         self.transport.start()
@@ -199,6 +233,7 @@ class EdgeRuntime:
         self.link.start()
         self.worker.start()
         self.telemetry.start()
+        self.updater.start()
         for reader in self.sensor_readers:
             reader.start()
         self.actions.start()
@@ -217,6 +252,7 @@ class EdgeRuntime:
     def close(self) -> None:
         """Drain and release everything: sends in flight finish, queued rows stay in the outbox for the next start."""
         self.notifier.stopping()
+        self.updater.close()
         self.telemetry.close()
         for reader in self.sensor_readers:
             reader.close()
@@ -274,11 +310,19 @@ class EdgeRuntime:
     def process(self, frame: Frame) -> Optional[TraceState]:
         """One frame through detector and judge; returns the trace's state, or None if it could not be stored."""
         trace_id, now, machine, live = new_trace_id(), self.clock(), TraceMachine(), self.live
-        prediction = self._infer(frame, machine, now)
+        prediction = self._infer(frame, machine, now, live.detector)
         reasons: tuple[str, ...] = ()
         escalation: Optional[Escalation] = None
+        uncertain = False
         if prediction is not None and frame.image is not None:
-            reasons, escalation = self._judge(trace_id, frame, frame.image, prediction, machine, now, live)
+            reasons, escalation, uncertain = self._judge(trace_id, frame, frame.image, prediction, machine, now, live)
+        if frame.image is not None:  # the model's record, for a probation: an undecodable frame is not its fault
+            stat = (
+                FrameStat(True, prediction.inference_ms, uncertain, prediction.confidence)
+                if prediction is not None
+                else FrameStat(False, 0.0, False, 0.0)
+            )
+            self.quality.frame(stat)
         if machine.state is TraceState.UNJUDGEABLE:
             logger.warning("frame %s/%d unjudgeable: %s", frame.source_id, frame.index, machine.last_reason)
         deadline_at = now + live.escalation.deadline_ms / 1000.0 if escalation is not None else None
@@ -330,13 +374,13 @@ class EdgeRuntime:
             self.worker.wake()
         return machine.state
 
-    def _infer(self, frame: Frame, machine: TraceMachine, now: float) -> Optional[Prediction]:
+    def _infer(self, frame: Frame, machine: TraceMachine, now: float, detector: Detector) -> Optional[Prediction]:
         """RAW -> INFERRED with the model's answer, or RAW -> UNJUDGEABLE when there is none."""
         if frame.image is None:
             machine.advance(TraceState.UNJUDGEABLE, f"undecodable frame: {frame.error}", now)
             return None
         try:
-            prediction = self.detector.predict(frame.image)
+            prediction = detector.predict(frame.image)
         except InferenceError as exc:
             machine.advance(TraceState.UNJUDGEABLE, f"inference failed: {exc}", now)
             return None
@@ -353,29 +397,30 @@ class EdgeRuntime:
         machine: TraceMachine,
         now: float,
         live: Live,
-    ) -> tuple[tuple[str, ...], Optional[Escalation]]:
+    ) -> tuple[tuple[str, ...], Optional[Escalation], bool]:
         """INFERRED -> JUDGED -> COMPLETE or PENDING_CLOUD (or UNJUDGEABLE); returns the reasons and any escalation."""
         decision = live.judge.decide(JudgeInput(prediction, image, self.sensors.values()))
         self.metrics.count_decision(decision.verdict.value, decision.cause)
+        uncertain = decision.uncertain
         if decision.verdict is Verdict.UNJUDGEABLE:
             machine.advance(TraceState.UNJUDGEABLE, "; ".join(decision.reasons), now)
-            return decision.reasons, None
+            return decision.reasons, None, uncertain
         machine.advance(TraceState.JUDGED, "; ".join(decision.reasons), now)
         if not decision.escalate:
             why = "uncertain, not escalated" if decision.uncertain else "confident"
             machine.advance(TraceState.COMPLETE, f"local answer stands ({why})", now)
-            return decision.reasons, None
+            return decision.reasons, None, uncertain
         escalation = self._escalation(trace_id, image, prediction, frame, decision, now, live.escalation)
         if escalation is None:
             machine.advance(TraceState.COMPLETE, "local answer stands (cannot escalate: frame did not encode)", now)
-            return decision.reasons, None
+            return decision.reasons, None, uncertain
         refused = self.store.admission(len(escalation.payload), escalation.priority)
         if refused is not None:
             self.metrics.outbox_dropped.labels(reason="rejected").inc()
             machine.advance(TraceState.COMPLETE, f"local answer stands (not escalated: {refused})", now)
-            return decision.reasons, None
+            return decision.reasons, None, uncertain
         machine.advance(TraceState.PENDING_CLOUD, "escalated to the hub", now)
-        return decision.reasons, escalation
+        return decision.reasons, escalation, uncertain
 
     def _escalation(
         self,
@@ -476,10 +521,54 @@ class EdgeRuntime:
 
     def use_settings(self, settings: HotSettings) -> None:
         """The hub's settings from the next frame on (paho's thread, or start()): no restart, no frame lost."""
-        self.live = Live(Judge.from_config(settings.judge), settings.escalation)
+        self._replace_live(judge=Judge.from_config(settings.judge), escalation=settings.escalation)
         self.settle.answer = settings.judge.answer
 
+    def _replace_live(self, **parts: object) -> Live:
+        """Swap parts of what the frame loop reads, as one reference; returns what was there."""
+        with self._live_lock:
+            old = self.live
+            self.live = replace(old, **parts)  # type: ignore[arg-type]
+        return old
+
+    def prepare_model(self, manifest: Optional[Manifest], folder: Optional[Path]) -> Detector:
+        """A new detector, loaded and warmed up beside the running one (the updater's thread); with no manifest,
+        the model in the device's own config. InferenceError if it cannot load."""
+        config = self.config.detector if manifest is None or folder is None else self._bundle_config(manifest, folder)
+        detector = create_detector(config)
+        try:
+            detector.start()
+        except InferenceError:
+            detector.close()
+            raise
+        return detector
+
+    def swap_model(self, detector: Detector, manifest: Optional[Manifest]) -> Detector:
+        """The next frame runs on ``detector``; the one it replaces is returned, still loaded (instant rollback)."""
+        old = self._replace_live(detector=detector).detector
+        self._bundle_model = manifest
+        self.fleet.use_bundle_judge(manifest.judge if manifest else {})
+        logger.info("models: the frame loop now runs %s", detector.describe())
+        return old
+
+    def _bundle_config(self, manifest: Manifest, folder: Path) -> DetectorConfig:
+        engines = fleet_state_dir(self.config) / "engines"
+        return prepare.detector_config(self.config.detector, manifest, folder, self.identity.device_class, engines)
+
+    def _standing(self, release: int, key_version: int) -> verify.Standing:
+        return verify.Standing(self.config.device_id, self.identity.device_class, release, key_version)
+
     def active_model(self) -> fleet.ActiveModel:
+        manifest = self._bundle_model or self.updater.active_manifest
+        if manifest is not None:
+            return fleet.ActiveModel(
+                model_id=manifest.model.model_id,
+                version=manifest.version,
+                sha256=manifest.files[manifest.model.file].sha256,
+                backend=self.detector.engine(),
+                bundle_id=f"{manifest.name}-{manifest.release}",
+                release=manifest.release,
+            )
         path = self.config.detector.model_path
         return fleet.ActiveModel(model_id=path.stem, sha256=self._model_sha256(), backend=self.detector.engine())
 

@@ -328,6 +328,47 @@ class FleetConfig(StrictModel):
     )
 
 
+class ProbationConfig(StrictModel):
+    frames: int = Field(100, ge=1, description="frames a new model answers on probation before it is kept")
+    max_s: float = Field(
+        300.0, gt=0, description="probation ends after this long even with fewer frames (it is judged on what it saw)"
+    )
+    max_escalation_ratio: float = Field(
+        1.5, ge=1, description="roll back if the new model escalates more than this many times as often as the old"
+    )
+    min_escalation_change: float = Field(
+        0.1, ge=0, description="...and by at least this much in absolute share of frames (0.02 -> 0.04 is noise)"
+    )
+    max_latency_ratio: float = Field(
+        2.0, ge=1, description="roll back if its p95 inference time is this many times the old"
+    )
+    max_error_rate: float = Field(0.02, ge=0, le=1, description="roll back if more than this share of frames fail")
+    max_confidence_drop: float = Field(
+        0.15, ge=0, le=1, description="roll back if its mean confidence is this much below the old model's"
+    )
+
+
+class ModelsConfig(StrictModel):
+    """Model bundles pushed by the hub: who to trust, and the bounds on each step."""
+
+    root_keys: list[str] = Field(
+        [], description="base64 Ed25519 public keys of the fleet's root; empty: every bundle is refused (unsigned)"
+    )
+    max_release_jump: int = Field(
+        1000, ge=1, description="refuse a release counter more than this far above the active one (fast-forward)"
+    )
+    download_min_bytes_per_s: int = Field(
+        2048, ge=1, description="a download slower than this over download_window_s is abandoned (slow retrieval)"
+    )
+    download_window_s: float = Field(10.0, gt=0, description="the window over which that rate is measured")
+    download_deadline_s: float = Field(900.0, gt=0, description="a bundle not downloaded in this time is refused")
+    download_attempts: int = Field(5, ge=1, description="tries per file; each resumes where the last one stopped")
+    golden_tolerance: float = Field(
+        1e-3, ge=0, description="largest difference allowed between a golden sample's expected and actual scores"
+    )
+    probation: ProbationConfig = ProbationConfig()
+
+
 def _transport_kind(value: object) -> str:
     """The transport's kind; a section without one is gRPC, the default."""
     kind = value.get("kind", "grpc") if isinstance(value, dict) else getattr(value, "kind", "grpc")
@@ -351,6 +392,7 @@ class EdgeConfig(StrictModel):
     actions: ActionsConfig = ActionsConfig()
     service: ServiceConfig = ServiceConfig()
     fleet: FleetConfig = FleetConfig()
+    models: ModelsConfig = ModelsConfig()
 
     @field_validator("device_id")
     @classmethod

@@ -12,11 +12,13 @@ with ``mosquitto_sub`` should see what the device was told. Like the protobuf me
 
 from __future__ import annotations
 
+import enum
 import json
 from typing import Any, Optional, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from protocol.bundle import BundleEnvelope
 from protocol.errors import InvalidTopic, MalformedMessage, UnsupportedSchemaVersion
 from protocol.topics import validate_device_id
 
@@ -47,6 +49,38 @@ class ActiveModel(BaseModel):
     version: str = Field("", description="the bundle's version; empty for the model the device was installed with")
     sha256: str = Field("", description="the model file's sha256")
     backend: str = Field(description="what really runs it, e.g. onnxruntime:CPUExecutionProvider or tensorrt:10.3")
+    bundle_id: str = Field("", description="the bundle it came in; empty for the model the device was installed with")
+    release: int = Field(0, ge=0, description="that bundle's release counter")
+
+
+class UpdateState(str, enum.Enum):
+    """Where a device is with a bundle the hub sent it."""
+
+    PENDING = "pending"
+    DOWNLOADING = "downloading"
+    VERIFYING = "verifying"
+    PREPARING = "preparing"
+    PROBATION = "probation"
+    ACTIVE = "active"  # done: the bundle's model runs
+    ROLLED_BACK = "rolled_back"  # it ran, and the device went back to the one before
+    FAILED = "failed"  # refused or could not be installed; the model before it runs, untouched
+
+
+FINAL_STATES = (UpdateState.ACTIVE, UpdateState.ROLLED_BACK, UpdateState.FAILED)
+
+
+class UpdateStatus(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    rollout_id: str = ""
+    bundle_id: str
+    release: int = Field(ge=0)
+    state: UpdateState
+    progress: float = Field(0.0, ge=0, le=1, description="downloading: the share of the bundle's bytes in")
+    reason: str = Field("", description="failed or rolled back: the protocol.bundle.Refusal code")
+    detail: str = ""
+    recovered_from: str = Field("", description="the step a restart (a crash, kill -9) interrupted, if one did")
+    at: float = Field(0.0, description="when the device entered this state (Unix seconds)")
 
 
 class Reported(_Message):
@@ -63,6 +97,7 @@ class Reported(_Message):
     settings: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="the hub's settings in effect, by section (judge, escalation)"
     )
+    update: Optional[UpdateStatus] = Field(None, description="the last bundle the hub sent, and where it stands")
 
 
 class Telemetry(_Message):
@@ -96,6 +131,12 @@ class Desired(_Message):
     version: int = Field(ge=1)
     settings: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="overrides of the device's own config, by section (judge, escalation)"
+    )
+    bundle: Optional[BundleEnvelope] = Field(None, description="the model bundle it should run; none: keep its own")
+    rollout_id: str = Field("", description="the rollout that sent the bundle, echoed in the device's reports")
+    rollback: bool = Field(False, description="the bundle may have a lower release than the active one")
+    own_model: bool = Field(
+        False, description="go back to the model in the device's own config (a rollout aborted before any bundle)"
     )
 
 

@@ -115,3 +115,41 @@ class TensorRtRunner(Runner):
         if getattr(self, "_context_owner", None) is not None:
             self._context_owner.detach()
             self._context_owner = None
+
+
+def platform() -> str:
+    """What an engine is tied to: TensorRT's version and the GPU's name (an engine runs only where it was built)."""
+    if trt is None or cuda is None:
+        raise BackendUnavailable(f"the tensorrt backend is off: {IMPORT_ERROR}")
+    cuda.init()
+    return f"trt{trt.__version__}-{cuda.Device(0).name()}"
+
+
+def build_engine(onnx_path: Path, engine_path: Path, fp16: bool = False) -> None:
+    """Build a serialized engine from an ONNX model on this GPU (TensorRT's builder and ONNX parser); a dynamic
+    batch dimension gets the profile 1:1:8. Written to ``engine_path`` only when complete."""
+    if trt is None or cuda is None:
+        raise BackendUnavailable(f"the tensorrt backend is off: {IMPORT_ERROR}")
+    logger_ = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger_)
+    network = builder.create_network(0)
+    parser = trt.OnnxParser(network, logger_)
+    if not parser.parse(onnx_path.read_bytes()):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise InferenceError(f"{onnx_path.name}: TensorRT cannot parse it: {errors}")
+    config = builder.create_builder_config()
+    if fp16:
+        config.set_flag(trt.BuilderFlag.FP16)
+    source = network.get_input(0)
+    shape = list(source.shape)
+    if shape and shape[0] < 0:
+        profile = builder.create_optimization_profile()
+        rest = shape[1:]
+        profile.set_shape(source.name, [1, *rest], [1, *rest], [8, *rest])
+        config.add_optimization_profile(profile)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise InferenceError(f"{onnx_path.name}: TensorRT could not build an engine for this GPU")
+    partial = engine_path.with_name(engine_path.name + ".partial")
+    partial.write_bytes(bytes(serialized))
+    partial.replace(engine_path)

@@ -20,12 +20,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from common.files import write_atomic
 from edge.comms.link import Handled
 from edge.config import EdgeConfig
 from edge.models.settings import HotSettings, SettingsRefused, merge
+from edge.models.updater import Target
 from protocol import fleet
 from protocol.errors import ProtocolError
 
@@ -59,15 +60,20 @@ class DesiredStateAgent:
         apply: Callable[[HotSettings], None],
         active_model: Callable[[], fleet.ActiveModel],
         publish_reported: Callable[[bytes], None],
+        want_model: Callable[[Target], None] = lambda _target: None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        """``apply``: the runtime takes new settings; ``want_model``: the model updater takes the desired model."""
         self._config = config
         self._file = state_dir / "desired.json"
         self._identity = identity
         self._apply = apply
         self._active_model = active_model
         self._publish = publish_reported
+        self._want_model = want_model
         self._clock = clock
+        self._bundle_judge: dict[str, Any] = {}
+        self._update: Optional[fleet.UpdateStatus] = None
         self._lock = threading.Lock()
         self._books = _Books()
 
@@ -80,7 +86,7 @@ class DesiredStateAgent:
         books = self._load()
         if books.applied is not None:
             try:
-                self._apply(merge(self._config, books.applied.settings))
+                self._apply(merge(self._config, books.applied.settings, self._bundle_judge))
                 logger.info("fleet: hub settings version %d applied from %s", books.applied.version, self._file)
             except SettingsRefused as exc:  # the device's own config changed under them
                 logger.error("fleet: saved hub settings no longer apply, the device's own stand: %s", exc)
@@ -97,17 +103,35 @@ class DesiredStateAgent:
         if desired.device_id != self._config.device_id:
             logger.error("fleet: desired state for %s on this device's topic; dropped", desired.device_id)
             return Handled.ACK
+        if desired.bundle is not None or desired.own_model:  # every time: the target is idempotent
+            self._want_model(Target(desired.bundle, desired.rollout_id, desired.rollback))
         with self._lock:
             self._take(desired)
         self.report()
         return Handled.ACK
+
+    def use_bundle_judge(self, judge: dict[str, Any]) -> None:
+        """A new model came with its own judge settings: the hub's settings go on top of them again."""
+        with self._lock:
+            self._bundle_judge = dict(judge)
+            applied = self._books.applied
+            try:
+                self._apply(merge(self._config, applied.settings if applied else {}, self._bundle_judge))
+            except SettingsRefused as exc:
+                logger.error("fleet: the bundle's judge settings do not apply, the device's own stand: %s", exc)
+                self._apply(merge(self._config, {}))
+
+    def update_status(self, status: fleet.UpdateStatus) -> None:
+        """Where the model update stands (the updater's thread): reported at once."""
+        self._update = status
+        self.report()
 
     def _take(self, desired: fleet.Desired) -> None:
         books = self._books
         if desired.version <= max(self.applied_version, books.refused_version):
             return  # the retained copy again, after a reconnect: already dealt with
         try:
-            settings = merge(self._config, desired.settings)
+            settings = merge(self._config, desired.settings, self._bundle_judge)
         except SettingsRefused as exc:
             logger.error("fleet: desired version %d refused: %s", desired.version, exc)
             self._books = _Books(books.applied, desired.version, str(exc))
@@ -133,6 +157,7 @@ class DesiredStateAgent:
             refused_version=books.refused_version,
             refused_reason=books.refused_reason,
             settings=books.applied.settings if books.applied else {},
+            update=self._update,
         )
         try:
             self._publish(fleet.encode(reported))

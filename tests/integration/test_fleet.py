@@ -110,7 +110,9 @@ def test_the_hub_sees_every_device_and_a_group_setting_applies_without_a_restart
     assert set(listed(api, tag="night")) == {"cam-lobby-1"}
 
     # Nothing escalates at threshold 0; the lobby's threshold goes to 1.0 (every frame uncertain) from the hub.
-    assert not any(s is TraceState.PENDING_CLOUD for r in runtimes.values() for s in [t.state for t in r.store.traces()])
+    assert not any(
+        s is TraceState.PENDING_CLOUD for r in runtimes.values() for s in [t.state for t in r.store.traces()]
+    )
     assert api.put("/v1/admin/settings/group", json={"name": "lobby", "settings": {}}).status_code == 401
     frames_before = {name: len(r.store.traces()) for name, r in runtimes.items()}
     change = {"name": "lobby", "settings": {"judge": {"confidence_threshold": 1.0}}}
@@ -119,7 +121,9 @@ def test_the_hub_sees_every_device_and_a_group_setting_applies_without_a_restart
     assert sorted(reply.json()["devices"]) == ["cam-lobby-1", "cam-lobby-2"]
     wait_for(lambda: all(d["in_sync"] for d in listed(api, group="lobby").values()), 30, "the lobby to apply v1")
     for name in ("cam-lobby-1", "cam-lobby-2"):
-        wait_for(lambda n=name: TraceState.PENDING_CLOUD in devices[n].states_since(frames_before[n]), 30, "escalations")
+        wait_for(
+            lambda n=name: TraceState.PENDING_CLOUD in devices[n].states_since(frames_before[n]), 30, "escalations"
+        )
     assert TraceState.PENDING_CLOUD not in devices["cam-dock-1"].states_since(0)  # another group: unchanged
     assert runtimes["cam-lobby-1"].live.judge.policies[1].threshold == 1.0
     wait_for(lambda: listed(api)["cam-lobby-1"]["session"] == "ACTIVE", 30, "the lobby's session ACTIVE")
@@ -160,7 +164,9 @@ def test_a_device_that_goes_quiet_is_shown_silent_then_asleep(fleet_hub, mosquit
         assert listed(api)["cam-quiet"]["last_seen_age_s"] >= 3.0
         wait_for(lambda: listed(api)["cam-quiet"]["session"] == "SLEEP", 30, "SLEEP after sleep_after_s")
         bad = b'{"schema_version": 1, "device_id": "cam-other", "sent_at": 1}'
-        client.publish(f"tandem/v1/devices/cam-quiet/{fleet.Telemetry.__name__.lower()}", bad, qos=1).wait_for_publish(5)
+        client.publish(f"tandem/v1/devices/cam-quiet/{fleet.Telemetry.__name__.lower()}", bad, qos=1).wait_for_publish(
+            5
+        )
         text = api.get("/metrics").text
         wait_for(lambda: 'channel="telemetry",outcome="MalformedMessage"' in api.get("/metrics").text, 30, "a metric")
         assert 'tandem_hub_device_sessions_total{state="SLEEP"}' in text

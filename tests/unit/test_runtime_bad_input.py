@@ -116,10 +116,10 @@ def test_max_fps_paces_the_source(runtime):
     import time
 
     paced = EdgeRuntime(
-        runtime.config.model_copy(update={"source": runtime.config.source.model_copy(update={"max_fps": 20.0})})
+        runtime.config.model_copy(update={"source": runtime.config.source.model_copy(update={"max_fps": 20.0})}),
+        detector=runtime.detector,
     )
     paced.store = runtime.store
-    paced.detector = runtime.detector
     started = time.monotonic()
     assert paced.run() == 6
     assert time.monotonic() - started >= 5 * 0.05 * 0.9
