@@ -50,6 +50,16 @@ class FleetConfig(StrictModel):
     )
     check_every_s: float = Field(5.0, gt=0, description="how often sessions are checked for SLEEP")
     preload: bool = Field(True, description="load the models a new device's routes need when it first appears")
+    keys_path: Optional[Path] = Field(
+        None,
+        description="folder of the bundle-signing keys (tandem hub keys init); default: tandem-keys beside the traces",
+    )
+    bundles_path: Optional[Path] = Field(
+        None, description="folder of the model bundles; default: bundles beside the traces"
+    )
+    public_url: Optional[str] = Field(
+        None, description="the URL devices fetch bundle files from; default http://{http_host}:{http_port}"
+    )
     operators: dict[str, str] = Field(
         {},
         description="operator name: bearer token for the admin API (Authorization: Bearer TOKEN); every change is "
@@ -147,6 +157,9 @@ class HubConfig(StrictModel):
                 "trace_store_path": self.trace_store_path.resolve(),
                 "registry_path": self.registry_file().resolve(),
                 "fleet_path": self.fleet_file().resolve(),
+                "fleet": self.fleet.model_copy(
+                    update={"keys_path": self.keys_dir().resolve(), "bundles_path": self.bundles_dir().resolve()}
+                ),
                 "artifacts_path": self.artifacts_dir().resolve(),
             }
         )
@@ -165,6 +178,16 @@ class HubConfig(StrictModel):
     def fleet_file(self) -> Path:
         return self.fleet_path or self.trace_store_path.with_name("tandem-fleet.db")
 
+    def keys_dir(self) -> Path:
+        return self.fleet.keys_path or self.trace_store_path.parent / "tandem-keys"
+
+    def bundles_dir(self) -> Path:
+        return self.fleet.bundles_path or self.trace_store_path.parent / "bundles"
+
+    def public_url(self) -> str:
+        host = "127.0.0.1" if self.http_host in ("0.0.0.0", "::") else self.http_host
+        return (self.fleet.public_url or f"http://{host}:{self.http_port}").rstrip("/")
+
     def artifacts_dir(self) -> Path:
         return self.artifacts_path or self.trace_store_path.parent / "artifacts"
 
@@ -178,4 +201,8 @@ def load_hub_config(path: Path) -> dict[str, Any]:
     for key in ("model_path", "routing_path", "trace_store_path", "registry_path", "artifacts_path", "fleet_path"):
         if isinstance(raw.get(key), str) and not Path(raw[key]).is_absolute():
             raw[key] = str(path.parent / raw[key])
+    fleet = raw.get("fleet")
+    for key in ("keys_path", "bundles_path"):
+        if isinstance(fleet, dict) and isinstance(fleet.get(key), str) and not Path(fleet[key]).is_absolute():
+            fleet[key] = str(path.parent / fleet[key])
     return raw

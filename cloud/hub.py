@@ -26,12 +26,17 @@ import numpy as np
 from fastapi import FastAPI
 
 from cloud.api import build_http_app
+from cloud.api.fleet import FleetAccess
 from cloud.config import HubConfig
 from cloud.dispatch.callbacks import HttpCallbacks
 from cloud.dispatch.delivery import Delivery
 from cloud.dispatch.mqtt import MqttDispatcher
 from cloud.errors import HubError
 from cloud.escalations import EscalationService
+from cloud.fleet.bundles import BundleStore
+from cloud.fleet.keys import KeyRing
+from cloud.fleet.rollout_store import RolloutStore
+from cloud.fleet.rollouts import RolloutService
 from cloud.fleet.service import FleetService
 from cloud.fleet.store import Device, FleetStore
 from cloud.ingress import mqtt as mqtt_ingress
@@ -43,6 +48,7 @@ from cloud.routing import ModelAnswer, ModelBackend, Router, RoutingConfig, pars
 from cloud.routing.backends import build_backends, close_backends
 from cloud.routing.config import resolve_registry
 from cloud.traces.store import TraceStore
+from protocol.bundle import BundleEnvelope
 from protocol.codec import Encoding
 from protocol.messages import EscalationRequest, Prediction
 from protocol.topics import DeviceTopic
@@ -137,7 +143,10 @@ class Hub:
         self.store = TraceStore(self.config.trace_store_path)
         self.registry = SqliteRegistry(self.config.registry_file(), self.config.artifacts_dir())
         self.fleet_store = FleetStore(self.config.fleet_file())
+        self.rollout_store = RolloutStore(self.config.fleet_file())
+        self.bundles = BundleStore(self.config.bundles_dir(), self.config.artifacts_dir())
         self._fleet: Optional[FleetService] = None
+        self._rollouts: Optional[RolloutService] = None
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._artifacts: dict[str, str] = {}  # the rules' ONNX model names -> sha256
         self._tensor_models: v2.TensorModels = pool.tensor_models({})
@@ -160,6 +169,21 @@ class Hub:
             raise HubError("the hub is not started")
         return self._fleet
 
+    @property
+    def rollouts(self) -> RolloutService:
+        if self._rollouts is None:
+            raise HubError("the hub is not started")
+        return self._rollouts
+
+    def keys(self) -> KeyRing:
+        """The bundle-signing keys (KeysError until ``tandem hub keys init`` made them)."""
+        return KeyRing.load(self.config.keys_dir())
+
+    def bundle_for_devices(self, bundle_id: str) -> BundleEnvelope:
+        """A bundle as devices get it: with the URL its files are fetched from."""
+        url = f"{self.config.public_url()}/v1/bundles/{bundle_id}/files"
+        return self.bundles.get(bundle_id).model_copy(update={"base_url": url})
+
     def start(self) -> None:
         """Open the stores, connect to the broker, recover unfinished traces, start the background loops.
         Call it on the event loop the hub will run on."""
@@ -168,6 +192,7 @@ class Hub:
         self.store.open()
         self.registry.open()
         self.fleet_store.open()
+        self.rollout_store.open()
         self.metrics.watch_unacked(self.store.count_unacked)
         self._dispatcher = MqttDispatcher(
             hub.mqtt_host,
@@ -195,8 +220,11 @@ class Hub:
             hub.fleet,
             lambda device_id, payload: dispatcher.publish_state(str(DeviceTopic.desired(device_id)), payload),
             self.metrics,
+            bundle=self.bundle_for_devices,
             on_new_device=self._preload_for,
+            on_update=lambda device_id, update: self.rollouts.on_update(device_id, update),  # noqa: PLW0108 - built below
         )
+        self._rollouts = RolloutService(self.rollout_store, self._fleet)
         self._fleet.start()
         self._service = EscalationService(
             self.store,
@@ -250,6 +278,7 @@ class Hub:
         self.store.close()
         self.registry.close()
         self.fleet_store.close()
+        self.rollout_store.close()
 
     def _router(self, routing: RoutingConfig) -> Router:
         """Rules -> a router whose own models are the pool's, by each model file's sha256. Registry versions
@@ -286,8 +315,14 @@ class Hub:
             self.status,
             self.metrics,
             max_body_bytes=self.config.max_request_bytes,
-            fleet=lambda: self.fleet,
-            operators=self.config.fleet.operators,
+            fleet=FleetAccess(
+                lambda: self.fleet,
+                lambda: self.rollouts,
+                self.bundles,
+                self.keys,
+                self.bundle_for_devices,
+                self.config.fleet.operators,
+            ),
         )
 
     async def status(self) -> dict[str, Any]:
@@ -330,6 +365,7 @@ class Hub:
 
     async def _check_fleet(self) -> None:
         await asyncio.to_thread(self.fleet.check)
+        await asyncio.to_thread(self.rollouts.check)
 
     def _preload_for(self, device: Device) -> None:
         """A new device (session INIT): load the models its routes name, so its first escalation does not wait

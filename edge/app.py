@@ -355,7 +355,11 @@ class EdgeRuntime:
             logger.warning("device store writable again")
             self._store_full = False
         self.metrics.count_frame(machine.state.value.lower())
-        self.heartbeat.frame(prediction.confidence if prediction else None, escalation is not None)
+        self.heartbeat.frame(
+            prediction.confidence if prediction else None,
+            escalation is not None,
+            prediction.inference_ms if prediction else None,
+        )
         self._recent.append(time.monotonic())
         self._turn()
         if prediction is not None:

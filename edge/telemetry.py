@@ -15,10 +15,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
+
 from protocol import fleet
 
 logger = logging.getLogger(__name__)
 
+MAX_LATENCIES = 10_000  # inference times kept per heartbeat for its p95 (at 5 s: 2,000 fps)
 _PAGE_BYTES = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 # Where a Jetson reports its GPU load (per mille) and a Linux board its temperature (millidegrees).
 GPU_LOAD = Path("/sys/devices/gpu.0/load")
@@ -57,11 +60,14 @@ class Heartbeat:
         self._escalations = 0
         self._fallbacks = 0
         self._bins = [0] * fleet.CONFIDENCE_BINS
+        self._latencies: list[float] = []
 
-    def frame(self, confidence: Optional[float], escalated: bool) -> None:
+    def frame(self, confidence: Optional[float], escalated: bool, inference_ms: Optional[float] = None) -> None:
         with self._lock:
             self._frames += 1
             self._escalations += escalated
+            if inference_ms is not None and len(self._latencies) < MAX_LATENCIES:
+                self._latencies.append(inference_ms)
             if confidence is not None and 0.0 <= confidence <= 1.0:
                 self._bins[min(int(confidence * fleet.CONFIDENCE_BINS), fleet.CONFIDENCE_BINS - 1)] += 1
 
@@ -76,6 +82,7 @@ class Heartbeat:
             elapsed = max(now - self._since, 1e-6)
             busy = (cpu.user + cpu.system) - (self._cpu.user + self._cpu.system)
             frames, escalations, fallbacks, bins = self._frames, self._escalations, self._fallbacks, self._bins
+            latencies = self._latencies
             self._reset(now, cpu)
         gpu = _read_number(GPU_LOAD)
         temperature = _read_number(THERMAL_ZONE)
@@ -89,6 +96,7 @@ class Heartbeat:
             outbox_rows=outbox_rows,
             outbox_oldest_age_s=max(0.0, outbox_oldest_age_s),
             confidence_histogram=tuple(bins),
+            inference_p95_ms=float(np.percentile(latencies, 95)) if latencies else 0.0,
             cpu_percent=max(0.0, 100.0 * busy / elapsed),
             memory_mb=memory_mb(),
             gpu_percent=gpu / 10.0 if gpu is not None else None,

@@ -112,6 +112,7 @@ class Telemetry(_Message):
     confidence_histogram: tuple[int, ...] = Field(
         description=f"frames by their prediction's confidence, {CONFIDENCE_BINS} equal bins from 0 to 1"
     )
+    inference_p95_ms: float = Field(0.0, ge=0, description="95th percentile of the model's inference time")
     cpu_percent: float = Field(ge=0, description="this process, 100 = one core busy")
     memory_mb: float = Field(ge=0, description="this process's resident memory")
     gpu_percent: Optional[float] = Field(None, ge=0, description="where the device reports it (Jetson)")

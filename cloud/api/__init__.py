@@ -8,16 +8,16 @@ ingress (``cloud.ingress.v2``).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from typing import Any, Optional
 
 from fastapi import FastAPI, HTTPException, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from cloud.api.fleet import fleet_routes
+from cloud.api.fleet import FleetAccess, fleet_routes
 from cloud.api.registry import registry_routes
+from cloud.api.rollouts import rollout_routes
 from cloud.api.traces import trace_routes
-from cloud.fleet.service import FleetService
 from cloud.ingress.body_limit import BodyLimit
 from cloud.ingress.v2 import V2Service, v2_routes
 from cloud.metrics import HubMetrics
@@ -33,8 +33,7 @@ def build_http_app(
     metrics: Optional[HubMetrics] = None,
     max_body_bytes: int = 4 * 1024 * 1024,
     max_artifact_bytes: int = 1024 * 1024 * 1024,
-    fleet: Optional[Callable[[], FleetService]] = None,
-    operators: Optional[Mapping[str, str]] = None,
+    fleet: Optional[FleetAccess] = None,
 ) -> FastAPI:
     """``max_body_bytes`` bounds every request body (413 past it) but model uploads, bounded by max_artifact_bytes."""
     app = FastAPI(title="Tandem hub", version="1")
@@ -44,7 +43,8 @@ def build_http_app(
     if v2 is not None:
         app.include_router(v2_routes(v2))
     if fleet is not None:
-        app.include_router(fleet_routes(fleet, operators or {}))
+        app.include_router(fleet_routes(fleet))
+        app.include_router(rollout_routes(fleet))
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:

@@ -9,14 +9,19 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, Optional
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query
 from pydantic import BaseModel, Field
 
 from cloud.errors import HubError, Unauthorized, http_status
+from cloud.fleet.bundles import BundleStore
+from cloud.fleet.keys import KeyRing
+from cloud.fleet.rollouts import RolloutService
 from cloud.fleet.service import FleetService
 from cloud.fleet.store import Scope
+from protocol.bundle import BundleEnvelope
 
 
 class SettingsChange(BaseModel):
@@ -43,9 +48,22 @@ def operator_auth(operators: Mapping[str, str]) -> Callable[..., str]:
     return who
 
 
-def fleet_routes(fleet: Callable[[], FleetService], operators: Mapping[str, str]) -> APIRouter:
+@dataclass(frozen=True)
+class FleetAccess:
+    """What the fleet's routes reach (getters where the part exists only once the hub has started)."""
+
+    fleet: Callable[[], FleetService]
+    rollouts: Callable[[], RolloutService]
+    bundles: BundleStore
+    keys: Callable[[], KeyRing]
+    bundle_for_devices: Callable[[str], BundleEnvelope]
+    operators: Mapping[str, str]
+
+
+def fleet_routes(access: FleetAccess) -> APIRouter:
     router = APIRouter()
-    who = operator_auth(operators)
+    who = operator_auth(access.operators)
+    fleet = access.fleet
 
     @router.get("/v1/devices")
     def list_devices(

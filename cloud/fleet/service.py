@@ -22,10 +22,11 @@ from dataclasses import replace
 from typing import Any, Optional
 
 from cloud.config import FleetConfig
-from cloud.errors import DeviceNotFound, InvalidSettings
+from cloud.errors import DeviceNotFound, HubError, InvalidSettings
 from cloud.fleet.store import Device, FleetStore, Scope, Session, SettingsLayer
 from cloud.metrics import HubMetrics
 from protocol import fleet
+from protocol.bundle import BundleEnvelope
 from protocol.errors import InvalidTopic
 from protocol.topics import validate_device_id
 
@@ -53,6 +54,10 @@ def merged(layers: list[SettingsLayer], device: Device) -> dict[str, dict[str, A
     return result
 
 
+def _no_bundles(bundle_id: str) -> BundleEnvelope:
+    raise HubError(f"no bundle store: cannot send {bundle_id}")
+
+
 class FleetService:
     def __init__(
         self,
@@ -61,14 +66,20 @@ class FleetService:
         publish: Publish,
         metrics: HubMetrics,
         *,
+        bundle: Callable[[str], BundleEnvelope] = _no_bundles,
         on_new_device: Callable[[Device], None] = lambda _device: None,
+        on_update: Callable[[str, dict[str, Any]], None] = lambda _device_id, _update: None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        """``bundle``: a bundle's envelope (with the hub's base_url) by id; ``on_update``: told each device's report
+        on a bundle (the rollouts)."""
         self.store = store
         self.config = config
         self._publish = publish
         self._metrics = metrics
         self._on_new_device = on_new_device
+        self._bundle = bundle
+        self._on_update = on_update
         self._clock = clock
         self._lock = threading.RLock()
         self._escalated: dict[str, float] = {}  # device -> last escalation, not yet written
@@ -93,10 +104,13 @@ class FleetService:
                 refused_version=reported.refused_version,
                 refused_reason=reported.refused_reason,
                 reported_settings=reported.settings,
+                update=reported.update.model_dump(mode="json") if reported.update else {},
             )
             self.store.put(device)
             # Its group or tags may have changed, or the broker may have lost the retained copy: say it again.
             self._update_desired(device, self.store.layers(), always_publish=True)
+        if reported.update is not None:
+            self._on_update(reported.device_id, device.update)
         self._count("reported")
 
     def on_telemetry(self, telemetry: fleet.Telemetry) -> None:
@@ -182,17 +196,42 @@ class FleetService:
         logger.info("fleet: %s set %s settings %s -> %d devices", who, scope.value, name or "*", len(changed))
         return changed
 
-    def _update_desired(self, device: Device, layers: list[SettingsLayer], always_publish: bool = False) -> bool:
+    def set_model(self, device_ids: list[str], model: dict[str, Any]) -> None:
+        """The model these devices should run: {bundle_id, rollout_id, rollback} or {own_model: True, rollout_id};
+        each gets a new desired version, published."""
+        with self._lock:
+            layers = self.store.layers()
+            for device_id in device_ids:
+                device = self.store.get(device_id)
+                if device is not None:
+                    self._update_desired(device, layers, model=model)
+
+    def _update_desired(
+        self,
+        device: Device,
+        layers: list[SettingsLayer],
+        always_publish: bool = False,
+        model: Optional[dict[str, Any]] = None,
+    ) -> bool:
         settings = merged(layers, device)
-        if settings != device.desired_settings:
+        model = device.desired_model if model is None else model
+        if settings != device.desired_settings or model != device.desired_model:
             # Above anything the device has seen, even if this store was lost and its counter started again.
             version = max(device.desired_version, device.applied_version, device.refused_version) + 1
-            device = replace(device, desired_settings=settings, desired_version=version)
+            device = replace(device, desired_settings=settings, desired_model=model, desired_version=version)
             self.store.put(device)
         elif not (always_publish and device.desired_version > max(device.applied_version, device.refused_version)):
-            return False
+            return False  # unchanged, or the device has it already
+        bundle_id = model.get("bundle_id")
         message = fleet.Desired(
-            device_id=device.device_id, sent_at=self._clock(), version=device.desired_version, settings=settings
+            device_id=device.device_id,
+            sent_at=self._clock(),
+            version=device.desired_version,
+            settings=settings,
+            bundle=self._bundle(bundle_id) if bundle_id else None,
+            rollout_id=model.get("rollout_id", ""),
+            rollback=bool(model.get("rollback", False)),
+            own_model=bool(model.get("own_model", False)),
         )
         self._publish(device.device_id, fleet.encode(message))
         self._metrics.desired_sent.inc()
@@ -233,6 +272,8 @@ class FleetService:
                 "settings": device.reported_settings,
             },
             "in_sync": device.applied_version == device.desired_version,
+            "desired_model": device.desired_model,
+            "update": device.update,
         }
 
     def find(

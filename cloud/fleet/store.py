@@ -63,6 +63,10 @@ class Device:
     reported_settings: dict[str, Any] = field(default_factory=dict)
     desired_version: int = 0
     desired_settings: dict[str, Any] = field(default_factory=dict)
+    desired_model: dict[str, Any] = field(default_factory=dict)
+    """The model the hub wants it to run: bundle_id, rollout_id, rollback, own_model; empty: no opinion."""
+    update: dict[str, Any] = field(default_factory=dict)
+    """The device's last report on a bundle (protocol.fleet.UpdateStatus)."""
 
 
 @dataclass(frozen=True)
@@ -74,11 +78,12 @@ class SettingsLayer:
     updated_by: str
 
 
-_JSON = ("tags", "model", "telemetry", "reported_settings", "desired_settings")
+_JSON = ("tags", "model", "telemetry", "reported_settings", "desired_settings", "desired_model", "update_status")
 _COLUMNS = (
     "device_id", "first_seen", "last_seen", "session", "session_since", "grp", "tags", "device_class",
     "runtime_version", "model", "available", "available_at", "last_escalation_at", "telemetry", "telemetry_at",
     "applied_version", "refused_version", "refused_reason", "reported_settings", "desired_version", "desired_settings",
+    "desired_model", "update_status",
 )  # fmt: skip
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS devices (device_id TEXT PRIMARY KEY, first_seen REAL NOT NULL,"
@@ -87,7 +92,8 @@ _SCHEMA = (
     " DEFAULT '', model TEXT NOT NULL DEFAULT '{}', available INTEGER, available_at REAL, last_escalation_at REAL,"
     " telemetry TEXT, telemetry_at REAL, applied_version INTEGER NOT NULL DEFAULT 0, refused_version INTEGER NOT"
     " NULL DEFAULT 0, refused_reason TEXT NOT NULL DEFAULT '', reported_settings TEXT NOT NULL DEFAULT '{}',"
-    " desired_version INTEGER NOT NULL DEFAULT 0, desired_settings TEXT NOT NULL DEFAULT '{}')",
+    " desired_version INTEGER NOT NULL DEFAULT 0, desired_settings TEXT NOT NULL DEFAULT '{}',"
+    " desired_model TEXT NOT NULL DEFAULT '{}', update_status TEXT NOT NULL DEFAULT '{}')",
     "CREATE TABLE IF NOT EXISTS settings (scope TEXT NOT NULL, name TEXT NOT NULL, settings TEXT NOT NULL,"
     " updated_at REAL NOT NULL, updated_by TEXT NOT NULL, PRIMARY KEY (scope, name))",
     "CREATE TABLE IF NOT EXISTS audit (id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, who TEXT NOT NULL,"
@@ -136,7 +142,8 @@ class FleetStore:
 
     def put(self, device: Device) -> None:
         """Insert or replace one device's row."""
-        values = [getattr(device, "group" if c == "grp" else c) for c in _COLUMNS]
+        attribute = {"grp": "group", "update_status": "update"}
+        values = [getattr(device, attribute.get(c, c)) for c in _COLUMNS]
         row = [
             json.dumps(list(v) if isinstance(v, tuple) else v) if c in _JSON and v is not None else v
             for c, v in zip(_COLUMNS, values, strict=True)
@@ -203,6 +210,7 @@ def _device(row: tuple[Any, ...]) -> Device:
         if values[name] is not None:
             values[name] = json.loads(values[name])
     values["group"] = values.pop("grp")
+    values["update"] = values.pop("update_status")
     values["tags"] = tuple(values["tags"])
     values["session"] = Session(values["session"])
     values["available"] = None if values["available"] is None else bool(values["available"])

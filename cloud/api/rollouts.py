@@ -1,0 +1,109 @@
+"""``/v1/bundles`` (signed model bundles; their files, with Range, for devices) and ``/v1/admin/rollouts``."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from fastapi import APIRouter, Depends, HTTPException
+from fastapi.responses import FileResponse
+from pydantic import BaseModel, Field
+
+from cloud.api.fleet import FleetAccess, operator_auth
+from cloud.errors import HubError, http_status
+from cloud.fleet.bundles import BundleRequest
+from cloud.fleet.rollouts import RolloutSpec
+from protocol.bundle import ModelSection
+
+DAY_S = 86400.0
+
+
+class BundleFile(BaseModel):
+    sha256: str = Field(description="an artifact uploaded with PUT /v1/artifacts/{sha256}")
+    role: str = Field(description="model, engine, labels or golden")
+
+
+class NewBundle(BaseModel):
+    name: str
+    version: str
+    model: ModelSection
+    files: dict[str, BundleFile]
+    device_classes: list[str] = ["*"]
+    devices: list[str] = []
+    judge: dict[str, Any] = {}
+    expires_in_days: float = Field(30.0, gt=0)
+    release: Optional[int] = Field(None, ge=1, description="default: one above the highest of this name")
+
+
+def rollout_routes(access: FleetAccess) -> APIRouter:
+    router = APIRouter()
+    who = operator_auth(access.operators)
+
+    def call(fn: Any, *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except HubError as exc:
+            raise HTTPException(http_status(exc), str(exc)) from exc
+
+    @router.post("/v1/admin/bundles", status_code=201)
+    def create_bundle(body: NewBundle, operator: str = Depends(who)) -> dict[str, Any]:
+        """Sign a bundle of uploaded artifacts with the hub's targets key."""
+        request = BundleRequest(
+            name=body.name,
+            version=body.version,
+            model=body.model,
+            files={name: (f.sha256, f.role) for name, f in body.files.items()},
+            device_classes=body.device_classes,
+            devices=body.devices,
+            judge=body.judge,
+            expires_in_s=body.expires_in_days * DAY_S,
+            release=body.release,
+        )
+        envelope = call(lambda: access.bundles.create(request, access.keys()))
+        bundle_id = f"{envelope.manifest.signed['name']}-{envelope.manifest.signed['release']}"
+        access.fleet().store.audit(envelope.manifest.signed["expires_at"] - body.expires_in_days * DAY_S, operator,
+                                   "bundle_create", bundle_id, {"version": body.version})  # fmt: skip
+        return call(access.bundles.summary, bundle_id)
+
+    @router.get("/v1/bundles")
+    def list_bundles() -> list[dict[str, Any]]:
+        return [access.bundles.summary(f"{m.name}-{m.release}") for m in access.bundles.manifests()]
+
+    @router.get("/v1/bundles/{bundle_id}")
+    def get_bundle(bundle_id: str) -> dict[str, Any]:
+        """The signed envelope, as devices get it."""
+        return call(access.bundle_for_devices, bundle_id).model_dump()
+
+    @router.get("/v1/bundles/{bundle_id}/files/{name}")
+    def bundle_file(bundle_id: str, name: str) -> FileResponse:
+        """One file of a bundle; honours Range, so a device resumes a cut download."""
+        return FileResponse(call(access.bundles.file, bundle_id, name), media_type="application/octet-stream")
+
+    @router.post("/v1/admin/rollouts", status_code=201)
+    def start_rollout(spec: RolloutSpec, operator: str = Depends(who)) -> dict[str, Any]:
+        call(access.bundles.get, spec.bundle_id)
+        rollout = call(access.rollouts().start, spec, operator)
+        return access.rollouts().status(rollout.rollout_id)
+
+    @router.get("/v1/admin/rollouts")
+    def list_rollouts(operator: str = Depends(who)) -> list[dict[str, Any]]:
+        return access.rollouts().summaries()
+
+    @router.get("/v1/admin/rollouts/{rollout_id}")
+    def rollout_status(rollout_id: str, operator: str = Depends(who)) -> dict[str, Any]:
+        """Its state, wave, each abort rule's current value, every device's status, and the timeline."""
+        return call(access.rollouts().status, rollout_id)
+
+    @router.post("/v1/admin/rollouts/{rollout_id}/{action}")
+    def act(rollout_id: str, action: str, operator: str = Depends(who)) -> dict[str, Any]:
+        actions = {
+            "pause": access.rollouts().pause,
+            "resume": access.rollouts().resume,
+            "abort": access.rollouts().abort,
+            "rollback": access.rollouts().rollback,
+        }
+        if action not in actions:
+            raise HTTPException(404, f"no action {action!r}; one of {sorted(actions)}")
+        call(actions[action], rollout_id, operator)
+        return access.rollouts().status(rollout_id)
+
+    return router

@@ -1,0 +1,135 @@
+"""Rollouts on disk, in the fleet's SQLite file: one row per rollout (its spec, state and timeline as JSON) and
+one per device in it."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from cloud.errors import HubError
+
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS rollouts (rollout_id TEXT PRIMARY KEY, spec TEXT NOT NULL, state TEXT NOT NULL,"
+    " wave INTEGER NOT NULL, wave_done_at REAL, created_at REAL NOT NULL, created_by TEXT NOT NULL,"
+    " updated_at REAL NOT NULL, reason TEXT NOT NULL DEFAULT '', baseline TEXT NOT NULL DEFAULT '{}',"
+    " timeline TEXT NOT NULL DEFAULT '[]')",
+    "CREATE TABLE IF NOT EXISTS rollout_devices (rollout_id TEXT NOT NULL, device_id TEXT NOT NULL,"
+    " wave INTEGER NOT NULL, state TEXT NOT NULL, progress REAL NOT NULL DEFAULT 0, reason TEXT NOT NULL"
+    " DEFAULT '', detail TEXT NOT NULL DEFAULT '', from_bundle TEXT NOT NULL DEFAULT '', started_at REAL,"
+    " updated_at REAL NOT NULL, PRIMARY KEY (rollout_id, device_id))",
+)
+
+
+@dataclass
+class RolloutRow:
+    rollout_id: str
+    spec: dict[str, Any]
+    state: str
+    wave: int
+    wave_done_at: Optional[float]
+    created_at: float
+    created_by: str
+    updated_at: float
+    reason: str = ""
+    baseline: dict[str, Any] = field(default_factory=dict)
+    timeline: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class DeviceRow:
+    rollout_id: str
+    device_id: str
+    wave: int
+    state: str
+    progress: float = 0.0
+    reason: str = ""
+    detail: str = ""
+    from_bundle: str = ""
+    started_at: Optional[float] = None
+    updated_at: float = 0.0
+
+
+_R = ("rollout_id", "spec", "state", "wave", "wave_done_at", "created_at", "created_by", "updated_at", "reason",
+      "baseline", "timeline")  # fmt: skip
+_D = ("rollout_id", "device_id", "wave", "state", "progress", "reason", "detail", "from_bundle", "started_at",
+      "updated_at")  # fmt: skip
+_R_JSON = ("spec", "baseline", "timeline")
+
+
+class RolloutStore:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._conn: Optional[sqlite3.Connection] = None
+
+    def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10.0)
+        conn.execute("PRAGMA journal_mode=WAL")
+        for statement in _SCHEMA:
+            conn.execute(statement)
+        self._conn = conn
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise HubError("the rollout store is not open")
+        return self._conn
+
+    def put(self, rollout: RolloutRow, devices: Optional[list[DeviceRow]] = None) -> None:
+        """Write a rollout (and some of its devices) in one transaction."""
+        values = [json.dumps(getattr(rollout, c)) if c in _R_JSON else getattr(rollout, c) for c in _R]
+        with self._lock:
+            db = self._db()
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.execute(
+                    f"INSERT OR REPLACE INTO rollouts ({', '.join(_R)}) VALUES ({', '.join('?' * len(_R))})", values
+                )
+                for device in devices or ():
+                    row = [getattr(device, c) for c in _D]
+                    db.execute(
+                        f"INSERT OR REPLACE INTO rollout_devices ({', '.join(_D)}) VALUES ({', '.join('?' * len(_D))})",
+                        row,
+                    )
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+
+    def get(self, rollout_id: str) -> Optional[RolloutRow]:
+        with self._lock:
+            found = self._db().execute(f"SELECT {', '.join(_R)} FROM rollouts WHERE rollout_id = ?", (rollout_id,))
+            row = found.fetchone()
+        return _rollout(row) if row else None
+
+    def rollouts(self, states: Optional[tuple[str, ...]] = None) -> list[RolloutRow]:
+        with self._lock:
+            rows = self._db().execute(f"SELECT {', '.join(_R)} FROM rollouts ORDER BY created_at").fetchall()
+        found = [_rollout(r) for r in rows]
+        return [r for r in found if states is None or r.state in states]
+
+    def devices(self, rollout_id: str) -> list[DeviceRow]:
+        with self._lock:
+            rows = self._db().execute(
+                f"SELECT {', '.join(_D)} FROM rollout_devices WHERE rollout_id = ? ORDER BY wave, device_id",
+                (rollout_id,),
+            )
+            found = rows.fetchall()
+        return [DeviceRow(*r) for r in found]
+
+
+def _rollout(row: tuple[Any, ...]) -> RolloutRow:
+    values = dict(zip(_R, row, strict=True))
+    for name in _R_JSON:
+        values[name] = json.loads(values[name])
+    return RolloutRow(**values)
