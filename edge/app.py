@@ -359,6 +359,7 @@ class EdgeRuntime:
             prediction.confidence if prediction else None,
             escalation is not None,
             prediction.inference_ms if prediction else None,
+            uncertain,
         )
         self._recent.append(time.monotonic())
         self._turn()
@@ -550,6 +551,7 @@ class EdgeRuntime:
     def swap_model(self, detector: Detector, manifest: Optional[Manifest]) -> Detector:
         """The next frame runs on ``detector``; the one it replaces is returned, still loaded (instant rollback)."""
         old = self._replace_live(detector=detector).detector
+        self.heartbeat.new_model()
         self._bundle_model = manifest
         self.fleet.use_bundle_judge(manifest.judge if manifest else {})
         logger.info("models: the frame loop now runs %s", detector.describe())

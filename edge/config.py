@@ -39,6 +39,7 @@ class SourceConfig(StrictModel):
     max_fps: Optional[float] = Field(
         None, gt=0, description="read at most this many frames a second (a file plays back at this rate); none: no cap"
     )
+    loop: bool = Field(False, description="images: start again from the first image after the last (demos, soak tests)")
     max_image_pixels: int = Field(
         7680 * 4320,
         gt=0,
@@ -341,6 +342,9 @@ class ProbationConfig(StrictModel):
     )
     max_latency_ratio: float = Field(
         2.0, ge=1, description="roll back if its p95 inference time is this many times the old"
+    )
+    min_latency_change_ms: float = Field(
+        2.0, ge=0, description="...and at least this many ms longer (0.3 ms -> 0.7 ms is noise, not a slower model)"
     )
     max_error_rate: float = Field(0.02, ge=0, le=1, description="roll back if more than this share of frames fail")
     max_confidence_drop: float = Field(

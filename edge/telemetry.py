@@ -7,6 +7,7 @@ nothing later, so none is queued while the broker is away.
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import threading
@@ -52,6 +53,15 @@ class Heartbeat:
         self._clock = clock
         self._lock = threading.Lock()
         self._reset(time.monotonic(), os.times())
+        self.new_model()
+
+    def new_model(self) -> None:
+        """A model was swapped in: the since-the-model-started counters begin again (what a rollout compares)."""
+        with self._lock:
+            self._model_frames = 0
+            self._model_uncertain = 0
+            self._model_bins = [0] * fleet.CONFIDENCE_BINS
+            self._model_latencies: collections.deque[float] = collections.deque(maxlen=MAX_LATENCIES)
 
     def _reset(self, at: float, cpu: os.times_result) -> None:
         self._since = at
@@ -62,14 +72,26 @@ class Heartbeat:
         self._bins = [0] * fleet.CONFIDENCE_BINS
         self._latencies: list[float] = []
 
-    def frame(self, confidence: Optional[float], escalated: bool, inference_ms: Optional[float] = None) -> None:
+    def frame(
+        self,
+        confidence: Optional[float],
+        escalated: bool,
+        inference_ms: Optional[float] = None,
+        uncertain: bool = False,
+    ) -> None:
         with self._lock:
             self._frames += 1
             self._escalations += escalated
-            if inference_ms is not None and len(self._latencies) < MAX_LATENCIES:
+            if inference_ms is None or confidence is None or not 0.0 <= confidence <= 1.0:
+                return
+            if len(self._latencies) < MAX_LATENCIES:
                 self._latencies.append(inference_ms)
-            if confidence is not None and 0.0 <= confidence <= 1.0:
-                self._bins[min(int(confidence * fleet.CONFIDENCE_BINS), fleet.CONFIDENCE_BINS - 1)] += 1
+            self._model_latencies.append(inference_ms)
+            bin_ = min(int(confidence * fleet.CONFIDENCE_BINS), fleet.CONFIDENCE_BINS - 1)
+            self._bins[bin_] += 1
+            self._model_bins[bin_] += 1
+            self._model_frames += 1
+            self._model_uncertain += uncertain
 
     def fell_back(self, count: int) -> None:
         with self._lock:
@@ -83,6 +105,7 @@ class Heartbeat:
             busy = (cpu.user + cpu.system) - (self._cpu.user + self._cpu.system)
             frames, escalations, fallbacks, bins = self._frames, self._escalations, self._fallbacks, self._bins
             latencies = self._latencies
+            model = (self._model_frames, self._model_uncertain, tuple(self._model_bins), list(self._model_latencies))
             self._reset(now, cpu)
         gpu = _read_number(GPU_LOAD)
         temperature = _read_number(THERMAL_ZONE)
@@ -97,6 +120,10 @@ class Heartbeat:
             outbox_oldest_age_s=max(0.0, outbox_oldest_age_s),
             confidence_histogram=tuple(bins),
             inference_p95_ms=float(np.percentile(latencies, 95)) if latencies else 0.0,
+            model_frames=model[0],
+            model_uncertain=model[1],
+            model_confidence_histogram=model[2],
+            model_p95_ms=float(np.percentile(model[3], 95)) if model[3] else 0.0,
             cpu_percent=max(0.0, 100.0 * busy / elapsed),
             memory_mb=memory_mb(),
             gpu_percent=gpu / 10.0 if gpu is not None else None,

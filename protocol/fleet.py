@@ -113,12 +113,18 @@ class Telemetry(_Message):
         description=f"frames by their prediction's confidence, {CONFIDENCE_BINS} equal bins from 0 to 1"
     )
     inference_p95_ms: float = Field(0.0, ge=0, description="95th percentile of the model's inference time")
+    model_frames: int = Field(0, ge=0, description="frames the active model has answered since it started")
+    model_uncertain: int = Field(0, ge=0, description="...of which the judge found uncertain")
+    model_confidence_histogram: tuple[int, ...] = Field(
+        (0,) * CONFIDENCE_BINS, description="...by confidence (the bins of confidence_histogram)"
+    )
+    model_p95_ms: float = Field(0.0, ge=0, description="...and its p95 inference time over its last frames")
     cpu_percent: float = Field(ge=0, description="this process, 100 = one core busy")
     memory_mb: float = Field(ge=0, description="this process's resident memory")
     gpu_percent: Optional[float] = Field(None, ge=0, description="where the device reports it (Jetson)")
     temperature_c: Optional[float] = None
 
-    @field_validator("confidence_histogram")
+    @field_validator("confidence_histogram", "model_confidence_histogram")
     @classmethod
     def _bins(cls, value: tuple[int, ...]) -> tuple[int, ...]:
         if len(value) != CONFIDENCE_BINS or any(n < 0 for n in value):

@@ -82,6 +82,12 @@ class Rules(BaseModel):
     min_escalation_delta: float = Field(0.05, ge=0, description="...and by at least this share of frames")
     max_confidence_drop: Optional[float] = Field(0.1, ge=0, le=1, description="abort on this drop in mean confidence")
     max_latency_ratio: Optional[float] = Field(2.0, ge=1, description="abort when their p95 inference time is this x")
+    min_latency_delta_ms: float = Field(
+        2.0, ge=0, description="...and at least this many ms more (0.3 -> 0.7 is noise)"
+    )
+    min_frames: int = Field(
+        100, ge=1, description="quality is judged on devices whose model has answered at least this many frames"
+    )
 
 
 class RolloutSpec(BaseModel):
@@ -126,19 +132,20 @@ def plan_waves(spec: RolloutSpec, device_ids: list[str], seed: str) -> list[list
     return waves
 
 
-def signals(device: Device) -> Optional[dict[str, float]]:
-    """A device's quality figures from its last heartbeat: escalations per frame, mean confidence, p95 latency."""
+def signals(device: Device, min_frames: int = 1) -> Optional[dict[str, float]]:
+    """A device's quality figures for the model it runs, from its last heartbeat's since-the-model-started
+    counters: the share of frames the judge found uncertain, mean confidence (bin centres), p95 inference time.
+    None until the model has answered min_frames frames: a few frames are noise."""
     beat = device.telemetry or {}
-    fps = float(beat.get("fps", 0.0))
-    histogram = beat.get("confidence_histogram") or []
-    frames = sum(histogram)
-    if fps <= 0 or not frames:
+    frames = int(beat.get("model_frames", 0))
+    histogram = beat.get("model_confidence_histogram") or []
+    if frames < min_frames or not sum(histogram):
         return None
     width = 1.0 / len(histogram)
     return {
-        "escalation_rate": float(beat.get("escalations_per_s", 0.0)) / fps,
-        "confidence": sum((i + 0.5) * width * n for i, n in enumerate(histogram)) / frames,
-        "p95_ms": float(beat.get("inference_p95_ms") or 0.0),
+        "escalation_rate": int(beat.get("model_uncertain", 0)) / frames,
+        "confidence": sum((i + 0.5) * width * n for i, n in enumerate(histogram)) / sum(histogram),
+        "p95_ms": float(beat.get("model_p95_ms") or 0.0),
     }
 
 
@@ -334,10 +341,10 @@ class RolloutService:
 
     def _broken_rule(self, rollout: RolloutRow, spec: RolloutSpec, devices: list[DeviceRow]) -> Optional[str]:
         rules, values = spec.rules, self._rule_values(rollout, devices)
+        if values["golden_failures"] > rules.max_golden_failures:  # the most specific reason first
+            return f"{values['golden_failures']} devices failed the golden check (bound {rules.max_golden_failures})"
         if values["finished"] >= rules.min_devices and values["failure_share"] > rules.max_failure_share:
             return f"failure share {values['failure_share']:.0%} above {rules.max_failure_share:.0%}"
-        if values["golden_failures"] > rules.max_golden_failures:
-            return f"{values['golden_failures']} devices failed the golden check (bound {rules.max_golden_failures})"
         new, old = values.get("updated"), values.get("reference")
         if not new or not old:
             return None
@@ -354,6 +361,7 @@ class RolloutService:
             rules.max_latency_ratio is not None
             and old["p95_ms"] > 0
             and new["p95_ms"] > old["p95_ms"] * rules.max_latency_ratio
+            and new["p95_ms"] - old["p95_ms"] >= rules.min_latency_delta_ms
         ):
             return f"p95 inference {new['p95_ms']:.2f} ms on updated devices against {old['p95_ms']:.2f} ms"
         return None
@@ -368,10 +376,11 @@ class RolloutService:
         }
         updated_ids = [d.device_id for d in devices if d.state == "active"]
         waiting_ids = [d.device_id for d in devices if d.state == "waiting"]
-        updated = [s for i in updated_ids if (dev := self.fleet.store.get(i)) and (s := signals(dev))]
+        least = RolloutSpec.model_validate(rollout.spec).rules.min_frames
+        updated = [s for i in updated_ids if (dev := self.fleet.store.get(i)) and (s := signals(dev, least))]
         if updated:
             values["updated"] = {k: _mean(updated, k) for k in updated[0]}
-            others = [s for i in waiting_ids if (dev := self.fleet.store.get(i)) and (s := signals(dev))]
+            others = [s for i in waiting_ids if (dev := self.fleet.store.get(i)) and (s := signals(dev, least))]
             if not others:  # the last wave: against the same devices before the rollout
                 others = [rollout.baseline[i] for i in updated_ids if i in rollout.baseline]
             if others:

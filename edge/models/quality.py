@@ -67,7 +67,12 @@ def verdict(baseline: Optional[Summary], trial: Summary, bounds: ProbationConfig
     rate, old_rate = trial.escalation_rate, baseline.escalation_rate
     if rate - old_rate >= bounds.min_escalation_change and rate > old_rate * bounds.max_escalation_ratio:
         return f"escalation rate {rate:.1%} against {old_rate:.1%} before (bound x{bounds.max_escalation_ratio:g})"
-    if baseline.p95_latency_ms > 0 and trial.p95_latency_ms > baseline.p95_latency_ms * bounds.max_latency_ratio:
+    slower = trial.p95_latency_ms - baseline.p95_latency_ms >= bounds.min_latency_change_ms
+    if (
+        slower
+        and baseline.p95_latency_ms > 0
+        and trial.p95_latency_ms > baseline.p95_latency_ms * bounds.max_latency_ratio
+    ):
         return (
             f"p95 latency {trial.p95_latency_ms:.2f} ms against {baseline.p95_latency_ms:.2f} ms before "
             f"(bound x{bounds.max_latency_ratio:g})"

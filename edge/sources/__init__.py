@@ -30,7 +30,7 @@ from edge.sources.opencv import CaptureSource
 def open_source(config: SourceConfig, on_state: Optional[StateCallback] = None) -> FrameSource:
     labels = load_labels(config.labels_csv) if config.labels_csv else None
     if config.kind == "images":
-        return ImageFolderSource(config.source_id, _need_path(config), labels, config.max_image_pixels)
+        return ImageFolderSource(config.source_id, _need_path(config), labels, config.max_image_pixels, config.loop)
     if config.kind == "video":
         return CaptureSource(config.source_id, str(_need_path(config)), labels)
     if config.kind == "stream":

@@ -21,9 +21,15 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".p
 
 class ImageFolderSource(FrameSource):
     def __init__(
-        self, source_id: str, folder: Path, labels: Optional[Labels] = None, max_pixels: int = MAX_IMAGE_PIXELS
+        self,
+        source_id: str,
+        folder: Path,
+        labels: Optional[Labels] = None,
+        max_pixels: int = MAX_IMAGE_PIXELS,
+        loop: bool = False,
     ) -> None:
         super().__init__(source_id)
+        self._loop = loop
         self._folder = folder
         self._labels = labels
         self._max_pixels = max_pixels
@@ -36,10 +42,16 @@ class ImageFolderSource(FrameSource):
         logger.info("source %s: %d images in %s", self.source_id, len(self._files), self._folder)
 
     def frames(self) -> Iterator[Frame]:
-        for index, path in enumerate(self._files):
-            image, error = _read(path, self._max_pixels)
-            truth = self._labels.by_file.get(path.name) if self._labels else None
-            yield Frame(self.source_id, index, time.time(), image, error=error, truth=truth, name=path.name)
+        """The images in name order; with loop, again and again (the index keeps counting)."""
+        index = 0
+        while True:
+            for path in self._files:
+                image, error = _read(path, self._max_pixels)
+                truth = self._labels.by_file.get(path.name) if self._labels else None
+                yield Frame(self.source_id, index, time.time(), image, error=error, truth=truth, name=path.name)
+                index += 1
+            if not (self._loop and self._files):
+                return
 
     def close(self) -> None:
         self._files = []

@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
+import onnx
+from onnx import numpy_helper
 
 from cloud.fleet.bundles import BundleRequest, BundleStore
 from cloud.fleet.keys import KeyRing, init_keys
@@ -79,3 +81,19 @@ def copy_model(model: Path, target: Path) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy(model, target)
     return target
+
+
+def tempered(model: Path, factor: float, out: Path) -> Path:
+    """The digits-weak linear model with its logits scaled by ``factor``: the same answers, more (factor > 1) or
+    less (factor < 1) sure of them. A different file, model id and confidence profile, from the same weights."""
+    proto = onnx.load(str(model))
+    for tensor in proto.graph.initializer:
+        if tensor.name in ("weights", "bias"):
+            scaled = (numpy_helper.to_array(tensor) * factor).astype(np.float32)
+            tensor.CopyFrom(numpy_helper.from_array(scaled, tensor.name))
+    for prop in proto.metadata_props:
+        if prop.key == "tandem.model_id":
+            prop.value = out.stem
+    out.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(proto, str(out))
+    return out

@@ -51,9 +51,7 @@ def audit_device(path: Path) -> DeviceBooks:
     with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
         queued = {r[0] for r in conn.execute("SELECT trace_id FROM outbox")}
         failed = {r[0] for r in conn.execute("SELECT trace_id FROM failed")}
-        rows = conn.execute(
-            "SELECT trace_id, history, cloud_label, dropped FROM traces WHERE escalated_at IS NOT NULL"
-        )
+        rows = conn.execute("SELECT trace_id, history, cloud_label, dropped FROM traces WHERE escalated_at IS NOT NULL")
         for trace_id, history, cloud_label, dropped in rows:
             books.escalated += 1
             steps = json.loads(history)

@@ -32,9 +32,7 @@ class Harness:
         self.store = EdgeStore(tmp_path / "edge.db")
         self.store.open()
         self.sent: list[dict] = []
-        actions = Actions(
-            self.config.actions, lambda _t, body: self.sent.append(json.loads(body)), EdgeMetrics()
-        )
+        actions = Actions(self.config.actions, lambda _t, body: self.sent.append(json.loads(body)), EdgeMetrics())
         self.settle = Settlement(self.config, self.store, actions, EdgeMetrics(), lambda: 200.0)
 
     def frame(self, prediction: Prediction, escalate: bool) -> str:

@@ -60,8 +60,13 @@ def test_model_uploads_have_their_own_larger_limit(client):
     [
         ("get", "/v2/models/nope", None, 404, "unknown model 'nope'"),
         ("post", "/v2/models/nope/infer", infer_body([1.0]), 404, "unknown model 'nope'"),
-        ("post", "/v2/models/double/infer", {"inputs": [{"name": "z", "datatype": "FP32", "shape": [1],
-                                                          "data": [1]}]}, 400, "takes inputs ['x']"),
+        (
+            "post",
+            "/v2/models/double/infer",
+            {"inputs": [{"name": "z", "datatype": "FP32", "shape": [1], "data": [1]}]},
+            400,
+            "takes inputs ['x']",
+        ),
         ("get", "/v2/models/nope/ready", None, 400, "not ready"),
     ],
 )

@@ -128,4 +128,3 @@ class Chaos:
                 self.errors.append(exc)
                 return
             self.done.append(f"{time.monotonic() - self._started:.1f}s {what}")
-

@@ -87,8 +87,9 @@ def kill_edge_repeatedly(
 def edge_kill_run(transport, tmp_path, demo_assets, fault_hub, mosquitto, *, kills, at_least, fps, seed, drain_s=300):
     fault_hub.start()
     device_id = f"cam-kill9-{transport}-{kills}"
-    config = fault_device(tmp_path, demo_assets, fault_hub, device_id=device_id, mqtt_port=mosquitto.port,
-                          transport=transport, fps=fps)
+    config = fault_device(
+        tmp_path, demo_assets, fault_hub, device_id=device_id, mqtt_port=mosquitto.port, transport=transport, fps=fps
+    )
     edge = EdgeProcess(config, tmp_path)
     rng = random.Random(seed)
     checks = kill_edge_repeatedly(edge, kills, rng, at_least=at_least, pause_s=(0.0, 0.5))
@@ -98,8 +99,11 @@ def edge_kill_run(transport, tmp_path, demo_assets, fault_hub, mosquitto, *, kil
     report(
         f"edge kill -9 ({transport})",
         f"{kills} SIGKILLs of `tandem edge run` at random moments (seed {seed})",
-        {**books.figures(), "integrity checks ok": f"{checks.count('ok')}/{len(checks)}",
-         "max model runs per trace": max(runs.values())},
+        {
+            **books.figures(),
+            "integrity checks ok": f"{checks.count('ok')}/{len(checks)}",
+            "max model runs per trace": max(runs.values()),
+        },
     )
     assert checks == ["ok"] * kills
     assert books.integrity == "ok"
@@ -117,15 +121,17 @@ def test_kill_9_of_the_edge_runtime_loses_no_escalation(transport, tmp_path, dem
 @pytest.mark.timeout(3600)
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_fifty_kill_9s_over_ten_thousand_escalations(transport, tmp_path, demo_assets, fault_hub, mosquitto):
-    edge_kill_run(transport, tmp_path, demo_assets, fault_hub, mosquitto, kills=50, at_least=200, fps=400.0,
-                  seed=11, drain_s=1800)
+    edge_kill_run(
+        transport, tmp_path, demo_assets, fault_hub, mosquitto, kills=50, at_least=200, fps=400.0, seed=11, drain_s=1800
+    )
 
 
 def broker_kill_run(transport, tmp_path, demo_assets, fault_hub, mosquitto, *, seconds, seed):
     fault_hub.start()
     device_id = f"cam-brokerkill-{transport}-{seconds}"
-    config = fault_device(tmp_path, demo_assets, fault_hub, device_id=device_id, mqtt_port=mosquitto.port,
-                          transport=transport, fps=10.0)
+    config = fault_device(
+        tmp_path, demo_assets, fault_hub, device_id=device_id, mqtt_port=mosquitto.port, transport=transport, fps=10.0
+    )
     rng = random.Random(seed)
     stop = threading.Event()
     kills: list[float] = []
@@ -177,8 +183,9 @@ def test_broker_killed_every_few_seconds_for_minutes(transport, tmp_path, demo_a
 def test_hub_killed_mid_burst_alone_and_with_the_broker(transport, tmp_path, demo_assets, fault_hub, mosquitto):
     fault_hub.start()
     device_id = f"cam-hubkill-{transport}"
-    config = fault_device(tmp_path, demo_assets, fault_hub, device_id=device_id, mqtt_port=mosquitto.port,
-                          transport=transport, fps=60.0)
+    config = fault_device(
+        tmp_path, demo_assets, fault_hub, device_id=device_id, mqtt_port=mosquitto.port, transport=transport, fps=60.0
+    )
     burst = 120
 
     def kill_both() -> None:

@@ -14,8 +14,9 @@ from tests.support.report import report
 def test_mqtt_escalations_survive_broker_crashes_and_a_hub_outage(tmp_path, demo_assets, fault_hub, mosquitto):
     fault_hub.start()
     device_id = "cam-outage"
-    config = fault_device(tmp_path, demo_assets, fault_hub, device_id=device_id, mqtt_port=mosquitto.port,
-                          transport="mqtt", fps=10.0)
+    config = fault_device(
+        tmp_path, demo_assets, fault_hub, device_id=device_id, mqtt_port=mosquitto.port, transport="mqtt", fps=10.0
+    )
 
     def crash_broker() -> None:
         mosquitto.kill()
@@ -41,8 +42,12 @@ def test_mqtt_escalations_survive_broker_crashes_and_a_hub_outage(tmp_path, demo
         books = drained(config.state_path, 120)
 
     runs = hub_runs(fault_hub.store, device_id)
-    figures = {"frames": frames, **books.figures(), "hub traces": len(runs),
-               "model reruns after the hub's kill": sum(r > 1 for r in runs.values())}
+    figures = {
+        "frames": frames,
+        **books.figures(),
+        "hub traces": len(runs),
+        "model reruns after the hub's kill": sum(r > 1 for r in runs.values()),
+    }
     report("MQTT outage (3 broker kills, hub down ~20 s)", "; ".join(chaos.done), figures)
     assert books.integrity == "ok"
     assert books.escalated == frames == 200

@@ -122,12 +122,16 @@ def test_callers_that_go_away_mid_call_leave_no_trace_unanswered(fault_hub, demo
             for image in images:
                 method = rng.choice(["Escalate", "EscalateAndWait"])
                 request = EscalationRequest(
-                    new_trace_id(), device_id, Prediction("weak", "1", labels, (0.1,) * 10),
-                    EncodedImage("image/png", image, 8, 8), deadline_ms=2000,
+                    new_trace_id(),
+                    device_id,
+                    Prediction("weak", "1", labels, (0.1,) * 10),
+                    EncodedImage("image/png", image, 8, 8),
+                    deadline_ms=2000,
                 )
                 try:
                     channel.unary_unary(f"/tandem.v1.Escalation/{method}")(
-                        request.to_proto().SerializeToString(), timeout=rng.uniform(0.005, 0.05),
+                        request.to_proto().SerializeToString(),
+                        timeout=rng.uniform(0.005, 0.05),
                         metadata=(("application", "tandem"),),
                     )
                 except grpc.RpcError as error:
