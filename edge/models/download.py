@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from common.signing import BundleRefused
+from edge.models import failpoints
 from protocol.bundle import FileEntry, Refusal
 
 logger = logging.getLogger(__name__)
@@ -126,6 +127,9 @@ class Download:
                     Refusal.TOO_LARGE, f"{self.dest.name}: more than the {self.entry.size} bytes declared"
                 )
             out.write(chunk)
+            if have == len(chunk) or window_bytes == 0:
+                out.flush()  # what has arrived is on disk before a pause (a test's kill -9 lands here)
+                failpoints.pause("downloading")
             window_bytes += len(chunk)
             self.progress(have)
             now = time.monotonic()

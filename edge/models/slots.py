@@ -76,6 +76,8 @@ class Slots:
     def manifest(self, bundle_id: str) -> Optional[Manifest]:
         """The bundle's manifest if the bundle is complete on disk (every file with its size and sha256)."""
         folder = self.bundle_dir(bundle_id)
+        if not (folder / "bundle.json").exists():
+            return None  # not installed (yet)
         try:
             envelope = BundleEnvelope.model_validate_json((folder / "bundle.json").read_text())
             manifest = Manifest.model_validate(envelope.manifest.signed)

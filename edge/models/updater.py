@@ -31,7 +31,7 @@ from common.inference.golden import load_golden, mismatch
 from common.signing import BundleRefused
 from edge.config import ModelsConfig
 from edge.detectors.base import Detector
-from edge.models import verify
+from edge.models import failpoints, verify
 from edge.models.download import Download, Limits
 from edge.models.quality import Quality, Summary, verdict
 from edge.models.slots import Slots, SlotState
@@ -174,6 +174,7 @@ class ModelUpdater:
 
     def _verify(self, target: Target, bundle: BundleEnvelope) -> Optional[Manifest]:
         self._step(target, "verifying", UpdateState.VERIFYING)
+        failpoints.pause("verifying")
         active = self.active_manifest
         standing = self._host.standing(active.release if active else 0, self._state.key_version)
         try:
@@ -227,6 +228,7 @@ class ModelUpdater:
     def _switch(self, target: Target, manifest: Optional[Manifest], folder: Optional[Path]) -> None:
         bundle_id = target.bundle_id or ""
         self._step(target, "preparing", UpdateState.PREPARING)
+        failpoints.pause("preparing")
         try:
             detector = self._host.prepare(manifest, folder)
         except InferenceError as exc:
@@ -248,6 +250,7 @@ class ModelUpdater:
             raise _Stop()
         baseline = self._quality.baseline()
         self._save(replace(self._state, step="swap", baseline=baseline.to_dict() if baseline else None))
+        failpoints.pause("swap")
         old = self._host.swap(detector, manifest)  # from the next frame on
         self._quality.start_trial()
         self._manifests[target.bundle_id] = manifest
@@ -267,6 +270,7 @@ class ModelUpdater:
         """Watch the new model's frames; keep it, or swap back ``old`` (or the ``previous`` bundle loaded again,
         when a restart interrupted the probation and the old model is no longer in memory)."""
         self._publish(bundle_id, UpdateState.PROBATION, rollout_id=rollout_id)
+        failpoints.pause("probation")
         bounds = self._config.probation
         end = time.monotonic() + bounds.max_s
         aborted = False
