@@ -87,6 +87,7 @@ class ModelUpdater:
         self._abort = threading.Event()
         self._closing = False
         self._target: Optional[Target] = None
+        self._job: tuple[Optional[str], str] = (None, "")  # (bundle id, rollout id) being worked on
         self._state = SlotState()
         self._manifests: dict[Optional[str], Optional[Manifest]] = {None: None}
         self._thread = threading.Thread(target=self._run, name="edge-models", daemon=True)
@@ -121,7 +122,8 @@ class ModelUpdater:
             if self._target == target:
                 return
             self._target = target
-            self._abort.set()
+            if self._job != (target.bundle_id, target.rollout_id):  # the job in progress is not this one
+                self._abort.set()
         self._wake.set()
 
     def close(self) -> None:
@@ -144,12 +146,15 @@ class ModelUpdater:
                 self._abort.clear()
             if target is None or self._closing:
                 continue
+            self._job = (target.bundle_id, target.rollout_id)
             try:
                 self._reach(target)
             except _Stop:
                 logger.info("models: update to %s stopped: the target changed", target.bundle_id or "own model")
             except Exception:  # a bug must not end the thread: the next desired state tries again
                 logger.exception("models: update to %s failed", target.bundle_id)
+            finally:
+                self._job = (None, "")
 
     def _reach(self, target: Target) -> None:
         bundle_id = target.bundle_id
@@ -315,10 +320,18 @@ class ModelUpdater:
         update = self._state.update
         baseline = Summary.from_dict(self._state.baseline) if self._state.baseline else None
         self._quality.start_trial()
-        with contextlib.suppress(_Stop):
-            self._probation(
-                update.get("bundle_id", ""), update.get("rollout_id", ""), baseline, None, self._state.previous
-            )
+        with self._lock:  # its own desired state, arrived meanwhile, does not abort it; another one does
+            self._job = (update.get("bundle_id"), update.get("rollout_id", ""))
+            target = self._target
+            if target is None or (target.bundle_id, target.rollout_id) == self._job:
+                self._abort.clear()
+        try:
+            with contextlib.suppress(_Stop):
+                self._probation(
+                    update.get("bundle_id", ""), update.get("rollout_id", ""), baseline, None, self._state.previous
+                )
+        finally:
+            self._job = (None, "")
 
     # -- bookkeeping ---------------------------------------------------------------------------------------------
 

@@ -16,6 +16,9 @@ from typing import Optional
 import psutil
 import pytest
 
+from cloud.config import FleetConfig, HubConfig
+from cloud.fleet.keys import init_keys
+from cloud.hub import Hub, LocalPool
 from edge.config import (
     DetectorConfig,
     EdgeConfig,
@@ -28,6 +31,7 @@ from edge.config import (
     SourceConfig,
 )
 from tandem.broker import MosquittoBroker, find_mosquitto, free_port, wait_for_port
+from tests.support.fleet import TOKEN, Api, HttpThread, HubThread
 
 HUB_START_TIMEOUT_S = 180
 
@@ -198,3 +202,24 @@ def edge_config(
         escalation=EscalationConfig(deadline_ms=deadline_ms),
         service=ServiceConfig(http_port=0),
     )
+
+
+@pytest.fixture
+def rollout_hub(tmp_path, demo_assets, mosquitto, hub) -> Iterator[tuple[Hub, Api]]:
+    hub.stop()  # the session's Ray hub would answer the same escalations
+    port = free_port()
+    work = tmp_path / "hub"
+    config = HubConfig(
+        model_path=demo_assets / "models" / "digits-strong.onnx",
+        mqtt_port=mosquitto.port,
+        mqtt_username="tandem-hub-rollout",
+        http_port=port,
+        trace_store_path=work / "hub.db",
+        fleet=FleetConfig(check_every_s=0.5, operators={"ops": TOKEN}),
+    )
+    init_keys(config.keys_dir(), tmp_path / "offline" / "root.pem")
+    runner = HubThread(Hub(config, LocalPool(config.artifacts_dir(), config.max_image_pixels)))
+    with runner as hub_object, HttpThread(hub_object.http_app(), port):
+        api = Api(port)
+        yield hub_object, api
+        api.client.close()

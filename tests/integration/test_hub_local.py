@@ -22,33 +22,7 @@ from edge.config import MqttTransportConfig
 from edge.judge import TraceState
 from tests.integration.conftest import edge_config
 from tests.integration.test_end_to_end import escalated
-
-
-class HubThread:
-    """A Hub on its own event loop in a thread, as a Serve replica would run it."""
-
-    def __init__(self, hub: Hub) -> None:
-        self.hub = hub
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, name="hub-loop", daemon=True)
-
-    def call(self, coroutine):  # type: ignore[no-untyped-def]
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(30)
-
-    def __enter__(self) -> Hub:
-        self._thread.start()
-
-        async def start() -> None:
-            self.hub.start()
-
-        self.call(start())
-        return self.hub
-
-    def __exit__(self, *_exc: object) -> None:
-        self.call(self.hub.close())
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(10)
-        self.loop.close()
+from tests.support.fleet import HubThread
 
 
 @pytest.fixture

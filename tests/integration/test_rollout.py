@@ -10,136 +10,20 @@ real ``tandem edge run`` processes with frames flowing.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import sqlite3
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
-import httpx
 import pytest
-import uvicorn
-import yaml
 
-from cloud.config import FleetConfig, HubConfig
-from cloud.fleet.keys import init_keys
-from cloud.hub import Hub, LocalPool
-from common.inference.classify import OnnxModel
-from common.inference.golden import make_golden
 from edge.config import FleetConfig as DeviceFleet
 from edge.config import ModelsConfig, MqttTransportConfig, ProbationConfig, SourceConfig
-from tandem.broker import free_port
 from tests.integration.conftest import edge_config
-from tests.integration.test_hub_local import HubThread
-from tests.support.bundles import frames, tempered
+from tests.support.bundles import tempered
+from tests.support.fleet import EdgeProcess, bundle, devices, finished
 from tests.support.report import report
 from tests.support.waiting import wait_for
 
-TOKEN = "rollout-token"
-ADMIN = {"Authorization": f"Bearer {TOKEN}"}
 DEVICES = ("cam-r1", "cam-r2", "cam-r3")
-
-
-class HttpThread:
-    """The hub's HTTP app on a real server (uvicorn), as Serve's proxy would serve it."""
-
-    def __init__(self, app, port: int) -> None:
-        self.port = port
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-        self._thread = threading.Thread(target=self.server.run, name="hub-http", daemon=True)
-
-    def __enter__(self) -> HttpThread:
-        self._thread.start()
-        wait_for(lambda: self.server.started, 30, "the hub's HTTP server")
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.server.should_exit = True
-        self._thread.join(10)
-
-
-class Api:
-    def __init__(self, port: int) -> None:
-        self.client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
-
-    def get(self, path: str, **kw):
-        reply = self.client.get(path, headers=ADMIN, **kw)
-        assert reply.status_code == 200, reply.text
-        return reply.json()
-
-    def send(self, method: str, path: str, body=None):
-        reply = self.client.request(method, path, json=body, headers=ADMIN)
-        assert reply.status_code in (200, 201), reply.text
-        return reply.json()
-
-    def upload(self, path: Path) -> str:
-        data = path.read_bytes()
-        sha256 = hashlib.sha256(data).hexdigest()
-        assert self.client.put(f"/v1/artifacts/{sha256}", content=data).status_code == 201
-        return sha256
-
-
-@pytest.fixture
-def rollout_hub(tmp_path, demo_assets, mosquitto, hub) -> Iterator[tuple[Hub, Api]]:
-    hub.stop()  # the session's Ray hub would answer the same escalations
-    port = free_port()
-    work = tmp_path / "hub"
-    config = HubConfig(
-        model_path=demo_assets / "models" / "digits-strong.onnx",
-        mqtt_port=mosquitto.port,
-        mqtt_username="tandem-hub-rollout",
-        http_port=port,
-        trace_store_path=work / "hub.db",
-        fleet=FleetConfig(check_every_s=0.5, operators={"ops": TOKEN}),
-    )
-    init_keys(config.keys_dir(), tmp_path / "offline" / "root.pem")
-    runner = HubThread(Hub(config, LocalPool(config.artifacts_dir(), config.max_image_pixels)))
-    with runner as hub_object, HttpThread(hub_object.http_app(), port):
-        api = Api(port)
-        yield hub_object, api
-        api.client.close()
-
-
-class EdgeProcess:
-    def __init__(self, folder: Path, config) -> None:
-        self.config = config
-        self.config_path = folder / f"{config.device_id}.yaml"
-        self.config_path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
-        self.log = folder / f"{config.device_id}.log"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "tandem.cli", "edge", "run", "--config", str(self.config_path)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-            self.process = None
-
-    def models_per_frame(self) -> list[tuple[int, str]]:
-        """(frame index, model id) of every recorded frame, in order."""
-        with sqlite3.connect(f"file:{self.config.state_path}?mode=ro", uri=True, timeout=5) as conn:
-            rows = conn.execute("SELECT frame_index, history FROM traces ORDER BY frame_index").fetchall()
-        found = []
-        for index, history in rows:
-            # history: [at, from state, to state, reason]; INFERRED's reason is "model id: label (confidence)"
-            inferred = next((h for h in json.loads(history) if h[2] == "INFERRED"), None)
-            found.append((index, inferred[3].split(":")[0] if inferred else "-"))
-        return found
 
 
 @pytest.fixture
@@ -168,38 +52,6 @@ def edges(tmp_path, demo_assets, mosquitto, rollout_hub) -> Iterator[dict[str, E
     yield made
     for edge in made.values():
         edge.stop()
-
-
-def devices(api: Api) -> dict[str, dict]:
-    return {d["device_id"]: d for d in api.get("/v1/devices")}
-
-
-def bundle(api: Api, demo_assets: Path, model: Path, golden_from: Path, name: str) -> str:
-    """Upload the model and its golden samples (the answers of ``golden_from``), and have the hub sign them."""
-    golden = model.with_suffix(".golden.npz")
-    golden.write_bytes(make_golden(OnnxModel(golden_from).predict, frames(demo_assets / "stream")))
-    body = {
-        "name": name,
-        "version": model.stem,
-        "model": {"model_id": model.stem, "file": "model.onnx", "golden": "golden.npz"},
-        "files": {
-            "model.onnx": {"sha256": api.upload(model), "role": "model"},
-            "golden.npz": {"sha256": api.upload(golden), "role": "golden"},
-        },
-        "device_classes": ["*/cpu"],
-    }
-    return api.send("POST", "/v1/admin/bundles", body)["bundle_id"]
-
-
-def finished(api: Api, rollout_id: str, states=("COMPLETED", "ABORTED")) -> dict:
-    status = {}
-
-    def done() -> bool:
-        status.update(api.get(f"/v1/admin/rollouts/{rollout_id}"))
-        return status["state"] in states
-
-    wait_for(done, 120, f"rollout {rollout_id} to end", poll_s=0.25)
-    return status
 
 
 def test_rollouts_switch_refuse_and_roll_back_on_real_devices(tmp_path, demo_assets, rollout_hub, edges):
