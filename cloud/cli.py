@@ -4,6 +4,7 @@
     tandem hub models ...                the model registry: register, list, show, update, retire
     tandem hub routing check FILE        validate routing rules before deploying them
     tandem hub devices|settings|audit    the fleet: inventory, settings by scope, who changed what
+    tandem hub keys|bundles|rollout      signing keys, signed model bundles, rollouts in waves
 
 ``hub run`` takes its settings from ``--config FILE`` (YAML, the fields of ``HubConfig``),
 overridden by any flag given; by default HTTP on port 8000 and gRPC on 9000. Ray is imported
@@ -26,6 +27,7 @@ from pydantic import ValidationError
 from cloud.config import HubConfig, load_hub_config
 from cloud.errors import RoutingError
 from cloud.fleet.cli import add_parsers as add_fleet_parsers
+from cloud.fleet.rollout_cli import add_parsers as add_rollout_parsers
 from cloud.registry import SqliteRegistry
 from cloud.registry.cli import add_parser as add_models_parser
 from cloud.routing import load_routing
@@ -166,3 +168,4 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     check_cmd.set_defaults(handler=routing_check)
     add_models_parser(hub)
     add_fleet_parsers(hub)
+    add_rollout_parsers(hub)

@@ -17,9 +17,11 @@ import pytest
 
 from edge.config import FleetConfig as DeviceFleet
 from edge.config import ModelsConfig, MqttTransportConfig, ProbationConfig, SourceConfig
+from tandem.cli import main
 from tests.integration.conftest import edge_config
+from tests.integration.test_fleet import Device
 from tests.support.bundles import tempered
-from tests.support.fleet import EdgeProcess, bundle, devices, finished
+from tests.support.fleet import TOKEN, EdgeProcess, bundle, devices, finished
 from tests.support.report import report
 from tests.support.waiting import wait_for
 
@@ -128,3 +130,40 @@ def test_rollouts_switch_refuse_and_roll_back_on_real_devices(tmp_path, demo_ass
             "probation reasons": " | ".join(d["detail"] for d in rolled),
         },
     )
+
+
+def test_the_fleet_from_the_command_line(tmp_path, demo_assets, mosquitto, rollout_hub, capsys, monkeypatch):
+    """An operator's session: list devices, set a group's threshold, sign a bundle, roll it out and watch it."""
+    _hub, api = rollout_hub
+    url = str(api.client.base_url)
+    monkeypatch.setenv("TANDEM_HUB_TOKEN", TOKEN)
+    device = Device(tmp_path, demo_assets, mosquitto.port, "cam-cli", "yard")
+    device.config = device.config.model_copy(
+        update={"models": ModelsConfig(root_keys=[_hub.keys().root_public], probation=ProbationConfig(frames=20))}
+    )
+    device.start()
+    try:
+        wait_for(lambda: "cam-cli" in devices(api), 30, "the device")
+
+        def tandem(*argv: str) -> str:
+            capsys.readouterr()
+            code = main(list(argv))
+            out = capsys.readouterr().out
+            assert code == 0, out
+            return out
+
+        assert "cam-cli" in tandem("hub", "devices", "--url", url, "list", "--group", "yard")
+        assert "1 devices get a new desired version" in tandem(
+            "hub", "settings", "--url", url, "set", "group", "yard", "judge.confidence_threshold=0.7"
+        )
+        wait_for(lambda: devices(api)["cam-cli"]["in_sync"], 30, "the setting applied")
+        good = tempered(demo_assets / "models" / "digits-weak.onnx", 1.5, tmp_path / "digits-sure.onnx")
+        made = tandem("hub", "bundles", "--url", url, "create", "--name", "yard", "--version", "2",
+                      "--model", str(good), "--golden-images", str(demo_assets / "stream" / "images"))  # fmt: skip
+        assert made.startswith("yard-1: release 1")
+        watched = tandem("hub", "rollout", "--url", url, "start", "yard-1", "--group", "yard", "--waves", "1",
+                         "--soak", "0", "--watch")  # fmt: skip
+        assert "COMPLETED" in watched and "[########################] 1 active" in watched
+        assert "settings" in tandem("hub", "audit", "--url", url)
+    finally:
+        device.close()
