@@ -16,7 +16,7 @@ def test_cumulative_waves_cover_every_device_once_in_a_stable_order():
     spec = RolloutSpec(bundle_id="b-1", waves=[0.1, 0.5, 1.0])
     waves = plan_waves(spec, ids(100), "ro-1")
     assert [len(w) for w in waves] == [10, 40, 50]
-    assert sorted(sum(waves, [])) == ids(100)
+    assert sorted(d for wave in waves for d in wave) == ids(100)
     assert plan_waves(spec, ids(100), "ro-1") == waves  # the same rollout id, the same waves
     assert plan_waves(spec, ids(100), "ro-2") != waves  # another rollout starts elsewhere
 
@@ -38,7 +38,8 @@ def test_waves_must_grow_to_the_whole_target(waves):
 
 
 def test_quality_signals_wait_for_enough_frames_of_the_new_model():
-    beat = {"model_frames": 50, "model_uncertain": 10, "model_confidence_histogram": [0] * 9 + [50], "model_p95_ms": 1.5}
+    histogram = [0] * 9 + [50]
+    beat = {"model_frames": 50, "model_uncertain": 10, "model_confidence_histogram": histogram, "model_p95_ms": 1.5}
     device = Device("cam-1", 0.0, 0.0, Session.ACTIVE, 0.0, telemetry=beat)
     assert signals(device, min_frames=100) is None
     assert signals(device, min_frames=50) == {"escalation_rate": 0.2, "confidence": 0.95, "p95_ms": 1.5}

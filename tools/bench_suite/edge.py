@@ -12,6 +12,8 @@ rss_mb                  resident memory of `EdgeRuntime` running the demo stream
 cascade_*               calibrated on the calibration split (15% target), measured on the held-out stream:
                         accuracy ÷ the strong model's, and the share of frames escalated
 weak_cost_ratio         strong model's inference time ÷ weak model's (median of single-frame calls)
+swap_gap_ratio          (tools.bench_suite.rollout) the longest frame interval while a device takes a bundle ÷ the
+                        median interval; rollout_s: rollout start to every device active, probation included
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from edge.judge.judge import JudgeDecision
 from edge.outbox import EdgeStore
 from edge.sources import Frame
 from protocol.messages import Prediction, new_trace_id
+from tools.bench_suite import rollout
 
 DEMO = Path(".tandem/demo")
 OCR = Path(".tandem/ocr")
@@ -344,6 +347,7 @@ GOALS = {
     "cascade_accuracy_share": (">=", 0.99),
     "cascade_escalation_rate": ("<=", 0.20),
     "weak_cost_ratio": (">=", 5.0),
+    "swap_gap_ratio": ("<=", 1.5),
 }
 
 
@@ -364,6 +368,10 @@ def run(args: argparse.Namespace) -> int:
         figures.update(rss(work, threshold))
     figures.update(cascade())
     figures.update(cost(frames))
+    with tempfile.TemporaryDirectory(prefix="tandem-bench-rollout-") as tmp:
+        sure = Path(tmp) / "digits-again.onnx"  # the same weights as a bundle: the update's mechanics, not a model
+        sure.write_bytes((DEMO / "models" / "digits-weak.onnx").read_bytes())
+        figures.update(rollout.measure(Path(tmp), DEMO, sure))
     print(f"tools/bench edge: {len(frames)} held-out frames, {args.passes} passes, Python {sys.version.split()[0]}")
     print(f"  {'figure':<26} {'value':>12}  goal")
     for name, value in figures.items():
