@@ -13,15 +13,11 @@ hub or a dead broker: each becomes a recorded state, a log line and a metric.
 from __future__ import annotations
 
 import collections
-import hashlib
-import importlib.metadata
 import logging
-import platform
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Optional
 
 import cv2
@@ -33,15 +29,15 @@ from edge.comms.grpc_client import GrpcTransport
 from edge.comms.link import DeviceLink, Handled
 from edge.comms.mqtt_transport import MqttTransport
 from edge.comms.transport import Transport
-from edge.config import DetectorConfig, EdgeConfig, EscalationConfig, MqttTransportConfig, fleet_state_dir
+from edge.config import EdgeConfig, EscalationConfig, MqttTransportConfig, fleet_state_dir
 from edge.detectors import create_detector
 from edge.detectors.base import Detector
 from edge.errors import StoreError, StoreFull
 from edge.health import HealthServer
 from edge.judge import Judge, JudgeDecision, JudgeInput, TraceMachine, TraceState, Verdict
 from edge.metrics import EdgeMetrics, RuntimeState
-from edge.models import prepare, verify
 from edge.models.agent import DesiredStateAgent, Identity
+from edge.models.host import ModelHost
 from edge.models.quality import FrameStat, Quality
 from edge.models.settings import HotSettings
 from edge.models.slots import Slots
@@ -52,7 +48,6 @@ from edge.service import SystemdNotifier
 from edge.sources import Frame, FrameSource, LiveSource, SourceState, open_source
 from edge.sources.sensors import SensorState, open_sensor
 from edge.telemetry import Heartbeat, HeartbeatLoop
-from protocol import fleet
 from protocol.bundle import Manifest
 from protocol.codec import decode_escalation_ack, decode_result, encode_request, encode_result_ack
 from protocol.errors import ProtocolError
@@ -77,31 +72,6 @@ class Live:
 class Escalation:
     payload: bytes
     priority: int
-
-
-def identity(config: EdgeConfig) -> Identity:
-    """Group, tags and class from the config; the class, when not set, from the machine and the backend."""
-    return Identity(
-        group=config.fleet.group,
-        tags=tuple(config.fleet.tags),
-        device_class=config.fleet.device_class or f"{platform.machine() or 'unknown'}/{accelerator(config)}",
-        runtime_version=runtime_version(),
-    )
-
-
-def accelerator(config: EdgeConfig) -> str:
-    """cpu, cuda or trt: what the configured backend runs on (the report's model.backend says what really does)."""
-    if config.detector.type == "tensorrt":
-        return "trt"
-    wanted = " ".join(config.detector.providers)
-    return "trt" if "Tensorrt" in wanted else "cuda" if "CUDA" in wanted else "cpu"
-
-
-def runtime_version() -> str:
-    try:
-        return importlib.metadata.version("tandem")
-    except importlib.metadata.PackageNotFoundError:
-        return "dev"
 
 
 def priority(decision: JudgeDecision, prediction: Prediction) -> int:
@@ -136,7 +106,14 @@ class EdgeRuntime:
             detector or create_detector(config.detector), Judge.from_config(config.judge), config.escalation
         )
         self.heartbeat = Heartbeat(config.device_id, clock)
-        self.identity = identity(config)
+        self.identity = Identity.of(config)
+        self.models = ModelHost(
+            config,
+            self.identity,
+            lambda: self.live.detector,
+            lambda detector: self._replace_live(detector=detector).detector,
+            self.model_swapped,
+        )
         self.slots = Slots(fleet_state_dir(config))
         self.quality = Quality(config.models.probation.frames)
         self.updater = ModelUpdater(
@@ -144,9 +121,9 @@ class EdgeRuntime:
             self.slots,
             self.quality,
             Host(
-                self.prepare_model,
-                self.swap_model,
-                self._standing,
+                self.models.prepare,
+                self.models.swap,
+                self.models.standing,
                 lambda status: self.fleet.update_status(status),  # noqa: PLW0108 - self.fleet is built below
             ),
         )
@@ -155,7 +132,7 @@ class EdgeRuntime:
             fleet_state_dir(config),
             self.identity,
             apply=self.use_settings,
-            active_model=self.active_model,
+            active_model=self.models.active_model,
             publish_reported=lambda payload: self.link.publish(Channel.REPORTED, payload, retain=True),
             want_model=self.updater.want,
             clock=clock,
@@ -204,8 +181,6 @@ class EdgeRuntime:
         self._recent: collections.deque[float] = collections.deque(maxlen=1000)  # monotonic times of frames
         self._store_full = False  # the last write found the store's filesystem full
         self._last_turn = time.monotonic()
-        self._sha256: Optional[str] = None
-        self._bundle_model: Optional[Manifest] = None  # the bundle swapped in by this run, if any
 
     def _transport(self, config: EdgeConfig) -> Transport:
         if isinstance(config.transport, MqttTransportConfig):
@@ -223,7 +198,8 @@ class EdgeRuntime:
         self.store.open()
         manifest, folder = self.updater.recover()  # the active bundle, checked complete, if the hub sent one
         if manifest is not None and folder is not None:
-            self._replace_live(detector=create_detector(self._bundle_config(manifest, folder)))
+            self._replace_live(detector=create_detector(self.models.detector_config(manifest, folder)))
+            self.models.manifest = manifest
             self.fleet.use_bundle_judge(manifest.judge)
         self.fleet.start()  # the hub's saved settings, before the first frame
         self.detector.start()
@@ -536,55 +512,10 @@ class EdgeRuntime:
             self.live = replace(old, **parts)  # type: ignore[arg-type]
         return old
 
-    def prepare_model(self, manifest: Optional[Manifest], folder: Optional[Path]) -> Detector:
-        """A new detector, loaded and warmed up beside the running one (the updater's thread); with no manifest,
-        the model in the device's own config. InferenceError if it cannot load."""
-        config = self.config.detector if manifest is None or folder is None else self._bundle_config(manifest, folder)
-        detector = create_detector(config)
-        try:
-            detector.start()
-        except InferenceError:
-            detector.close()
-            raise
-        return detector
-
-    def swap_model(self, detector: Detector, manifest: Optional[Manifest]) -> Detector:
-        """The next frame runs on ``detector``; the one it replaces is returned, still loaded (instant rollback)."""
-        old = self._replace_live(detector=detector).detector
+    def model_swapped(self, manifest: Optional[Manifest]) -> None:
+        """A new model is in the frame loop (the updater's thread): its counters start, its judge settings apply."""
         self.heartbeat.new_model()
-        self._bundle_model = manifest
         self.fleet.use_bundle_judge(manifest.judge if manifest else {})
-        logger.info("models: the frame loop now runs %s", detector.describe())
-        return old
-
-    def _bundle_config(self, manifest: Manifest, folder: Path) -> DetectorConfig:
-        engines = fleet_state_dir(self.config) / "engines"
-        return prepare.detector_config(self.config.detector, manifest, folder, self.identity.device_class, engines)
-
-    def _standing(self, release: int, key_version: int) -> verify.Standing:
-        return verify.Standing(self.config.device_id, self.identity.device_class, release, key_version)
-
-    def active_model(self) -> fleet.ActiveModel:
-        manifest = self._bundle_model or self.updater.active_manifest
-        if manifest is not None:
-            return fleet.ActiveModel(
-                model_id=manifest.model.model_id,
-                version=manifest.version,
-                sha256=manifest.files[manifest.model.file].sha256,
-                backend=self.detector.engine(),
-                bundle_id=f"{manifest.name}-{manifest.release}",
-                release=manifest.release,
-            )
-        path = self.config.detector.model_path
-        return fleet.ActiveModel(model_id=path.stem, sha256=self._model_sha256(), backend=self.detector.engine())
-
-    def _model_sha256(self) -> str:
-        if self._sha256 is None:
-            try:
-                self._sha256 = hashlib.sha256(self.config.detector.model_path.read_bytes()).hexdigest()
-            except OSError:
-                self._sha256 = ""
-        return self._sha256
 
     def _outbox_now(self) -> tuple[int, float]:
         depth = self.store.depth()

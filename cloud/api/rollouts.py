@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any, Optional
 
 from fastapi import APIRouter, Depends, HTTPException
@@ -60,8 +61,7 @@ def rollout_routes(access: FleetAccess) -> APIRouter:
         )
         envelope = call(lambda: access.bundles.create(request, access.keys()))
         bundle_id = f"{envelope.manifest.signed['name']}-{envelope.manifest.signed['release']}"
-        access.fleet().store.audit(envelope.manifest.signed["expires_at"] - body.expires_in_days * DAY_S, operator,
-                                   "bundle_create", bundle_id, {"version": body.version})  # fmt: skip
+        access.fleet().store.audit(time.time(), operator, "bundle_create", bundle_id, {"version": body.version})
         return call(access.bundles.summary, bundle_id)
 
     @router.get("/v1/bundles")

@@ -13,8 +13,10 @@ undo the hub's settings; a device that was offline gets the retained desired sta
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import logging
+import platform
 import threading
 import time
 from collections.abc import Callable
@@ -41,6 +43,31 @@ class Identity:
     tags: tuple[str, ...]
     device_class: str
     runtime_version: str
+
+    @classmethod
+    def of(cls, config: EdgeConfig) -> Identity:
+        """Group, tags and class from the config; the class, when not set, from the machine and the backend."""
+        return cls(
+            group=config.fleet.group,
+            tags=tuple(config.fleet.tags),
+            device_class=config.fleet.device_class or f"{platform.machine() or 'unknown'}/{accelerator(config)}",
+            runtime_version=runtime_version(),
+        )
+
+
+def accelerator(config: EdgeConfig) -> str:
+    """cpu, cuda or trt: what the configured backend runs on (the report's model.backend says what really does)."""
+    if config.detector.type == "tensorrt":
+        return "trt"
+    wanted = " ".join(config.detector.providers)
+    return "trt" if "Tensorrt" in wanted else "cuda" if "CUDA" in wanted else "cpu"
+
+
+def runtime_version() -> str:
+    try:
+        return importlib.metadata.version("tandem")
+    except importlib.metadata.PackageNotFoundError:
+        return "dev"
 
 
 @dataclass

@@ -261,6 +261,10 @@ class ModelUpdater:
         self._manifests[target.bundle_id] = manifest
         previous = self._state.active
         self._save(replace(self._state, active=target.bundle_id, previous=previous, step="probation"))
+        if target.rollback or manifest is None:  # going back on the hub's word: no probation to undo it
+            self._quality.end_trial()
+            self._keep(bundle_id, target.rollout_id, old, "back to the model before, as the hub asked")
+            return
         logger.info("models: now running %s (was %s); probation", bundle_id or "the own model", previous or "own")
         self._probation(bundle_id, target.rollout_id, baseline, old, previous)
 
@@ -290,13 +294,7 @@ class ModelUpdater:
         self._quality.end_trial()
         why = "the hub withdrew it" if aborted else (verdict(baseline, trial, bounds) if trial else None)
         if why is None:
-            if old is not None:
-                old.close()
-            event = {"bundle_id": bundle_id, "rollout_id": rollout_id, "outcome": "active", "at": time.time()}
-            self._state = self._slots.note(self._state, event)
-            self._save(replace(self._state, step="", baseline=None, update={}))
-            self._slots.prune(self._state)
-            self._publish(bundle_id, UpdateState.ACTIVE, rollout_id=rollout_id, detail=f"probation passed: {trial}")
+            self._keep(bundle_id, rollout_id, old, f"probation passed: {trial}")
             return
         logger.warning("models: %s rolled back: %s", bundle_id, why)
         restore = old if old is not None else self._host.prepare(self._manifests.get(previous), self._folder(previous))
@@ -315,6 +313,16 @@ class ModelUpdater:
         self._publish(bundle_id, UpdateState.ROLLED_BACK, rollout_id=rollout_id, reason=reason.value, detail=why)
         if aborted:
             raise _Stop()
+
+    def _keep(self, bundle_id: str, rollout_id: str, old: Optional[Detector], detail: str) -> None:
+        """The new model stays: the old one is freed, the update is done, bundles no longer needed go."""
+        if old is not None:
+            old.close()
+        event = {"bundle_id": bundle_id, "rollout_id": rollout_id, "outcome": "active", "at": time.time()}
+        self._state = self._slots.note(self._state, event)
+        self._save(replace(self._state, step="", baseline=None, update={}))
+        self._slots.prune(self._state)
+        self._publish(bundle_id, UpdateState.ACTIVE, rollout_id=rollout_id, detail=detail)
 
     def _resume_probation(self) -> None:
         update = self._state.update

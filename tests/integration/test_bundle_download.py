@@ -131,14 +131,14 @@ def test_a_refused_bundle_leaves_the_running_model_byte_identical(tmp_path, demo
         assert reports[-1].update.reason == "too_large"
         assert runtime.detector is detector and runtime.run(max_frames=5) == 5
         assert hashlib.sha256(own_model.read_bytes()).hexdigest() == before
-        assert runtime.active_model().model_id == "digits-weak" and runtime.slots.load().active is None
+        assert runtime.models.active_model().model_id == "digits-weak" and runtime.slots.load().active is None
         # The same bundle from an honest server is taken: the refusal was about the bytes, not the bundle.
         server.modes["model.onnx"] = "normal"
         again = desired.model_copy(update={"version": 2, "rollout_id": "ro-2"})
         runtime.fleet.on_desired(fleet.encode(again))
         frames_thread.start()
         wait_for(lambda: reports[-1].update.state.value == "active", 30, "the honest copy to go active")
-        assert runtime.active_model().bundle_id == f"{manifest.name}-{manifest.release}"
+        assert runtime.models.active_model().bundle_id == f"{manifest.name}-{manifest.release}"
     finally:
         runtime.stop()
         if frames_thread.is_alive():

@@ -78,9 +78,9 @@ class Device:
 @pytest.fixture
 def devices(tmp_path, demo_assets, mosquitto) -> Iterator[dict[str, Device]]:
     made = {
-        "cam-lobby-1": Device(tmp_path, demo_assets, mosquitto.port, "cam-lobby-1", "lobby", ["night"]),
-        "cam-lobby-2": Device(tmp_path, demo_assets, mosquitto.port, "cam-lobby-2", "lobby"),
-        "cam-dock-1": Device(tmp_path, demo_assets, mosquitto.port, "cam-dock-1", "dock"),
+        "cam-lobby-1": Device(tmp_path, demo_assets, mosquitto.port, "cam-lobby-1", "fleet-lobby", ["fleet-night"]),
+        "cam-lobby-2": Device(tmp_path, demo_assets, mosquitto.port, "cam-lobby-2", "fleet-lobby"),
+        "cam-dock-1": Device(tmp_path, demo_assets, mosquitto.port, "cam-dock-1", "fleet-dock"),
     }
     yield made
     for device in made.values():
@@ -91,35 +91,45 @@ ADMIN = {"Authorization": "Bearer s3cret"}
 
 
 def listed(api: TestClient, **query) -> dict[str, dict]:
+    """The hub's devices, by id. The session's broker also holds the retained reports of other tests' devices,
+    which this hub rightly lists too: a test looks at its own."""
     reply = api.get("/v1/devices", params=query)
     assert reply.status_code == 200, reply.text
     return {d["device_id"]: d for d in reply.json()}
 
 
+OURS = ("cam-lobby-1", "cam-lobby-2", "cam-dock-1")
+
+
+def ours(api: TestClient) -> list[dict]:
+    found = listed(api)
+    return [found[d] for d in OURS if d in found]
+
+
 def test_the_hub_sees_every_device_and_a_group_setting_applies_without_a_restart(fleet_hub, devices):
     api = TestClient(fleet_hub.hub.http_app())
     runtimes = {name: d.start() for name, d in devices.items()}
-    wait_for(lambda: len(listed(api, status="online")) == 3, 30, "three devices online")
-    wait_for(lambda: all(d["telemetry"] and d["telemetry"]["fps"] > 0 for d in listed(api).values()), 30, "heartbeats")
-    lobby = listed(api, group="lobby")
+    wait_for(lambda: [d["status"] for d in ours(api)] == ["online"] * 3, 30, "three devices online")
+    wait_for(lambda: all(d["telemetry"] and d["telemetry"]["fps"] > 0 for d in ours(api)), 30, "heartbeats")
+    lobby = listed(api, group="fleet-lobby")
     assert set(lobby) == {"cam-lobby-1", "cam-lobby-2"}
     one = lobby["cam-lobby-1"]
-    assert one["tags"] == ["night"] and one["device_class"].endswith("/cpu")
+    assert one["tags"] == ["fleet-night"] and one["device_class"].endswith("/cpu")
     assert one["model"]["model_id"] == "digits-weak" and one["model"]["backend"] == "onnxruntime:CPUExecutionProvider"
     assert one["session"] == "INIT" and sum(one["telemetry"]["confidence_histogram"]) > 0
-    assert set(listed(api, tag="night")) == {"cam-lobby-1"}
+    assert set(listed(api, tag="fleet-night")) == {"cam-lobby-1"}
 
     # Nothing escalates at threshold 0; the lobby's threshold goes to 1.0 (every frame uncertain) from the hub.
     assert not any(
         s is TraceState.PENDING_CLOUD for r in runtimes.values() for s in [t.state for t in r.store.traces()]
     )
-    assert api.put("/v1/admin/settings/group", json={"name": "lobby", "settings": {}}).status_code == 401
+    assert api.put("/v1/admin/settings/group", json={"name": "fleet-lobby", "settings": {}}).status_code == 401
     frames_before = {name: len(r.store.traces()) for name, r in runtimes.items()}
-    change = {"name": "lobby", "settings": {"judge": {"confidence_threshold": 1.0}}}
+    change = {"name": "fleet-lobby", "settings": {"judge": {"confidence_threshold": 1.0}}}
     reply = api.put("/v1/admin/settings/group", json=change, headers=ADMIN)
     assert reply.status_code == 200, reply.text
     assert sorted(reply.json()["devices"]) == ["cam-lobby-1", "cam-lobby-2"]
-    wait_for(lambda: all(d["in_sync"] for d in listed(api, group="lobby").values()), 30, "the lobby to apply v1")
+    wait_for(lambda: all(d["in_sync"] for d in listed(api, group="fleet-lobby").values()), 30, "the lobby to apply v1")
     for name in ("cam-lobby-1", "cam-lobby-2"):
         wait_for(
             lambda n=name: TraceState.PENDING_CLOUD in devices[n].states_since(frames_before[n]), 30, "escalations"
@@ -128,12 +138,13 @@ def test_the_hub_sees_every_device_and_a_group_setting_applies_without_a_restart
     assert runtimes["cam-lobby-1"].live.judge.policies[1].threshold == 1.0
     wait_for(lambda: listed(api)["cam-lobby-1"]["session"] == "ACTIVE", 30, "the lobby's session ACTIVE")
     audit = api.get("/v1/admin/audit", headers=ADMIN).json()
-    assert audit[0]["who"] == "ana" and audit[0]["target"] == "group:lobby"
+    assert audit[0]["who"] == "ana" and audit[0]["target"] == "group:fleet-lobby"
 
     # A device that was away while its group changed catches up when it comes back.
     devices["cam-lobby-2"].close()
     wait_for(lambda: listed(api)["cam-lobby-2"]["status"] == "offline", 30, "cam-lobby-2 offline")
-    change = {"name": "lobby", "settings": {"judge": {"confidence_threshold": 1.0}, "escalation": {"deadline_ms": 777}}}
+    settings = {"judge": {"confidence_threshold": 1.0}, "escalation": {"deadline_ms": 777}}
+    change = {"name": "fleet-lobby", "settings": settings}
     assert api.put("/v1/admin/settings/group", json=change, headers=ADMIN).status_code == 200
     wait_for(lambda: listed(api)["cam-lobby-1"]["reported"]["applied_version"] == 2, 30, "cam-lobby-1 at v2")
     assert listed(api)["cam-lobby-2"]["reported"]["applied_version"] == 1

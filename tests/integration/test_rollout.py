@@ -28,6 +28,12 @@ from tests.support.waiting import wait_for
 DEVICES = ("cam-r1", "cam-r2", "cam-r3")
 
 
+def ours(api) -> list[dict]:
+    """This test's devices (the session's broker holds other tests' retained reports too)."""
+    found = devices(api)
+    return [found[d] for d in DEVICES if d in found]
+
+
 @pytest.fixture
 def edges(tmp_path, demo_assets, mosquitto, rollout_hub) -> Iterator[dict[str, EdgeProcess]]:
     hub_object, _api = rollout_hub
@@ -41,7 +47,7 @@ def edges(tmp_path, demo_assets, mosquitto, rollout_hub) -> Iterator[dict[str, E
             update={
                 "transport": MqttTransportConfig(kind="mqtt"),
                 "source": SourceConfig(kind="images", path=demo_assets / "stream" / "images", max_fps=20.0, loop=True),
-                "fleet": DeviceFleet(group="lobby", telemetry_interval_s=0.5),
+                "fleet": DeviceFleet(group="rollout-lobby", telemetry_interval_s=0.5),
                 "models": ModelsConfig(
                     root_keys=[hub_object.keys().root_public],
                     probation=ProbationConfig(frames=60, max_s=30.0),
@@ -59,29 +65,28 @@ def edges(tmp_path, demo_assets, mosquitto, rollout_hub) -> Iterator[dict[str, E
 def test_rollouts_switch_refuse_and_roll_back_on_real_devices(tmp_path, demo_assets, rollout_hub, edges):
     _hub, api = rollout_hub
     weak = demo_assets / "models" / "digits-weak.onnx"
-    wait_for(lambda: len([d for d in devices(api).values() if d["status"] == "online"]) == 3, 60, "three devices")
-    wait_for(lambda: all(d["telemetry"] for d in devices(api).values()), 30, "heartbeats")
+    wait_for(lambda: [d["status"] for d in ours(api)] == ["online"] * 3, 60, "three devices")
+    wait_for(lambda: all(d["telemetry"] for d in ours(api)), 30, "heartbeats")
 
     # A group's threshold, set on the hub, applied by running devices.
-    api.send(
-        "PUT", "/v1/admin/settings/group", {"name": "lobby", "settings": {"judge": {"confidence_threshold": 0.55}}}
-    )
-    wait_for(lambda: all(d["in_sync"] and d["reported"]["applied_version"] >= 1 for d in devices(api).values()), 30,
+    lobby = {"name": "rollout-lobby", "settings": {"judge": {"confidence_threshold": 0.55}}}
+    api.send("PUT", "/v1/admin/settings/group", lobby)
+    wait_for(lambda: all(d["in_sync"] and d["reported"]["applied_version"] >= 1 for d in ours(api)), 30,
              "the lobby's threshold applied")  # fmt: skip
-    assert all(d["reported"]["settings"]["judge"]["confidence_threshold"] == 0.55 for d in devices(api).values())
+    assert all(d["reported"]["settings"]["judge"]["confidence_threshold"] == 0.55 for d in ours(api))
 
     # 1. A good model (the same answers, surer of them), in two waves.
     models = tmp_path / "models"
     good = tempered(weak, 1.5, models / "digits-sure.onnx")
     good_id = bundle(api, demo_assets, good, good, "digits")
     started = time.monotonic()
-    two_waves = {"target": {"group": "lobby"}, "waves": [0.33, 1.0], "soak_s": 1.0, "rules": {"min_frames": 40}}
+    two_waves = {"target": {"group": "rollout-lobby"}, "waves": [0.33, 1.0], "soak_s": 1.0, "rules": {"min_frames": 40}}
     rollout = api.send("POST", "/v1/admin/rollouts", {"bundle_id": good_id, **two_waves})
     status = finished(api, rollout["rollout_id"])
     took_s = time.monotonic() - started
     assert status["state"] == "COMPLETED", status
     assert status["waves"] == 2 and [d["state"] for d in status["devices"]] == ["active"] * 3
-    wait_for(lambda: all(d["model"].get("bundle_id") == good_id for d in devices(api).values()), 30, "reports")
+    wait_for(lambda: all(d["model"].get("bundle_id") == good_id for d in ours(api)), 30, "reports")
     good_timeline = [f"{e['t_s']:6.2f}s {e['event']}" for e in status["timeline"]]
 
     # 2. Signed, but its golden samples are another model's answers: refused in wave 1, no wave 2.
@@ -94,21 +99,21 @@ def test_rollouts_switch_refuse_and_roll_back_on_real_devices(tmp_path, demo_ass
     first = [d for d in by_wave.values() if d["wave"] == 0]
     assert len(first) == 1 and first[0]["reason"] == "golden_mismatch", first
     assert all(d["state"] == "waiting" for d in by_wave.values() if d["wave"] == 1)  # the second wave never went
-    assert all(d["model"]["bundle_id"] == good_id for d in devices(api).values())  # untouched
+    assert all(d["model"]["bundle_id"] == good_id for d in ours(api))  # untouched
     liar_timeline = [f"{e['t_s']:6.2f}s {e['event']}" for e in status["timeline"]]
 
     # 3. Passes its golden check, but is far less sure: each device's probation rolls it back.
     unsure = tempered(weak, 0.15, models / "digits-unsure.onnx")
     unsure_id = bundle(api, demo_assets, unsure, unsure, "digits")
     rollout = api.send("POST", "/v1/admin/rollouts",
-                       {"bundle_id": unsure_id, "target": {"group": "lobby"}, "waves": [1.0], "soak_s": 1.0,
+                       {"bundle_id": unsure_id, "target": {"group": "rollout-lobby"}, "waves": [1.0], "soak_s": 1.0,
                         "rules": {"max_failure_share": 0.5, "min_devices": 3}})  # fmt: skip
     status = finished(api, rollout["rollout_id"])
     assert status["state"] == "ABORTED", status
     rolled = status["devices"]
     assert all(d["state"] == "reverted" and d["reason"] == "probation_failed" for d in rolled), rolled
     assert all(d["detail"].startswith("escalation rate") for d in rolled), rolled  # what each device measured
-    wait_for(lambda: all(d["model"].get("bundle_id") == good_id for d in devices(api).values()), 30, "back on good")
+    wait_for(lambda: all(d["model"].get("bundle_id") == good_id for d in ours(api)), 30, "back on good")
     unsure_timeline = [f"{e['t_s']:6.2f}s {e['event']}" for e in status["timeline"]]
 
     for edge in edges.values():

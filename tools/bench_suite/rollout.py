@@ -66,9 +66,9 @@ class _Paced(EdgeRuntime):
         self.done_at.append(time.monotonic())
         return state
 
-    def swap_model(self, detector, manifest):  # type: ignore[no-untyped-def]
-        self.swapped_at.append(time.monotonic())
-        return super().swap_model(detector, manifest)
+    def model_swapped(self, manifest):  # type: ignore[no-untyped-def]
+        self.swapped_at.append(time.monotonic())  # the new detector is in; the next frame runs on it
+        super().model_swapped(manifest)
 
 
 def _wait(predicate: Any, timeout_s: float, what: str) -> None:
