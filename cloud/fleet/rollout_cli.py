@@ -115,8 +115,10 @@ def render(status: dict[str, Any]) -> list[str]:
             elif d["state"] in ("failed", "rolled_back") and d["reason"]:
                 lines.append(f"    {d['device_id']:<20} {d['state']}: {d['reason']} {d['detail'][:60]}")
     rules = status["rules"]
-    lines.append(f"  failure share {rules['failure_share']:.0%} of {rules['finished']} finished; "
-                 f"golden failures {rules['golden_failures']}")  # fmt: skip
+    lines.append(
+        f"  failure share {rules['failure_share']:.0%} of {rules['finished']} finished; "
+        f"golden failures {rules['golden_failures']}"
+    )
     return lines
 
 

@@ -41,8 +41,14 @@ def edges(tmp_path, demo_assets, mosquitto, rollout_hub) -> Iterator[dict[str, E
     folder.mkdir()
     made = {}
     for device_id in DEVICES:
-        base = edge_config(folder, demo_assets, type("NoGrpc", (), {"grpc_port": 1})(), mosquitto.port,
-                           device_id=device_id, threshold=0.6)  # fmt: skip
+        base = edge_config(
+            folder,
+            demo_assets,
+            type("NoGrpc", (), {"grpc_port": 1})(),
+            mosquitto.port,
+            device_id=device_id,
+            threshold=0.6,
+        )
         config = base.model_copy(
             update={
                 "transport": MqttTransportConfig(kind="mqtt"),
@@ -71,8 +77,11 @@ def test_rollouts_switch_refuse_and_roll_back_on_real_devices(tmp_path, demo_ass
     # A group's threshold, set on the hub, applied by running devices.
     lobby = {"name": "rollout-lobby", "settings": {"judge": {"confidence_threshold": 0.55}}}
     api.send("PUT", "/v1/admin/settings/group", lobby)
-    wait_for(lambda: all(d["in_sync"] and d["reported"]["applied_version"] >= 1 for d in ours(api)), 30,
-             "the lobby's threshold applied")  # fmt: skip
+    wait_for(
+        lambda: all(d["in_sync"] and d["reported"]["applied_version"] >= 1 for d in ours(api)),
+        30,
+        "the lobby's threshold applied",
+    )
     assert all(d["reported"]["settings"]["judge"]["confidence_threshold"] == 0.55 for d in ours(api))
 
     # 1. A good model (the same answers, surer of them), in two waves.
@@ -105,9 +114,17 @@ def test_rollouts_switch_refuse_and_roll_back_on_real_devices(tmp_path, demo_ass
     # 3. Passes its golden check, but is far less sure: each device's probation rolls it back.
     unsure = tempered(weak, 0.15, models / "digits-unsure.onnx")
     unsure_id = bundle(api, demo_assets, unsure, unsure, "digits")
-    rollout = api.send("POST", "/v1/admin/rollouts",
-                       {"bundle_id": unsure_id, "target": {"group": "rollout-lobby"}, "waves": [1.0], "soak_s": 1.0,
-                        "rules": {"max_failure_share": 0.5, "min_devices": 3}})  # fmt: skip
+    rollout = api.send(
+        "POST",
+        "/v1/admin/rollouts",
+        {
+            "bundle_id": unsure_id,
+            "target": {"group": "rollout-lobby"},
+            "waves": [1.0],
+            "soak_s": 1.0,
+            "rules": {"max_failure_share": 0.5, "min_devices": 3},
+        },
+    )
     status = finished(api, rollout["rollout_id"])
     assert status["state"] == "ABORTED", status
     rolled = status["devices"]
@@ -163,11 +180,37 @@ def test_the_fleet_from_the_command_line(tmp_path, demo_assets, mosquitto, rollo
         )
         wait_for(lambda: devices(api)["cam-cli"]["in_sync"], 30, "the setting applied")
         good = tempered(demo_assets / "models" / "digits-weak.onnx", 1.5, tmp_path / "digits-sure.onnx")
-        made = tandem("hub", "bundles", "--url", url, "create", "--name", "yard", "--version", "2",
-                      "--model", str(good), "--golden-images", str(demo_assets / "stream" / "images"))  # fmt: skip
+        made = tandem(
+            "hub",
+            "bundles",
+            "--url",
+            url,
+            "create",
+            "--name",
+            "yard",
+            "--version",
+            "2",
+            "--model",
+            str(good),
+            "--golden-images",
+            str(demo_assets / "stream" / "images"),
+        )
         assert made.startswith("yard-1: release 1")
-        watched = tandem("hub", "rollout", "--url", url, "start", "yard-1", "--group", "yard", "--waves", "1",
-                         "--soak", "0", "--watch")  # fmt: skip
+        watched = tandem(
+            "hub",
+            "rollout",
+            "--url",
+            url,
+            "start",
+            "yard-1",
+            "--group",
+            "yard",
+            "--waves",
+            "1",
+            "--soak",
+            "0",
+            "--watch",
+        )
         assert "COMPLETED" in watched and "[########################] 1 active" in watched
         assert "settings" in tandem("hub", "audit", "--url", url)
     finally:

@@ -28,8 +28,14 @@ RESULTS: dict[str, str] = {}
 def test_kill_9_at_each_update_step_leaves_one_complete_model(step, tmp_path, demo_assets, mosquitto, rollout_hub):
     hub_object, api = rollout_hub
     device_id = f"cam-kill-{step}"
-    base = edge_config(tmp_path, demo_assets, type("NoGrpc", (), {"grpc_port": 1})(), mosquitto.port,
-                       device_id=device_id, threshold=0.6)  # fmt: skip
+    base = edge_config(
+        tmp_path,
+        demo_assets,
+        type("NoGrpc", (), {"grpc_port": 1})(),
+        mosquitto.port,
+        device_id=device_id,
+        threshold=0.6,
+    )
     config = base.model_copy(
         update={
             "transport": MqttTransportConfig(kind="mqtt"),
@@ -45,8 +51,11 @@ def test_kill_9_at_each_update_step_leaves_one_complete_model(step, tmp_path, de
         wait_for(lambda: device_id in devices(api) and devices(api)[device_id]["telemetry"], 60, "the device")
         good = tempered(demo_assets / "models" / "digits-weak.onnx", 1.5, tmp_path / "digits-sure.onnx")
         bundle_id = bundle(api, demo_assets, good, good, "digits")
-        rollout = api.send("POST", "/v1/admin/rollouts", {"bundle_id": bundle_id, "target": {"devices": [device_id]},
-                                                          "soak_s": 0.0, "device_timeout_s": 600})  # fmt: skip
+        rollout = api.send(
+            "POST",
+            "/v1/admin/rollouts",
+            {"bundle_id": bundle_id, "target": {"devices": [device_id]}, "soak_s": 0.0, "device_timeout_s": 600},
+        )
         wait_for(lambda: slots.load().step == step, 60, f"the device to reach {step}")
         time.sleep(0.5)  # inside the failpoint's pause
         edge.kill()

@@ -103,8 +103,12 @@ def _bundle(api: httpx.Client, model: Path, demo: Path) -> str:
         sha256 = hashlib.sha256(data).hexdigest()
         api.put(f"/v1/artifacts/{sha256}", content=data).raise_for_status()
         files[name] = {"sha256": sha256, "role": role}
-    body = {"name": "bench", "version": model.stem, "files": files,
-            "model": {"model_id": model.stem, "file": "model.onnx", "golden": "golden.npz"}}  # fmt: skip
+    body = {
+        "name": "bench",
+        "version": model.stem,
+        "files": files,
+        "model": {"model_id": model.stem, "file": "model.onnx", "golden": "golden.npz"},
+    }
     reply = api.post("/v1/admin/bundles", json=body, headers={"Authorization": f"Bearer {TOKEN}"})
     reply.raise_for_status()
     return str(reply.json()["bundle_id"])
