@@ -140,7 +140,9 @@ class EscalationService:
             status = ResultStatus.TIMED_OUT if outcome.timed_out else ResultStatus.FAILED
             self.finish(self._failed(request, timings, outcome.error, status, plan, outcome.cost))
             return
-        answer = CachedAnswer(outcome.final, tuple(s.answer.prediction for s in outcome.steps if s.answer))
+        answer = CachedAnswer(
+            outcome.final, tuple(s.answer.prediction for s in outcome.steps if s.answer), request.device_id
+        )
         if key is not None:
             cache.put(key, answer)
         self.finish(self._answered(request, plan, answer, timings, outcome.cost))

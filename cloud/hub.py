@@ -223,6 +223,7 @@ class Hub:
             bundle=self.bundle_for_devices,
             on_new_device=self._preload_for,
             on_update=lambda device_id, update: self.rollouts.on_update(device_id, update),  # noqa: PLW0108 - built below
+            on_sleep=self._device_sleeps,
         )
         self._rollouts = RolloutService(self.rollout_store, self._fleet)
         self._fleet.start()
@@ -366,6 +367,17 @@ class Hub:
     async def _check_fleet(self) -> None:
         await asyncio.to_thread(self.fleet.check)
         await asyncio.to_thread(self.rollouts.check)
+
+    def _device_sleeps(self, device_id: str) -> None:
+        """A device went to SLEEP (the fleet check's thread): its cached answers go, on the event loop where the
+        cache lives. Its models need no telling: unused, they are the pool's least recently used, evicted first."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._release_cache, device_id)
+
+    def _release_cache(self, device_id: str) -> None:
+        released = self.service.cache.release(device_id)
+        if released:
+            logger.info("fleet: %s sleeps; %d cached answers released", device_id, released)
 
     def _preload_for(self, device: Device) -> None:
         """A new device (session INIT): load the models its routes name, so its first escalation does not wait

@@ -69,10 +69,11 @@ class FleetService:
         bundle: Callable[[str], BundleEnvelope] = _no_bundles,
         on_new_device: Callable[[Device], None] = lambda _device: None,
         on_update: Callable[[str, dict[str, Any]], None] = lambda _device_id, _update: None,
+        on_sleep: Callable[[str], None] = lambda _device_id: None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         """``bundle``: a bundle's envelope (with the hub's base_url) by id; ``on_update``: told each device's report
-        on a bundle (the rollouts)."""
+        on a bundle (the rollouts); ``on_sleep``: told each device that goes to SLEEP (its cache entries go)."""
         self.store = store
         self.config = config
         self._publish = publish
@@ -80,6 +81,7 @@ class FleetService:
         self._on_new_device = on_new_device
         self._bundle = bundle
         self._on_update = on_update
+        self._on_sleep = on_sleep
         self._clock = clock
         self._lock = threading.RLock()
         self._escalated: dict[str, float] = {}  # device -> last escalation, not yet written
@@ -175,6 +177,7 @@ class FleetService:
                 changed = replace(device, last_escalation_at=last)
                 if device.session is not Session.SLEEP and now - quiet_since >= self.config.sleep_after_s:
                     changed = self._enter(changed, Session.SLEEP, now)
+                    self._on_sleep(device.device_id)
                 if changed != device:
                     self.store.put(changed)
 

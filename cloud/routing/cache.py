@@ -26,6 +26,8 @@ from protocol.messages import EncodedImage, EscalationRequest, Prediction
 class CachedAnswer:
     final: Prediction
     outputs: tuple[Prediction, ...]
+    device_id: str = ""
+    """The device whose escalation computed it: its entries go when it sleeps (``release``)."""
 
 
 class ResultCache:
@@ -55,6 +57,14 @@ class ResultCache:
     def put(self, key: str, answer: CachedAnswer) -> None:
         if self.enabled:
             self._entries[key] = answer
+
+    def release(self, device_id: str) -> int:
+        """Drop the entries a device's escalations computed (the device went to sleep); returns how many.
+        Another device that sent the same input pays one model call for it again, nothing more."""
+        mine = [key for key, answer in self._entries.items() if answer.device_id == device_id]
+        for key in mine:
+            self._entries.pop(key, None)
+        return len(mine)
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -364,6 +364,16 @@ def test_cache_key_follows_input_and_routing_decision_and_entries_expire():
     assert len(cache) == 2
 
 
+def test_a_sleeping_devices_cached_answers_are_released_and_the_others_stay():
+    cache = ResultCache(Cache(ttl_s=60, max_entries=10), "digest")
+    for i in range(3):
+        cache.put(f"a{i}", CachedAnswer(answer("a", "cat", 0.9), (), device_id="cam-a"))
+    cache.put("b0", CachedAnswer(answer("a", "dog", 0.9), (), device_id="cam-b"))
+    assert cache.release("cam-a") == 3
+    assert len(cache) == 1 and cache.get("b0") is not None
+    assert cache.release("cam-a") == 0
+
+
 def test_changed_rules_change_every_cache_key():
     one = parse_routing(rules([{"name": "r", "steps": [{"model": "a"}]}]))
     two = parse_routing(rules([{"name": "r", "steps": [{"model": "a", "deadline_ms": 10}]}]))
