@@ -225,7 +225,7 @@ class Hub:
             on_update=lambda device_id, update: self.rollouts.on_update(device_id, update),  # noqa: PLW0108 - built below
             on_sleep=self._device_sleeps,
         )
-        self._rollouts = RolloutService(self.rollout_store, self._fleet)
+        self._rollouts = RolloutService(self.rollout_store, self._fleet, self.metrics)
         self._fleet.start()
         self._service = EscalationService(
             self.store,

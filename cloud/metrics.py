@@ -84,6 +84,12 @@ class HubMetrics:
             ["channel", "outcome"],
             registry=self.registry,
         )
+        self.rollouts = Counter(
+            "tandem_hub_rollouts",
+            "rollouts ended, by how (COMPLETED, ABORTED, ROLLED_BACK)",
+            ["state"],
+            registry=self.registry,
+        )
         self.desired_sent = Counter(
             "tandem_hub_desired_published", "desired states published to devices (retained)", registry=self.registry
         )

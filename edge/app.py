@@ -38,7 +38,7 @@ from edge.judge import Judge, JudgeDecision, JudgeInput, TraceMachine, TraceStat
 from edge.metrics import EdgeMetrics, RuntimeState
 from edge.models.agent import DesiredStateAgent, Identity
 from edge.models.host import ModelHost
-from edge.models.quality import FrameStat, Quality
+from edge.models.quality import Quality
 from edge.models.settings import HotSettings
 from edge.models.slots import Slots
 from edge.models.updater import Host, ModelUpdater
@@ -48,6 +48,7 @@ from edge.service import SystemdNotifier
 from edge.sources import Frame, FrameSource, LiveSource, SourceState, open_source
 from edge.sources.sensors import SensorState, open_sensor
 from edge.telemetry import Heartbeat, HeartbeatLoop
+from protocol import fleet
 from protocol.bundle import Manifest
 from protocol.codec import decode_escalation_ack, decode_result, encode_request, encode_result_ack
 from protocol.errors import ProtocolError
@@ -124,7 +125,7 @@ class EdgeRuntime:
                 self.models.prepare,
                 self.models.swap,
                 self.models.standing,
-                lambda status: self.fleet.update_status(status),  # noqa: PLW0108 - self.fleet is built below
+                self._model_update,
             ),
         )
         self.fleet = DesiredStateAgent(
@@ -292,13 +293,6 @@ class EdgeRuntime:
         uncertain = False
         if prediction is not None and frame.image is not None:
             reasons, escalation, uncertain = self._judge(trace_id, frame, frame.image, prediction, machine, now, live)
-        if frame.image is not None:  # the model's record, for a probation: an undecodable frame is not its fault
-            stat = (
-                FrameStat(True, prediction.inference_ms, uncertain, prediction.confidence)
-                if prediction is not None
-                else FrameStat(False, 0.0, False, 0.0)
-            )
-            self.quality.frame(stat)
         if machine.state is TraceState.UNJUDGEABLE:
             logger.warning("frame %s/%d unjudgeable: %s", frame.source_id, frame.index, machine.last_reason)
         deadline_at = now + live.escalation.deadline_ms / 1000.0 if escalation is not None else None
@@ -331,12 +325,14 @@ class EdgeRuntime:
             logger.warning("device store writable again")
             self._store_full = False
         self.metrics.count_frame(machine.state.value.lower())
-        self.heartbeat.frame(
-            prediction.confidence if prediction else None,
-            escalation is not None,
-            prediction.inference_ms if prediction else None,
-            uncertain,
-        )
+        if prediction is not None:  # the heartbeat's counts, and the model's record for a probation
+            confidence = prediction.confidence
+            self.heartbeat.frame(confidence, escalation is not None, prediction.inference_ms, uncertain)
+            self.quality.frame(True, prediction.inference_ms, uncertain, confidence)
+        else:
+            self.heartbeat.frame(None, False)
+            if frame.image is not None:  # an inference failure counts against the model; an undecodable frame not
+                self.quality.frame(False, 0.0, False, 0.0)
         self._recent.append(time.monotonic())
         self._turn()
         if prediction is not None:
@@ -511,6 +507,12 @@ class EdgeRuntime:
             old = self.live
             self.live = replace(old, **parts)  # type: ignore[arg-type]
         return old
+
+    def _model_update(self, status: fleet.UpdateStatus) -> None:
+        """Where a model update stands (the updater's thread): reported to the hub; an end is counted."""
+        if status.state in fleet.FINAL_STATES:
+            self.metrics.model_updates.labels(state=status.state.value, reason=status.reason or "-").inc()
+        self.fleet.update_status(status)
 
     def model_swapped(self, manifest: Optional[Manifest]) -> None:
         """A new model is in the frame loop (the updater's thread): its counters start, its judge settings apply."""

@@ -116,6 +116,12 @@ class EdgeMetrics:
         self.verdicts = Counter(
             "tandem_edge_verdicts", "Hub results by what they did to their trace", ["outcome"], registry=r
         )
+        self.model_updates = Counter(
+            "tandem_edge_model_updates",
+            "Model bundles the hub sent, by how they ended (active, failed, rolled_back) and why (a Refusal code)",
+            ["state", "reason"],
+            registry=r,
+        )
         self.ack_errors = Counter(
             "tandem_edge_result_ack_errors",
             "Result acknowledgements that could not be queued (the hub resends the result; the repeat is acked)",

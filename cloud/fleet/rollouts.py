@@ -36,6 +36,7 @@ from cloud.errors import HubError
 from cloud.fleet.rollout_store import DeviceRow, RolloutRow, RolloutStore
 from cloud.fleet.service import FleetService
 from cloud.fleet.store import Device
+from cloud.metrics import HubMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -154,9 +155,16 @@ def _mean(values: list[dict[str, float]], key: str) -> float:
 
 
 class RolloutService:
-    def __init__(self, store: RolloutStore, fleet: FleetService, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        store: RolloutStore,
+        fleet: FleetService,
+        metrics: Optional[HubMetrics] = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.store = store
         self.fleet = fleet
+        self._metrics = metrics
         self._clock = clock
         self._lock = threading.RLock()
 
@@ -338,6 +346,7 @@ class RolloutService:
         rollout.state = RolloutState.COMPLETED.value
         self._event(rollout, "completed")
         self.store.put(rollout)
+        self._ended(RolloutState.COMPLETED)
 
     def _broken_rule(self, rollout: RolloutRow, spec: RolloutSpec, devices: list[DeviceRow]) -> Optional[str]:
         rules, values = spec.rules, self._rule_values(rollout, devices)
@@ -414,7 +423,12 @@ class RolloutService:
         rollout.state, rollout.reason = state.value, reason
         self._event(rollout, f"{state.value.lower()}: {reason}; {len(rows)} devices sent back")
         self.store.put(rollout, rows)
+        self._ended(state)
         return rollout
+
+    def _ended(self, state: RolloutState) -> None:
+        if self._metrics is not None:
+            self._metrics.rollouts.labels(state=state.value).inc()
 
     def _supersede(self, device_ids: list[str], by: str) -> None:
         wanted = set(device_ids)

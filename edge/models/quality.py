@@ -12,15 +12,14 @@ from __future__ import annotations
 import collections
 import threading
 from dataclasses import asdict, dataclass
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 import numpy as np
 
 from edge.config import ProbationConfig
 
 
-@dataclass(frozen=True)
-class FrameStat:
+class FrameStat(NamedTuple):
     ok: bool
     latency_ms: float
     uncertain: bool
@@ -86,18 +85,22 @@ def verdict(baseline: Optional[Summary], trial: Summary, bounds: ProbationConfig
 
 
 class Quality:
-    """Fed once per frame by the frame loop; the baseline window is always kept, probation only while asked."""
+    """Fed once per frame by the frame loop; the baseline window is always kept, probation only while asked.
+
+    ``frame`` takes no lock (it is on the frame path): a deque's and a list's append are atomic, and a frame
+    that lands in a trial list just abandoned by ``end_trial`` is one frame of a finished probation."""
 
     def __init__(self, window: int) -> None:
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # for the trial's start and end, not for frames
         self._recent: collections.deque[FrameStat] = collections.deque(maxlen=window)
         self._trial: Optional[list[FrameStat]] = None
 
-    def frame(self, stat: FrameStat) -> None:
-        with self._lock:
-            self._recent.append(stat)
-            if self._trial is not None:
-                self._trial.append(stat)
+    def frame(self, ok: bool, latency_ms: float, uncertain: bool, confidence: float) -> None:
+        stat = FrameStat(ok, latency_ms, uncertain, confidence)
+        self._recent.append(stat)
+        trial = self._trial
+        if trial is not None:
+            trial.append(stat)
 
     def baseline(self) -> Optional[Summary]:
         with self._lock:

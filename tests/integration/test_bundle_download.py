@@ -129,6 +129,7 @@ def test_a_refused_bundle_leaves_the_running_model_byte_identical(tmp_path, demo
         runtime.fleet.on_desired(fleet.encode(desired))
         wait_for(lambda: reports and reports[-1].update and reports[-1].update.state.value == "failed", 30, "refusal")
         assert reports[-1].update.reason == "too_large"
+        assert runtime.metrics.value("model_updates", state="failed", reason="too_large") == 1
         assert runtime.detector is detector and runtime.run(max_frames=5) == 5
         assert hashlib.sha256(own_model.read_bytes()).hexdigest() == before
         assert runtime.models.active_model().model_id == "digits-weak" and runtime.slots.load().active is None

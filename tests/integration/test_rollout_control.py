@@ -77,6 +77,9 @@ def test_pause_resume_abort_and_rollback(tmp_path, demo_assets, rollout_hub, fle
     wait_for(lambda: models(api) == [""] * 3, 30, "the first wave back on its own model")
     aborted = status(api, rid)
     assert aborted["state"] == "ABORTED" and "aborted by an operator (ops)" in aborted["reason"]
+    metrics = api.client.get("/metrics").text
+    assert 'tandem_hub_rollouts_total{state="ABORTED"} 1.0' in metrics
+    assert 'tandem_hub_rollouts_total{state="ROLLED_BACK"} 1.0' in metrics
     audit = [e["action"] for e in api.get("/v1/admin/audit")]
     assert {"rollout_start", "rollout_paused", "rollout_running", "rollout_rollback", "rollout_abort"} <= set(audit)
 

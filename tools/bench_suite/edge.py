@@ -169,7 +169,7 @@ def overhead(work: Path, frames: list[Frame], passes: int, threshold: float) -> 
         "overhead",
     )
     timed = TimedDetector(runtime.detector)
-    runtime.detector = timed
+    runtime.models.swap(timed, None)  # the frame loop now runs the timed wrapper
     timed.start()
     samples = []
     for _ in range(passes):
