@@ -4,13 +4,11 @@ one per device in it."""
 from __future__ import annotations
 
 import json
-import sqlite3
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from cloud.errors import HubError
+from cloud.sqlite import SqliteFile
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS rollouts (rollout_id TEXT PRIMARY KEY, spec TEXT NOT NULL, state TEXT NOT NULL,"
@@ -60,71 +58,38 @@ _D = ("rollout_id", "device_id", "wave", "state", "progress", "reason", "detail"
 _R_JSON = ("spec", "baseline", "timeline")
 
 
-class RolloutStore:
+class RolloutStore(SqliteFile):
     def __init__(self, path: Path) -> None:
-        self.path = path
-        self._lock = threading.Lock()
-        self._conn: Optional[sqlite3.Connection] = None
-
-    def open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10.0)
-        conn.execute("PRAGMA journal_mode=WAL")
-        for statement in _SCHEMA:
-            conn.execute(statement)
-        self._conn = conn
-
-    def close(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
-
-    def _db(self) -> sqlite3.Connection:
-        if self._conn is None:
-            raise HubError("the rollout store is not open")
-        return self._conn
+        super().__init__(path, "rollout store", _SCHEMA)
 
     def put(self, rollout: RolloutRow, devices: Optional[list[DeviceRow]] = None) -> None:
         """Write a rollout (and some of its devices) in one transaction."""
         values = [json.dumps(getattr(rollout, c)) if c in _R_JSON else getattr(rollout, c) for c in _R]
-        with self._lock:
-            db = self._db()
-            db.execute("BEGIN IMMEDIATE")
-            try:
+        with self.transaction() as db:
+            db.execute(f"INSERT OR REPLACE INTO rollouts ({', '.join(_R)}) VALUES ({', '.join('?' * len(_R))})", values)
+            for device in devices or ():
                 db.execute(
-                    f"INSERT OR REPLACE INTO rollouts ({', '.join(_R)}) VALUES ({', '.join('?' * len(_R))})", values
+                    f"INSERT OR REPLACE INTO rollout_devices ({', '.join(_D)}) VALUES ({', '.join('?' * len(_D))})",
+                    [getattr(device, c) for c in _D],
                 )
-                for device in devices or ():
-                    row = [getattr(device, c) for c in _D]
-                    db.execute(
-                        f"INSERT OR REPLACE INTO rollout_devices ({', '.join(_D)}) VALUES ({', '.join('?' * len(_D))})",
-                        row,
-                    )
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
 
     def get(self, rollout_id: str) -> Optional[RolloutRow]:
-        with self._lock:
-            found = self._db().execute(f"SELECT {', '.join(_R)} FROM rollouts WHERE rollout_id = ?", (rollout_id,))
-            row = found.fetchone()
+        with self.connection() as db:
+            row = db.execute(f"SELECT {', '.join(_R)} FROM rollouts WHERE rollout_id = ?", (rollout_id,)).fetchone()
         return _rollout(row) if row else None
 
     def rollouts(self, states: Optional[tuple[str, ...]] = None) -> list[RolloutRow]:
-        with self._lock:
-            rows = self._db().execute(f"SELECT {', '.join(_R)} FROM rollouts ORDER BY created_at").fetchall()
+        with self.connection() as db:
+            rows = db.execute(f"SELECT {', '.join(_R)} FROM rollouts ORDER BY created_at").fetchall()
         found = [_rollout(r) for r in rows]
         return [r for r in found if states is None or r.state in states]
 
     def devices(self, rollout_id: str) -> list[DeviceRow]:
-        with self._lock:
-            rows = self._db().execute(
+        with self.connection() as db:
+            found = db.execute(
                 f"SELECT {', '.join(_D)} FROM rollout_devices WHERE rollout_id = ? ORDER BY wave, device_id",
                 (rollout_id,),
-            )
-            found = rows.fetchall()
+            ).fetchall()
         return [DeviceRow(*r) for r in found]
 
 

@@ -12,12 +12,11 @@ from __future__ import annotations
 import enum
 import json
 import sqlite3
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from cloud.errors import HubError
+from cloud.sqlite import SqliteFile
 
 
 class Session(str, enum.Enum):
@@ -101,43 +100,22 @@ _SCHEMA = (
 )
 
 
-class FleetStore:
+class FleetStore(SqliteFile):
     def __init__(self, path: Path) -> None:
-        self.path = path
-        self._lock = threading.Lock()
-        self._conn: Optional[sqlite3.Connection] = None
-
-    def open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10.0)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
-        for statement in _SCHEMA:
-            conn.execute(statement)
-        self._conn = conn
-
-    def close(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
-
-    def _db(self) -> sqlite3.Connection:
-        if self._conn is None:
-            raise HubError("the fleet store is not open")
-        return self._conn
+        super().__init__(path, "fleet store", _SCHEMA)
 
     # -- devices -----------------------------------------------------------------------------------------------
 
     def get(self, device_id: str) -> Optional[Device]:
-        with self._lock:
-            row = self._db().execute(f"SELECT {', '.join(_COLUMNS)} FROM devices WHERE device_id = ?", (device_id,))
-            found = row.fetchone()
+        with self.connection() as db:
+            found = db.execute(
+                f"SELECT {', '.join(_COLUMNS)} FROM devices WHERE device_id = ?", (device_id,)
+            ).fetchone()
         return _device(found) if found else None
 
     def devices(self) -> list[Device]:
-        with self._lock:
-            rows = self._db().execute(f"SELECT {', '.join(_COLUMNS)} FROM devices ORDER BY device_id").fetchall()
+        with self.connection() as db:
+            rows = db.execute(f"SELECT {', '.join(_COLUMNS)} FROM devices ORDER BY device_id").fetchall()
         return [_device(r) for r in rows]
 
     def put(self, device: Device) -> None:
@@ -150,40 +128,31 @@ class FleetStore:
         ]
         row[_COLUMNS.index("session")] = device.session.value
         placeholders = ", ".join("?" * len(_COLUMNS))
-        with self._lock:
-            self._db().execute(f"INSERT OR REPLACE INTO devices ({', '.join(_COLUMNS)}) VALUES ({placeholders})", row)
+        with self.connection() as db:
+            db.execute(f"INSERT OR REPLACE INTO devices ({', '.join(_COLUMNS)}) VALUES ({placeholders})", row)
 
     # -- settings and audit -------------------------------------------------------------------------------------
 
     def layers(self) -> list[SettingsLayer]:
-        with self._lock:
-            rows = self._db().execute("SELECT scope, name, settings, updated_at, updated_by FROM settings").fetchall()
+        with self.connection() as db:
+            rows = db.execute("SELECT scope, name, settings, updated_at, updated_by FROM settings").fetchall()
         return [SettingsLayer(Scope(s), n, json.loads(body), at, by) for s, n, body, at, by in rows]
 
     def set_layer(self, layer: SettingsLayer, detail: dict[str, Any]) -> None:
         """Write (or, with no settings, delete) one scope's settings, and its audit entry, in one transaction."""
-        with self._lock:
-            db = self._db()
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                if layer.settings:
-                    db.execute(
-                        "INSERT OR REPLACE INTO settings VALUES (?, ?, ?, ?, ?)",
-                        (layer.scope.value, layer.name, json.dumps(layer.settings), layer.updated_at, layer.updated_by),
-                    )
-                else:
-                    db.execute("DELETE FROM settings WHERE scope = ? AND name = ?", (layer.scope.value, layer.name))
-                self._audit(
-                    db, layer.updated_at, layer.updated_by, "settings", f"{layer.scope.value}:{layer.name}", detail
+        with self.transaction() as db:
+            if layer.settings:
+                db.execute(
+                    "INSERT OR REPLACE INTO settings VALUES (?, ?, ?, ?, ?)",
+                    (layer.scope.value, layer.name, json.dumps(layer.settings), layer.updated_at, layer.updated_by),
                 )
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+            else:
+                db.execute("DELETE FROM settings WHERE scope = ? AND name = ?", (layer.scope.value, layer.name))
+            self._audit(db, layer.updated_at, layer.updated_by, "settings", f"{layer.scope.value}:{layer.name}", detail)
 
     def audit(self, at: float, who: str, action: str, target: str, detail: dict[str, Any]) -> None:
-        with self._lock:
-            self._audit(self._db(), at, who, action, target, detail)
+        with self.connection() as db:
+            self._audit(db, at, who, action, target, detail)
 
     @staticmethod
     def _audit(db: sqlite3.Connection, at: float, who: str, action: str, target: str, detail: dict[str, Any]) -> None:
@@ -193,11 +162,10 @@ class FleetStore:
         )
 
     def audit_log(self, limit: int = 100) -> list[dict[str, Any]]:
-        with self._lock:
-            rows = self._db().execute(
+        with self.connection() as db:
+            found = db.execute(
                 "SELECT at, who, action, target, detail FROM audit ORDER BY id DESC LIMIT ?", (limit,)
-            )
-            found = rows.fetchall()
+            ).fetchall()
         return [
             {"at": at, "who": who, "action": action, "target": target, "detail": json.loads(detail)}
             for at, who, action, target, detail in found

@@ -25,11 +25,15 @@ from edge.config import (
     EscalationConfig,
     GrpcConfig,
     JudgeConfig,
+    ModelsConfig,
     MqttConfig,
+    MqttTransportConfig,
     OutboxConfig,
+    ProbationConfig,
     ServiceConfig,
     SourceConfig,
 )
+from edge.config import FleetConfig as DeviceFleet
 from tandem.broker import MosquittoBroker, find_mosquitto, free_port, wait_for_port
 from tests.support.fleet import TOKEN, Api, HttpThread, HubThread
 
@@ -177,7 +181,7 @@ def hub(demo_assets, mosquitto, tmp_path_factory) -> Iterator[HubProcess]:
 def edge_config(
     tmp_path: Path,
     demo_assets: Path,
-    hub: HubProcess,
+    hub: HubProcess | _NoGrpc,
     mqtt_port: int,
     *,
     device_id: str,
@@ -223,3 +227,36 @@ def rollout_hub(tmp_path, demo_assets, mosquitto, hub) -> Iterator[tuple[Hub, Ap
         api = Api(port)
         yield hub_object, api
         api.client.close()
+
+
+def fleet_device_config(
+    folder: Path,
+    demo_assets: Path,
+    mqtt_port: int,
+    device_id: str,
+    *,
+    group: str,
+    root_key: str,
+    fps: float = 20.0,
+    probation_frames: int = 60,
+) -> EdgeConfig:
+    """A device of a managed fleet: escalations over MQTT, the demo stream looped at ``fps``, heartbeats every
+    0.5 s, bundles trusted from ``root_key``."""
+    base = edge_config(folder, demo_assets, _NO_GRPC, mqtt_port, device_id=device_id, threshold=0.6)
+    return base.model_copy(
+        update={
+            "transport": MqttTransportConfig(kind="mqtt"),
+            "source": SourceConfig(kind="images", path=demo_assets / "stream" / "images", max_fps=fps, loop=True),
+            "fleet": DeviceFleet(group=group, telemetry_interval_s=0.5),
+            "models": ModelsConfig(
+                root_keys=[root_key], probation=ProbationConfig(frames=probation_frames, max_s=30.0)
+            ),
+        }
+    )
+
+
+class _NoGrpc:
+    grpc_port = 1  # escalations go over MQTT; nothing listens here
+
+
+_NO_GRPC = _NoGrpc()

@@ -15,10 +15,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from edge.config import FleetConfig as DeviceFleet
-from edge.config import ModelsConfig, MqttTransportConfig, ProbationConfig, SourceConfig
+from edge.config import ModelsConfig, ProbationConfig
 from tandem.cli import main
-from tests.integration.conftest import edge_config
+from tests.integration.conftest import fleet_device_config
 from tests.integration.test_fleet import Device
 from tests.support.bundles import tempered
 from tests.support.fleet import TOKEN, EdgeProcess, bundle, devices, finished
@@ -41,24 +40,13 @@ def edges(tmp_path, demo_assets, mosquitto, rollout_hub) -> Iterator[dict[str, E
     folder.mkdir()
     made = {}
     for device_id in DEVICES:
-        base = edge_config(
+        config = fleet_device_config(
             folder,
             demo_assets,
-            type("NoGrpc", (), {"grpc_port": 1})(),
             mosquitto.port,
-            device_id=device_id,
-            threshold=0.6,
-        )
-        config = base.model_copy(
-            update={
-                "transport": MqttTransportConfig(kind="mqtt"),
-                "source": SourceConfig(kind="images", path=demo_assets / "stream" / "images", max_fps=20.0, loop=True),
-                "fleet": DeviceFleet(group="rollout-lobby", telemetry_interval_s=0.5),
-                "models": ModelsConfig(
-                    root_keys=[hub_object.keys().root_public],
-                    probation=ProbationConfig(frames=60, max_s=30.0),
-                ),
-            }
+            device_id,
+            group="rollout-lobby",
+            root_key=hub_object.keys().root_public,
         )
         made[device_id] = EdgeProcess(folder, config)
     for edge in made.values():

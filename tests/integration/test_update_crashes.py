@@ -11,11 +11,10 @@ import time
 
 import pytest
 
-from edge.config import FleetConfig as DeviceFleet
-from edge.config import ModelsConfig, MqttTransportConfig, ProbationConfig, SourceConfig, fleet_state_dir
+from edge.config import fleet_state_dir
 from edge.models.failpoints import STEPS
 from edge.models.slots import Slots
-from tests.integration.conftest import edge_config
+from tests.integration.conftest import fleet_device_config
 from tests.support.bundles import tempered
 from tests.support.fleet import EdgeProcess, bundle, devices, finished
 from tests.support.report import report
@@ -28,21 +27,16 @@ RESULTS: dict[str, str] = {}
 def test_kill_9_at_each_update_step_leaves_one_complete_model(step, tmp_path, demo_assets, mosquitto, rollout_hub):
     hub_object, api = rollout_hub
     device_id = f"cam-kill-{step}"
-    base = edge_config(
+    root_key = hub_object.keys().root_public
+    config = fleet_device_config(
         tmp_path,
         demo_assets,
-        type("NoGrpc", (), {"grpc_port": 1})(),
         mosquitto.port,
-        device_id=device_id,
-        threshold=0.6,
-    )
-    config = base.model_copy(
-        update={
-            "transport": MqttTransportConfig(kind="mqtt"),
-            "source": SourceConfig(kind="images", path=demo_assets / "stream" / "images", max_fps=30.0, loop=True),
-            "fleet": DeviceFleet(group=f"kill-{step}", telemetry_interval_s=0.5),
-            "models": ModelsConfig(root_keys=[hub_object.keys().root_public], probation=ProbationConfig(frames=30)),
-        }
+        device_id,
+        group=f"kill-{step}",
+        root_key=root_key,
+        fps=30.0,
+        probation_frames=30,
     )
     edge = EdgeProcess(tmp_path, config)
     slots = Slots(fleet_state_dir(config))
