@@ -213,9 +213,9 @@ class ModelUpdater:
             now = time.monotonic()
             if now - last >= PROGRESS_REPORT_S:
                 last = now
-                self._publish(
-                    bundle_id, UpdateState.DOWNLOADING, target=target, progress=min(1.0, (done + have) / total)
-                )
+                share = min(1.0, (done + have) / total)
+                logger.info("models: downloading %s: %.0f%% of %d bytes", bundle_id, 100 * share, total)
+                self._publish(bundle_id, UpdateState.DOWNLOADING, target=target, progress=share)
 
         try:
             for name, entry in manifest.files.items():
