@@ -41,6 +41,7 @@ from protocol.fleet import UpdateState, UpdateStatus
 logger = logging.getLogger(__name__)
 
 PROGRESS_REPORT_S = 1.0  # at most one downloading report a second
+_OUTCOMES = {"active": UpdateState.ACTIVE, "failed": UpdateState.FAILED, "rolled_back": UpdateState.ROLLED_BACK}
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,18 @@ class ModelUpdater:
         if self._interrupted:
             logger.warning("models: a restart interrupted the update at step %s", self._interrupted)
             self._publish(self._state.update.get("bundle_id", ""), UpdateState.PENDING, recovered=self._interrupted)
+        elif self._state.history:  # the last update's outcome, so the hub's view survives this restart
+            last = self._state.history[-1]
+            state = _OUTCOMES.get(last.get("outcome", ""))
+            if state is not None:
+                self.status = self._status(
+                    last.get("bundle_id", ""),
+                    state,
+                    last.get("rollout_id", ""),
+                    reason=last.get("reason", ""),
+                    detail=last.get("detail", ""),
+                )
+                self._host.on_status(self.status)
         self._thread.start()
 
     def want(self, target: Target) -> None:
@@ -350,7 +363,7 @@ class ModelUpdater:
         for event in reversed(self._state.history):
             if event.get("bundle_id") == (bundle_id or "") and event.get("rollout_id") == rollout_id:
                 if event.get("outcome") in ("failed", "rolled_back"):
-                    state = UpdateState.FAILED if event["outcome"] == "failed" else UpdateState.ROLLED_BACK
+                    state = _OUTCOMES[event["outcome"]]
                     return self._status(
                         bundle_id or "",
                         state,

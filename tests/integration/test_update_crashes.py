@@ -64,6 +64,12 @@ def test_kill_9_at_each_update_step_leaves_one_complete_model(step, tmp_path, de
         wait_for(lambda: devices(api)[device_id]["model"].get("bundle_id") == bundle_id, 30, "the device's report")
         log = edge.log.read_text()
         assert f"a restart interrupted the update at step {step}" in log
+        if step == STEPS[-1]:  # a plain restart afterwards: the hub still hears how the last update ended
+            edge.stop()
+            restarted = time.time()
+            edge.start()
+            wait_for(lambda: devices(api)[device_id]["update"].get("at", 0) > restarted, 30, "the restarted report")
+            assert devices(api)[device_id]["update"]["state"] == "active"
     finally:
         edge.stop()
     after = slots.load()
