@@ -45,8 +45,9 @@ logger = logging.getLogger(__name__)
 
 
 def topic_filters(share_group: str) -> list[str]:
-    """Escalations, result acks and availability of every device, shared among the replicas of one hub (its MQTT
-    user name): another hub on the same broker has its own group, so it never takes this hub's messages."""
+    """Escalations, result acks, availability, reports and heartbeats of every device, shared among the replicas
+    of one hub (its MQTT user name): another hub on the same broker has its own group, so it never takes this
+    hub's messages."""
     channels = (Channel.ESCALATIONS, Channel.ACKS, Channel.AVAILABILITY, Channel.REPORTED, Channel.TELEMETRY)
     return [f"$share/{share_group}/{PREFIX}/+/{c.value}" for c in channels]
 
@@ -134,6 +135,8 @@ class MqttEscalations:
         """What a device says about itself: its availability, its report, its heartbeat. A malformed one is
         logged, counted and dropped."""
         device_id, channel = topic.device_id, topic.channel
+        if not payload:  # a retained message cleared (an empty retained publish): nothing is said
+            return
         if channel is Channel.AVAILABILITY:
             if payload not in (b"online", b"offline"):
                 logger.error("mqtt ingress: availability %r from %s is neither online nor offline", payload, device_id)

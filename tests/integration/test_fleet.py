@@ -18,8 +18,7 @@ from edge.app import EdgeRuntime
 from edge.config import FleetConfig as DeviceFleet
 from edge.config import MqttTransportConfig, SourceConfig
 from edge.judge import TraceState
-from protocol import fleet
-from protocol.topics import DeviceTopic
+from protocol.topics import Channel, DeviceTopic
 from tests.integration.conftest import edge_config
 from tests.integration.test_hub_local import HubThread
 from tests.support.waiting import wait_for
@@ -174,13 +173,15 @@ def test_a_device_that_goes_quiet_is_shown_silent_then_asleep(fleet_hub, mosquit
         wait_for(lambda: listed(api)["cam-quiet"]["status"] == "silent", 30, "silent after silent_after_s")
         assert listed(api)["cam-quiet"]["last_seen_age_s"] >= 3.0
         wait_for(lambda: listed(api)["cam-quiet"]["session"] == "SLEEP", 30, "SLEEP after sleep_after_s")
+        # Clearing the retained availability (an empty message) is not a malformed one; a heartbeat that names
+        # another device on this one's topic is.
+        client.publish(str(DeviceTopic.availability("cam-quiet")), b"", qos=1, retain=True).wait_for_publish(5)
         bad = b'{"schema_version": 1, "device_id": "cam-other", "sent_at": 1}'
-        client.publish(f"tandem/v1/devices/cam-quiet/{fleet.Telemetry.__name__.lower()}", bad, qos=1).wait_for_publish(
-            5
-        )
-        text = api.get("/metrics").text
+        client.publish(str(DeviceTopic("cam-quiet", Channel.TELEMETRY)), bad, qos=1).wait_for_publish(5)
         wait_for(lambda: 'channel="telemetry",outcome="MalformedMessage"' in api.get("/metrics").text, 30, "a metric")
+        text = api.get("/metrics").text
         assert 'tandem_hub_device_sessions_total{state="SLEEP"}' in text
+        assert 'channel="availability",outcome="MalformedMessage"' not in text
     finally:
         client.publish(str(DeviceTopic.availability("cam-quiet")), b"", qos=1, retain=True).wait_for_publish(5)
         client.disconnect()
