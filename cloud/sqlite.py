@@ -14,11 +14,22 @@ from cloud.errors import HubError
 
 
 class SqliteFile:
-    def __init__(self, path: Path, name: str, schema: Sequence[str]) -> None:
-        """``name``: what the store is called in errors; ``schema``: statements run at every open (idempotent)."""
+    def __init__(
+        self,
+        path: Path,
+        name: str,
+        schema: Sequence[str],
+        *,
+        synchronous: str = "NORMAL",
+        closed_error: type[HubError] = HubError,
+    ) -> None:
+        """``name``: what the store is called in errors; ``schema``: statements run at every open (idempotent);
+        ``closed_error``: raised by a call while the file is not open."""
         self.path = path
         self._name = name
         self._schema = schema
+        self._synchronous = synchronous
+        self._closed_error = closed_error
         self._lock = threading.Lock()
         self._conn: Optional[sqlite3.Connection] = None
 
@@ -26,7 +37,7 @@ class SqliteFile:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10.0)
         conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute(f"PRAGMA synchronous={self._synchronous}")
         for statement in self._schema:
             conn.execute(statement)
         self._conn = conn
@@ -42,7 +53,7 @@ class SqliteFile:
         """The connection, held for the block: one statement, or a ``transaction``."""
         with self._lock:
             if self._conn is None:
-                raise HubError(f"the {self._name} is not open")
+                raise self._closed_error(f"the {self._name} is not open")
             yield self._conn
 
     @contextmanager

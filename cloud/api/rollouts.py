@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 from cloud.api.fleet import FleetAccess, operator_auth
 from cloud.errors import HubError, http_status
 from cloud.fleet.bundles import BundleRequest
-from cloud.fleet.rollouts import RolloutSpec
+from cloud.fleet.rollout_spec import RolloutSpec
 from protocol.bundle import ModelSection
 
 DAY_S = 86400.0

@@ -181,10 +181,6 @@ class FleetService:
                 if changed != device:
                     self.store.put(changed)
 
-    def sleeping(self) -> set[str]:
-        with self._lock:
-            return {d for d, s in self._sessions.items() if s is Session.SLEEP}
-
     # -- desired state ----------------------------------------------------------------------------------------
 
     def set_settings(self, scope: Scope, name: str, settings: dict[str, Any], who: str) -> list[str]:

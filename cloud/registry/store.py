@@ -18,6 +18,7 @@ from typing import Any, Optional
 
 from cloud.errors import IllegalStatusChange, ModelExists, ModelNotFound, RegistryError
 from cloud.registry.models import TRANSITIONS, ModelSpec, ModelStatus, ModelUpdate, ModelVersion
+from cloud.sqlite import SqliteFile
 
 
 class Registry(abc.ABC):
@@ -53,35 +54,25 @@ class Registry(abc.ABC):
         return self.update(name, version, ModelUpdate(status=ModelStatus.RETIRED))
 
 
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS models (name TEXT NOT NULL, version TEXT NOT NULL, body TEXT NOT NULL,"
+    " task TEXT NOT NULL, precision TEXT NOT NULL, status TEXT NOT NULL, PRIMARY KEY (name, version))",
+)
+
+
 class SqliteRegistry(Registry):
     def __init__(self, path: Path, artifacts: Path, clock: Callable[[], float] = time.time) -> None:
-        self._path = path
         self._artifacts = artifacts
         self._clock = clock
-        self._lock = threading.Lock()
-        self._conn: Optional[sqlite3.Connection] = None
+        # FULL: a registered version survives a power cut (the registry is written rarely).
+        self._file = SqliteFile(path, "registry", _SCHEMA, synchronous="FULL", closed_error=RegistryError)
 
     def open(self) -> None:
-        self._path.parent.mkdir(parents=True, exist_ok=True)
         self._artifacts.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False, timeout=10.0)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute(
-            "CREATE TABLE IF NOT EXISTS models (name TEXT NOT NULL, version TEXT NOT NULL, body TEXT NOT NULL,"
-            " task TEXT NOT NULL, precision TEXT NOT NULL, status TEXT NOT NULL, PRIMARY KEY (name, version))"
-        )
-        self._conn = conn
+        self._file.open()
 
     def close(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
-
-    def _db(self) -> sqlite3.Connection:
-        if self._conn is None:
-            raise RegistryError("the registry is not open")
-        return self._conn
+        self._file.close()
 
     def put_artifact(self, artifact: bytes) -> str:
         if not artifact:
@@ -106,9 +97,9 @@ class SqliteRegistry(Registry):
             registered_at=now,
             updated_at=now,
         )
-        with self._lock:
+        with self._file.connection() as db:
             try:
-                self._db().execute(
+                db.execute(
                     "INSERT INTO models (name, version, body, task, precision, status) VALUES (?, ?, ?, ?, ?, ?)",
                     (
                         model.name,
@@ -124,10 +115,8 @@ class SqliteRegistry(Registry):
         return model
 
     def get(self, name: str, version: str) -> ModelVersion:
-        with self._lock:
-            row = (
-                self._db().execute("SELECT body FROM models WHERE name = ? AND version = ?", (name, version)).fetchone()
-            )
+        with self._file.connection() as db:
+            row = db.execute("SELECT body FROM models WHERE name = ? AND version = ?", (name, version)).fetchone()
         if row is None:
             raise ModelNotFound(f"no model {name} {version}")
         return ModelVersion.model_validate_json(row[0])
@@ -153,37 +142,30 @@ class SqliteRegistry(Registry):
                 where.append(f"{column} = ?")
                 params.append(value)
         sql = "SELECT body FROM models" + (f" WHERE {' AND '.join(where)}" if where else "") + " ORDER BY name, version"
-        with self._lock:
-            rows = self._db().execute(sql, params).fetchall()
+        with self._file.connection() as db:
+            rows = db.execute(sql, params).fetchall()
         models = [ModelVersion.model_validate_json(r[0]) for r in rows]
         return [m for m in models if tag is None or tag in m.tags]
 
     def update(self, name: str, version: str, change: ModelUpdate) -> ModelVersion:
-        with self._lock:
-            conn = self._db()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                row = conn.execute("SELECT body FROM models WHERE name = ? AND version = ?", (name, version)).fetchone()
-                if row is None:
-                    raise ModelNotFound(f"no model {name} {version}")
-                model = ModelVersion.model_validate_json(row[0])
-                fields: dict[str, Any] = change.model_dump(exclude_none=True)
-                new_status = fields.get("status")
-                moving = new_status is not None and new_status != model.status
-                if moving and new_status not in TRANSITIONS[model.status]:
-                    raise IllegalStatusChange(
-                        f"{name} {version} cannot go from {model.status.value} to {ModelStatus(new_status).value}"
-                    )
-                updated = model.model_copy(update={**fields, "updated_at": self._clock()})
-                updated = ModelVersion.model_validate(updated.model_dump())  # re-check the merged fields
-                conn.execute(
-                    "UPDATE models SET body = ?, status = ? WHERE name = ? AND version = ?",
-                    (updated.model_dump_json(), updated.status.value, name, version),
+        with self._file.transaction() as conn:
+            row = conn.execute("SELECT body FROM models WHERE name = ? AND version = ?", (name, version)).fetchone()
+            if row is None:
+                raise ModelNotFound(f"no model {name} {version}")
+            model = ModelVersion.model_validate_json(row[0])
+            fields: dict[str, Any] = change.model_dump(exclude_none=True)
+            new_status = fields.get("status")
+            moving = new_status is not None and new_status != model.status
+            if moving and new_status not in TRANSITIONS[model.status]:
+                raise IllegalStatusChange(
+                    f"{name} {version} cannot go from {model.status.value} to {ModelStatus(new_status).value}"
                 )
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+            updated = model.model_copy(update={**fields, "updated_at": self._clock()})
+            updated = ModelVersion.model_validate(updated.model_dump())  # re-check the merged fields
+            conn.execute(
+                "UPDATE models SET body = ?, status = ? WHERE name = ? AND version = ?",
+                (updated.model_dump_json(), updated.status.value, name, version),
+            )
         return updated
 
     def artifact(self, name: str, version: str) -> Path:

@@ -92,7 +92,6 @@ class ModelUpdater:
         self._state = SlotState()
         self._manifests: dict[Optional[str], Optional[Manifest]] = {None: None}
         self._thread = threading.Thread(target=self._run, name="edge-models", daemon=True)
-        self.status: Optional[UpdateStatus] = None
         self._interrupted = ""
 
     # -- called by the runtime -----------------------------------------------------------------------------------
@@ -119,14 +118,15 @@ class ModelUpdater:
             last = self._state.history[-1]
             state = _OUTCOMES.get(last.get("outcome", ""))
             if state is not None:
-                self.status = self._status(
-                    last.get("bundle_id", ""),
-                    state,
-                    last.get("rollout_id", ""),
-                    reason=last.get("reason", ""),
-                    detail=last.get("detail", ""),
+                self._host.on_status(
+                    self._status(
+                        last.get("bundle_id", ""),
+                        state,
+                        last.get("rollout_id", ""),
+                        reason=last.get("reason", ""),
+                        detail=last.get("detail", ""),
+                    )
                 )
-                self._host.on_status(self.status)
         self._thread.start()
 
     def want(self, target: Target) -> None:
@@ -177,7 +177,6 @@ class ModelUpdater:
             return
         done = self._outcome(bundle_id, target.rollout_id)
         if done is not None:  # failed or rolled back in this rollout: said again, not tried again
-            self.status = done
             self._host.on_status(done)
             return
         if target.bundle is None:
@@ -419,7 +418,7 @@ class ModelUpdater:
     ) -> None:
         if rollout_id is None:
             rollout_id = target.rollout_id if target else self._state.update.get("rollout_id", "")
-        self.status = self._status(
+        status = self._status(
             bundle_id,
             state,
             rollout_id,
@@ -428,4 +427,4 @@ class ModelUpdater:
             detail=detail[:500],
             recovered_from=recovered or self._interrupted,
         )
-        self._host.on_status(self.status)
+        self._host.on_status(status)

@@ -3,7 +3,7 @@
 import pytest
 from pydantic import ValidationError
 
-from cloud.fleet.rollouts import RolloutSpec, plan_waves, signals
+from cloud.fleet.rollout_spec import RolloutSpec, plan_waves, signals
 from cloud.fleet.store import Device, Session
 from tandem.cli import main
 
