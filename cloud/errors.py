@@ -82,6 +82,26 @@ class Unauthorized(HubError):
     """An admin request without a valid operator token."""
 
 
+class BundleError(HubError):
+    """A model bundle that cannot be built as asked (a missing artifact, a manifest that does not validate)."""
+
+
+class BundleNotFound(BundleError):
+    pass
+
+
+class KeysError(HubError):
+    """The bundle-signing keys are missing or unusable (tandem hub keys init makes them)."""
+
+
+class RolloutError(HubError):
+    """A rollout request that cannot be carried out now: no device matches, or the rollout's state forbids it."""
+
+
+class RolloutNotFound(RolloutError):
+    pass
+
+
 # (gRPC code, HTTP status) per error type; the first match in order wins.
 _STATUS: list[tuple[type[Exception], grpc.StatusCode, int]] = [
     (UnsupportedSchemaVersion, grpc.StatusCode.FAILED_PRECONDITION, 400),
@@ -102,6 +122,11 @@ _STATUS: list[tuple[type[Exception], grpc.StatusCode, int]] = [
     (DeviceNotFound, grpc.StatusCode.NOT_FOUND, 404),
     (InvalidSettings, grpc.StatusCode.INVALID_ARGUMENT, 400),
     (Unauthorized, grpc.StatusCode.UNAUTHENTICATED, 401),
+    (BundleNotFound, grpc.StatusCode.NOT_FOUND, 404),
+    (BundleError, grpc.StatusCode.INVALID_ARGUMENT, 400),
+    (KeysError, grpc.StatusCode.FAILED_PRECONDITION, 409),
+    (RolloutNotFound, grpc.StatusCode.NOT_FOUND, 404),
+    (RolloutError, grpc.StatusCode.FAILED_PRECONDITION, 409),
 ]
 
 

@@ -18,21 +18,13 @@ from typing import Any, Optional
 
 from pydantic import ValidationError
 
-from cloud.errors import HubError
+from cloud.errors import BundleError, BundleNotFound
 from cloud.fleet.keys import KeyRing
 from common.files import write_atomic
 from protocol.bundle import BundleEnvelope, FileEntry, Manifest, ModelSection
 
 _BUNDLE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}-[0-9]{1,12}$")
 _FILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-
-
-class BundleError(HubError):
-    """A bundle that cannot be built or found."""
-
-
-class BundleNotFound(BundleError):
-    pass
 
 
 @dataclass(frozen=True)

@@ -18,16 +18,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from cloud.errors import HubError
+from cloud.errors import KeysError
 from common.files import write_atomic
 from common.signing import SigningKey, certify
 from protocol.bundle import Signed, TargetsKey
 
 KEY_LIFETIME_S = 365 * 86400.0
-
-
-class KeysError(HubError):
-    """The bundle-signing keys are missing or unusable."""
 
 
 @dataclass(frozen=True)

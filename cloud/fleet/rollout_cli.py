@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from cloud.client import HubHttpError, default_url, request
+from cloud.errors import KeysError
 from cloud.fleet.cli import parse_assignments
-from cloud.fleet.keys import KeysError, init_keys, rotate_keys
+from cloud.fleet.keys import init_keys, rotate_keys
 from common.errors import InferenceError
 from common.inference.classify import OnnxModel
 from common.inference.golden import make_golden

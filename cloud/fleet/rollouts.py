@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, Optional
 
-from cloud.errors import HubError
+from cloud.errors import RolloutError, RolloutNotFound
 from cloud.fleet.rollout_spec import RolloutSpec, RolloutState, TargetSpec, mean, plan_waves, signals
 from cloud.fleet.rollout_store import DeviceRow, RolloutRow, RolloutStore
 from cloud.fleet.service import FleetService
@@ -39,14 +39,6 @@ logger = logging.getLogger(__name__)
 FINAL = ("active", "rolled_back", "failed", "timed_out", "superseded", "reverted")
 FAILED = ("rolled_back", "failed", "timed_out")
 REACHED = ("pending", "downloading", "verifying", "preparing", "probation", "active", "rolled_back")
-
-
-class RolloutError(HubError):
-    pass
-
-
-class RolloutNotFound(RolloutError):
-    pass
 
 
 class RolloutService:

@@ -11,7 +11,7 @@ import pytest
 from edge.config import ModelsConfig, ProbationConfig
 from tests.integration.test_fleet import Device
 from tests.support.bundles import tempered
-from tests.support.fleet import bundle, devices, finished
+from tests.support.fleet import TOKEN, bundle, devices, finished
 from tests.support.waiting import wait_for
 
 IDS = ("cam-c1", "cam-c2", "cam-c3")
@@ -77,6 +77,10 @@ def test_pause_resume_abort_and_rollback(tmp_path, demo_assets, rollout_hub, fle
     wait_for(lambda: models(api) == [""] * 3, 30, "the first wave back on its own model")
     aborted = status(api, rid)
     assert aborted["state"] == "ABORTED" and "aborted by an operator (ops)" in aborted["reason"]
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    assert api.client.post(f"/v1/admin/rollouts/{rid}/abort", headers=headers).status_code == 409  # ended already
+    assert api.client.get("/v1/admin/rollouts/ro-none", headers=headers).status_code == 404
+    assert api.client.get("/v1/bundles/none-1").status_code == 404
     metrics = api.client.get("/metrics").text
     assert 'tandem_hub_rollouts_total{state="ABORTED"} 1.0' in metrics
     assert 'tandem_hub_rollouts_total{state="ROLLED_BACK"} 1.0' in metrics
