@@ -14,8 +14,7 @@ from pydantic import Discriminator, Field, Tag, ValidationError, field_validator
 
 from common.config import StrictModel, describe_errors, read_yaml_mapping
 from common.errors import ConfigError
-from protocol.errors import InvalidTopic
-from protocol.topics import validate_device_id
+from protocol.topics import DeviceId
 
 
 class SourceConfig(StrictModel):
@@ -380,7 +379,7 @@ def _transport_kind(value: object) -> str:
 
 
 class EdgeConfig(StrictModel):
-    device_id: str = Field(description="this device's id; names its MQTT topics")
+    device_id: DeviceId = Field(description="this device's id; names its MQTT topics")
     state_path: Path = Field(Path("tandem-edge.db"), description="the SQLite file holding traces and the outbox")
     source: SourceConfig
     sensors: list[SensorConfig] = Field([], description="sensor streams the judge can read")
@@ -397,14 +396,6 @@ class EdgeConfig(StrictModel):
     service: ServiceConfig = ServiceConfig()
     fleet: FleetConfig = FleetConfig()
     models: ModelsConfig = ModelsConfig()
-
-    @field_validator("device_id")
-    @classmethod
-    def _device_id(cls, value: str) -> str:
-        try:
-            return validate_device_id(value)
-        except InvalidTopic as exc:
-            raise ValueError(str(exc)) from exc
 
 
 def load_config(path: Path) -> EdgeConfig:

@@ -19,8 +19,8 @@ from typing import Any, Optional, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from protocol.bundle import BundleEnvelope
-from protocol.errors import InvalidTopic, MalformedMessage, UnsupportedSchemaVersion
-from protocol.topics import validate_device_id
+from protocol.errors import MalformedMessage, UnsupportedSchemaVersion
+from protocol.topics import DeviceId
 
 SCHEMA_VERSION = 1
 CONFIDENCE_BINS = 10  # Telemetry.confidence_histogram: [0, 0.1), [0.1, 0.2), ... [0.9, 1.0]
@@ -30,16 +30,8 @@ class _Message(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True)  # fields from a newer minor revision are kept
 
     schema_version: int = SCHEMA_VERSION
-    device_id: str
+    device_id: DeviceId
     sent_at: float = Field(description="Unix seconds, the sender's clock")
-
-    @field_validator("device_id")
-    @classmethod
-    def _device_id(cls, value: str) -> str:
-        try:
-            return validate_device_id(value)
-        except InvalidTopic as exc:
-            raise ValueError(str(exc)) from exc
 
 
 class ActiveModel(BaseModel):

@@ -10,6 +10,9 @@ from __future__ import annotations
 import enum
 import re
 from dataclasses import dataclass
+from typing import Annotated
+
+from pydantic import AfterValidator
 
 from protocol.errors import InvalidTopic
 
@@ -38,6 +41,18 @@ def validate_device_id(device_id: str) -> str:
             f"device id {device_id!r} must be 1-64 characters of A-Z a-z 0-9 _ . - starting with a letter or digit"
         )
     return device_id
+
+
+def _device_id_value(device_id: str) -> str:
+    """validate_device_id for pydantic, which reports a ValueError as a field error."""
+    try:
+        return validate_device_id(device_id)
+    except InvalidTopic as exc:
+        raise ValueError(str(exc)) from exc
+
+
+DeviceId = Annotated[str, AfterValidator(_device_id_value)]
+"""A device id as a pydantic field: checked where a config or a message is read."""
 
 
 @dataclass(frozen=True)
