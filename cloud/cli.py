@@ -28,6 +28,7 @@ from cloud.config import HubConfig, load_hub_config
 from cloud.errors import RoutingError
 from cloud.fleet.cli import add_parsers as add_fleet_parsers
 from cloud.fleet.rollout_cli import add_parsers as add_rollout_parsers
+from cloud.orchestrator.cli import add_parsers as add_orchestrator_parsers
 from cloud.registry import SqliteRegistry
 from cloud.registry.cli import add_parser as add_models_parser
 from cloud.routing import load_routing
@@ -169,3 +170,4 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     add_models_parser(hub)
     add_fleet_parsers(hub)
     add_rollout_parsers(hub)
+    add_orchestrator_parsers(hub)

@@ -8,6 +8,7 @@ from typing import Any, Literal, Optional
 from pydantic import Field, model_validator
 
 from cloud.inputs import InputLimits
+from cloud.orchestrator.config import OrchestratorConfig
 from cloud.routing.config import RoutingConfig, load_routing, single_model_routing
 from common.config import StrictModel, read_yaml_mapping
 from common.errors import ConfigError
@@ -129,6 +130,9 @@ class HubConfig(StrictModel):
     fleet_path: Optional[Path] = Field(
         None, description="SQLite file of the device inventory, settings and audit log (default: beside the traces)"
     )
+    orchestrator: OrchestratorConfig = Field(
+        OrchestratorConfig(), description="the rules and language model that steer routing, thresholds and replicas"
+    )
     ray_address: Optional[str] = Field(
         None, description="join this Ray cluster instead of starting a local one (tandem hub run: $RAY_ADDRESS)"
     )
@@ -157,6 +161,7 @@ class HubConfig(StrictModel):
                 "trace_store_path": self.trace_store_path.resolve(),
                 "registry_path": self.registry_file().resolve(),
                 "fleet_path": self.fleet_file().resolve(),
+                "orchestrator": self.orchestrator.model_copy(update={"audit_path": self.orchestrator_file().resolve()}),
                 "fleet": self.fleet.model_copy(
                     update={"keys_path": self.keys_dir().resolve(), "bundles_path": self.bundles_dir().resolve()}
                 ),
@@ -177,6 +182,9 @@ class HubConfig(StrictModel):
 
     def fleet_file(self) -> Path:
         return self.fleet_path or self.trace_store_path.with_name("tandem-fleet.db")
+
+    def orchestrator_file(self) -> Path:
+        return self.orchestrator.audit_path or self.trace_store_path.with_name("tandem-orchestrator.db")
 
     def keys_dir(self) -> Path:
         return self.fleet.keys_path or self.trace_store_path.parent / "tandem-keys"
@@ -201,8 +209,8 @@ def load_hub_config(path: Path) -> dict[str, Any]:
     for key in ("model_path", "routing_path", "trace_store_path", "registry_path", "artifacts_path", "fleet_path"):
         if isinstance(raw.get(key), str) and not Path(raw[key]).is_absolute():
             raw[key] = str(path.parent / raw[key])
-    fleet = raw.get("fleet")
-    for key in ("keys_path", "bundles_path"):
-        if isinstance(fleet, dict) and isinstance(fleet.get(key), str) and not Path(fleet[key]).is_absolute():
-            fleet[key] = str(path.parent / fleet[key])
+    for section, key in (("fleet", "keys_path"), ("fleet", "bundles_path"), ("orchestrator", "audit_path")):
+        found = raw.get(section)
+        if isinstance(found, dict) and isinstance(found.get(key), str) and not Path(found[key]).is_absolute():
+            found[key] = str(path.parent / found[key])
     return raw

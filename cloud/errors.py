@@ -102,6 +102,20 @@ class RolloutNotFound(RolloutError):
     pass
 
 
+class OrchestratorError(HubError):
+    """An orchestrator request that cannot be carried out: the orchestrator is off, or a proposal's state forbids
+    the step (approving one already applied, reverting one never applied)."""
+
+
+class ProposalNotFound(OrchestratorError):
+    pass
+
+
+class ActionFailed(OrchestratorError):
+    """An action passed the guardrails but the part it acts on could not carry it out (no such route, a pool
+    that cannot scale)."""
+
+
 # (gRPC code, HTTP status) per error type; the first match in order wins.
 _STATUS: list[tuple[type[Exception], grpc.StatusCode, int]] = [
     (UnsupportedSchemaVersion, grpc.StatusCode.FAILED_PRECONDITION, 400),
@@ -127,6 +141,9 @@ _STATUS: list[tuple[type[Exception], grpc.StatusCode, int]] = [
     (KeysError, grpc.StatusCode.FAILED_PRECONDITION, 409),
     (RolloutNotFound, grpc.StatusCode.NOT_FOUND, 404),
     (RolloutError, grpc.StatusCode.FAILED_PRECONDITION, 409),
+    (ProposalNotFound, grpc.StatusCode.NOT_FOUND, 404),
+    (ActionFailed, grpc.StatusCode.FAILED_PRECONDITION, 409),
+    (OrchestratorError, grpc.StatusCode.FAILED_PRECONDITION, 409),
 ]
 
 

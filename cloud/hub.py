@@ -31,7 +31,7 @@ from cloud.config import HubConfig
 from cloud.dispatch.callbacks import HttpCallbacks
 from cloud.dispatch.delivery import Delivery
 from cloud.dispatch.mqtt import MqttDispatcher
-from cloud.errors import HubError
+from cloud.errors import HubError, OrchestratorError
 from cloud.escalations import EscalationService
 from cloud.fleet.bundles import BundleStore
 from cloud.fleet.keys import KeyRing
@@ -39,10 +39,16 @@ from cloud.fleet.rollout_store import RolloutStore
 from cloud.fleet.rollouts import RolloutService
 from cloud.fleet.service import FleetService
 from cloud.fleet.store import Device, FleetStore
+from cloud.hub_orchestrator import HubActuator, HubObserver
 from cloud.ingress import mqtt as mqtt_ingress
 from cloud.ingress import v2
 from cloud.metrics import HubMetrics
 from cloud.models.classifier import Classifier
+from cloud.orchestrator.actuator import PoolScaler
+from cloud.orchestrator.advisor import advisor_for
+from cloud.orchestrator.config import Mode
+from cloud.orchestrator.loop import Orchestrator
+from cloud.orchestrator.store import OrchestratorStore, ProposalRow
 from cloud.registry import SqliteRegistry
 from cloud.routing import ModelAnswer, ModelBackend, Router, RoutingConfig, parse_routing, serving
 from cloud.routing.backends import build_backends, close_backends
@@ -78,6 +84,10 @@ class ModelPool(abc.ABC):
 
     async def preload(self, sha256: str) -> None:  # noqa: B027 - a pool that loads on first use needs nothing
         """Load a model now, before the first request needs it (a new device's routes)."""
+
+    def scaler(self) -> Optional[PoolScaler]:
+        """Its replica bounds, where the pool can scale (Ray Serve's autoscaling); None here."""
+        return None
 
 
 class LocalPool(ModelPool):
@@ -145,6 +155,8 @@ class Hub:
         self.fleet_store = FleetStore(self.config.fleet_file())
         self.rollout_store = RolloutStore(self.config.fleet_file())
         self.bundles = BundleStore(self.config.bundles_dir(), self.config.artifacts_dir())
+        self.orchestrator_store = OrchestratorStore(self.config.orchestrator_file())
+        self._orchestrator: Optional[Orchestrator] = None
         self._fleet: Optional[FleetService] = None
         self._rollouts: Optional[RolloutService] = None
         self._loop: Optional[asyncio.AbstractEventLoop] = None
@@ -174,6 +186,12 @@ class Hub:
         if self._rollouts is None:
             raise HubError("the hub is not started")
         return self._rollouts
+
+    @property
+    def orchestrator(self) -> Orchestrator:
+        if self._orchestrator is None:
+            raise OrchestratorError("the orchestrator is off (orchestrator.mode: off)")
+        return self._orchestrator
 
     def keys(self) -> KeyRing:
         """The bundle-signing keys (KeysError until ``tandem hub keys init`` made them)."""
@@ -249,6 +267,7 @@ class Hub:
         )
         self._mqtt_ingress.start()
         self._service.recover()
+        self._orchestrator = self._build_orchestrator()
         self._tasks = [
             # Sends what is due: results not acknowledged in time, and any a restart left unsent.
             loop.create_task(delivery.run(), name="hub-resends"),
@@ -259,6 +278,46 @@ class Hub:
                 self._every(ORPHAN_CHECK_S, self._rerun_orphans, first_after_s=ORPHAN_CHECK_S), name="hub-orphan-reruns"
             ),
         ]
+        if self._orchestrator is not None:
+            self._tasks.append(loop.create_task(self._orchestrate(self._orchestrator), name="hub-orchestrator"))
+
+    def _build_orchestrator(self) -> Optional[Orchestrator]:
+        config = self.config.orchestrator
+        if config.mode is Mode.OFF:
+            return None
+        models = self.service.router.config.models
+        unknown = [w.model for w in config.watch if w.model not in models]
+        unknown += [w.cheaper for w in config.watch if w.cheaper and w.cheaper not in models]
+        if unknown:
+            raise HubError(f"orchestrator.watch names models the routing rules do not have: {unknown}")
+        self.orchestrator_store.open()
+        scaler = self.pool.scaler()
+        return Orchestrator(
+            config,
+            HubObserver(
+                lambda: self.service.router,
+                lambda: self.fleet,
+                lambda: self.rollouts,
+                scaler,
+                lambda: self.orchestrator.budget,
+                time.time,
+            ),
+            HubActuator(
+                lambda: self.service.router, self.service.use, lambda: self.fleet, lambda: self.rollouts, scaler
+            ),
+            self.orchestrator_store,
+            self.metrics,
+            advisor_for(config.llm),
+            on_decision=_log_decision,
+        )
+
+    async def _orchestrate(self, orchestrator: Orchestrator) -> None:
+        """Load the language model (in a thread: the hub serves meanwhile), then a round every every_s."""
+        await orchestrator.start()
+        await self._every(self.config.orchestrator.every_s, self._orchestrator_round)
+
+    async def _orchestrator_round(self) -> None:
+        await self.orchestrator.tick()
 
     async def close(self) -> None:
         """Stop the loops and the MQTT clients, let running traces finish (CLOSE_RUNS_S; the rest are cancelled
@@ -276,10 +335,13 @@ class Hub:
         if self._service is not None:
             await self._service.stop(CLOSE_RUNS_S)
             await close_backends(self._service.router.backends)
+        if self._orchestrator is not None:
+            await self._orchestrator.close()
         self.store.close()
         self.registry.close()
         self.fleet_store.close()
         self.rollout_store.close()
+        self.orchestrator_store.close()
 
     def _router(self, routing: RoutingConfig) -> Router:
         """Rules -> a router whose own models are the pool's, by each model file's sha256. Registry versions
@@ -324,6 +386,7 @@ class Hub:
                 self.bundle_for_devices,
                 self.config.fleet.operators,
             ),
+            orchestrator=(lambda: self.orchestrator, self.config.fleet.operators, lambda: self._loop),
         )
 
     async def status(self) -> dict[str, Any]:
@@ -403,3 +466,14 @@ class Hub:
         deleted = self.store.prune(time.time() - retention_s)
         if deleted:
             logger.info("trace store: deleted %d traces older than %.0f s", deleted, retention_s)
+
+
+def _log_decision(row: ProposalRow) -> None:
+    logger.info(
+        "orchestrator: %s %s by %s: %s%s",
+        row.state.value,
+        row.action.get("tool", "malformed answer"),
+        row.source,
+        {k: v for k, v in row.action.items() if k not in ("tool", "raw")},
+        f" ({row.detail})" if row.detail else f" ({row.reason})" if row.reason else "",
+    )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -92,6 +92,30 @@ class HubMetrics:
         )
         self.desired_sent = Counter(
             "tandem_hub_desired_published", "desired states published to devices (retained)", registry=self.registry
+        )
+
+        self.orchestrator_ticks = Counter(
+            "tandem_hub_orchestrator_ticks",
+            "orchestrator rounds (snapshot, rules, advice, guardrails)",
+            registry=self.registry,
+        )
+        self.orchestrator_proposals = Counter(
+            "tandem_hub_orchestrator_proposals",
+            "orchestrator actions by source (rules, llm, intent) and what became of them (APPLIED, BLOCKED, ...)",
+            ["source", "state"],
+            registry=self.registry,
+        )
+        self.orchestrator_llm = Counter(
+            "tandem_hub_orchestrator_llm_calls",
+            "language-model consultations by outcome: answered, cached (decision cache hit), malformed, unavailable,"
+            " busy (an earlier call still running)",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.orchestrator_cache_hit_rate = Gauge(
+            "tandem_hub_orchestrator_decision_cache_hit_rate",
+            "share of language-model consultations answered from the decision cache",
+            registry=self.registry,
         )
 
     def watch_unacked(self, count: Callable[[], int]) -> None:

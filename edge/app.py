@@ -164,6 +164,7 @@ class EdgeRuntime:
             config.fleet.telemetry_interval_s,
             self._outbox_now,
             lambda payload: self.link.publish(Channel.TELEMETRY, payload, qos=0),
+            judge_threshold=lambda: self.live.judge.confidence_threshold,
         )
         self.notifier = SystemdNotifier()
         self.health = (

@@ -97,7 +97,9 @@ class Heartbeat:
         with self._lock:
             self._fallbacks += count
 
-    def snapshot(self, outbox_rows: int, outbox_oldest_age_s: float) -> fleet.Telemetry:
+    def snapshot(
+        self, outbox_rows: int, outbox_oldest_age_s: float, judge_threshold: Optional[float] = None
+    ) -> fleet.Telemetry:
         """The counts since the last snapshot, as rates; the counters start again."""
         now, cpu = time.monotonic(), os.times()
         with self._lock:
@@ -124,6 +126,7 @@ class Heartbeat:
             model_uncertain=model[1],
             model_confidence_histogram=model[2],
             model_p95_ms=float(np.percentile(model[3], 95)) if model[3] else 0.0,
+            judge_threshold=judge_threshold,
             cpu_percent=max(0.0, 100.0 * busy / elapsed),
             memory_mb=memory_mb(),
             gpu_percent=gpu / 10.0 if gpu is not None else None,
@@ -140,10 +143,12 @@ class HeartbeatLoop:
         interval_s: float,
         outbox: Callable[[], tuple[int, float]],
         publish: Callable[[bytes], None],
+        judge_threshold: Callable[[], Optional[float]] = lambda: None,
     ) -> None:
         """``outbox``: the outbox's rows and its oldest row's age (s); ``publish``: sends one message, or raises
-        ConnectionError."""
+        ConnectionError; ``judge_threshold``: the judge's confidence_threshold in effect."""
         self._heartbeat = heartbeat
+        self._judge_threshold = judge_threshold
         self._interval_s = interval_s
         self._outbox = outbox
         self._publish = publish
@@ -167,7 +172,7 @@ class HeartbeatLoop:
     def beat(self) -> None:
         try:
             rows, oldest_age_s = self._outbox()
-            message = fleet.encode(self._heartbeat.snapshot(rows, oldest_age_s))
+            message = fleet.encode(self._heartbeat.snapshot(rows, oldest_age_s, self._judge_threshold()))
             self._publish(message)
             self.sent += 1
         except ConnectionError as exc:

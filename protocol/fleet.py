@@ -111,6 +111,9 @@ class Telemetry(_Message):
         (0,) * CONFIDENCE_BINS, description="...by confidence (the bins of confidence_histogram)"
     )
     model_p95_ms: float = Field(0.0, ge=0, description="...and its p95 inference time over its last frames")
+    judge_threshold: Optional[float] = Field(
+        None, ge=0, le=1, description="the judge's confidence_threshold in effect (the hub's setting or the device's)"
+    )
     cpu_percent: float = Field(ge=0, description="this process, 100 = one core busy")
     memory_mb: float = Field(ge=0, description="this process's resident memory")
     gpu_percent: Optional[float] = Field(None, ge=0, description="where the device reports it (Jetson)")

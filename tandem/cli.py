@@ -65,6 +65,19 @@ def _add_demo_command(commands: argparse._SubParsersAction) -> None:
         help="play the stream as fast as the device can (round trips then include queueing)",
     )
     demo.add_argument(
+        "--orchestrator",
+        choices=["off", "observe", "approve", "auto"],
+        default="auto",
+        help="the hub's orchestrator mode; its decisions are printed as they happen",
+    )
+    demo.add_argument(
+        "--strong-capacity",
+        type=float,
+        default=2.0,
+        help="calls/s the orchestrator is told the strong model takes: below the demo's escalation rate, so its "
+        "rules lower the device's threshold while the stream plays (100: nothing to do, and nothing done)",
+    )
+    demo.add_argument(
         "--broker",
         choices=["auto", "mosquitto", "embedded"],
         default="auto",

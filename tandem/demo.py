@@ -13,6 +13,7 @@ import argparse
 import json
 import logging
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Optional, Union
@@ -20,7 +21,9 @@ from typing import Optional, Union
 import cv2
 
 from cloud.app import start_hub, stop_hub
+from cloud.client import HubHttpError, request
 from cloud.config import HubConfig
+from cloud.orchestrator.config import OrchestratorConfig
 from edge.app import EdgeRuntime
 from edge.config import (
     DetectorConfig,
@@ -87,6 +90,62 @@ def _calibrated_threshold(weak: DetectorConfig, models: Path, args: argparse.Nam
     return chosen.threshold
 
 
+def _orchestrator(args: argparse.Namespace) -> OrchestratorConfig:
+    """The rules keep the strong model (``strong``: the hub's one model) within --strong-capacity, moving the
+    device's threshold at most 0.05 per step and never below 0.5; the embedded language model is loaded and asked
+    only about what the rules cannot fix."""
+    return OrchestratorConfig.model_validate(
+        {
+            "mode": args.orchestrator,
+            "every_s": 2.0,
+            "cooldown_s": 10.0,  # the rates are measured over 10 s: let a change show before the next
+            "watch": [{"model": "strong", "capacity_per_s": args.strong_capacity}],
+            "bounds": {"threshold_min": 0.5, "max_fleet_share": 1.0},
+        }
+    )
+
+
+class DecisionPrinter:
+    """Prints the orchestrator's decisions as they happen (the hub runs them in a Ray replica; this reads its
+    admin API once a second)."""
+
+    def __init__(self, url: str, every_s: float = 1.0) -> None:
+        self._url = url
+        self._every_s = every_s
+        self._seen: set[str] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="demo-decisions", daemon=True)
+
+    def __enter__(self) -> DecisionPrinter:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5.0)
+        self.print_new()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._every_s):
+            self.print_new()
+
+    def print_new(self) -> None:
+        try:
+            rows = request(f"{self._url}/v1/admin/proposals?limit=50", "GET")
+        except HubHttpError as exc:  # the orchestrator is off (409), or the hub is going away
+            logger.debug("demo: no decisions to show: %s", exc)
+            return
+        for row in reversed(rows):
+            key = f"{row['proposal_id']}:{row['state']}"
+            if key in self._seen:
+                continue
+            self._seen.add(key)
+            tool = row["action"].get("tool", "malformed answer")
+            action = {k: v for k, v in row["action"].items() if k != "tool"}
+            why = row["detail"] or row["reason"]
+            print(f"orchestrator: {row['state']:<8} {tool} {action} by {row['source']}: {why}", flush=True)
+
+
 def run_demo(args: argparse.Namespace) -> int:
     models = args.models
     needed = [
@@ -111,6 +170,7 @@ def run_demo(args: argparse.Namespace) -> int:
             grpc_port=free_port(),
             mqtt_port=broker.port,
             trace_store_path=work / "hub.db",
+            orchestrator=_orchestrator(args),
         )
         edge = EdgeConfig(
             device_id=DEVICE_ID,
@@ -134,7 +194,8 @@ def run_demo(args: argparse.Namespace) -> int:
             start_hub(hub)
             try:
                 hub_s = time.monotonic() - started
-                with EdgeRuntime(edge) as runtime:
+                printer = DecisionPrinter(f"http://127.0.0.1:{hub.http_port}")
+                with printer, EdgeRuntime(edge) as runtime:
                     t0 = time.monotonic()
                     frames = runtime.run(max_frames=args.frames)
                     resolved = runtime.wait_resolved(args.deadline_ms / 1000.0 + 5.0)

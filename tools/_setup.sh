@@ -36,7 +36,10 @@ _tandem_venv() {
   if [[ "$(cat "$VENV/.tandem-installed" 2>/dev/null)" != "$want" ]]; then
     echo "tandem: installing the project and its pinned dependencies into $VENV (a few minutes the first time)" >&2
     "$VENV/bin/python" -m pip install --quiet --upgrade pip >&2 &&
-    "$VENV/bin/python" -m pip install --quiet -c "$ROOT/constraints.txt" -e "$ROOT[dev]" >&2 || return 1
+    # llama-cpp-python (the orchestrator's embedded model) compiles llama.cpp here the first time; its multimodal
+    # library is not needed, and leaving it out shortens the build. pip caches the wheel for the next venv.
+    CMAKE_ARGS="${CMAKE_ARGS:--DLLAVA_BUILD=OFF}" \
+      "$VENV/bin/python" -m pip install --quiet -c "$ROOT/constraints.txt" -e "$ROOT[dev]" >&2 || return 1
     echo "$want" > "$VENV/.tandem-installed"
   fi
 }

@@ -1,28 +1,37 @@
 """The hub's HTTP API (FastAPI), one app on Serve's HTTP proxy.
 
 For operators (this package): health, metrics, ``/v1/traces`` (``traces``), the model registry
-(``registry``), the routing status, the fleet (``fleet``: devices, settings, audit). For devices and
+(``registry``), the routing status, the fleet (``fleet``: devices, settings, audit), the orchestrator
+(``orchestrator``: proposals, intents, its audit log). For devices and
 model clients: the Open Inference Protocol v2, whose routes live with the rest of the device-facing
 ingress (``cloud.ingress.v2``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Optional
 
 from fastapi import FastAPI, HTTPException, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from cloud.api.fleet import FleetAccess, fleet_routes
+from cloud.api.orchestrator import orchestrator_routes
 from cloud.api.registry import registry_routes
 from cloud.api.rollouts import rollout_routes
 from cloud.api.traces import trace_routes
 from cloud.ingress.body_limit import BodyLimit
 from cloud.ingress.v2 import V2Service, v2_routes
 from cloud.metrics import HubMetrics
+from cloud.orchestrator.loop import Orchestrator
 from cloud.registry import Registry
 from cloud.traces.store import TraceStore
+
+OrchestratorAccess = tuple[
+    Callable[[], Orchestrator], Mapping[str, str], Callable[[], Optional[asyncio.AbstractEventLoop]]
+]
+"""The orchestrator (a getter), the operators' tokens, and the event loop it runs on."""
 
 
 def build_http_app(
@@ -34,6 +43,7 @@ def build_http_app(
     max_body_bytes: int = 4 * 1024 * 1024,
     max_artifact_bytes: int = 1024 * 1024 * 1024,
     fleet: Optional[FleetAccess] = None,
+    orchestrator: Optional[OrchestratorAccess] = None,
 ) -> FastAPI:
     """``max_body_bytes`` bounds every request body (413 past it) but model uploads, bounded by max_artifact_bytes."""
     app = FastAPI(title="Tandem hub", version="1")
@@ -45,6 +55,8 @@ def build_http_app(
     if fleet is not None:
         app.include_router(fleet_routes(fleet))
         app.include_router(rollout_routes(fleet))
+    if orchestrator is not None:
+        app.include_router(orchestrator_routes(*orchestrator))
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:

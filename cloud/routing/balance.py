@@ -8,7 +8,8 @@ nothing else (a hung replica). A timeout while the same replica answered other c
 request's slowness, not the replica's, and so is a bad input (the router releases those): it
 lowers the replica's score through its error rate but never moves its circuit.
 
-A model whose replicas are all OPEN is ejected: its calls fail at once with
+An operator (or the orchestrator) may hold a replica OPEN (``hold``): out of rotation, no probe, until
+released. A model whose replicas are all OPEN is ejected: its calls fail at once with
 ModelUnavailable until a probe is due. The breaker is a few lines here rather
 than pybreaker, whose async support needs Tornado and whose state the
 replica scoring could not read.
@@ -48,13 +49,19 @@ class ReplicaStats:
     opened_at: float = 0.0
     probing: bool = False
     answered_at: float = float("-inf")  # when it last answered a call
-    outcomes: deque[tuple[float, bool]] = field(default_factory=deque)  # (finished at, succeeded) in the window
+    held: bool = False  # held OPEN by an operator or the orchestrator: no traffic, no probe, until released
+    # (finished at, succeeded, latency ms) of each call in the window
+    outcomes: deque[tuple[float, bool, float]] = field(default_factory=deque)
 
     def error_rate(self) -> float:
-        return sum(1 for _, ok in self.outcomes if not ok) / len(self.outcomes) if self.outcomes else 0.0
+        return sum(1 for _, ok, _ in self.outcomes if not ok) / len(self.outcomes) if self.outcomes else 0.0
 
     def throughput(self, window_s: float) -> float:
-        return sum(1 for _, ok in self.outcomes if ok) / window_s
+        return sum(1 for _, ok, _ in self.outcomes if ok) / window_s
+
+    def latencies(self) -> list[float]:
+        """The latencies of the window's successful calls."""
+        return [ms for _, ok, ms in self.outcomes if ok]
 
 
 class Balancer:
@@ -88,6 +95,8 @@ class Balancer:
         for key in keys:
             stats = self.stats(model, key)
             self._expire(stats, now)
+            if stats.held:
+                continue
             if stats.state is CircuitState.OPEN and now - stats.opened_at >= self._breaker.open_ms / 1000.0:
                 stats.state = CircuitState.HALF_OPEN
                 logger.info("model %s replica %s: circuit half-open, probing", model, key)
@@ -106,6 +115,26 @@ class Balancer:
     def scores(self, model: str, keys: Sequence[str]) -> dict[str, float]:
         return dict(zip(keys, self._score([self.stats(model, k) for k in keys]), strict=True))
 
+    def hold(self, model: str, key: str, held: bool) -> None:
+        """Hold a replica's circuit OPEN (out of rotation until released), or release it CLOSED with a clean
+        slate."""
+        stats = self.stats(model, key)
+        stats.held = held
+        stats.state = CircuitState.OPEN if held else CircuitState.CLOSED
+        stats.opened_at = self._clock()
+        stats.consecutive_failures, stats.probing = 0, False
+        logger.warning("model %s replica %s: circuit %s", model, key, "held open" if held else "closed (released)")
+
+    def in_flight(self, model: str) -> int:
+        """Calls to the model in flight now, all replicas together: its queue as the hub sees it."""
+        return sum(s.in_flight for (m, _), s in self._stats.items() if m == model)
+
+    def expire(self, model: str, key: str) -> ReplicaStats:
+        """The replica's stats with calls older than the window dropped (for a snapshot between calls)."""
+        stats = self.stats(model, key)
+        self._expire(stats, self._clock())
+        return stats
+
     def release(self, model: str, key: str) -> None:
         """A call that ended without saying anything about the replica (cancelled, or the input was bad)."""
         stats = self.stats(model, key)
@@ -118,7 +147,7 @@ class Balancer:
         if stats.answered_at >= self._clock() - waited_ms / 1000.0:  # alive: it answered calls made after this one
             stats.in_flight = max(0, stats.in_flight - 1)
             stats.probing = False
-            stats.outcomes.append((self._clock(), False))
+            stats.outcomes.append((self._clock(), False, waited_ms))
             return
         self.record(model, key, False, waited_ms)
 
@@ -127,8 +156,10 @@ class Balancer:
         stats = self.stats(model, key)
         now = self._clock()
         stats.in_flight = max(0, stats.in_flight - 1)
-        stats.outcomes.append((now, ok))
+        stats.outcomes.append((now, ok, latency_ms))
         self._expire(stats, now)
+        if stats.held:  # a call that was in flight when the replica was held: measured, no state change
+            return
         if ok:
             stats.answered_at = now
             a = self.LATENCY_SMOOTHING

@@ -131,6 +131,11 @@ class When(StrictModel):
     input_bytes_above: Optional[int] = Field(None, ge=0, description="the image or tensor has more bytes than this")
     input_bytes_at_most: Optional[int] = Field(None, ge=0)
     tags: Optional[dict[str, str]] = Field(None, description="request attributes that must have these values")
+    model_queue_above: Optional[dict[str, int]] = Field(
+        None,
+        description="load: each named model has more calls in flight than this (all its replicas), e.g. "
+        "{strong: 32} on a route to a cheaper model, placed before strong's route, sheds strong's overflow",
+    )
 
 
 class Strategy(str, enum.Enum):
@@ -227,6 +232,9 @@ class RoutingConfig(StrictModel):
         if len(set(names)) != len(names):
             problems.append(f"route names repeat: {names}")
         for route in self.routes:
+            for name in route.when.model_queue_above or {}:
+                if name not in self.models:
+                    problems.append(f"route {route.name}: model_queue_above names {name!r}, not under models")
             for index, step in enumerate(route.steps):
                 entry = self.models.get(step.model)
                 if entry is None:

@@ -18,11 +18,11 @@ import asyncio
 import fnmatch
 import logging
 import random
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Optional
 
-from cloud.errors import ModelUnavailable, NoRoute, one_line
+from cloud.errors import ModelUnavailable, NoRoute, RoutingError, one_line
 from cloud.routing.balance import Balancer, CircuitState
 from cloud.routing.config import RoutingConfig, Step, Strategy, When
 from cloud.routing.steps import ModelBackend, Outcome, Plan, StepOutput
@@ -47,6 +47,14 @@ class Router:
         self.balancer = balancer or Balancer(config.balancing, config.breaker, rng=rng)
         self._rng = rng or random.Random()
 
+    def with_config(self, config: RoutingConfig) -> Router:
+        """A router on other rules over the same models: same backends, same measurements and circuits (the
+        orchestrator's changes to weights and load rules). The rules may not name a model this one lacks."""
+        missing = sorted({step.model for route in config.routes for step in route.steps} - set(self.backends))
+        if missing:
+            raise RoutingError(f"the rules name models this router does not serve: {missing}")
+        return Router(config, self.backends, self.balancer, self._rng)
+
     def circuits(self, model: str) -> dict[str, CircuitState]:
         """Each replica's circuit state for one model of the rules."""
         return {key: self.balancer.stats(model, key).state for key in self.backends.get(model, {})}
@@ -65,7 +73,7 @@ class Router:
         return names
 
     def plan(self, request: EscalationRequest) -> Plan:
-        route = next((r for r in self.config.routes if matches(r.when, request)), None)
+        route = next((r for r in self.config.routes if matches(r.when, request, self.balancer.in_flight)), None)
         if route is None:
             raise NoRoute(f"no routing rule matches model_hint={request.model_hint!r} device={request.device_id}")
         if route.strategy is Strategy.WEIGHTED:
@@ -145,7 +153,8 @@ class Router:
         )
 
 
-def matches(when: When, request: EscalationRequest) -> bool:
+def matches(when: When, request: EscalationRequest, in_flight: Callable[[str], int] = lambda _model: 0) -> bool:
+    """Whether every condition holds; ``in_flight``: a model's calls in flight now (for model_queue_above)."""
     local = request.local_prediction
     data = request.input.data
     checks = (
@@ -158,5 +167,6 @@ def matches(when: When, request: EscalationRequest) -> bool:
         when.input_bytes_above is None or len(data) > when.input_bytes_above,
         when.input_bytes_at_most is None or len(data) <= when.input_bytes_at_most,
         when.tags is None or all(request.attributes.get(k) == v for k, v in when.tags.items()),
+        when.model_queue_above is None or all(in_flight(m) > n for m, n in when.model_queue_above.items()),
     )
     return all(checks)

@@ -79,8 +79,11 @@ class Judge:
         audit_rate: float = 0.0,
         audit_seed: Optional[int] = None,
         rate_limit: Optional[RateLimit] = None,
+        confidence_threshold: Optional[float] = None,
     ) -> None:
+        """``confidence_threshold``: the threshold its policies apply, as the heartbeat reports it."""
         self.policies = tuple(policies)
+        self.confidence_threshold = confidence_threshold
         self._escalate = escalate
         self._audit_rate = audit_rate
         self._audit = random.Random(audit_seed)
@@ -95,6 +98,7 @@ class Judge:
             audit_rate=config.audit_rate,
             audit_seed=config.audit_seed,
             rate_limit=RateLimit(per_minute, clock) if per_minute else None,
+            confidence_threshold=config.confidence_threshold,
         )
 
     def decide(self, item: JudgeInput) -> JudgeDecision:

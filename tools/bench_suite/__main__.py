@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from tools.bench_suite import edge, hub
+from tools.bench_suite import edge, hub, orchestrator
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -16,9 +16,13 @@ def main(argv: list[str] | None = None) -> int:
     edge.add_arguments(edge_parser)
     hub_parser = suites.add_parser("hub", help="the hub's round trip and dynamic batching")
     hub.add_arguments(hub_parser)
+    orchestrator_parser = suites.add_parser(
+        "orchestrator", help="the replay harness: rules vs rules + a language model"
+    )
+    orchestrator.add_arguments(orchestrator_parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    return {"edge": edge.run, "hub": hub.run}[args.suite](args)
+    return {"edge": edge.run, "hub": hub.run, "orchestrator": orchestrator.run}[args.suite](args)
 
 
 if __name__ == "__main__":
