@@ -29,6 +29,7 @@ from cloud.errors import RoutingError
 from cloud.fleet.cli import add_parsers as add_fleet_parsers
 from cloud.fleet.rollout_cli import add_parsers as add_rollout_parsers
 from cloud.orchestrator.cli import add_parsers as add_orchestrator_parsers
+from cloud.orchestrator.config import Mode
 from cloud.registry import SqliteRegistry
 from cloud.registry.cli import add_parser as add_models_parser
 from cloud.routing import load_routing
@@ -70,6 +71,9 @@ def hub_run(args: argparse.Namespace) -> int:
 
     config = hub_config(args)
     routing = config.routing()  # a bad rules file stops the start here, with every problem named
+    unknown = config.orchestrator.unknown_models(set(routing.models))
+    if config.orchestrator.mode is not Mode.OFF and unknown:
+        raise ConfigError(f"orchestrator.watch names models the routing rules do not have: {unknown}")
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

@@ -111,6 +111,10 @@ class ProposalNotFound(OrchestratorError):
     pass
 
 
+class InvalidAction(OrchestratorError):
+    """An action an operator sent that is not one of the orchestrator's tools, or not well formed."""
+
+
 class ActionFailed(OrchestratorError):
     """An action passed the guardrails but the part it acts on could not carry it out (no such route, a pool
     that cannot scale)."""
@@ -142,6 +146,7 @@ _STATUS: list[tuple[type[Exception], grpc.StatusCode, int]] = [
     (RolloutNotFound, grpc.StatusCode.NOT_FOUND, 404),
     (RolloutError, grpc.StatusCode.FAILED_PRECONDITION, 409),
     (ProposalNotFound, grpc.StatusCode.NOT_FOUND, 404),
+    (InvalidAction, grpc.StatusCode.INVALID_ARGUMENT, 400),
     (ActionFailed, grpc.StatusCode.FAILED_PRECONDITION, 409),
     (OrchestratorError, grpc.StatusCode.FAILED_PRECONDITION, 409),
 ]

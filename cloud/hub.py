@@ -285,9 +285,7 @@ class Hub:
         config = self.config.orchestrator
         if config.mode is Mode.OFF:
             return None
-        models = self.service.router.config.models
-        unknown = [w.model for w in config.watch if w.model not in models]
-        unknown += [w.cheaper for w in config.watch if w.cheaper and w.cheaper not in models]
+        unknown = config.unknown_models(set(self.service.router.config.models))
         if unknown:
             raise HubError(f"orchestrator.watch names models the routing rules do not have: {unknown}")
         self.orchestrator_store.open()
@@ -301,6 +299,7 @@ class Hub:
                 scaler,
                 lambda: self.orchestrator.budget,
                 time.time,
+                slo={w.model: {"capacity_per_s": w.capacity_per_s, "p99_slo_ms": w.p99_slo_ms} for w in config.watch},
             ),
             HubActuator(
                 lambda: self.service.router, self.service.use, lambda: self.fleet, lambda: self.rollouts, scaler

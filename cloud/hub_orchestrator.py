@@ -54,7 +54,10 @@ class HubObserver(Observer):
         pool: Optional[PoolScaler],
         budget: Callable[[], Optional[float]],
         clock: Callable[[], float],
+        slo: Optional[dict[str, dict[str, float]]] = None,
     ) -> None:
+        """``slo``: each watched model's capacity and p99 SLO, as the orchestrator's config gives them."""
+        self._slo = slo or {}
         self._router = router
         self._fleet = fleet
         self._rollouts = rollouts
@@ -78,6 +81,7 @@ class HubObserver(Observer):
             rollouts=tuple(r.rollout_id for r in rollouts),
             cost_budget_per_hour=self._budget(),
             policy_version=router.config.digest(),
+            slo=self._slo,
         )
 
     def _groups(self, router: Router, devices: list[Device]) -> dict[str, GroupView]:
@@ -104,6 +108,7 @@ class HubObserver(Observer):
                 outbox_age_s=max((b["outbox_oldest_age_s"] for b in beats), default=0.0),
                 judge_threshold=_threshold(beats, members),
                 models=tuple(sorted(router.models_for(members[0].device_id, members[0].group))),
+                active_models=tuple(sorted({str(d.model.get("model_id")) for d in members if d.model.get("model_id")})),
             )
         return groups
 

@@ -1,7 +1,9 @@
 """``/v1/admin/orchestrator``, ``/v1/admin/proposals`` and ``/v1/admin/intents``: the orchestrator for operators.
 
     GET  /v1/admin/orchestrator                 mode, language model, decision-cache hit rate, counts, budget
+    GET  /v1/admin/orchestrator/snapshot        what it sees now
     GET  /v1/admin/proposals?state=PROPOSED     proposals, newest first
+    POST /v1/admin/proposals {"action": {...}}  an operator's own action (guardrails, then approval)
     POST /v1/admin/proposals/{id}/approve       apply a waiting proposal (the bounds are checked again)
     POST /v1/admin/proposals/{id}/reject
     POST /v1/admin/proposals/{id}/revert        undo an applied action
@@ -26,6 +28,11 @@ from cloud.orchestrator.loop import Orchestrator
 from cloud.orchestrator.store import ProposalState
 
 T = TypeVar("T")
+
+
+class NewProposal(BaseModel):
+    action: dict[str, Any] = Field(description="one of the orchestrator's tools, e.g. {tool: set_replicas, ...}")
+    reason: str = Field("", max_length=500)
 
 
 class Intent(BaseModel):
@@ -66,6 +73,17 @@ def orchestrator_routes(
         state: Optional[ProposalState] = None, limit: int = Query(100, ge=1, le=1000), operator: str = Depends(who)
     ) -> list[dict[str, Any]]:
         return sync(lambda o: [r.view() for r in o.store.proposals((state,) if state else None, limit)])
+
+    @router.post("/v1/admin/proposals", status_code=201)
+    async def propose(body: NewProposal, operator: str = Depends(who)) -> dict[str, Any]:
+        """An operator's own action: checked by the guardrails, then it waits for approval."""
+        row = await on_hub(lambda o: o.propose(body.action, body.reason, operator))
+        return row.view()
+
+    @router.get("/v1/admin/orchestrator/snapshot")
+    async def snapshot(operator: str = Depends(who)) -> dict[str, Any]:
+        """What the orchestrator sees now: models, groups, load rules, the pool, rollouts, cost."""
+        return await on_hub(lambda o: o.snapshot())
 
     @router.post("/v1/admin/proposals/{proposal_id}/{step}")
     async def decide(proposal_id: str, step: str, operator: str = Depends(who)) -> dict[str, Any]:

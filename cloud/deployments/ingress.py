@@ -26,7 +26,8 @@ from cloud.ingress import v2
 class Ingress:
     async def __init__(self, pool: DeploymentHandle, config: dict[str, Any]) -> None:  # type: ignore[misc]
         # async (Serve allows it; mypy does not) so the hub's background loops run on the replica's event loop.
-        self._hub = Hub(HubConfig.model_validate(config), ServePool(pool))
+        hub_config = HubConfig.model_validate(config)
+        self._hub = Hub(hub_config, ServePool(pool, hub_config.app_name))
         self._hub.start()
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:

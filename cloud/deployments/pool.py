@@ -4,6 +4,7 @@ ModelPool          the deployment: every ONNX model the rules name, multiplexed 
 ServeBackend       the router's view of one model in it (Ray's errors translated here)
 PoolTensorModels   the v2 protocol's view of it
 ServePool          both, for the ``Hub`` (``cloud.hub.ModelPool``)
+ServeScaler        its replica bounds, for the orchestrator
 """
 
 from __future__ import annotations
@@ -11,17 +12,21 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 from ray import serve
 from ray.exceptions import RayActorError, RaySystemError, RayTaskError
+from ray.serve._private.client import ServeControllerClient
+from ray.serve.context import _get_global_client
 from ray.serve.handle import DeploymentHandle
+from ray.serve.schema import ServeDeploySchema
 
-from cloud.errors import ReplicaFailed, one_line
+from cloud.errors import ActionFailed, ReplicaFailed, one_line
 from cloud.hub import ModelPool as PoolClient
 from cloud.ingress import v2
 from cloud.models.classifier import Classifier
+from cloud.orchestrator.actuator import PoolScaler
 from cloud.routing import ModelAnswer, ModelBackend
 from protocol.errors import MalformedMessage, ProtocolError
 from protocol.messages import EscalationRequest, Prediction
@@ -155,8 +160,12 @@ class PoolTensorModels(v2.TensorModels):
 class ServePool(PoolClient):
     """The Serve deployment as the hub's model pool."""
 
-    def __init__(self, pool: DeploymentHandle) -> None:
+    def __init__(self, pool: DeploymentHandle, app_name: str) -> None:
         self._pool = pool
+        self._scaler = ServeScaler(app_name)
+
+    def scaler(self) -> ServeScaler:
+        return self._scaler
 
     def backend(self, sha256: str) -> ModelBackend:
         return ServeBackend(self._pool, sha256)
@@ -170,3 +179,72 @@ class ServePool(PoolClient):
 
     async def preload(self, sha256: str) -> None:
         await self._pool.options(multiplexed_model_id=sha256).preload.remote()
+
+
+class ServeScaler(PoolScaler):
+    """The ModelPool deployment's replica bounds, through Serve's controller.
+
+    ``scale`` takes the application's own deployed config (what ``tandem hub run`` or ``serve deploy`` sent),
+    replaces ModelPool's ``autoscaling_config`` bounds in it, and applies it as ``serve deploy`` would: only the
+    replica settings change, which Serve carries out without restarting a replica or dropping a request. An
+    application started with ``serve.run`` (no deployed config) cannot be scaled this way: ActionFailed says so.
+    """
+
+    def __init__(self, app_name: str, deployment: str = "ModelPool") -> None:
+        self._app = app_name
+        self._deployment = deployment
+
+    async def bounds(self) -> Optional[tuple[int, int, int]]:
+        details = await asyncio.to_thread(_serve_details)
+        app = details.get("applications", {}).get(self._app)
+        deployment = (app or {}).get("deployments", {}).get(self._deployment)
+        if deployment is None:
+            return None
+        config = deployment.get("deployment_config", {})
+        running = sum(1 for r in deployment.get("replicas", []) if r.get("state") == "RUNNING")
+        auto = config.get("autoscaling_config")
+        if auto:
+            return int(auto["min_replicas"]), int(auto["max_replicas"]), running
+        fixed = int(config.get("num_replicas") or deployment.get("target_num_replicas") or running)
+        return fixed, fixed, running
+
+    async def scale(self, min_replicas: int, max_replicas: int) -> None:
+        await asyncio.to_thread(self._apply, min_replicas, max_replicas)
+
+    def _apply(self, min_replicas: int, max_replicas: int) -> None:
+        details = _serve_details()
+        apps = details.get("applications", {})
+        deployed = (apps.get(self._app) or {}).get("deployed_app_config")
+        if not deployed:
+            raise ActionFailed(f"application {self._app} was not deployed from a config: scale it with serve deploy")
+        others = [d for d in deployed.get("deployments", []) if d.get("name") != self._deployment]
+        mine: dict[str, Any] = next(
+            (d for d in deployed.get("deployments", []) if d.get("name") == self._deployment), {}
+        )
+        mine = {k: v for k, v in mine.items() if k != "num_replicas"}  # autoscaling replaces a fixed count
+        bounds = {"min_replicas": min_replicas, "max_replicas": max_replicas}
+        mine.update(name=self._deployment, autoscaling_config={**(mine.get("autoscaling_config") or {}), **bounds})
+        applications = [a["deployed_app_config"] for name, a in apps.items() if name != self._app]
+        config = {
+            "proxy_location": details.get("proxy_location"),
+            "http_options": details.get("http_options"),
+            "grpc_options": details.get("grpc_options"),
+            "applications": [*applications, {**deployed, "deployments": [*others, mine]}],
+        }
+        try:
+            schema = ServeDeploySchema.model_validate({k: v for k, v in config.items() if v is not None})
+            _client().deploy_apps(schema)
+        except (ValueError, RayTaskError) as exc:
+            raise ActionFailed(f"Serve refused the new replica bounds: {exc}") from exc
+        logger.info("model pool: replicas %d..%d", min_replicas, max_replicas)
+
+
+def _client() -> ServeControllerClient:
+    client = _get_global_client(raise_if_no_controller_running=False)
+    if client is None:
+        raise ActionFailed("no Serve controller is running")
+    return client
+
+
+def _serve_details() -> dict[str, Any]:
+    return _client().get_serve_details()

@@ -87,7 +87,11 @@ class ChatEndpoint(Advisor):
             "messages": messages,
             "temperature": 0,
             "max_tokens": self._config.max_tokens,
-            "response_format": {"type": "json_schema", "json_schema": {"name": "decision", "schema": schema}},
+            "response_format": (
+                {"type": "json_schema", "json_schema": {"name": "decision", "schema": schema}}
+                if self._config.response_format == "json_schema"
+                else {"type": "json_object", "schema": schema}
+            ),
         }
         try:
             reply = self._client.post(self._url, json=body)

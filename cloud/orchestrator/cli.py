@@ -2,9 +2,10 @@
 HTTP API ($TANDEM_HUB_URL, $TANDEM_HUB_TOKEN).
 
     tandem hub proposals list [--state PROPOSED]
+    tandem hub proposals propose '{"tool": "set_replicas", "min_replicas": 1, "max_replicas": 3}' [--reason WHY]
     tandem hub proposals approve|reject|revert ID
     tandem hub intents "keep cloud cost under 5 per hour"
-    tandem hub orchestrator status
+    tandem hub orchestrator status|snapshot
     tandem hub orchestrator audit [--after N] [--verify]
 """
 
@@ -38,6 +39,16 @@ def _proposals(base: str, args: argparse.Namespace) -> int:
             print(_line(row))
         print(f"{len(rows)} proposals")
         return 0
+    if args.proposals_command == "propose":
+        try:
+            action = json.loads(args.action)
+        except ValueError as exc:
+            raise HubHttpError(f"the action is not JSON: {exc}") from exc
+        row = request(
+            f"{base}/v1/admin/proposals", "POST", json.dumps({"action": action, "reason": args.reason}).encode()
+        )
+        print(_line(row))
+        return 0 if row["state"] == "PROPOSED" else 1
     row = request(f"{base}/v1/admin/proposals/{args.proposal_id}/{args.proposals_command}", "POST", b"")
     print(_line(row))
     return 0 if row["state"] in ("APPLIED", "REJECTED", "REVERTED") else 1
@@ -53,8 +64,9 @@ def _intents(base: str, args: argparse.Namespace) -> int:
 
 
 def _orchestrator(base: str, args: argparse.Namespace) -> int:
-    if args.orchestrator_command == "status":
-        print(json.dumps(request(f"{base}/v1/admin/orchestrator", "GET"), indent=2))
+    if args.orchestrator_command in ("status", "snapshot"):
+        path = "" if args.orchestrator_command == "status" else "/snapshot"
+        print(json.dumps(request(f"{base}/v1/admin/orchestrator{path}", "GET"), indent=2))
         return 0
     query = urllib.parse.urlencode({"after": args.after, "verify": "true" if args.verify else "false"})
     found = request(f"{base}/v1/admin/orchestrator/audit?{query}", "GET")
@@ -84,6 +96,11 @@ def add_parsers(hub: Any) -> None:
     sub = proposals.add_subparsers(dest="proposals_command", required=True)
     listing = sub.add_parser("list", help="newest first")
     listing.add_argument("--state", choices=[s.value for s in ProposalState])
+    own = sub.add_parser("propose", help="an action of your own, as JSON: checked by the guardrails, then it waits")
+    own.add_argument(
+        "action", help='e.g. {"tool": "set_judge_threshold", "group": "lobby", "confidence_threshold": 0.8}'
+    )
+    own.add_argument("--reason", default="")
     for step, help_text in (
         ("approve", "apply a waiting proposal (its bounds are checked again)"),
         ("reject", "turn a waiting proposal down"),
@@ -101,6 +118,7 @@ def add_parsers(hub: Any) -> None:
     orchestrator.add_argument("--url", default=default_url(), help="the hub's HTTP address")
     osub = orchestrator.add_subparsers(dest="orchestrator_command", required=True)
     osub.add_parser("status", help="mode, language model, decision-cache hit rate, proposals by state")
+    osub.add_parser("snapshot", help="what the orchestrator sees now")
     audit = osub.add_parser("audit", help="the hash-chained audit log")
     audit.add_argument("--after", type=int, default=0, help="entries after this sequence number")
     audit.add_argument("--verify", action="store_true", help="check the hash chain (exit 1 if broken)")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import enum
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from cloud.orchestrator.actions import TOOLS
 from common.config import StrictModel
@@ -74,6 +74,11 @@ class LlmConfig(StrictModel):
     api_key_env: Optional[str] = Field(
         None, description="the environment variable holding the endpoint's API key (never the key itself)"
     )
+    response_format: Literal["json_schema", "json_object"] = Field(
+        "json_schema",
+        description="how the endpoint is asked for the Decision schema: json_schema (OpenAI, vLLM, llama.cpp's "
+        "llama-server) or json_object with a schema (llama-cpp-python's server, which refuses json_schema)",
+    )
     timeout_s: float = Field(30.0, gt=0, description="one call's limit; past it the rules' decision stands")
     max_tokens: int = Field(256, ge=16, le=4096, description="token budget of one answer")
     threads: int = Field(1, ge=1, description="CPU threads of the embedded model")
@@ -116,8 +121,18 @@ class OrchestratorConfig(StrictModel):
         None, description="SQLite file of proposals and the hash-chained audit log; default: beside the traces"
     )
 
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: object) -> object:
+        return "off" if value is False else value  # YAML reads a bare `mode: off` as false
+
     @model_validator(mode="after")
     def _band(self) -> OrchestratorConfig:
         if self.utilisation_low >= self.utilisation_high:
             raise ValueError("utilisation_low must be below utilisation_high")
         return self
+
+    def unknown_models(self, models: set[str]) -> list[str]:
+        """The watched and cheaper models that are not among the routing rules' ``models``."""
+        named = [w.model for w in self.watch] + [w.cheaper for w in self.watch if w.cheaper]
+        return [name for name in named if name not in models]

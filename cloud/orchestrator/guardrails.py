@@ -30,24 +30,14 @@ class Guard:
     def __init__(self, bounds: Bounds) -> None:
         self.bounds = bounds
         self._applied: collections.deque[float] = collections.deque()
-        self._touched = 0  # devices this tick's passed actions touch
 
-    def begin_tick(self) -> None:
-        self._touched = 0
+    def round(self) -> Round:
+        """A round of checks (one tick, one approval, one intent): the fleet-share bound holds across it."""
+        return Round(self.bounds)
 
     def check(self, action: Any, snapshot: Snapshot) -> Optional[str]:
-        """None if the action may take effect; else why not. Passing counts its devices against this tick."""
-        if action.tool not in self.bounds.tools:
-            return f"tool {action.tool} is not allowed (bounds.tools)"
-        problem = _CHECKS[type(action)](self.bounds, action, snapshot)
-        if problem:
-            return problem
-        devices = _devices_touched(action, snapshot)
-        if devices and self._touched + devices > self.bounds.max_fleet_share * max(snapshot.devices, 1) + EPSILON:
-            share = (self._touched + devices) / max(snapshot.devices, 1)
-            return f"touches {share:.0%} of the fleet this round; the bound is {self.bounds.max_fleet_share:.0%}"
-        self._touched += devices
-        return None
+        """One action checked alone."""
+        return self.round().check(action, snapshot)
 
     def rate_allows(self, now: float) -> Optional[str]:
         """None if one more action may be applied now; else why not."""
@@ -60,6 +50,27 @@ class Guard:
 
     def applied(self, now: float) -> None:
         self._applied.append(now)
+
+
+class Round:
+    def __init__(self, bounds: Bounds) -> None:
+        self.bounds = bounds
+        self.touched = 0  # devices the actions passed in this round touch
+
+    def check(self, action: Any, snapshot: Snapshot) -> Optional[str]:
+        """None if the action may take effect; else why not. Passing counts its devices against the round."""
+        if action.tool not in self.bounds.tools:
+            return f"tool {action.tool} is not allowed (bounds.tools)"
+        problem = _CHECKS[type(action)](self.bounds, action, snapshot)
+        if problem:
+            return problem
+        devices = _devices_touched(action, snapshot)
+        fleet = max(snapshot.devices, 1)
+        if devices and self.touched + devices > self.bounds.max_fleet_share * fleet + EPSILON:
+            share = (self.touched + devices) / fleet
+            return f"touches {share:.0%} of the fleet this round; the bound is {self.bounds.max_fleet_share:.0%}"
+        self.touched += devices
+        return None
 
 
 def _finite(*values: float) -> bool:

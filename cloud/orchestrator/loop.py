@@ -22,14 +22,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from cloud.errors import ActionFailed, OrchestratorError
+from cloud.errors import ActionFailed, InvalidAction, OrchestratorError
 from cloud.metrics import HubMetrics
 from cloud.orchestrator import actions as a
 from cloud.orchestrator.actuator import Actuator, Undo
 from cloud.orchestrator.advisor import Advisor, AdvisorUnavailable, prompt, prompt_hash
 from cloud.orchestrator.cache import DecisionCache, fingerprint
 from cloud.orchestrator.config import Mode, OrchestratorConfig
-from cloud.orchestrator.guardrails import Guard
+from cloud.orchestrator.guardrails import Guard, Round
 from cloud.orchestrator.rules import Proposal, Rules
 from cloud.orchestrator.snapshot import Observer, Snapshot
 from cloud.orchestrator.store import OrchestratorStore, ProposalRow, ProposalState
@@ -75,7 +75,7 @@ class Orchestrator:
         self.on_decision = on_decision
         self.rules: Optional[Rules] = None
         self.llm_state = "off" if advisor is None else "not started"
-        self._llm_busy = False
+        self._llm_call: Optional[asyncio.Future[str]] = None  # the question being answered, if any
         self._last_llm: dict[str, Any] = {}  # the last consultation: prompt hash, raw answer, validation
         self._acted: dict[str, float] = {}  # target -> when an action on it was last applied
         self.ticks = 0
@@ -113,7 +113,7 @@ class Orchestrator:
         self.metrics.orchestrator_ticks.inc()
         self._expire(snapshot.at)
         await self._measure_effects(snapshot)
-        self.guard.begin_tick()
+        checks = self.guard.round()
         decided = self.rules.decide(snapshot, self.budget)
         uncovered = self.rules.uncovered(snapshot, decided)
         report.anomalies = [u.text for u in uncovered]
@@ -129,7 +129,7 @@ class Orchestrator:
             if target in seen and target != "malformed":
                 continue  # one change per target per round; the rules' comes first
             seen.add(target)
-            row = await self._handle(proposal, snapshot, tick_seq)
+            row = await self._handle(proposal, snapshot, tick_seq, checks)
             if row is not None:
                 report.rows.append(row)
         return report
@@ -151,17 +151,17 @@ class Orchestrator:
         raw = self.cache.get(key)
         outcome = "cached"
         if raw is None:
-            if self._llm_busy:
-                self._count_llm("busy")
+            if self._llm_call is not None and not self._llm_call.done():
+                self._count_llm("busy")  # an earlier question's thread still runs (it timed out): not asked again
                 return [], "busy"
-            self._llm_busy = True
+            call = self._llm_call = asyncio.ensure_future(
+                asyncio.to_thread(advisor.complete, messages, a.decision_schema())
+            )
+            call.add_done_callback(lambda done: done.cancelled() or done.exception())  # read it, even if late
             try:
-                raw = await asyncio.wait_for(
-                    asyncio.to_thread(self._complete, advisor, messages), self.config.llm.timeout_s
-                )
+                raw = await asyncio.wait_for(asyncio.shield(call), self.config.llm.timeout_s)
             except (AdvisorUnavailable, asyncio.TimeoutError) as exc:
                 self._count_llm("unavailable")
-                self._llm_busy = isinstance(exc, asyncio.TimeoutError)  # its thread runs on; _complete clears it
                 logger.warning("orchestrator: the language model did not answer (%s); the rules' decisions stand",
                                str(exc) or "timed out")  # fmt: skip
                 return [], "unavailable"
@@ -181,12 +181,6 @@ class Orchestrator:
         why = decision.explanation or question
         return [Proposal(action, why, source) for action in decision.actions], outcome
 
-    def _complete(self, advisor: Advisor, messages: list[dict[str, str]]) -> str:
-        try:
-            return advisor.complete(messages, a.decision_schema())
-        finally:
-            self._llm_busy = False
-
     def _count_llm(self, outcome: str) -> None:
         self.metrics.orchestrator_llm.labels(outcome=outcome).inc()
 
@@ -199,16 +193,19 @@ class Orchestrator:
 
     # -- deciding one proposal --------------------------------------------------------------------------------
 
-    async def _handle(self, proposal: Proposal, snapshot: Snapshot, tick_seq: Optional[int]) -> Optional[ProposalRow]:
+    async def _handle(
+        self, proposal: Proposal, snapshot: Snapshot, tick_seq: Optional[int], checks: Round
+    ) -> Optional[ProposalRow]:
         now = snapshot.at
         if isinstance(proposal.action, dict):  # a malformed answer: recorded, never applied
             return self._record(proposal, proposal.action, ProposalState.BLOCKED, proposal.reason, tick_seq, now)
         action = proposal.action
-        problem = self.guard.check(action, snapshot)
+        problem = checks.check(action, snapshot)
         if problem:
             return self._record(proposal, a.dump(action), ProposalState.BLOCKED, problem, tick_seq, now)
-        waiting = proposal.source.startswith("intent") or self.config.mode is Mode.APPROVE
-        if self.config.mode is Mode.OBSERVE and not proposal.source.startswith("intent"):
+        from_a_person = proposal.source.startswith(("intent", "operator"))
+        waiting = from_a_person or self.config.mode is Mode.APPROVE
+        if self.config.mode is Mode.OBSERVE and not from_a_person:
             return self._record(proposal, a.dump(action), ProposalState.OBSERVED, "", tick_seq, now)
         if waiting:
             if any(p.action.get("tool") != "annotate" and _target(p) == action.target()
@@ -274,18 +271,34 @@ class Orchestrator:
             raise OrchestratorError(f"intents need the language model, which is {self.llm_state}")
         snapshot = await self.observer.observe()
         self.store.audit(snapshot.at, "intent", {"by": who, "text": text})
-        self.guard.begin_tick()
         proposals, outcome = await self._advise(snapshot, f"Operator's intent: {text}", f"intent:{who}")
         if outcome in ("busy", "unavailable"):
             raise OrchestratorError(f"the language model is {outcome}; try again")
         tick_seq = self._audit_tick(snapshot, proposals, TickReport(snapshot, llm=outcome))
-        rows = [await self._handle(p, snapshot, tick_seq) for p in proposals]
+        checks = self.guard.round()
+        rows = [await self._handle(p, snapshot, tick_seq, checks) for p in proposals]
         return [r for r in rows if r is not None]
+
+    async def propose(self, action: dict[str, Any], reason: str, who: str) -> ProposalRow:
+        """An operator's own action, through the same guardrails; it waits for approval like any proposal."""
+        try:
+            parsed = a.parse_action(action)
+        except ValueError as exc:
+            raise InvalidAction(f"not one of the orchestrator's tools ({', '.join(a.TOOLS)}): {exc}") from exc
+        snapshot = await self.observer.observe()
+        proposal = Proposal(parsed, reason or f"proposed by {who}", f"operator:{who}")
+        row = await self._handle(proposal, snapshot, None, self.guard.round())
+        if row is None:
+            raise OrchestratorError(f"a proposal for {parsed.target()} already waits for approval")
+        return row
+
+    async def snapshot(self) -> dict[str, Any]:
+        """What the orchestrator sees now."""
+        return (await self.observer.observe()).compact()
 
     async def approve(self, proposal_id: str, who: str) -> ProposalRow:
         row = self._waiting(proposal_id, "approve")
         snapshot = await self.observer.observe()
-        self.guard.begin_tick()
         action = a.parse_action(row.action)
         problem = self.guard.check(action, snapshot)  # the world may have moved since it was proposed
         row.decided_by, row.decided_at = who, self.clock()

@@ -55,6 +55,7 @@ class GroupView:
     outbox_age_s: float
     judge_threshold: Optional[float]  # the devices' mean; None: none reported one
     models: tuple[str, ...] = ()  # the routing rules' models its escalations can reach
+    active_models: tuple[str, ...] = ()  # the model ids its devices run, as they reported them
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,7 @@ class Snapshot:
     rollouts: tuple[str, ...] = ()
     cost_budget_per_hour: Optional[float] = None
     policy_version: str = ""
+    slo: dict[str, dict[str, float]] = field(default_factory=dict)  # watched model -> capacity_per_s, p99_slo_ms
 
     @property
     def cost_per_hour(self) -> float:
@@ -101,6 +103,7 @@ class Snapshot:
                     name: {k: v for k, v in asdict(g).items() if k not in ("name", "models")}
                     for name, g in self.groups.items()
                 },
+                "slo": self.slo,
                 "routes": self.routes,
                 "shedding": self.shedding,
                 "pool": asdict(self.pool) if self.pool else None,

@@ -50,3 +50,21 @@ def test_a_bad_field_is_named(tmp_path):
     bad.write_text("model_path: m.onnx\nhttp_port: 70000\nreplicas: 3\n")
     with pytest.raises(ConfigError, match=r"http_port: .*less than 65536.*replicas: Extra inputs"):
         hub_config(args(config=bad))
+
+
+def test_an_orchestrator_watching_a_model_the_rules_lack_stops_the_start(tmp_path, capsys):
+    from tandem.cli import main
+
+    config = tmp_path / "hub.yaml"
+    config.write_text(
+        f"model_path: {EXAMPLE.parents[2] / '.tandem' / 'demo' / 'models' / 'digits-strong.onnx'}\n"
+        "orchestrator: {mode: auto, watch: [{model: gpt-huge, capacity_per_s: 5}]}\n"
+    )
+    assert main(["hub", "run", "--config", str(config)]) == 2
+    assert "gpt-huge" in capsys.readouterr().err
+
+
+def test_a_bare_off_in_yaml_means_the_orchestrator_is_off(tmp_path):
+    config = tmp_path / "hub.yaml"
+    config.write_text("model_path: m.onnx\norchestrator: {mode: off}\n")
+    assert hub_config(args(config=config)).orchestrator.mode.value == "off"

@@ -63,12 +63,12 @@ def test_one_round_may_not_touch_more_than_the_fleet_share():
     snap = snapshot(groups={"big": group("big", devices=5), "lobby": group("lobby", devices=2)}, devices=8)
     assert "of the fleet" in check(a.SetJudgeThreshold(group="big", confidence_threshold=0.85), snap)
     guard = Guard(Bounds(max_fleet_share=0.5))
-    guard.begin_tick()
-    assert guard.check(a.SetJudgeThreshold(group="lobby", confidence_threshold=0.85), snap) is None
+    checks = guard.round()
+    assert checks.check(a.SetJudgeThreshold(group="lobby", confidence_threshold=0.85), snap) is None
     small = snapshot(groups={**snap.groups, "gate": group("gate", devices=3)}, devices=8)
-    assert "of the fleet" in guard.check(a.SetJudgeThreshold(group="gate", confidence_threshold=0.85), small)
-    guard.begin_tick()  # a new round starts from zero
-    assert guard.check(a.SetJudgeThreshold(group="gate", confidence_threshold=0.85), small) is None
+    assert "of the fleet" in checks.check(a.SetJudgeThreshold(group="gate", confidence_threshold=0.85), small)
+    # A new round starts from zero.
+    assert guard.round().check(a.SetJudgeThreshold(group="gate", confidence_threshold=0.85), small) is None
 
 
 def test_replicas_stay_within_bounds_and_need_a_pool_that_scales():

@@ -61,11 +61,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scenarios", default=",".join(s.name for s in SCENARIOS))
     parser.add_argument("--endpoint", default=os.environ.get("TANDEM_LLM_ENDPOINT"), help="OpenAI-compatible base URL")
     parser.add_argument("--endpoint-model", default=os.environ.get("TANDEM_LLM_MODEL", "default"))
+    parser.add_argument(
+        "--endpoint-format",
+        choices=["json_schema", "json_object"],
+        default="json_schema",
+        help="json_object for llama-cpp-python's server (orchestrator.llm.response_format)",
+    )
 
 
-def _config(policy: str, capacity: float, budget: Optional[float], endpoint: Optional[str], model: str):
-    llm = LlmConfig(enabled=policy.startswith("rules+"), endpoint=endpoint if policy == "rules+endpoint" else None,
-                    model=model, threads=2, timeout_s=120)  # fmt: skip
+def _config(policy: str, capacity: float, budget: Optional[float]) -> OrchestratorConfig:
+    """The orchestrator's settings for one policy (its language model is built by _advisor)."""
+    llm = LlmConfig(enabled=policy.startswith("rules+"), timeout_s=120)
     return OrchestratorConfig(
         mode="auto",
         every_s=EVERY_S,
@@ -86,19 +92,21 @@ class _EveryRound(Orchestrator):
         if not report.llm and self.advisor is not None:
             snapshot = report.snapshot
             proposals, report.llm = await self._advise(snapshot, "Check the system and act if needed.", "llm")
+            checks = self.guard.round()
             for proposal in proposals:
-                row = await self._handle(proposal, snapshot, None)
+                row = await self._handle(proposal, snapshot, None, checks)
                 if row is not None:
                     report.rows.append(row)
         return report
 
 
-async def play(scenario: Scenario, policy: str, advisor: Optional[Advisor], curve: Curve, folder: Path,
-               endpoint: Optional[str], model: str) -> dict[str, Any]:  # fmt: skip
+async def play(
+    scenario: Scenario, policy: str, advisor: Optional[Advisor], curve: Curve, folder: Path
+) -> dict[str, Any]:
     capacity = capacity_for(curve)
     budget = natural_cost_per_hour(curve) * scenario.budget_share if scenario.budget_share else None
     sim = Sim(curve, fleet(), capacity, budget)
-    config = _config(policy, capacity, budget, endpoint, model)
+    config = _config(policy, capacity, budget)
     store = OrchestratorStore(folder / f"{policy}-{scenario.name}.db")
     store.open()
     actuator = SimActuator(sim, config.bounds)
@@ -114,7 +122,8 @@ async def play(scenario: Scenario, policy: str, advisor: Optional[Advisor], curv
             await orchestrator.tick()
     rows = store.proposals(limit=100_000)
     store.close()
-    llm = {k: metrics.orchestrator_llm.labels(outcome=k)._value.get() for k in ("answered", "cached", "malformed")}
+    outcomes = ("answered", "cached", "malformed", "unavailable")
+    llm = {k: metrics.orchestrator_llm.labels(outcome=k)._value.get() for k in outcomes}
     return {
         "totals": sim.totals,
         "applied": [x for x in actuator.applied if x.tool != "annotate"],
@@ -124,29 +133,29 @@ async def play(scenario: Scenario, policy: str, advisor: Optional[Advisor], curv
     }
 
 
-def _advisor(policy: str, endpoint: Optional[str], model: str) -> Optional[Advisor]:
+def _advisor(policy: str, args: argparse.Namespace) -> Optional[Advisor]:
     if policy in ("rules+llm", "rules+llm-every-round"):
         return EmbeddedLlama(LlmConfig(threads=2, timeout_s=120))
-    if policy == "rules+endpoint" and endpoint:
-        return ChatEndpoint(LlmConfig(endpoint=endpoint, model=model, timeout_s=120))
+    if policy == "rules+endpoint" and args.endpoint:
+        llm = LlmConfig(endpoint=args.endpoint, model=args.endpoint_model, response_format=args.endpoint_format,
+                        timeout_s=120)  # fmt: skip
+        return ChatEndpoint(llm)
     return None
 
 
 def run_policy(policy: str, scenarios: list[Scenario], curve: Curve, args: argparse.Namespace) -> dict[str, Any]:
     if policy == "rules+endpoint" and not args.endpoint:
         return {"policy": policy, "skipped": "no endpoint: give --endpoint URL or $TANDEM_LLM_ENDPOINT"}
-    advisor = _advisor(policy, args.endpoint, args.endpoint_model)
+    advisor = _advisor(policy, args)
     started = time.monotonic()
     per: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as folder:
         for scenario in scenarios:
-            per[scenario.name] = asyncio.run(
-                play(scenario, policy, advisor, curve, Path(folder), args.endpoint, args.endpoint_model)
-            )
+            per[scenario.name] = asyncio.run(play(scenario, policy, advisor, curve, Path(folder)))
     if advisor is not None:
         advisor.close()
     totals = [p["totals"] for p in per.values()]
-    llm_calls = sum(p["llm"]["answered"] + p["llm"]["malformed"] for p in per.values())
+    llm_calls = int(sum(p["llm"]["answered"] + p["llm"]["malformed"] for p in per.values()))
     cached = sum(p["llm"]["cached"] for p in per.values())
     return {
         "policy": policy,
@@ -160,6 +169,7 @@ def run_policy(policy: str, scenarios: list[Scenario], curve: Curve, args: argpa
         "actions": sum(len(p["applied"]) for p in per.values()),
         "budget_overrun_s": sum(t.budget_overrun_s for t in totals),
         "llm_calls": llm_calls,
+        "llm_unavailable": int(sum(p["llm"]["unavailable"] for p in per.values())),
         "cache_hit_rate": round(cached / (cached + llm_calls), 3) if cached + llm_calls else 0.0,
         "wall_s": round(time.monotonic() - started, 1),
         "scenarios": {

@@ -230,6 +230,7 @@ class SimObserver(Observer):
             pool=None,
             cost_budget_per_hour=sim.budget,
             policy_version="replay",
+            slo={STRONG: {"capacity_per_s": sim.capacity_per_s, "p99_slo_ms": 1000.0}},
         )
 
 
