@@ -92,15 +92,16 @@ def _calibrated_threshold(weak: DetectorConfig, models: Path, args: argparse.Nam
 
 def _orchestrator(args: argparse.Namespace) -> OrchestratorConfig:
     """The rules keep the strong model (``strong``: the hub's one model) within --strong-capacity, moving the
-    device's threshold at most 0.05 per step and never below 0.5; the embedded language model is loaded and asked
-    only about what the rules cannot fix."""
+    device's threshold at most 0.05 per step, never below 0.5, and back up when the load goes; the embedded
+    language model is loaded and asked only about what the rules cannot fix."""
     return OrchestratorConfig.model_validate(
         {
             "mode": args.orchestrator,
             "every_s": 2.0,
             "cooldown_s": 10.0,  # the rates are measured over 10 s: let a change show before the next
             "watch": [{"model": "strong", "capacity_per_s": args.strong_capacity}],
-            "bounds": {"threshold_min": 0.5, "max_fleet_share": 1.0},
+            # One pool replica: a second one starting on a small machine costs the stream more than it gives.
+            "bounds": {"threshold_min": 0.5, "max_fleet_share": 1.0, "replicas_max": 1},
         }
     )
 

