@@ -16,15 +16,18 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import secrets
 import signal
 import sys
 import threading
 from pathlib import Path
 from typing import Any
 
+import yaml
 from pydantic import ValidationError
 
-from cloud.config import HubConfig, load_hub_config
+from cloud.api.access import token_sha256
+from cloud.config import HubConfig, Role, load_hub_config
 from cloud.errors import RoutingError
 from cloud.fleet.cli import add_parsers as add_fleet_parsers
 from cloud.fleet.rollout_cli import add_parsers as add_rollout_parsers
@@ -149,6 +152,17 @@ def routing_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def new_token(args: argparse.Namespace) -> int:
+    """A new operator token, and the entry for the hub's config that holds its sha256 (the token itself is not
+    stored anywhere: give it to the operator)."""
+    token = "tandem_" + secrets.token_urlsafe(32)
+    entry = {"token_sha256": token_sha256(token), "role": args.role, "groups": args.groups or []}
+    print(f"token (give it to {args.name}; the hub keeps only its sha256): {token}")
+    print("add under fleet.operators in the hub's config:")
+    print(yaml.safe_dump({args.name: entry}, default_flow_style=None, sort_keys=False).rstrip())
+    return 0
+
+
 def add_commands(commands: argparse._SubParsersAction) -> None:
     """``tandem hub`` and its subcommands, each with its handler."""
     hub = commands.add_parser("hub", help="the cloud hub").add_subparsers(dest="hub_command", required=True)
@@ -171,6 +185,11 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     )
     check_cmd.add_argument("--artifacts", type=Path, help="the registry's artifacts (default: artifacts/ beside it)")
     check_cmd.set_defaults(handler=routing_check)
+    token = hub.add_parser("token", help="a new operator token and its entry for fleet.operators (role, groups)")
+    token.add_argument("name", help="the operator's name, recorded with each of their changes")
+    token.add_argument("--role", required=True, choices=[r.value for r in Role])
+    token.add_argument("--groups", nargs="*", help="device groups they may change (default: all, and the hub)")
+    token.set_defaults(handler=new_token)
     add_models_parser(hub)
     add_fleet_parsers(hub)
     add_rollout_parsers(hub)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import enum
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from cloud.inputs import InputLimits
 from cloud.orchestrator.config import OrchestratorConfig
@@ -40,6 +41,27 @@ class DeliveryConfig(StrictModel):
     callbacks: list[CallbackRule] = Field([], description="devices whose results go to an HTTP endpoint, not MQTT")
 
 
+class Role(str, enum.Enum):
+    """What an operator may do through the admin API (``cloud.api.access`` maps each role to its permissions)."""
+
+    VIEWER = "viewer"  # read: settings, audit, rollouts, the orchestrator
+    OPERATOR = "operator"  # + settings, bundles, rollouts, orchestrator proposals and intents
+    APPROVER = "approver"  # read + approve, reject and revert orchestrator proposals
+    ADMIN = "admin"  # everything
+
+
+class OperatorConfig(StrictModel):
+    """One operator: the sha256 of their bearer token (never the token), their role, and the groups they act on."""
+
+    token_sha256: str = Field(
+        pattern=r"^[0-9a-f]{64}$", description="sha256 (hex) of the bearer token; `tandem hub token` makes both"
+    )
+    role: Role = Field(description="viewer, operator, approver or admin")
+    groups: list[str] = Field(
+        [], description="device groups this operator may change; empty: every group and the hub-wide settings"
+    )
+
+
 class FleetConfig(StrictModel):
     """The device inventory and the admin API."""
 
@@ -61,11 +83,24 @@ class FleetConfig(StrictModel):
     public_url: Optional[str] = Field(
         None, description="the URL devices fetch bundle files from; default http://{http_host}:{http_port}"
     )
-    operators: dict[str, str] = Field(
+    operators: dict[str, OperatorConfig] = Field(
         {},
-        description="operator name: bearer token for the admin API (Authorization: Bearer TOKEN); every change is "
-        "recorded with the name. Empty: the admin API is open and changes are recorded as 'anonymous'",
+        description="operator name: {token_sha256, role, groups} for the admin API (Authorization: Bearer TOKEN); "
+        "every change is recorded with the name. Empty: the admin API is open and changes are recorded as "
+        "'anonymous'",
     )
+
+    @field_validator("operators", mode="before")
+    @classmethod
+    def _no_plain_tokens(cls, value: object) -> object:
+        if isinstance(value, dict):
+            plain = sorted(name for name, entry in value.items() if isinstance(entry, str))
+            if plain:
+                raise ValueError(
+                    f"operators {plain} give a token in plain text; give {{token_sha256, role}} instead "
+                    "(tandem hub token --role ROLE prints a new token and its entry)"
+                )
+        return value
 
 
 class HubConfig(StrictModel):

@@ -82,6 +82,10 @@ class Unauthorized(HubError):
     """An admin request without a valid operator token."""
 
 
+class Forbidden(HubError):
+    """An operator's request outside their role or their groups."""
+
+
 class BundleError(HubError):
     """A model bundle that cannot be built as asked (a missing artifact, a manifest that does not validate)."""
 
@@ -140,6 +144,7 @@ _STATUS: list[tuple[type[Exception], grpc.StatusCode, int]] = [
     (DeviceNotFound, grpc.StatusCode.NOT_FOUND, 404),
     (InvalidSettings, grpc.StatusCode.INVALID_ARGUMENT, 400),
     (Unauthorized, grpc.StatusCode.UNAUTHENTICATED, 401),
+    (Forbidden, grpc.StatusCode.PERMISSION_DENIED, 403),
     (BundleNotFound, grpc.StatusCode.NOT_FOUND, 404),
     (BundleError, grpc.StatusCode.INVALID_ARGUMENT, 400),
     (KeysError, grpc.StatusCode.FAILED_PRECONDITION, 409),

@@ -21,6 +21,7 @@ from cloud.api.orchestrator import orchestrator_routes
 from cloud.api.registry import registry_routes
 from cloud.api.rollouts import rollout_routes
 from cloud.api.traces import trace_routes
+from cloud.config import OperatorConfig
 from cloud.ingress.body_limit import BodyLimit
 from cloud.ingress.v2 import V2Service, v2_routes
 from cloud.metrics import HubMetrics
@@ -29,7 +30,7 @@ from cloud.registry import Registry
 from cloud.traces.store import TraceStore
 
 OrchestratorAccess = tuple[
-    Callable[[], Orchestrator], Mapping[str, str], Callable[[], Optional[asyncio.AbstractEventLoop]]
+    Callable[[], Orchestrator], Mapping[str, OperatorConfig], Callable[[], Optional[asyncio.AbstractEventLoop]]
 ]
 """The orchestrator (a getter), the operators' tokens, and the event loop it runs on."""
 

@@ -1,21 +1,21 @@
 """``/v1/devices`` (the inventory) and ``/v1/admin/settings`` (desired state by scope), with the audit log.
 
-Admin routes take ``Authorization: Bearer TOKEN``, one token per operator (``fleet.operators``); the operator's
-name goes into the audit log with every change. With no operators configured the admin API is open and changes
-are recorded as ``anonymous`` (the hub says so in its log at start).
+Admin routes take ``Authorization: Bearer TOKEN``; who may do what is ``cloud.api.access``. The operator's name
+goes into the audit log with every change.
 """
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Query
+from fastapi import APIRouter, Depends, HTTPException, Query
 from pydantic import BaseModel, Field
 
-from cloud.errors import HubError, Unauthorized, http_status
+from cloud.api.access import Operator, Permission, authorizer
+from cloud.config import OperatorConfig
+from cloud.errors import HubError, http_status
 from cloud.fleet.bundles import BundleStore
 from cloud.fleet.keys import KeyRing
 from cloud.fleet.rollouts import RolloutService
@@ -31,23 +31,6 @@ class SettingsChange(BaseModel):
     )
 
 
-def operator_auth(operators: Mapping[str, str]) -> Callable[..., str]:
-    """A FastAPI dependency: the operator's name from the bearer token, or 401."""
-
-    def who(authorization: Optional[str] = Header(None)) -> str:
-        if not operators:
-            return "anonymous"
-        scheme, _, token = (authorization or "").partition(" ")
-        if scheme.lower() == "bearer" and token:
-            for name, expected in operators.items():
-                if hmac.compare_digest(token.encode(), expected.encode()):
-                    return name
-        error = Unauthorized("an operator's bearer token is required (Authorization: Bearer TOKEN)")
-        raise HTTPException(http_status(error), str(error), headers={"WWW-Authenticate": "Bearer"})
-
-    return who
-
-
 @dataclass(frozen=True)
 class FleetAccess:
     """What the fleet's routes reach (getters where the part exists only once the hub has started)."""
@@ -57,12 +40,14 @@ class FleetAccess:
     bundles: BundleStore
     keys: Callable[[], KeyRing]
     bundle_for_devices: Callable[[str], BundleEnvelope]
-    operators: Mapping[str, str]
+    operators: Mapping[str, OperatorConfig]
 
 
 def fleet_routes(access: FleetAccess) -> APIRouter:
     router = APIRouter()
-    who = operator_auth(access.operators)
+    require = authorizer(access.operators)
+    reader = require(Permission.READ)
+    changer = require(Permission.SETTINGS)
     fleet = access.fleet
 
     @router.get("/v1/devices")
@@ -87,7 +72,7 @@ def fleet_routes(access: FleetAccess) -> APIRouter:
             raise HTTPException(http_status(exc), str(exc)) from exc
 
     @router.get("/v1/admin/settings")
-    def list_settings(operator: str = Depends(who)) -> list[dict[str, Any]]:
+    def list_settings(operator: Operator = Depends(reader)) -> list[dict[str, Any]]:
         return [
             {"scope": s.scope.value, "name": s.name, "settings": s.settings, "updated_at": s.updated_at,
              "updated_by": s.updated_by}
@@ -95,17 +80,29 @@ def fleet_routes(access: FleetAccess) -> APIRouter:
         ]  # fmt: skip
 
     @router.put("/v1/admin/settings/{scope}")
-    def set_settings(scope: Scope, change: SettingsChange, operator: str = Depends(who)) -> dict[str, Any]:
+    def set_settings(scope: Scope, change: SettingsChange, operator: Operator = Depends(changer)) -> dict[str, Any]:
         """Replace one scope's settings; every device it covers gets a new desired version (published, retained)."""
+        operator.check_scope(_scope_groups(fleet(), scope, change.name), f"settings for {scope.value} {change.name}")
         try:
-            changed = fleet().set_settings(scope, change.name, change.settings, operator)
+            changed = fleet().set_settings(scope, change.name, change.settings, operator.name)
         except HubError as exc:
             raise HTTPException(http_status(exc), str(exc)) from exc
         return {"scope": scope.value, "name": change.name, "devices": changed}
 
     @router.get("/v1/admin/audit")
-    def audit(limit: int = Query(100, ge=1, le=1000), operator: str = Depends(who)) -> list[dict[str, Any]]:
+    def audit(operator: Operator = Depends(reader), limit: int = Query(100, ge=1, le=1000)) -> list[dict[str, Any]]:
         """Admin changes, newest first, with who made them."""
         return fleet().store.audit_log(limit)
 
     return router
+
+
+def _scope_groups(fleet: FleetService, scope: Scope, name: str) -> list[str]:
+    """The device groups a settings scope reaches: its group, or its device's group; none for all and tags (which
+    cross groups: hub-wide)."""
+    if scope is Scope.GROUP:
+        return [name]
+    if scope is Scope.DEVICE:
+        device = fleet.store.get(name)
+        return [device.group] if device is not None and device.group else []
+    return []

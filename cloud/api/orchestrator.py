@@ -10,7 +10,8 @@
     POST /v1/admin/intents {"text": "..."}      the language model's proposals for an operator's intent
     GET  /v1/admin/orchestrator/audit?after=N   the hash-chained audit log; ?verify=true checks the chain
 
-Every route takes the operator's bearer token (``fleet.operators``); approvals and reverts record who.
+Every route takes the operator's bearer token (``cloud.api.access``: read for the views, propose for proposals and
+intents, approve for the steps, within the operator's groups); approvals and reverts record who.
 """
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ from typing import Any, Optional, TypeVar
 from fastapi import APIRouter, Depends, HTTPException, Query
 from pydantic import BaseModel, Field
 
-from cloud.api.fleet import operator_auth
-from cloud.errors import HubError, http_status
+from cloud.api.access import Operator, Permission, authorizer
+from cloud.config import OperatorConfig
+from cloud.errors import HubError, InvalidAction, http_status
+from cloud.orchestrator.actions import groups_touched, parse_action
 from cloud.orchestrator.loop import Orchestrator
 from cloud.orchestrator.store import ProposalState
 
@@ -41,12 +44,15 @@ class Intent(BaseModel):
 
 def orchestrator_routes(
     orchestrator: Callable[[], Orchestrator],
-    operators: Mapping[str, str],
+    operators: Mapping[str, OperatorConfig],
     loop: Callable[[], Optional[asyncio.AbstractEventLoop]],
 ) -> APIRouter:
     """``loop``: the hub's event loop, where the orchestrator runs (the HTTP server may run on another)."""
     router = APIRouter()
-    who = operator_auth(operators)
+    require = authorizer(operators)
+    reader = require(Permission.READ)
+    proposer = require(Permission.PROPOSE)
+    approver = require(Permission.APPROVE)
 
     async def on_hub(call: Callable[[Orchestrator], Coroutine[Any, Any, T]]) -> T:
         try:
@@ -65,45 +71,62 @@ def orchestrator_routes(
             raise HTTPException(http_status(exc), str(exc)) from exc
 
     @router.get("/v1/admin/orchestrator")
-    def status(operator: str = Depends(who)) -> dict[str, Any]:
+    def status(operator: Operator = Depends(reader)) -> dict[str, Any]:
         return sync(lambda o: o.status())
 
     @router.get("/v1/admin/proposals")
     def proposals(
-        state: Optional[ProposalState] = None, limit: int = Query(100, ge=1, le=1000), operator: str = Depends(who)
+        operator: Operator = Depends(reader),
+        state: Optional[ProposalState] = None,
+        limit: int = Query(100, ge=1, le=1000),
     ) -> list[dict[str, Any]]:
         return sync(lambda o: [r.view() for r in o.store.proposals((state,) if state else None, limit)])
 
     @router.post("/v1/admin/proposals", status_code=201)
-    async def propose(body: NewProposal, operator: str = Depends(who)) -> dict[str, Any]:
+    async def propose(body: NewProposal, operator: Operator = Depends(proposer)) -> dict[str, Any]:
         """An operator's own action: checked by the guardrails, then it waits for approval."""
-        row = await on_hub(lambda o: o.propose(body.action, body.reason, operator))
+        try:
+            action = parse_action(body.action)
+        except ValueError as exc:
+            error = InvalidAction(f"not one of the orchestrator's tools: {exc}")
+            raise HTTPException(http_status(error), str(error)) from exc
+        operator.check_scope(groups_touched(action), action.tool)
+        row = await on_hub(lambda o: o.propose(body.action, body.reason, operator.name))
         return row.view()
 
     @router.get("/v1/admin/orchestrator/snapshot")
-    async def snapshot(operator: str = Depends(who)) -> dict[str, Any]:
+    async def snapshot(operator: Operator = Depends(reader)) -> dict[str, Any]:
         """What the orchestrator sees now: models, groups, load rules, the pool, rollouts, cost."""
         return await on_hub(lambda o: o.snapshot())
 
     @router.post("/v1/admin/proposals/{proposal_id}/{step}")
-    async def decide(proposal_id: str, step: str, operator: str = Depends(who)) -> dict[str, Any]:
+    async def decide(proposal_id: str, step: str, operator: Operator = Depends(approver)) -> dict[str, Any]:
         steps = {"approve": Orchestrator.approve, "reject": Orchestrator.reject, "revert": Orchestrator.revert}
         if step not in steps:
             raise HTTPException(404, f"no step {step!r}: approve, reject or revert")
-        row = await on_hub(lambda o: steps[step](o, proposal_id, operator))
+        proposed = sync(lambda o: o.store.get(proposal_id)).action
+        try:
+            touched = groups_touched(parse_action(proposed))
+        except ValueError:
+            touched = []  # a malformed answer: hub-wide (only an unscoped approver may even reject it)
+        operator.check_scope(touched, f"proposal {proposal_id}")
+        row = await on_hub(lambda o: steps[step](o, proposal_id, operator.name))
         return row.view()
 
     @router.post("/v1/admin/intents")
-    async def intent(body: Intent, operator: str = Depends(who)) -> list[dict[str, Any]]:
-        """The language model turns the intent into proposals; they wait for approval like any other."""
-        rows = await on_hub(lambda o: o.intent(body.text, operator))
+    async def intent(body: Intent, operator: Operator = Depends(proposer)) -> list[dict[str, Any]]:
+        """The language model turns the intent into proposals; they wait for approval like any other (an approver
+        within their scope decides them)."""
+        rows = await on_hub(lambda o: o.intent(body.text, operator.name))
         return [r.view() for r in rows]
 
     @router.get("/v1/admin/orchestrator/audit")
     def audit(
-        after: int = Query(0, ge=0), limit: int = Query(200, ge=1, le=2000), verify: bool = False,
-        operator: str = Depends(who),
-    ) -> dict[str, Any]:  # fmt: skip
+        operator: Operator = Depends(reader),
+        after: int = Query(0, ge=0),
+        limit: int = Query(200, ge=1, le=2000),
+        verify: bool = False,
+    ) -> dict[str, Any]:
         def read(o: Orchestrator) -> dict[str, Any]:
             found: dict[str, Any] = {"entries": o.store.entries(after, limit)}
             if verify:

@@ -9,7 +9,8 @@ from fastapi import APIRouter, Depends, HTTPException
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 
-from cloud.api.fleet import FleetAccess, operator_auth
+from cloud.api.access import Operator, Permission, authorizer
+from cloud.api.fleet import FleetAccess
 from cloud.errors import HubError, http_status
 from cloud.fleet.bundles import BundleRequest
 from cloud.fleet.rollout_spec import RolloutSpec
@@ -37,7 +38,10 @@ class NewBundle(BaseModel):
 
 def rollout_routes(access: FleetAccess) -> APIRouter:
     router = APIRouter()
-    who = operator_auth(access.operators)
+    require = authorizer(access.operators)
+    reader = require(Permission.READ)
+    bundler = require(Permission.BUNDLES)
+    rolls_out = require(Permission.ROLLOUTS)
 
     def call(fn: Any, *args: Any) -> Any:
         try:
@@ -46,8 +50,9 @@ def rollout_routes(access: FleetAccess) -> APIRouter:
             raise HTTPException(http_status(exc), str(exc)) from exc
 
     @router.post("/v1/admin/bundles", status_code=201)
-    def create_bundle(body: NewBundle, operator: str = Depends(who)) -> dict[str, Any]:
-        """Sign a bundle of uploaded artifacts with the hub's targets key."""
+    def create_bundle(body: NewBundle, operator: Operator = Depends(bundler)) -> dict[str, Any]:
+        """Sign a bundle of uploaded artifacts with the hub's targets key (a hub-wide change)."""
+        operator.check_scope([], "a bundle")
         request = BundleRequest(
             name=body.name,
             version=body.version,
@@ -61,7 +66,7 @@ def rollout_routes(access: FleetAccess) -> APIRouter:
         )
         envelope = call(lambda: access.bundles.create(request, access.keys()))
         bundle_id = f"{envelope.manifest.signed['name']}-{envelope.manifest.signed['release']}"
-        access.fleet().store.audit(time.time(), operator, "bundle_create", bundle_id, {"version": body.version})
+        access.fleet().store.audit(time.time(), operator.name, "bundle_create", bundle_id, {"version": body.version})
         return call(access.bundles.summary, bundle_id)
 
     @router.get("/v1/bundles")
@@ -79,22 +84,23 @@ def rollout_routes(access: FleetAccess) -> APIRouter:
         return FileResponse(call(access.bundles.file, bundle_id, name), media_type="application/octet-stream")
 
     @router.post("/v1/admin/rollouts", status_code=201)
-    def start_rollout(spec: RolloutSpec, operator: str = Depends(who)) -> dict[str, Any]:
+    def start_rollout(spec: RolloutSpec, operator: Operator = Depends(rolls_out)) -> dict[str, Any]:
+        operator.check_scope(access.rollouts().reach(spec.target), "this rollout")
         call(access.bundles.get, spec.bundle_id)
-        rollout = call(access.rollouts().start, spec, operator)
+        rollout = call(access.rollouts().start, spec, operator.name)
         return access.rollouts().status(rollout.rollout_id)
 
     @router.get("/v1/admin/rollouts")
-    def list_rollouts(operator: str = Depends(who)) -> list[dict[str, Any]]:
+    def list_rollouts(operator: Operator = Depends(reader)) -> list[dict[str, Any]]:
         return access.rollouts().summaries()
 
     @router.get("/v1/admin/rollouts/{rollout_id}")
-    def rollout_status(rollout_id: str, operator: str = Depends(who)) -> dict[str, Any]:
+    def rollout_status(rollout_id: str, operator: Operator = Depends(reader)) -> dict[str, Any]:
         """Its state, wave, each abort rule's current value, every device's status, and the timeline."""
         return call(access.rollouts().status, rollout_id)
 
     @router.post("/v1/admin/rollouts/{rollout_id}/{action}")
-    def act(rollout_id: str, action: str, operator: str = Depends(who)) -> dict[str, Any]:
+    def act(rollout_id: str, action: str, operator: Operator = Depends(rolls_out)) -> dict[str, Any]:
         actions = {
             "pause": access.rollouts().pause,
             "resume": access.rollouts().resume,
@@ -103,7 +109,9 @@ def rollout_routes(access: FleetAccess) -> APIRouter:
         }
         if action not in actions:
             raise HTTPException(404, f"no action {action!r}; one of {sorted(actions)}")
-        call(actions[action], rollout_id, operator)
+        call(access.rollouts().status, rollout_id)  # 404 before 403: an unknown rollout is unknown to everyone
+        operator.check_scope(access.rollouts().groups(rollout_id), f"rollout {rollout_id}")
+        call(actions[action], rollout_id, operator.name)
         return access.rollouts().status(rollout_id)
 
     return router

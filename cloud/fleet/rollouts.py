@@ -331,6 +331,18 @@ class RolloutService:
 
     # -- helpers ------------------------------------------------------------------------------------------------
 
+    def reach(self, target: TargetSpec) -> set[str]:
+        """The device groups a target can reach (what an operator's scope is checked against): its group, which
+        bounds every other selector, else the groups of the devices it selects now."""
+        if target.group:
+            return {target.group}
+        return {d.group for d in self._targets(target)}
+
+    def groups(self, rollout_id: str) -> set[str]:
+        """The device groups a rollout's devices are in."""
+        devices = {row.device_id for row in self.store.devices(rollout_id)}
+        return {d.group for d in self.fleet.store.devices() if d.device_id in devices}
+
     def _targets(self, target: TargetSpec) -> list[Device]:
         found = self.fleet.find(group=target.group, tag=target.tag, device_class=target.device_class)
         if target.devices:

@@ -170,5 +170,10 @@ def decision_schema() -> dict[str, Any]:
     return Decision.model_json_schema()
 
 
+def groups_touched(action: Any) -> list[str]:
+    """The device groups an action changes; none: it changes the hub (routes, replicas, budget, rollouts)."""
+    return [action.group] if isinstance(action, SetJudgeThreshold) else []
+
+
 def dump(action: Optional[BaseModel]) -> Optional[dict[str, Any]]:
     return None if action is None else action.model_dump(mode="json")

@@ -35,7 +35,7 @@ from edge.config import (
 )
 from edge.config import FleetConfig as DeviceFleet
 from tandem.broker import MosquittoBroker, find_mosquitto, free_port, wait_for_port
-from tests.support.fleet import TOKEN, Api, HttpThread, HubThread
+from tests.support.fleet import TOKEN, Api, HttpThread, HubThread, operator
 
 HUB_START_TIMEOUT_S = 180
 
@@ -219,7 +219,7 @@ def rollout_hub(tmp_path, demo_assets, mosquitto, hub) -> Iterator[tuple[Hub, Ap
         mqtt_username="tandem-hub-rollout",
         http_port=port,
         trace_store_path=work / "hub.db",
-        fleet=FleetConfig(check_every_s=0.5, operators={"ops": TOKEN}),
+        fleet=FleetConfig(check_every_s=0.5, operators={"ops": operator(TOKEN)}),
     )
     init_keys(config.keys_dir(), tmp_path / "offline" / "root.pem")
     runner = HubThread(Hub(config, LocalPool(config.artifacts_dir(), config.max_image_pixels)))

@@ -21,6 +21,7 @@ from edge.judge import TraceState
 from protocol.topics import Channel, DeviceTopic
 from tests.integration.conftest import edge_config
 from tests.integration.test_hub_local import HubThread
+from tests.support.fleet import operator
 from tests.support.waiting import wait_for
 
 
@@ -32,7 +33,12 @@ def fleet_hub(tmp_path, demo_assets, mosquitto, hub) -> Iterator[HubThread]:
         mqtt_port=mosquitto.port,
         mqtt_username="tandem-hub-fleet",
         trace_store_path=tmp_path / "hub.db",
-        fleet=FleetConfig(silent_after_s=3.0, sleep_after_s=4.0, check_every_s=0.5, operators={"ana": "s3cret"}),
+        fleet=FleetConfig(
+            silent_after_s=3.0,
+            sleep_after_s=4.0,
+            check_every_s=0.5,
+            operators={"ana": operator("s3cret")},
+        ),
     )
     runner = HubThread(Hub(config, LocalPool(config.artifacts_dir(), config.max_image_pixels)))
     with runner:

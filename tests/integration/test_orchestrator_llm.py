@@ -24,7 +24,7 @@ from cloud.orchestrator.loop import Orchestrator
 from cloud.orchestrator.store import OrchestratorStore, ProposalState
 from tandem.broker import free_port
 from tandem.cli import main
-from tests.support.fleet import TOKEN, Api, HttpThread, HubThread
+from tests.support.fleet import TOKEN, Api, HttpThread, HubThread, operator
 from tests.support.orchestrator import Observed, RecordingActuator, config, group, model, snapshot
 from tests.support.waiting import wait_for
 
@@ -97,7 +97,7 @@ def llm_hub(tmp_path, demo_assets, mosquitto, hub) -> Iterator[tuple[Hub, int]]:
         mqtt_username="tandem-hub-llm",
         http_port=port,
         trace_store_path=tmp_path / "hub" / "hub.db",
-        fleet=FleetConfig(operators={"ops": TOKEN}),
+        fleet=FleetConfig(operators={"ops": operator(TOKEN)}),
         orchestrator=OrchestratorConfig(mode="approve", every_s=1.0, llm=LlmConfig(threads=2, max_tokens=160)),
     )
     runner = HubThread(Hub(config, LocalPool(config.artifacts_dir(), config.max_image_pixels)))

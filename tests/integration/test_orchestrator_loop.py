@@ -21,7 +21,7 @@ from cloud.orchestrator.config import OrchestratorConfig
 from tandem.broker import free_port
 from tandem.cli import main
 from tests.integration.conftest import fleet_device_config
-from tests.support.fleet import TOKEN, Api, EdgeProcess, HttpThread, HubThread, devices
+from tests.support.fleet import TOKEN, Api, EdgeProcess, HttpThread, HubThread, devices, operator
 from tests.support.report import report
 from tests.support.waiting import wait_for
 
@@ -55,7 +55,7 @@ def orchestrated(tmp_path, demo_assets, mosquitto, hub) -> Iterator[tuple[Hub, A
         mqtt_username="tandem-hub-orchestrator",
         http_port=port,
         trace_store_path=tmp_path / "hub" / "hub.db",
-        fleet=FleetConfig(check_every_s=0.5, operators={"ops": TOKEN}),
+        fleet=FleetConfig(check_every_s=0.5, operators={"ops": operator(TOKEN)}),
         orchestrator=OrchestratorConfig.model_validate(
             {
                 "mode": "auto",

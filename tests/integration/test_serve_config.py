@@ -83,5 +83,6 @@ def test_serve_run_with_the_deploy_config(tmp_path, demo_assets, mosquitto):
         os.killpg(process.pid, signal.SIGINT)
         try:
             process.wait(30)
-        except subprocess.TimeoutExpired:
+        except subprocess.TimeoutExpired:  # Serve's graceful shutdown can take longer on a loaded machine
             os.killpg(process.pid, signal.SIGKILL)
+            process.wait()

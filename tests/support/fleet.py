@@ -17,6 +17,8 @@ import httpx
 import uvicorn
 import yaml
 
+from cloud.api.access import token_sha256
+from cloud.config import OperatorConfig, Role
 from cloud.hub import Hub
 from common.inference.classify import OnnxModel
 from common.inference.golden import make_golden
@@ -53,6 +55,11 @@ class HubThread:
 
 TOKEN = "rollout-token"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def operator(token: str, role: str = "admin", groups: tuple[str, ...] = ()) -> OperatorConfig:
+    """An operator entry for fleet.operators, holding the token's sha256 as a hub's config does."""
+    return OperatorConfig(token_sha256=token_sha256(token), role=Role(role), groups=list(groups))
 
 
 class HttpThread:

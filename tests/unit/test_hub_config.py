@@ -68,3 +68,25 @@ def test_a_bare_off_in_yaml_means_the_orchestrator_is_off(tmp_path):
     config = tmp_path / "hub.yaml"
     config.write_text("model_path: m.onnx\norchestrator: {mode: off}\n")
     assert hub_config(args(config=config)).orchestrator.mode.value == "off"
+
+
+def test_operator_tokens_are_refused_in_plain_text_and_made_by_tandem_hub_token(tmp_path, capsys):
+    import hashlib
+
+    import yaml
+
+    from tandem.cli import main
+
+    config = tmp_path / "hub.yaml"
+    config.write_text("model_path: m.onnx\nfleet: {operators: {ana: s3cret}}\n")
+    with pytest.raises(ConfigError, match=r"\['ana'\] give a token in plain text"):
+        hub_config(args(config=config))
+    assert main(["hub", "token", "ana", "--role", "operator", "--groups", "lobby"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    token = printed[0].rsplit(" ", 1)[1]
+    entry = yaml.safe_load("\n".join(printed[2:]))["ana"]
+    digest = hashlib.sha256(token.encode()).hexdigest()
+    assert entry == {"token_sha256": digest, "role": "operator", "groups": ["lobby"]}
+    config.write_text(yaml.safe_dump({"model_path": "m.onnx", "fleet": {"operators": {"ana": entry}}}))
+    loaded = hub_config(args(config=config)).fleet.operators["ana"]
+    assert token not in config.read_text() and loaded.role.value == "operator"

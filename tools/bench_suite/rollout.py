@@ -24,7 +24,8 @@ from typing import Any
 import httpx
 import uvicorn
 
-from cloud.config import FleetConfig, HubConfig
+from cloud.api.access import token_sha256
+from cloud.config import FleetConfig, HubConfig, OperatorConfig, Role
 from cloud.fleet.keys import init_keys
 from cloud.hub import Hub, LocalPool
 from common.inference.classify import OnnxModel
@@ -51,6 +52,7 @@ FPS = 30.0
 PROBATION_FRAMES = 60
 TOKEN = "bench"
 QUIET_S = 6.0  # the control window before the rollout, about as long as the rollout
+BENCH_OPERATOR = OperatorConfig(token_sha256=token_sha256(TOKEN), role=Role.ADMIN)
 
 
 class _Paced(EdgeRuntime):
@@ -138,7 +140,7 @@ def measure(work: Path, demo: Path, second_model: Path, devices: int = 3) -> dic
         mqtt_username="tandem-hub-bench",
         http_port=http_port,
         trace_store_path=work / "hub" / "hub.db",
-        fleet=FleetConfig(check_every_s=0.2, operators={"bench": TOKEN}),
+        fleet=FleetConfig(check_every_s=0.2, operators={"bench": BENCH_OPERATOR}),
     )
     ring = init_keys(config.keys_dir(), work / "offline" / "root.pem")
     hub = Hub(config, LocalPool(config.artifacts_dir(), config.max_image_pixels))
