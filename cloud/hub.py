@@ -268,6 +268,8 @@ class Hub:
         self._mqtt_ingress.start()
         self._service.recover()
         self._orchestrator = self._build_orchestrator()
+        if not hub.fleet.operators:
+            logger.warning("admin API: no operators configured (fleet.operators): it is open, changes are anonymous")
         self._tasks = [
             # Sends what is due: results not acknowledged in time, and any a restart left unsent.
             loop.create_task(delivery.run(), name="hub-resends"),
@@ -386,6 +388,7 @@ class Hub:
                 self.config.fleet.operators,
             ),
             orchestrator=(lambda: self.orchestrator, self.config.fleet.operators, lambda: self._loop),
+            operators=self.config.fleet.operators,
         )
 
     async def status(self) -> dict[str, Any]:

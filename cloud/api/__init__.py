@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping
+from types import MappingProxyType
 from typing import Any, Optional
 
-from fastapi import FastAPI, HTTPException, Response
+from fastapi import Depends, FastAPI, HTTPException, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from cloud.api.access import Operator, Permission, authorizer
 from cloud.api.fleet import FleetAccess, fleet_routes
 from cloud.api.orchestrator import orchestrator_routes
 from cloud.api.registry import registry_routes
@@ -45,12 +47,15 @@ def build_http_app(
     max_artifact_bytes: int = 1024 * 1024 * 1024,
     fleet: Optional[FleetAccess] = None,
     orchestrator: Optional[OrchestratorAccess] = None,
+    operators: Mapping[str, OperatorConfig] = MappingProxyType({}),
 ) -> FastAPI:
     """``max_body_bytes`` bounds every request body (413 past it) but model uploads, bounded by max_artifact_bytes."""
     app = FastAPI(title="Tandem hub", version="1")
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes, by_prefix={"/v1/artifacts/": max_artifact_bytes})
-    app.include_router(registry_routes(registry))
-    app.include_router(trace_routes(traces))
+    require = authorizer(operators)
+    reader = require(Permission.READ)
+    app.include_router(registry_routes(registry, require))
+    app.include_router(trace_routes(traces, require))
     if v2 is not None:
         app.include_router(v2_routes(v2))
     if fleet is not None:
@@ -70,7 +75,7 @@ def build_http_app(
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/routing")
-    async def routing() -> dict[str, Any]:
+    async def routing(operator: Operator = Depends(reader)) -> dict[str, Any]:
         """The rules in use (their digest changes on every reload), the cache, and each replica's circuit."""
         if hub_status is None:
             raise HTTPException(404, "no routing status here")

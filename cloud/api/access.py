@@ -1,15 +1,16 @@
 """Who may do what through the admin API: bearer tokens (stored as their sha256), roles, and group scopes.
 
-    viewer     read: settings, the audit log, rollouts, the orchestrator and its proposals
-    operator   read, settings, bundles, rollouts, orchestrator proposals and intents
+    viewer     read: devices, traces, models, routing, settings, the audit log, rollouts, the orchestrator
+    operator   read, models (registry uploads and versions), settings, bundles, rollouts, orchestrator proposals
+               and intents
     approver   read, approve / reject / revert orchestrator proposals
     admin      everything
 
-An operator with ``groups`` acts only on those device groups: settings of one of them (or of one of their
-devices), rollouts that target one of them, proposals that touch one of them; hub-wide changes (scope ``all``,
-tags, bundles, replicas, routes) need an operator without groups. 401 without a valid token, 403 outside the
-role or the scope. With no operators configured the API is open, as ``anonymous`` with every permission (the
-hub says so in its log).
+An operator with ``groups`` sees only those groups' devices, and acts only on those groups: settings of one of
+them (or of one of their devices), rollouts that target one of them, proposals that touch one of them; hub-wide
+changes (scope ``all``, tags, models, bundles, replicas, routes) need an operator without groups. 401 without a
+valid token, 403 outside the role or the scope. With no operators configured the API is open, as ``anonymous``
+with every permission (the hub says so in its log).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from cloud.errors import Forbidden, Unauthorized, http_status
 
 class Permission(str, enum.Enum):
     READ = "read"
+    MODELS = "models"
     SETTINGS = "settings"
     BUNDLES = "bundles"
     ROLLOUTS = "rollouts"
@@ -39,7 +41,14 @@ class Permission(str, enum.Enum):
 PERMISSIONS: dict[Role, frozenset[Permission]] = {
     Role.VIEWER: frozenset({Permission.READ}),
     Role.OPERATOR: frozenset(
-        {Permission.READ, Permission.SETTINGS, Permission.BUNDLES, Permission.ROLLOUTS, Permission.PROPOSE}
+        {
+            Permission.READ,
+            Permission.MODELS,
+            Permission.SETTINGS,
+            Permission.BUNDLES,
+            Permission.ROLLOUTS,
+            Permission.PROPOSE,
+        }
     ),
     Role.APPROVER: frozenset({Permission.READ, Permission.APPROVE}),
     Role.ADMIN: frozenset(Permission),
@@ -56,6 +65,10 @@ class Operator:
         """Whether a change touching these groups (none: a hub-wide change) is within this operator's scope."""
         touched = set(groups)
         return not self.groups or (bool(touched) and touched <= set(self.groups))
+
+    def may_see(self, group: str) -> bool:
+        """Whether a device of this group is visible to this operator."""
+        return not self.groups or group in self.groups
 
     def check_scope(self, groups: Iterable[str], what: str) -> None:
         """Forbidden (403) unless the change is within scope."""
@@ -103,3 +116,7 @@ def authorizer(operators: Mapping[str, OperatorConfig]) -> Callable[[Permission]
         return dependency
 
     return require
+
+
+Require = Callable[[Permission], Callable[..., Operator]]
+"""``authorizer(operators)``: a permission -> the FastAPI dependency that checks it."""

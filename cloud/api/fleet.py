@@ -57,19 +57,24 @@ def fleet_routes(access: FleetAccess) -> APIRouter:
         device_class: Optional[str] = None,
         status: Optional[str] = Query(None, pattern="^(online|silent|offline|unknown)$"),
         model: Optional[str] = None,
+        operator: Operator = Depends(reader),
     ) -> list[dict[str, Any]]:
-        """Every device the hub has heard from, filtered by group, tag, class, status and active model."""
+        """Every device the hub has heard from (an operator with groups: in their groups), filtered by group, tag,
+        class, status and active model."""
         service = fleet()
         found = service.find(group=group, tag=tag, device_class=device_class, status=status, model=model)
-        return [service.view(d) for d in found]
+        return [service.view(d) for d in found if operator.may_see(d.group)]
 
     @router.get("/v1/devices/{device_id}")
-    def get_device(device_id: str) -> dict[str, Any]:
+    def get_device(device_id: str, operator: Operator = Depends(reader)) -> dict[str, Any]:
         service = fleet()
         try:
-            return service.view(service.device(device_id))
+            device = service.device(device_id)
         except HubError as exc:
             raise HTTPException(http_status(exc), str(exc)) from exc
+        if not operator.may_see(device.group):  # as unknown as a device that does not exist
+            raise HTTPException(404, f"no device {device_id}")
+        return service.view(device)
 
     @router.get("/v1/admin/settings")
     def list_settings(operator: Operator = Depends(reader)) -> list[dict[str, Any]]:

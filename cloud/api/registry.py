@@ -6,8 +6,9 @@ import hashlib
 from collections.abc import Callable
 from typing import Any, Optional, TypeVar
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException, Request
 
+from cloud.api.access import Operator, Permission, Require, authorizer
 from cloud.errors import RegistryError, http_status
 from cloud.registry import ModelSpec, ModelStatus, ModelUpdate, Registry
 
@@ -18,9 +19,16 @@ class Registration(ModelSpec):
     artifact_sha256: str
 
 
-def registry_routes(registry: Registry) -> APIRouter:
-    """``/v1/artifacts`` (content-addressed uploads) and ``/v1/models`` (versions and their status)."""
+def registry_routes(registry: Registry, require: Optional[Require] = None) -> APIRouter:
+    """``/v1/artifacts`` (content-addressed uploads) and ``/v1/models`` (versions and their status): reads need
+    the read permission, changes the models permission (hub-wide: an operator without groups)."""
+    require = require or authorizer({})  # none given: open, as with no operators configured
     router = APIRouter()
+    reader, writer = require(Permission.READ), require(Permission.MODELS)
+
+    def hub_wide(operator: Operator = Depends(writer)) -> Operator:
+        operator.check_scope([], "the model registry")
+        return operator
 
     def call(fn: Callable[[], T]) -> T:
         try:
@@ -29,7 +37,7 @@ def registry_routes(registry: Registry) -> APIRouter:
             raise HTTPException(http_status(exc), str(exc)) from exc
 
     @router.put("/v1/artifacts/{sha256}", status_code=201)
-    async def put_artifact(sha256: str, request: Request) -> dict[str, Any]:
+    async def put_artifact(sha256: str, request: Request, operator: Operator = Depends(hub_wide)) -> dict[str, Any]:
         """Upload a model file as the raw body; the path names its sha256, which is checked."""
         body = await request.body()
         actual = hashlib.sha256(body).hexdigest()
@@ -38,7 +46,7 @@ def registry_routes(registry: Registry) -> APIRouter:
         return {"sha256": call(lambda: registry.put_artifact(body)), "bytes": len(body)}
 
     @router.post("/v1/models", status_code=201)
-    def register(body: Registration) -> dict[str, Any]:
+    def register(body: Registration, operator: Operator = Depends(hub_wide)) -> dict[str, Any]:
         spec = ModelSpec.model_validate(body.model_dump(exclude={"artifact_sha256"}))
         return call(lambda: registry.register(spec, body.artifact_sha256)).model_dump(mode="json")
 
@@ -49,20 +57,21 @@ def registry_routes(registry: Registry) -> APIRouter:
         tag: Optional[str] = None,
         precision: Optional[str] = None,
         status: Optional[ModelStatus] = None,
+        operator: Operator = Depends(reader),
     ) -> list[dict[str, Any]]:
         found = call(lambda: registry.query(name=name, task=task, tag=tag, precision=precision, status=status))
         return [m.model_dump(mode="json") for m in found]
 
     @router.get("/v1/models/{name}/{version}")
-    def get(name: str, version: str) -> dict[str, Any]:
+    def get(name: str, version: str, operator: Operator = Depends(reader)) -> dict[str, Any]:
         return call(lambda: registry.get(name, version)).model_dump(mode="json")
 
     @router.patch("/v1/models/{name}/{version}")
-    def update(name: str, version: str, change: ModelUpdate) -> dict[str, Any]:
+    def update(name: str, version: str, change: ModelUpdate, operator: Operator = Depends(hub_wide)) -> dict[str, Any]:
         return call(lambda: registry.update(name, version, change)).model_dump(mode="json")
 
     @router.post("/v1/models/{name}/{version}/retire")
-    def retire(name: str, version: str) -> dict[str, Any]:
+    def retire(name: str, version: str, operator: Operator = Depends(hub_wide)) -> dict[str, Any]:
         return call(lambda: registry.retire(name, version)).model_dump(mode="json")
 
     return router

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, Depends, HTTPException, Query
 from google.protobuf import json_format
 
+from cloud.api.access import Operator, Permission, Require, authorizer
 from cloud.errors import http_status
 from cloud.traces.store import HubTrace, TraceStatus, TraceStore
 from protocol.codec import parse_result
@@ -14,8 +15,11 @@ from protocol.errors import ProtocolError
 from protocol.messages import validate_trace_id
 
 
-def trace_routes(traces: TraceStore) -> APIRouter:
+def trace_routes(traces: TraceStore, require: Optional[Require] = None) -> APIRouter:
+    """Reads, for operators with the read permission."""
+    require = require or authorizer({})  # none given: open, as with no operators configured
     router = APIRouter()
+    reader = require(Permission.READ)
 
     @router.get("/v1/traces")
     def list_traces(
@@ -26,6 +30,7 @@ def trace_routes(traces: TraceStore) -> APIRouter:
         until: Optional[float] = None,
         acked: Optional[bool] = None,
         limit: int = Query(100, ge=1, le=1000),
+        operator: Operator = Depends(reader),
     ) -> list[dict[str, Any]]:
         """Traces newest first, filtered by device, status, routing rule, received time (Unix seconds), and
         whether the device confirmed the result (acked=false: finished results still being sent)."""
@@ -33,7 +38,7 @@ def trace_routes(traces: TraceStore) -> APIRouter:
         return [_trace_json(t) for t in found]
 
     @router.get("/v1/traces/{trace_id}")
-    def get_trace(trace_id: str) -> dict[str, Any]:
+    def get_trace(trace_id: str, operator: Operator = Depends(reader)) -> dict[str, Any]:
         """A trace's status and, once finished, its result (the EscalationResult as JSON)."""
         try:
             validate_trace_id(trace_id)

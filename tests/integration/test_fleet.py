@@ -98,7 +98,7 @@ ADMIN = {"Authorization": "Bearer s3cret"}
 def listed(api: TestClient, **query) -> dict[str, dict]:
     """The hub's devices, by id. The session's broker also holds the retained reports of other tests' devices,
     which this hub rightly lists too: a test looks at its own."""
-    reply = api.get("/v1/devices", params=query)
+    reply = api.get("/v1/devices", params=query, headers=ADMIN)
     assert reply.status_code == 200, reply.text
     return {d["device_id"]: d for d in reply.json()}
 

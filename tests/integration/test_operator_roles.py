@@ -3,16 +3,21 @@ the operator's groups, and through otherwise (the route may then say 404 or 409 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import httpx
+import paho.mqtt.client as mqtt
 import pytest
 
 from cloud.config import FleetConfig, HubConfig
 from cloud.hub import Hub, LocalPool
 from cloud.orchestrator.config import OrchestratorConfig
+from protocol import fleet
+from protocol.topics import Channel, DeviceTopic
 from tandem.broker import free_port
 from tests.support.fleet import HttpThread, HubThread, operator
+from tests.support.waiting import wait_for
 
 OPERATORS = {
     "vera": ("viewer", ()),
@@ -49,6 +54,16 @@ def hub_api(tmp_path, demo_assets, mosquitto, hub) -> Iterator[httpx.Client]:
 
 # (method, path, body, permission, groups it touches: None where no scope applies, () for a hub-wide change)
 ROUTES = [
+    ("GET", "/v1/devices", None, "read", None),
+    ("GET", "/v1/devices/cam-nowhere", None, "read", None),
+    ("GET", "/v1/traces", None, "read", None),
+    ("GET", f"/v1/traces/{'0' * 32}", None, "read", None),
+    ("GET", "/v1/routing", None, "read", None),
+    ("GET", "/v1/models", None, "read", None),
+    ("PUT", f"/v1/artifacts/{'0' * 64}", None, "models", ()),
+    ("POST", "/v1/models", {"name": "m", "version": "1", "task": "classification", "artifact_sha256": "0" * 64},
+     "models", ()),
+    ("POST", "/v1/models/m/1/retire", None, "models", ()),
     ("GET", "/v1/admin/settings", None, "read", None),
     ("PUT", "/v1/admin/settings/group", {"name": "lobby", "settings": MARGIN}, "settings", ("lobby",)),
     ("PUT", "/v1/admin/settings/group", {"name": "gate", "settings": MARGIN}, "settings", ("gate",)),
@@ -71,9 +86,9 @@ ROUTES = [
 ]  # fmt: skip
 PERMISSIONS = {
     "viewer": {"read"},
-    "operator": {"read", "settings", "bundles", "rollouts", "propose"},
+    "operator": {"read", "models", "settings", "bundles", "rollouts", "propose"},
     "approver": {"read", "approve"},
-    "admin": {"read", "settings", "bundles", "rollouts", "propose", "approve"},
+    "admin": {"read", "models", "settings", "bundles", "rollouts", "propose", "approve"},
 }
 
 
@@ -110,6 +125,39 @@ def test_approvals_follow_the_approvers_role_and_the_proposals_groups(hub_api):
     assert reply.status_code == 409  # blocked by the guardrails (no pool to scale here): not a waiting one
     assert reply.json()["detail"].startswith(f"proposal {replicas['proposal_id']} is BLOCKED")
     assert hub_api.post("/v1/admin/proposals/nope/approve", headers=as_["ada"]).status_code == 404
+
+
+def publish_reports(port: int, groups: dict[str, str]) -> None:
+    """Each device's retained report, as a device publishes it at connect."""
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="roles-reporter")
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    try:
+        for device_id, group in groups.items():
+            report = fleet.Reported(
+                device_id=device_id, sent_at=time.time(), group=group, device_class="x86_64/cpu", runtime_version="t",
+                model={"model_id": "m", "version": "1", "sha256": "", "backend": "onnxruntime"},
+            )  # fmt: skip
+            topic = str(DeviceTopic(device_id, Channel.REPORTED))
+            client.publish(topic, fleet.encode(report), qos=1, retain=True).wait_for_publish(5)
+    finally:
+        client.loop_stop()
+        client.disconnect()
+
+
+def test_a_scoped_operator_sees_only_their_groups_devices(hub_api, mosquitto):
+    headers = {name: {"Authorization": f"Bearer {token(name)}"} for name in ("olga", "otto")}
+    publish_reports(mosquitto.port, {"cam-roles-l1": "lobby", "cam-roles-g1": "gate"})
+
+    def both() -> bool:
+        found = {d["device_id"] for d in hub_api.get("/v1/devices", headers=headers["otto"]).json()}
+        return {"cam-roles-l1", "cam-roles-g1"} <= found
+
+    wait_for(both, 20, "both devices' reports")
+    seen = {d["device_id"] for d in hub_api.get("/v1/devices", headers=headers["olga"]).json()}
+    assert "cam-roles-l1" in seen and "cam-roles-g1" not in seen
+    assert hub_api.get("/v1/devices/cam-roles-g1", headers=headers["olga"]).status_code == 404
+    assert hub_api.get("/v1/devices/cam-roles-g1", headers=headers["otto"]).status_code == 200
 
 
 def test_a_scoped_operators_change_is_recorded_with_their_name(hub_api):

@@ -97,7 +97,7 @@ class Api:
     def upload(self, path: Path) -> str:
         data = path.read_bytes()
         sha256 = hashlib.sha256(data).hexdigest()
-        assert self.client.put(f"/v1/artifacts/{sha256}", content=data).status_code == 201
+        assert self.client.put(f"/v1/artifacts/{sha256}", content=data, headers=ADMIN).status_code == 201
         return sha256
 
 

@@ -53,6 +53,7 @@ PROBATION_FRAMES = 60
 TOKEN = "bench"
 QUIET_S = 6.0  # the control window before the rollout, about as long as the rollout
 BENCH_OPERATOR = OperatorConfig(token_sha256=token_sha256(TOKEN), role=Role.ADMIN)
+ADMIN = {"Authorization": f"Bearer {TOKEN}"}
 
 
 class _Paced(EdgeRuntime):
@@ -103,7 +104,7 @@ def _bundle(api: httpx.Client, model: Path, demo: Path) -> str:
     files = {}
     for name, data, role in (("model.onnx", model.read_bytes(), "model"), ("golden.npz", golden, "golden")):
         sha256 = hashlib.sha256(data).hexdigest()
-        api.put(f"/v1/artifacts/{sha256}", content=data).raise_for_status()
+        api.put(f"/v1/artifacts/{sha256}", content=data, headers=ADMIN).raise_for_status()
         files[name] = {"sha256": sha256, "role": role}
     body = {
         "name": "bench",
@@ -111,13 +112,13 @@ def _bundle(api: httpx.Client, model: Path, demo: Path) -> str:
         "files": files,
         "model": {"model_id": model.stem, "file": "model.onnx", "golden": "golden.npz"},
     }
-    reply = api.post("/v1/admin/bundles", json=body, headers={"Authorization": f"Bearer {TOKEN}"})
+    reply = api.post("/v1/admin/bundles", json=body, headers=ADMIN)
     reply.raise_for_status()
     return str(reply.json()["bundle_id"])
 
 
 def _rollout(api: httpx.Client, bundle_id: str, waves: list[float]) -> dict[str, Any]:
-    headers = {"Authorization": f"Bearer {TOKEN}"}
+    headers = ADMIN
     spec = {"bundle_id": bundle_id, "target": {"group": "bench"}, "waves": waves, "soak_s": 0.0}
     started = api.post("/v1/admin/rollouts", json=spec, headers=headers).json()
     status: dict[str, Any] = {}
@@ -163,7 +164,7 @@ def measure(work: Path, demo: Path, second_model: Path, devices: int = 3) -> dic
             runtime.start()
             threads.append(threading.Thread(target=runtime.run, daemon=True))
             threads[-1].start()
-        _wait(lambda: len(api.get("/v1/devices").json()) == devices, 30, "devices")
+        _wait(lambda: len(api.get("/v1/devices", headers=ADMIN).json()) == devices, 30, "devices")
         bundle_id = _bundle(api, second_model, demo)
         quiet_from = time.monotonic()
         time.sleep(QUIET_S)  # the control: the same devices, broker and hub, no update
