@@ -39,16 +39,15 @@ from cloud.fleet.rollout_store import RolloutStore
 from cloud.fleet.rollouts import RolloutService
 from cloud.fleet.service import FleetService
 from cloud.fleet.store import Device, FleetStore
-from cloud.hub_orchestrator import HubActuator, HubObserver
+from cloud.hub_orchestrator import build_orchestrator
 from cloud.ingress import mqtt as mqtt_ingress
 from cloud.ingress import v2
 from cloud.metrics import HubMetrics
 from cloud.models.classifier import Classifier
 from cloud.orchestrator.actuator import PoolScaler
-from cloud.orchestrator.advisor import advisor_for
 from cloud.orchestrator.config import Mode
 from cloud.orchestrator.loop import Orchestrator
-from cloud.orchestrator.store import OrchestratorStore, ProposalRow
+from cloud.orchestrator.store import OrchestratorStore
 from cloud.registry import SqliteRegistry
 from cloud.routing import ModelAnswer, ModelBackend, Router, RoutingConfig, parse_routing, serving
 from cloud.routing.backends import build_backends, close_backends
@@ -291,25 +290,15 @@ class Hub:
         if unknown:
             raise HubError(f"orchestrator.watch names models the routing rules do not have: {unknown}")
         self.orchestrator_store.open()
-        scaler = self.pool.scaler()
-        return Orchestrator(
+        return build_orchestrator(
             config,
-            HubObserver(
-                lambda: self.service.router,
-                lambda: self.fleet,
-                lambda: self.rollouts,
-                scaler,
-                lambda: self.orchestrator.budget,
-                time.time,
-                slo={w.model: {"capacity_per_s": w.capacity_per_s, "p99_slo_ms": w.p99_slo_ms} for w in config.watch},
-            ),
-            HubActuator(
-                lambda: self.service.router, self.service.use, lambda: self.fleet, lambda: self.rollouts, scaler
-            ),
+            lambda: self.service.router,
+            self.service.use,
+            lambda: self.fleet,
+            lambda: self.rollouts,
+            self.pool.scaler(),
             self.orchestrator_store,
             self.metrics,
-            advisor_for(config.llm),
-            on_decision=_log_decision,
         )
 
     async def _orchestrate(self, orchestrator: Orchestrator) -> None:
@@ -468,14 +457,3 @@ class Hub:
         deleted = self.store.prune(time.time() - retention_s)
         if deleted:
             logger.info("trace store: deleted %d traces older than %.0f s", deleted, retention_s)
-
-
-def _log_decision(row: ProposalRow) -> None:
-    logger.info(
-        "orchestrator: %s %s by %s: %s%s",
-        row.state.value,
-        row.action.get("tool", "malformed answer"),
-        row.source,
-        {k: v for k, v in row.action.items() if k not in ("tool", "raw")},
-        f" ({row.detail})" if row.detail else f" ({row.reason})" if row.reason else "",
-    )

@@ -15,7 +15,9 @@ Kept apart from the ``cloud.orchestrator`` package, which knows nothing of the f
 from __future__ import annotations
 
 import asyncio
+import logging
 import statistics
+import time
 from collections.abc import Callable
 from typing import Any, Optional
 
@@ -24,6 +26,7 @@ from cloud.fleet.rollout_spec import RolloutState
 from cloud.fleet.rollouts import RolloutService
 from cloud.fleet.service import FleetService
 from cloud.fleet.store import Device, Scope
+from cloud.metrics import HubMetrics
 from cloud.orchestrator import actions as a
 from cloud.orchestrator.actuator import (
     SHED_PREFIX,
@@ -37,9 +40,15 @@ from cloud.orchestrator.actuator import (
     with_weights,
     without_shedding,
 )
+from cloud.orchestrator.advisor import advisor_for
+from cloud.orchestrator.config import OrchestratorConfig
+from cloud.orchestrator.loop import Orchestrator
 from cloud.orchestrator.snapshot import GroupView, ModelView, Observer, PoolView, ReplicaView, Snapshot, percentile
+from cloud.orchestrator.store import OrchestratorStore, ProposalRow
 from cloud.routing.config import RoutingConfig
 from cloud.routing.router import Router
+
+logger = logging.getLogger(__name__)
 
 WHO = "orchestrator"
 IN_PROGRESS = (RolloutState.RUNNING.value, RolloutState.PAUSED.value)
@@ -52,17 +61,12 @@ class HubObserver(Observer):
         fleet: Callable[[], FleetService],
         rollouts: Callable[[], RolloutService],
         pool: Optional[PoolScaler],
-        budget: Callable[[], Optional[float]],
         clock: Callable[[], float],
-        slo: Optional[dict[str, dict[str, float]]] = None,
     ) -> None:
-        """``slo``: each watched model's capacity and p99 SLO, as the orchestrator's config gives them."""
-        self._slo = slo or {}
         self._router = router
         self._fleet = fleet
         self._rollouts = rollouts
         self._pool = pool
-        self._budget = budget
         self._clock = clock
 
     async def observe(self) -> Snapshot:
@@ -79,9 +83,7 @@ class HubObserver(Observer):
             shedding=shedding(router.config),
             pool=PoolView(*bounds) if bounds else None,
             rollouts=tuple(r.rollout_id for r in rollouts),
-            cost_budget_per_hour=self._budget(),
             policy_version=router.config.digest(),
-            slo=self._slo,
         )
 
     def _groups(self, router: Router, devices: list[Device]) -> dict[str, GroupView]:
@@ -259,3 +261,37 @@ class HubActuator(Actuator):
         await asyncio.to_thread(step, action.rollout_id, WHO)
         back = "resume" if action.action == "pause" else "pause"
         return inverse(a.RolloutAction(rollout_id=action.rollout_id, action=back))
+
+
+def build_orchestrator(
+    config: OrchestratorConfig,
+    router: Callable[[], Router],
+    use_router: Callable[[Router], None],
+    fleet: Callable[[], FleetService],
+    rollouts: Callable[[], RolloutService],
+    pool: Optional[PoolScaler],
+    store: OrchestratorStore,
+    metrics: HubMetrics,
+) -> Orchestrator:
+    """The orchestrator over a hub's parts (getters where a part exists only once the hub has started); its
+    decisions go to this module's log."""
+    return Orchestrator(
+        config,
+        HubObserver(router, fleet, rollouts, pool, time.time),
+        HubActuator(router, use_router, fleet, rollouts, pool),
+        store,
+        metrics,
+        advisor_for(config.llm),
+        on_decision=_log_decision,
+    )
+
+
+def _log_decision(row: ProposalRow) -> None:
+    logger.info(
+        "orchestrator: %s %s by %s: %s%s",
+        row.state.value,
+        row.action.get("tool", "malformed answer"),
+        row.source,
+        {k: v for k, v in row.action.items() if k not in ("tool", "raw")},
+        f" ({row.detail})" if row.detail else f" ({row.reason})" if row.reason else "",
+    )

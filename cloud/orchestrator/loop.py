@@ -19,7 +19,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 
 from cloud.errors import ActionFailed, InvalidAction, OrchestratorError
@@ -102,12 +102,19 @@ class Orchestrator:
         if self.advisor is not None:
             await asyncio.to_thread(self.advisor.close)
 
+    async def _observe(self) -> Snapshot:
+        """The observer's snapshot with what the orchestrator itself holds: the budget and the watched models'
+        capacity and SLO."""
+        snapshot = await self.observer.observe()
+        slo = {w.model: {"capacity_per_s": w.capacity_per_s, "p99_slo_ms": w.p99_slo_ms} for w in self.config.watch}
+        return replace(snapshot, cost_budget_per_hour=self.budget, slo=slo)
+
     # -- one round --------------------------------------------------------------------------------------------
 
     async def tick(self) -> TickReport:
         if self.rules is None:
             raise OrchestratorError("the orchestrator is not started")
-        snapshot = await self.observer.observe()
+        snapshot = await self._observe()
         report = TickReport(snapshot)
         self.ticks += 1
         self.metrics.orchestrator_ticks.inc()
@@ -269,7 +276,7 @@ class Orchestrator:
         """An operator's intent in plain words -> proposals that wait for approval (a policy diff to review)."""
         if self.advisor is None:
             raise OrchestratorError(f"intents need the language model, which is {self.llm_state}")
-        snapshot = await self.observer.observe()
+        snapshot = await self._observe()
         self.store.audit(snapshot.at, "intent", {"by": who, "text": text})
         proposals, outcome = await self._advise(snapshot, f"Operator's intent: {text}", f"intent:{who}")
         if outcome in ("busy", "unavailable"):
@@ -285,7 +292,7 @@ class Orchestrator:
             parsed = a.parse_action(action)
         except ValueError as exc:
             raise InvalidAction(f"not one of the orchestrator's tools ({', '.join(a.TOOLS)}): {exc}") from exc
-        snapshot = await self.observer.observe()
+        snapshot = await self._observe()
         proposal = Proposal(parsed, reason or f"proposed by {who}", f"operator:{who}")
         row = await self._handle(proposal, snapshot, None, self.guard.round())
         if row is None:
@@ -294,11 +301,11 @@ class Orchestrator:
 
     async def snapshot(self) -> dict[str, Any]:
         """What the orchestrator sees now."""
-        return (await self.observer.observe()).compact()
+        return (await self._observe()).compact()
 
     async def approve(self, proposal_id: str, who: str) -> ProposalRow:
         row = self._waiting(proposal_id, "approve")
-        snapshot = await self.observer.observe()
+        snapshot = await self._observe()
         action = a.parse_action(row.action)
         problem = self.guard.check(action, snapshot)  # the world may have moved since it was proposed
         row.decided_by, row.decided_at = who, self.clock()

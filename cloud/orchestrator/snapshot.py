@@ -75,8 +75,9 @@ class Snapshot:
     shedding: dict[str, int] = field(default_factory=dict)  # model -> queue_above of its load rule
     pool: Optional[PoolView] = None
     rollouts: tuple[str, ...] = ()
-    cost_budget_per_hour: Optional[float] = None
     policy_version: str = ""
+    # The orchestrator's own, filled in by it over what the observer saw:
+    cost_budget_per_hour: Optional[float] = None
     slo: dict[str, dict[str, float]] = field(default_factory=dict)  # watched model -> capacity_per_s, p99_slo_ms
 
     @property

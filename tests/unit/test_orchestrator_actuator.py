@@ -34,9 +34,7 @@ class Parts:
         self.fleet = FleetService(self.store, FleetConfig(), lambda d, _p: self.published.append(d), metrics)
         self.rollouts = RolloutService(self.rollout_store, self.fleet, metrics)
         self.actuator = HubActuator(lambda: self.router, self.use, lambda: self.fleet, lambda: self.rollouts, None)
-        self.observer = HubObserver(
-            lambda: self.router, lambda: self.fleet, lambda: self.rollouts, None, lambda: None, clock=time.time
-        )
+        self.observer = HubObserver(lambda: self.router, lambda: self.fleet, lambda: self.rollouts, None, time.time)
 
     def use(self, new) -> None:
         self.router = new

@@ -228,9 +228,7 @@ class SimObserver(Observer):
             devices=sum(g.devices for g in sim.groups.values()),
             shedding=dict(sim.shed),
             pool=None,
-            cost_budget_per_hour=sim.budget,
             policy_version="replay",
-            slo={STRONG: {"capacity_per_s": sim.capacity_per_s, "p99_slo_ms": 1000.0}},
         )
 
 
