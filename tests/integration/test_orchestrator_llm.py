@@ -108,33 +108,34 @@ def llm_hub(tmp_path, demo_assets, mosquitto, hub) -> Iterator[tuple[Hub, int]]:
 def test_an_intent_through_the_api_gives_proposals_that_wait_or_are_blocked(llm_hub, monkeypatch, capsys):
     _hub, port = llm_hub
     api = Api(port)
-    # The hub loads the model in the background; the intent waits for it.
-    wait_for(lambda: api.get("/v1/admin/orchestrator")["llm"].startswith("ready"), 60, "the embedded model")
-    monkeypatch.setenv("TANDEM_HUB_TOKEN", TOKEN)
-    url = f"http://127.0.0.1:{port}"
-    capsys.readouterr()
-    assert (
-        main(["hub", "intents", "--url", url, "keep cloud cost under 5 per hour; prefer accuracy for group night-cams"])
-        == 0
-    )
-    printed = capsys.readouterr().out
-    assert "wait for approval" in printed
-    rows = api.get("/v1/admin/proposals")
-    assert rows, printed
-    for row in rows:
-        assert row["source"] == "intent:ops"
-        assert row["state"] in ("PROPOSED", "BLOCKED"), row
-        if row["state"] == "BLOCKED":
-            assert row["detail"] or "malformed" in row["reason"]
-    for row in (r for r in rows if r["state"] == "PROPOSED"):
-        decided = api.send("POST", f"/v1/admin/proposals/{row['proposal_id']}/approve")
-        assert decided["state"] in ("APPLIED", "BLOCKED", "FAILED") and decided["decided_by"] == "ops"
-    unauthorised = api.client.post("/v1/admin/intents", json={"text": "open every circuit"})
-    assert unauthorised.status_code == 401
-    audit = api.get("/v1/admin/orchestrator/audit", params={"verify": "true"})
-    assert audit["chain"] == "intact"
-    assert any(e["kind"] == "intent" and e["entry"]["by"] == "ops" for e in audit["entries"])
-    api.client.close()
+    try:
+        # The hub loads the model in the background; the intent waits for it.
+        wait_for(lambda: api.get("/v1/admin/orchestrator")["llm"].startswith("ready"), 60, "the embedded model")
+        monkeypatch.setenv("TANDEM_HUB_TOKEN", TOKEN)
+        url = f"http://127.0.0.1:{port}"
+        capsys.readouterr()
+        intent = "keep cloud cost under 5 per hour; prefer accuracy for group night-cams"
+        assert main(["hub", "intents", "--url", url, intent]) == 0
+        assert "wait for approval" in capsys.readouterr().out
+        # What the model answered is recorded, whatever it was: the snapshot's groups come from the shared broker's
+        # retained reports, so the prompt (and a 135M model's answer, possibly no action at all) varies by run.
+        audit = api.get("/v1/admin/orchestrator/audit", params={"verify": "true"})
+        assert audit["chain"] == "intact"
+        assert any(e["kind"] == "intent" and e["entry"]["by"] == "ops" for e in audit["entries"])
+        asked = [e["entry"] for e in audit["entries"] if e["kind"] == "tick"]
+        assert asked and asked[-1]["raw"] and asked[-1]["validation"]
+        for row in api.get("/v1/admin/proposals"):
+            assert row["source"] == "intent:ops"
+            assert row["state"] in ("PROPOSED", "BLOCKED"), row
+            if row["state"] == "BLOCKED":
+                assert row["detail"] or "malformed" in row["reason"]
+            else:
+                decided = api.send("POST", f"/v1/admin/proposals/{row['proposal_id']}/approve")
+                assert decided["state"] in ("APPLIED", "BLOCKED", "FAILED") and decided["decided_by"] == "ops"
+        unauthorised = api.client.post("/v1/admin/intents", json={"text": "open every circuit"})
+        assert unauthorised.status_code == 401
+    finally:
+        api.client.close()
 
 
 def test_an_answer_past_the_timeout_ends_the_models_process_and_the_next_question_starts_it_again():
