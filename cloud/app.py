@@ -45,12 +45,20 @@ logger = logging.getLogger(__name__)
 GRPC_PROXY_LIMIT_ENV = "RAY_SERVE_GRPC_MAX_MESSAGE_SIZE"
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")  # the colours Ray puts on its lines
 
+ESCALATION_SERVICER = "cloud.ingress.grpc.add_escalation_servicer"
 GRPC_SERVICERS = [
     # tandem.v1.Escalation with raw-bytes requests, so the hub's own parser maps a bad one to INVALID_ARGUMENT.
-    "cloud.ingress.grpc.add_escalation_servicer",
+    ESCALATION_SERVICER,
     # The Open Inference Protocol v2, as tritonclient ships it.
     "cloud.ingress.v2_grpc.add_GRPCInferenceServiceServicer_to_server",
 ]
+
+
+def grpc_options(config: HubConfig) -> dict[str, Any]:
+    """Serve's gRPC proxy, which speaks plain text only: a secured hub takes escalations on its own TLS port
+    (``cloud.ingress.device_tls``) and leaves only the v2 inference protocol here."""
+    servicers = [s for s in GRPC_SERVICERS if config.security is None or s != ESCALATION_SERVICER]
+    return {"port": config.grpc_port, "grpc_servicer_functions": servicers}
 
 
 def build_app(config: Union[HubConfig, dict[str, Any]]) -> serve.Application:
@@ -84,7 +92,7 @@ def deploy_config(config: HubConfig, routing: Optional[RoutingConfig] = None) ->
     return ServeDeploySchema.model_validate(
         {
             "http_options": {"host": config.http_host, "port": config.http_port},
-            "grpc_options": {"port": config.grpc_port, "grpc_servicer_functions": GRPC_SERVICERS},
+            "grpc_options": grpc_options(config),
             "applications": [
                 {
                     "name": config.app_name,
@@ -113,7 +121,7 @@ def start_hub(config: HubConfig, routing: Optional[RoutingConfig] = None) -> Non
     )
     serve.start(
         http_options={"host": config.http_host, "port": config.http_port},
-        grpc_options={"port": config.grpc_port, "grpc_servicer_functions": GRPC_SERVICERS},
+        grpc_options=grpc_options(config),
     )
     deploy(config, routing)
     logger.info("hub: HTTP on %s:%d, gRPC on %d", config.http_host, config.http_port, config.grpc_port)

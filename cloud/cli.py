@@ -37,6 +37,7 @@ from cloud.registry import SqliteRegistry
 from cloud.registry.cli import add_parser as add_models_parser
 from cloud.routing import load_routing
 from cloud.routing.config import resolve_registry
+from cloud.security.cli import add_pki_parsers
 from common.config import describe_errors
 from common.errors import ConfigError
 
@@ -194,3 +195,4 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     add_fleet_parsers(hub)
     add_rollout_parsers(hub)
     add_orchestrator_parsers(hub)
+    add_pki_parsers(hub)

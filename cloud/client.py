@@ -24,10 +24,17 @@ def default_url() -> str:
     return os.environ.get("TANDEM_HUB_URL", DEFAULT_URL)
 
 
-def request(url: str, method: str, body: Optional[bytes] = None, content_type: str = "application/json") -> Any:
-    """One call; the reply's JSON, or HubHttpError with the hub's own explanation."""
+def request(
+    url: str,
+    method: str,
+    body: Optional[bytes] = None,
+    content_type: str = "application/json",
+    token: Optional[str] = None,
+) -> Any:
+    """One call; the reply's JSON, or HubHttpError with the hub's own explanation. ``token``: the bearer token
+    (default $TANDEM_HUB_TOKEN)."""
     headers = {"Content-Type": content_type}
-    token = os.environ.get("TANDEM_HUB_TOKEN")
+    token = token or os.environ.get("TANDEM_HUB_TOKEN")
     if token:
         headers["Authorization"] = f"Bearer {token}"
     call = urllib.request.Request(url, data=body, method=method, headers=headers)

@@ -13,6 +13,7 @@ from cloud.orchestrator.config import OrchestratorConfig
 from cloud.routing.config import RoutingConfig, load_routing, single_model_routing
 from common.config import StrictModel, read_yaml_mapping
 from common.errors import ConfigError
+from common.tls import TlsFiles
 
 
 class CallbackRule(StrictModel):
@@ -103,6 +104,34 @@ class FleetConfig(StrictModel):
         return value
 
 
+class SecurityConfig(StrictModel):
+    """A secured hub: devices prove who they are with certificates from the fleet CA (README, "Securing a fleet")."""
+
+    pki_path: Path = Field(description="folder of the fleet CA (tandem hub pki init): the CA, the hub's certificates")
+    grpc_port: int = Field(
+        9443, gt=0, lt=65536, description="devices' gRPC port: TLS, a client certificate required, id checked"
+    )
+    grpc_host: str = Field("[::]", description="address the devices' gRPC port listens on")
+    broker_acl_path: Optional[Path] = Field(
+        None,
+        description="the devices' ACL file Mosquitto reads (acl_file of its device listener), rewritten on every "
+        "enrolment and revocation; none: the hub leaves the broker alone",
+    )
+    broker_reload_command: list[str] = Field(
+        ["systemctl", "reload", "mosquitto"],
+        description="run after the ACL or the CRL changed, so the broker reads them again (SIGHUP)",
+    )
+    enrolment_ttl_s: float = Field(3600.0, gt=0, description="how long an enrolment token stays usable by default")
+
+    def absolute(self) -> SecurityConfig:
+        return self.model_copy(
+            update={
+                "pki_path": self.pki_path.resolve(),
+                "broker_acl_path": self.broker_acl_path.resolve() if self.broker_acl_path else None,
+            }
+        )
+
+
 class HubConfig(StrictModel):
     app_name: str = Field("tandem", description="the Ray Serve application name; devices send it as gRPC metadata")
     http_host: str = Field("127.0.0.1", description="address Ray Serve's HTTP proxy listens on")
@@ -171,6 +200,12 @@ class HubConfig(StrictModel):
     ray_address: Optional[str] = Field(
         None, description="join this Ray cluster instead of starting a local one (tandem hub run: $RAY_ADDRESS)"
     )
+    security: Optional[SecurityConfig] = Field(
+        None,
+        description="TLS and device identities: devices escalate on security.grpc_port with certificates, the hub "
+        "reaches the broker over TLS as tandem-hub (mqtt_port: the broker's hub listener), and Serve's plain gRPC "
+        "port no longer takes escalations. None: plain text everywhere (the demo, tests that say so)",
+    )
 
     @model_validator(mode="after")
     def _has_models(self) -> HubConfig:
@@ -201,6 +236,7 @@ class HubConfig(StrictModel):
                     update={"keys_path": self.keys_dir().resolve(), "bundles_path": self.bundles_dir().resolve()}
                 ),
                 "artifacts_path": self.artifacts_dir().resolve(),
+                "security": self.security.absolute() if self.security else None,
             }
         )
 
@@ -234,6 +270,13 @@ class HubConfig(StrictModel):
     def artifacts_dir(self) -> Path:
         return self.artifacts_path or self.trace_store_path.parent / "artifacts"
 
+    def mqtt_tls(self) -> Optional[TlsFiles]:
+        """The hub's own MQTT identity (the fleet CA's hub.pem), when secured."""
+        if self.security is None:
+            return None
+        folder = self.security.pki_path
+        return TlsFiles(ca_path=folder / "ca.pem", cert_path=folder / "hub.pem", key_path=folder / "hub.key")
+
     def input_limits(self) -> InputLimits:
         return InputLimits(self.max_request_bytes, self.max_image_pixels)
 
@@ -244,7 +287,13 @@ def load_hub_config(path: Path) -> dict[str, Any]:
     for key in ("model_path", "routing_path", "trace_store_path", "registry_path", "artifacts_path", "fleet_path"):
         if isinstance(raw.get(key), str) and not Path(raw[key]).is_absolute():
             raw[key] = str(path.parent / raw[key])
-    for section, key in (("fleet", "keys_path"), ("fleet", "bundles_path"), ("orchestrator", "audit_path")):
+    for section, key in (
+        ("fleet", "keys_path"),
+        ("fleet", "bundles_path"),
+        ("orchestrator", "audit_path"),
+        ("security", "pki_path"),
+        ("security", "broker_acl_path"),
+    ):
         found = raw.get(section)
         if isinstance(found, dict) and isinstance(found.get(key), str) and not Path(found[key]).is_absolute():
             found[key] = str(path.parent / found[key])

@@ -124,6 +124,18 @@ class ActionFailed(OrchestratorError):
     that cannot scale)."""
 
 
+class PkiError(HubError):
+    """The fleet CA cannot do what was asked: no CA yet, a bad CSR, an unknown device."""
+
+
+class InvalidCsr(PkiError):
+    """A certificate signing request that cannot be read, does not verify, or carries a weak key."""
+
+
+class EnrolmentRefused(HubError):
+    """An enrolment token that is unknown, expired or already used, or a CSR that does not match it."""
+
+
 # (gRPC code, HTTP status) per error type; the first match in order wins.
 _STATUS: list[tuple[type[Exception], grpc.StatusCode, int]] = [
     (UnsupportedSchemaVersion, grpc.StatusCode.FAILED_PRECONDITION, 400),
@@ -145,6 +157,9 @@ _STATUS: list[tuple[type[Exception], grpc.StatusCode, int]] = [
     (InvalidSettings, grpc.StatusCode.INVALID_ARGUMENT, 400),
     (Unauthorized, grpc.StatusCode.UNAUTHENTICATED, 401),
     (Forbidden, grpc.StatusCode.PERMISSION_DENIED, 403),
+    (EnrolmentRefused, grpc.StatusCode.PERMISSION_DENIED, 403),
+    (InvalidCsr, grpc.StatusCode.INVALID_ARGUMENT, 400),
+    (PkiError, grpc.StatusCode.FAILED_PRECONDITION, 409),
     (BundleNotFound, grpc.StatusCode.NOT_FOUND, 404),
     (BundleError, grpc.StatusCode.INVALID_ARGUMENT, 400),
     (KeysError, grpc.StatusCode.FAILED_PRECONDITION, 409),

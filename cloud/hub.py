@@ -27,11 +27,11 @@ from fastapi import FastAPI
 
 from cloud.api import build_http_app
 from cloud.api.fleet import FleetAccess
-from cloud.config import HubConfig
+from cloud.config import HubConfig, SecurityConfig
 from cloud.dispatch.callbacks import HttpCallbacks
 from cloud.dispatch.delivery import Delivery
 from cloud.dispatch.mqtt import MqttDispatcher
-from cloud.errors import HubError, OrchestratorError
+from cloud.errors import HubError, OrchestratorError, PkiError
 from cloud.escalations import EscalationService
 from cloud.fleet.bundles import BundleStore
 from cloud.fleet.keys import KeyRing
@@ -42,6 +42,7 @@ from cloud.fleet.store import Device, FleetStore
 from cloud.hub_orchestrator import build_orchestrator
 from cloud.ingress import mqtt as mqtt_ingress
 from cloud.ingress import v2
+from cloud.ingress.device_tls import DeviceGateway
 from cloud.metrics import HubMetrics
 from cloud.models.classifier import Classifier
 from cloud.orchestrator.actuator import PoolScaler
@@ -52,6 +53,9 @@ from cloud.registry import SqliteRegistry
 from cloud.routing import ModelAnswer, ModelBackend, Router, RoutingConfig, parse_routing, serving
 from cloud.routing.backends import build_backends, close_backends
 from cloud.routing.config import resolve_registry
+from cloud.security.broker import BrokerControl
+from cloud.security.enrolment import Identities
+from cloud.security.pki import FleetCA
 from cloud.traces.store import TraceStore
 from protocol.bundle import BundleEnvelope
 from protocol.codec import Encoding
@@ -167,6 +171,8 @@ class Hub:
         self._dispatcher: Optional[MqttDispatcher] = None
         self._mqtt_ingress: Optional[mqtt_ingress.MqttEscalations] = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._identities: Optional[Identities] = None
+        self._gateway: Optional[DeviceGateway] = None
 
     @property
     def service(self) -> EscalationService:
@@ -218,6 +224,7 @@ class Hub:
             hub.mqtt_password,
             on_delivered=lambda trace_id: delivery.delivered(trace_id),  # noqa: PLW0108 - built below
             metrics=self.metrics,
+            tls=hub.mqtt_tls(),
         )
         callbacks = (
             HttpCallbacks(
@@ -263,13 +270,17 @@ class Hub:
             hub.mqtt_password,
             # One hub here; several need a client id per hub that survives restarts.
             client_id=f"{hub.mqtt_username}-escalations",
+            tls=hub.mqtt_tls(),
         )
         self._mqtt_ingress.start()
+        if hub.security is not None:
+            self._identities, self._gateway = self._secure(hub.security)
+            self._tasks.append(loop.create_task(self._open_gateway(self._gateway), name="hub-device-gateway"))
         self._service.recover()
         self._orchestrator = self._build_orchestrator()
         if not hub.fleet.operators:
             logger.warning("admin API: no operators configured (fleet.operators): it is open, changes are anonymous")
-        self._tasks = [
+        self._tasks += [
             # Sends what is due: results not acknowledged in time, and any a restart left unsent.
             loop.create_task(delivery.run(), name="hub-resends"),
             loop.create_task(self._every(REGISTRY_REPORT_S, self._report_to_registry), name="hub-registry-report"),
@@ -281,6 +292,44 @@ class Hub:
         ]
         if self._orchestrator is not None:
             self._tasks.append(loop.create_task(self._orchestrate(self._orchestrator), name="hub-orchestrator"))
+
+    def _secure(self, security: SecurityConfig) -> tuple[Identities, DeviceGateway]:
+        """The fleet CA's identity service (and the broker it keeps in step), and the devices' TLS gRPC port."""
+        ca = FleetCA(security.pki_path)
+        broker = None
+        if security.broker_acl_path is not None:
+            tls = self.config.mqtt_tls()
+            assert tls is not None  # security is set
+            broker = BrokerControl(
+                security.broker_acl_path,
+                security.broker_reload_command,
+                self.config.mqtt_host,
+                self.config.mqtt_port,
+                tls,
+            )
+            broker.sync(ca.devices())  # the ACL matches the CA from the start
+        fleet_store = self.fleet_store
+        identities = Identities(
+            ca,
+            broker,
+            self.metrics,
+            lambda who, action, target, detail: fleet_store.audit(time.time(), who, action, target, detail),
+            security.enrolment_ttl_s,
+        )
+        gateway = DeviceGateway(self.service, security.grpc_port, ca.server_files(), ca.crl_path, security.grpc_host)
+        return identities, gateway
+
+    @staticmethod
+    async def _open_gateway(gateway: DeviceGateway) -> None:
+        try:
+            await gateway.start()
+        except Exception:  # the hub keeps serving MQTT and HTTP; devices on gRPC retry and say why
+            logger.exception("device gRPC could not start: devices cannot escalate over gRPC")
+
+    def identities(self) -> Identities:
+        if self._identities is None:
+            raise PkiError("device identities need a secured hub (security.pki_path in the hub's config)")
+        return self._identities
 
     def _build_orchestrator(self) -> Optional[Orchestrator]:
         config = self.config.orchestrator
@@ -316,6 +365,9 @@ class Hub:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+        if self._gateway is not None:
+            await self._gateway.stop()
+            self._gateway = None
         if self._mqtt_ingress is not None:
             await asyncio.to_thread(self._mqtt_ingress.close)
             self._mqtt_ingress = None
@@ -378,6 +430,7 @@ class Hub:
             ),
             orchestrator=(lambda: self.orchestrator, self.config.fleet.operators, lambda: self._loop),
             operators=self.config.fleet.operators,
+            identities=self.identities if self.config.security is not None else None,
         )
 
     async def status(self) -> dict[str, Any]:

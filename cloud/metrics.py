@@ -117,6 +117,19 @@ class HubMetrics:
             "share of language-model consultations answered from the decision cache",
             registry=self.registry,
         )
+        self.identity_refusals = Counter(
+            "tandem_hub_identity_refusals",
+            "device calls refused for who made them: revoked (a revoked certificate), impostor (a device id other"
+            " than the certificate's), no_certificate, enrolment (a bad, used or expired token, or a bad CSR)",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.identities = Counter(
+            "tandem_hub_identity_changes",
+            "device identities by event: token (an enrolment token made), enrolled, revoked",
+            ["event"],
+            registry=self.registry,
+        )
 
     def watch_unacked(self, count: Callable[[], int]) -> None:
         self.registry.register(_Unacked(count))

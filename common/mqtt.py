@@ -4,8 +4,9 @@ paho's defaults cost us twice when measured: Nagle's algorithm stays on, which
 turns QoS 1 round trips into tens of ms (``TCP_NODELAY`` is set on every socket
 paho opens, reconnects included), and without a reconnect delay a broker restart
 is hammered. Every client here speaks MQTT 3.1.1 with paho's version-2
-callbacks and reconnects with a 1-30 s backoff. (TLS joins here when the links
-are secured.)
+callbacks and reconnects with a 1-30 s backoff. Given ``tls``, it presents that
+certificate and trusts only the fleet CA (``common.tls``); a broker that uses the
+certificate's identity as the user name ignores the user name sent.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from dataclasses import dataclass
 from typing import Optional
 
 import paho.mqtt.client as mqtt
+
+from common.tls import TlsFiles, client_context
 
 RECONNECT_MIN_S = 1
 RECONNECT_MAX_S = 30
@@ -45,6 +48,7 @@ def new_client(
     manual_ack: bool = False,
     will: Optional[Will] = None,
     max_queued_messages: Optional[int] = None,
+    tls: Optional[TlsFiles] = None,
 ) -> mqtt.Client:
     """A paho client, configured but not connected (callers ``connect_async`` and ``loop_start`` it).
 
@@ -61,6 +65,8 @@ def new_client(
     )
     if username is not None:
         client.username_pw_set(username, password)
+    if tls is not None:
+        client.tls_set_context(client_context(tls))
     if will is not None:
         client.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
     if max_queued_messages is not None:

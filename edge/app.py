@@ -32,6 +32,7 @@ from edge.comms.transport import Transport
 from edge.config import EdgeConfig, EscalationConfig, MqttTransportConfig, fleet_state_dir
 from edge.detectors import create_detector
 from edge.detectors.base import Detector
+from edge.enroll import check_identity
 from edge.errors import StoreError, StoreFull
 from edge.health import HealthServer
 from edge.judge import Judge, JudgeDecision, JudgeInput, TraceMachine, TraceState, Verdict
@@ -91,6 +92,7 @@ class EdgeRuntime:
         transport: Optional[Transport] = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        check_identity(config)
         self.config = config
         self.clock = clock
         self.metrics = EdgeMetrics()
@@ -147,6 +149,7 @@ class EdgeRuntime:
                 Channel.DESIRED: self.fleet.on_desired,
             },
             on_connected=self.fleet.report,
+            tls=config.tls,
         )
         self.transport = transport or self._transport(config)
         self.actions = Actions(config.actions, self.link.publish, self.metrics)
@@ -187,7 +190,9 @@ class EdgeRuntime:
     def _transport(self, config: EdgeConfig) -> Transport:
         if isinstance(config.transport, MqttTransportConfig):
             return MqttTransport(config.transport, self.link)
-        return GrpcTransport(config.transport, on_result=lambda payload: self.on_result(payload, acknowledge=False))
+        return GrpcTransport(
+            config.transport, on_result=lambda payload: self.on_result(payload, acknowledge=False), tls=config.tls
+        )
 
     # -- lifecycle -----------------------------------------------------------
 

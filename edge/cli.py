@@ -14,6 +14,7 @@ import argparse
 import json
 import logging
 import signal
+import sys
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -135,6 +136,21 @@ def _edge_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def _edge_enroll(args: argparse.Namespace) -> int:
+    from edge.enroll import EnrolmentFailed, enroll
+
+    try:
+        enrolled = enroll(args.hub, args.token, args.dir, ca_path=args.ca)
+    except EnrolmentFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    files = enrolled.files
+    print(f"enrolled as {enrolled.device_id}; put this in the device's config:")
+    print(f"device_id: {enrolled.device_id}\ntls:\n  ca_path: {files.ca_path}\n  cert_path: {files.cert_path}")
+    print(f"  key_path: {files.key_path}")
+    return 0
+
+
 def add_commands(commands: argparse._SubParsersAction) -> None:
     """``tandem edge`` and its subcommands, each with its handler."""
     edge = commands.add_parser("edge", help="the device runtime").add_subparsers(dest="edge_command", required=True)
@@ -159,6 +175,12 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     replay.add_argument("--all", action="store_true", help="requeue every failed escalation")
     replay.add_argument("trace_ids", nargs="*", help="requeue these")
     replay.set_defaults(handler=_edge_replay)
+    enrol = edge.add_parser("enroll", help="make this device's key and have the hub's fleet CA certify it")
+    enrol.add_argument("--hub", required=True, help="the hub's URL, e.g. https://hub.example:8000")
+    enrol.add_argument("--token", required=True, help="the one-time token an operator made (POST /v1/admin/enrolments)")
+    enrol.add_argument("--dir", type=Path, required=True, help="where key.pem, cert.pem and ca.pem go")
+    enrol.add_argument("--ca", type=Path, help="the fleet CA's certificate, to check the hub and its answer against")
+    enrol.set_defaults(handler=_edge_enroll)
     check = edge.add_parser("check-config", help="validate a config file")
     check.add_argument("file", type=Path)
     check.set_defaults(handler=_edge_check)

@@ -14,6 +14,7 @@ from pydantic import Discriminator, Field, Tag, ValidationError, field_validator
 
 from common.config import StrictModel, describe_errors, read_yaml_mapping
 from common.errors import ConfigError
+from common.tls import TlsFiles
 from protocol.topics import DeviceId
 
 
@@ -396,6 +397,11 @@ class EdgeConfig(StrictModel):
     service: ServiceConfig = ServiceConfig()
     fleet: FleetConfig = FleetConfig()
     models: ModelsConfig = ModelsConfig()
+    tls: Optional[TlsFiles] = Field(
+        None,
+        description="this device's identity from tandem edge enroll (ca_path, cert_path, key_path): MQTT and gRPC "
+        "go over TLS with it, and its certificate's CN must be device_id. None: plain text (the demo, tests)",
+    )
 
 
 def load_config(path: Path) -> EdgeConfig:
@@ -424,5 +430,14 @@ def resolve_paths(config: EdgeConfig, base: Path) -> EdgeConfig:
             ),
             "detector": config.detector.model_copy(update={"model_path": fix(config.detector.model_path)}),
             "fleet": config.fleet.model_copy(update={"state_dir": fix(config.fleet.state_dir)}),
+            "tls": (
+                TlsFiles(
+                    ca_path=base / config.tls.ca_path,
+                    cert_path=base / config.tls.cert_path,
+                    key_path=base / config.tls.key_path,
+                )
+                if config.tls is not None
+                else None
+            ),
         }
     )

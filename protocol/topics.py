@@ -34,6 +34,13 @@ class Channel(enum.Enum):
     ALERTS = "alerts"
 
 
+# Who sends on each channel: what a broker's ACL lets a device write, and what it lets it read.
+DEVICE_WRITES = frozenset(
+    {Channel.ESCALATIONS, Channel.ACKS, Channel.REPORTED, Channel.AVAILABILITY, Channel.TELEMETRY, Channel.ALERTS}
+)
+DEVICE_READS = frozenset({Channel.RESULTS, Channel.ACCEPTED, Channel.DESIRED})
+
+
 def validate_device_id(device_id: str) -> str:
     """Return device_id if it is 1-64 of ``A-Z a-z 0-9 _ . -``, starting with a letter or digit."""
     if not _DEVICE_ID.match(device_id):

@@ -18,6 +18,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -25,6 +26,10 @@ logger = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parents[1]
 MOSQUITTO_CONF = ROOT / "deploy" / "cloud" / "mosquitto.conf"
+HUB_ACL = ROOT / "deploy" / "cloud" / "hub.acl"
+LISTENERS = "# ---- Listeners"  # the line of mosquitto.conf where its listeners begin
+SHIPPED_DEVICE_LISTENER = "listener 8883"
+SHIPPED_HUB_LISTENER = "listener 8884 127.0.0.1"
 
 
 class BrokerError(Exception):
@@ -85,16 +90,33 @@ def wait_for_port(host: str, port: int, timeout_s: float) -> bool:
     return False
 
 
+@dataclass(frozen=True)
+class BrokerTls:
+    """The secure listeners' files: the fleet CA's folder (``cloud.security.pki``) and the folder of the ACL
+    files (the hub writes devices.acl there), and the port of the hub's own listener."""
+
+    pki_dir: Path
+    acl_dir: Path
+    hub_port: int
+
+
 class MosquittoBroker:
     """Mosquitto started from the project's mosquitto.conf, listening on 127.0.0.1:port.
+
+    Plain (``tls`` None): the settings above the file's listeners, and one plain listener anyone may use.
+    Secure: the whole file, its two TLS listeners moved to ``port`` (devices) and ``tls.hub_port`` (the hub)
+    and its /etc/tandem/ folders to ``tls``'s; ``reload()`` is the SIGHUP the hub sends after a revocation.
 
     ``kill()`` ends it with SIGKILL, as a crash would (what it had not saved is gone), and ``restart()``
     starts it again on the same port and persistence folder; ``stop()`` ends it and removes the folder.
     """
 
-    def __init__(self, port: int, conf: Path = MOSQUITTO_CONF, binary: Optional[str] = None) -> None:
+    def __init__(
+        self, port: int, conf: Path = MOSQUITTO_CONF, binary: Optional[str] = None, tls: Optional[BrokerTls] = None
+    ) -> None:
         self.host = "127.0.0.1"
         self.port = port
+        self.tls = tls
         self._conf = conf
         self._binary = binary or find_mosquitto()
         self._dir: Optional[tempfile.TemporaryDirectory[str]] = None
@@ -113,13 +135,41 @@ class MosquittoBroker:
             raise BrokerError("mosquitto is not installed (Debian/Ubuntu: sudo apt-get install mosquitto)")
         self._dir = tempfile.TemporaryDirectory(prefix="tandem-mosquitto-")
         work = Path(self._dir.name)
-        _hand_to_mosquitto_user(work)
-        # The project's settings, plus this run's listener and persistence folder.
-        (work / "mosquitto.conf").write_text(
-            self._conf.read_text()
-            + f"\n# added for this run\nlistener {self.port} {self.host}\npersistence_location {work}/\n"
-        )
+        hand_to_broker_user(work)
+        (work / "mosquitto.conf").write_text(self._config_text(work))
         self._launch()
+
+    def _config_text(self, work: Path) -> str:
+        """The project's settings with this run's listeners and persistence folder."""
+        shipped = self._conf.read_text()
+        if self.tls is None:
+            settings = shipped.split(LISTENERS)[0]
+            return settings + (
+                f"\n# added for this run: plain text, anyone may connect\nlistener {self.port} {self.host}\n"
+                f"allow_anonymous true\npersistence_location {work}/\n"
+            )
+        for line in (SHIPPED_DEVICE_LISTENER, SHIPPED_HUB_LISTENER):
+            if f"\n{line}\n" not in shipped:
+                raise BrokerError(f"{self._conf} has no line {line!r} to move to this run's port")
+        self.tls.acl_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(HUB_ACL, self.tls.acl_dir / "hub.acl")
+        (self.tls.acl_dir / "devices.acl").touch()
+        text = (
+            shipped.replace(f"\n{SHIPPED_DEVICE_LISTENER}\n", f"\nlistener {self.port} {self.host}\n")
+            .replace(f"\n{SHIPPED_HUB_LISTENER}\n", f"\nlistener {self.tls.hub_port} 127.0.0.1\n")
+            .replace("/etc/tandem/pki/", f"{self.tls.pki_dir}/")
+            .replace("/etc/tandem/broker/", f"{self.tls.acl_dir}/")
+        )
+        return text + f"\n# added for this run\npersistence_location {work}/\n"
+
+    @property
+    def pid(self) -> Optional[int]:
+        return self._process.pid if self._process is not None else None
+
+    def reload(self) -> None:
+        """SIGHUP: Mosquitto reads its ACL files and CRL again (what the hub asks for after a revocation)."""
+        if self._process is not None:
+            self._process.send_signal(signal.SIGHUP)
 
     def _launch(self) -> None:
         if self._dir is None or self._binary is None:
@@ -167,16 +217,17 @@ class MosquittoBroker:
         self.stop()
 
 
-def _hand_to_mosquitto_user(folder: Path) -> None:
-    """Started as root, Mosquitto drops to its own user, which must be able to write its persistence file;
-    otherwise it runs with nothing saved and says so only in its log."""
+def hand_to_broker_user(path: Path) -> None:
+    """Make ``path`` Mosquitto's own. Started as root, Mosquitto drops to its user, which must be able to write
+    its persistence file (otherwise it runs with nothing saved and says so only in its log) and, on a reload,
+    read its TLS key again."""
     if os.geteuid() != 0:
         return
     try:
         account = pwd.getpwnam("mosquitto")
     except KeyError:
         return  # no such user: Mosquitto stays root
-    os.chown(folder, account.pw_uid, account.pw_gid)
+    os.chown(path, account.pw_uid, account.pw_gid)
 
 
 class EmbeddedBroker:
@@ -244,3 +295,19 @@ class EmbeddedBroker:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def secure_broker_files(root: Path) -> BrokerTls:
+    """A new fleet CA under ``root``/pki and an ACL folder ``root``/broker, readable by the broker's user
+    (``tandem demo --secure`` and the tests; production makes these with ``tandem hub pki init``). The folders
+    above ``root`` must let that user through."""
+    from cloud.security.pki import FleetCA  # the demo's and the tests' helper only; the broker needs no hub code
+
+    root.mkdir(parents=True, exist_ok=True)
+    root.chmod(0o755)
+    ca = FleetCA.init(root / "pki")
+    ca.folder.chmod(0o755)
+    hand_to_broker_user(ca.folder / "server.key")
+    acl_dir = root / "broker"
+    acl_dir.mkdir(exist_ok=True)
+    return BrokerTls(ca.folder, acl_dir, free_port())

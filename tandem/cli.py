@@ -83,6 +83,12 @@ def _add_demo_command(commands: argparse._SubParsersAction) -> None:
         default="auto",
         help="auto: Mosquitto when installed, else the embedded amqtt broker",
     )
+    demo.add_argument(
+        "--secure",
+        action="store_true",
+        help="TLS everywhere: a fleet CA for this run, the device enrolled through the admin API, Mosquitto's "
+        "TLS listeners with per-device ACLs, gRPC with client certificates",
+    )
     demo.set_defaults(handler=_demo)
 
 

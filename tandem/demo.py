@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import secrets
 import tempfile
 import threading
 import time
@@ -20,9 +21,10 @@ from typing import Optional, Union
 
 import cv2
 
+from cloud.api.access import token_sha256
 from cloud.app import start_hub, stop_hub
 from cloud.client import HubHttpError, request
-from cloud.config import HubConfig
+from cloud.config import FleetConfig, HubConfig, OperatorConfig, Role, SecurityConfig
 from cloud.orchestrator.config import OrchestratorConfig
 from edge.app import EdgeRuntime
 from edge.config import (
@@ -36,9 +38,10 @@ from edge.config import (
     SourceConfig,
 )
 from edge.detectors import create_detector
+from edge.enroll import enroll
 from edge.judge import calibrate
 from edge.summary import format_table, summarize
-from tandem.broker import EmbeddedBroker, MosquittoBroker, find_mosquitto, free_port
+from tandem.broker import EmbeddedBroker, MosquittoBroker, find_mosquitto, free_port, secure_broker_files
 
 logger = logging.getLogger(__name__)
 
@@ -110,8 +113,9 @@ class DecisionPrinter:
     """Prints the orchestrator's decisions as they happen (the hub runs them in a Ray replica; this reads its
     admin API once a second)."""
 
-    def __init__(self, url: str, every_s: float = 1.0) -> None:
+    def __init__(self, url: str, every_s: float = 1.0, token: Optional[str] = None) -> None:
         self._url = url
+        self._token = token
         self._every_s = every_s
         self._seen: set[str] = set()
         self._stop = threading.Event()
@@ -132,7 +136,7 @@ class DecisionPrinter:
 
     def print_new(self) -> None:
         try:
-            rows = request(f"{self._url}/v1/admin/proposals?limit=50", "GET")
+            rows = request(f"{self._url}/v1/admin/proposals?limit=50", "GET", token=self._token)
         except HubHttpError as exc:  # the orchestrator is off (409), or the hub is going away
             logger.debug("demo: no decisions to show: %s", exc)
             return
@@ -145,6 +149,53 @@ class DecisionPrinter:
             action = {k: v for k, v in row["action"].items() if k != "tool"}
             why = row["detail"] or row["reason"]
             print(f"orchestrator: {row['state']:<8} {tool} {action} by {row['source']}: {why}", flush=True)
+
+
+class _Secure:
+    """``--secure``: a fleet CA for this run, Mosquitto's TLS listeners, an admin token for the demo itself,
+    and the device enrolled through the hub's API like any device (its key made here, a CSR sent up)."""
+
+    def __init__(self, work: Path) -> None:
+        work.chmod(0o755)  # the broker's user reads the CA, its key and the ACL below it
+        self.broker_files = secure_broker_files(work / "secure")
+        self.token = "demo_" + secrets.token_urlsafe(24)
+        self.operators = {"demo": OperatorConfig(token_sha256=token_sha256(self.token), role=Role.ADMIN)}
+        self._work = work
+
+    def hub_security(self, broker_pid: Optional[int]) -> SecurityConfig:
+        return SecurityConfig(
+            pki_path=self.broker_files.pki_dir,
+            grpc_port=free_port(),
+            grpc_host="127.0.0.1",
+            broker_acl_path=self.broker_files.acl_dir / "devices.acl",
+            broker_reload_command=["kill", "-HUP", str(broker_pid)],
+        )
+
+    def enrol(self, edge: EdgeConfig, url: str, hub: HubConfig) -> EdgeConfig:
+        """A one-time token from the admin API, then ``tandem edge enroll``'s own code: the device's config
+        gets its certificate and the hub's device port."""
+        assert hub.security is not None
+        made = request(
+            f"{url}/v1/admin/enrolments", "POST", json.dumps({"device_id": edge.device_id}).encode(), token=self.token
+        )
+        enrolled = enroll(url, made["token"], self._work / "identity", ca_path=self.broker_files.pki_dir / "ca.pem")
+        logger.info("demo: %s enrolled; its key never left %s", enrolled.device_id, enrolled.files.key_path.parent)
+        return edge.model_copy(
+            update={
+                "tls": enrolled.files,
+                "transport": GrpcConfig(target=f"127.0.0.1:{hub.security.grpc_port}"),
+            }
+        )
+
+    @staticmethod
+    def described(edge: EdgeConfig) -> dict[str, str]:
+        """How the device reached the hub (what its config used; a secured hub offers nothing else)."""
+        assert edge.tls is not None and isinstance(edge.transport, GrpcConfig)
+        return {
+            "identity": f"CN={edge.tls.identity()}",
+            "escalations": f"gRPC over TLS with a client certificate to {edge.transport.target}",
+            "verdicts": f"MQTT over TLS with a client certificate on port {edge.mqtt.port}, per-device ACL",
+        }
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -162,16 +213,21 @@ def run_demo(args: argparse.Namespace) -> int:
         return 2
     weak = DetectorConfig(model_path=models / "models" / "digits-weak.onnx")
     threshold = args.threshold if args.threshold is not None else _calibrated_threshold(weak, models, args)
+    if args.secure and args.broker == "embedded":
+        print("tandem demo: --secure needs Mosquitto (its TLS listeners and ACL), not the embedded broker")
+        return 2
     with tempfile.TemporaryDirectory(prefix="tandem-demo-") as tmp:
         work = Path(tmp)
-        broker = _broker(args.broker, free_port())
+        secure = _Secure(work) if args.secure else None
+        broker = MosquittoBroker(free_port(), tls=secure.broker_files) if secure else _broker(args.broker, free_port())
         hub = HubConfig(
             model_path=models / "models" / "digits-strong.onnx",
             http_port=free_port(),
             grpc_port=free_port(),
-            mqtt_port=broker.port,
+            mqtt_port=secure.broker_files.hub_port if secure else broker.port,
             trace_store_path=work / "hub.db",
             orchestrator=_orchestrator(args),
+            fleet=FleetConfig(operators=secure.operators if secure else {}),
         )
         edge = EdgeConfig(
             device_id=DEVICE_ID,
@@ -192,23 +248,31 @@ def run_demo(args: argparse.Namespace) -> int:
         started = time.monotonic()
         with broker:
             logger.info("demo: %s broker on port %d", type(broker).__name__, broker.port)
+            if secure is not None:
+                hub = hub.model_copy(update={"security": secure.hub_security(getattr(broker, "pid", None))})
             start_hub(hub)
             try:
                 hub_s = time.monotonic() - started
-                printer = DecisionPrinter(f"http://127.0.0.1:{hub.http_port}")
+                url = f"http://127.0.0.1:{hub.http_port}"
+                if secure is not None:
+                    edge = secure.enrol(edge, url, hub)
+                printer = DecisionPrinter(url, token=secure.token if secure else None)
                 with printer, EdgeRuntime(edge) as runtime:
                     t0 = time.monotonic()
                     frames = runtime.run(max_frames=args.frames)
                     resolved = runtime.wait_resolved(args.deadline_ms / 1000.0 + 5.0)
                     run_s = time.monotonic() - t0
                     summary = summarize(runtime.store)
+                over_tls = secure.described(edge) if secure is not None else None
             finally:
                 stop_hub()
     logger.info("demo: hub up in %.1f s; %d frames and their verdicts in %.1f s", hub_s, frames, run_s)
     if args.json:
-        print(json.dumps(summary.as_dict()))
+        print(json.dumps({**summary.as_dict(), **({"tls": over_tls} if over_tls else {})}))
     else:
         print(format_table(summary))
+        if over_tls is not None:
+            print("\n".join(f"over TLS, {what}: {how}" for what, how in over_tls.items()))
     if not resolved or summary.unresolved:
         logger.error("demo: %d escalated frames have neither a verdict nor a fallback", summary.unresolved)
         return 1

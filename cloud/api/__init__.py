@@ -19,6 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from cloud.api.access import Operator, Permission, authorizer
 from cloud.api.fleet import FleetAccess, fleet_routes
+from cloud.api.identities import MAX_ENROL_BODY, identity_routes
 from cloud.api.orchestrator import orchestrator_routes
 from cloud.api.registry import registry_routes
 from cloud.api.rollouts import rollout_routes
@@ -29,6 +30,7 @@ from cloud.ingress.v2 import V2Service, v2_routes
 from cloud.metrics import HubMetrics
 from cloud.orchestrator.loop import Orchestrator
 from cloud.registry import Registry
+from cloud.security.enrolment import Identities
 from cloud.traces.store import TraceStore
 
 OrchestratorAccess = tuple[
@@ -48,10 +50,16 @@ def build_http_app(
     fleet: Optional[FleetAccess] = None,
     orchestrator: Optional[OrchestratorAccess] = None,
     operators: Mapping[str, OperatorConfig] = MappingProxyType({}),
+    identities: Optional[Callable[[], Identities]] = None,
 ) -> FastAPI:
-    """``max_body_bytes`` bounds every request body (413 past it) but model uploads, bounded by max_artifact_bytes."""
+    """``max_body_bytes`` bounds every request body (413 past it) but model uploads, bounded by max_artifact_bytes,
+    and enrolments, bounded by MAX_ENROL_BODY. ``identities``: device enrolment and revocation (a secured hub)."""
     app = FastAPI(title="Tandem hub", version="1")
-    app.add_middleware(BodyLimit, max_bytes=max_body_bytes, by_prefix={"/v1/artifacts/": max_artifact_bytes})
+    app.add_middleware(
+        BodyLimit,
+        max_bytes=max_body_bytes,
+        by_prefix={"/v1/artifacts/": max_artifact_bytes, "/v1/enrol": MAX_ENROL_BODY},
+    )
     require = authorizer(operators)
     reader = require(Permission.READ)
     app.include_router(registry_routes(registry, require))
@@ -63,6 +71,8 @@ def build_http_app(
         app.include_router(rollout_routes(fleet))
     if orchestrator is not None:
         app.include_router(orchestrator_routes(*orchestrator))
+    if identities is not None:
+        app.include_router(identity_routes(identities, operators))
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:

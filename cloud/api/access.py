@@ -36,6 +36,7 @@ class Permission(str, enum.Enum):
     ROLLOUTS = "rollouts"
     PROPOSE = "propose"
     APPROVE = "approve"
+    DEVICES = "devices"  # enrolment tokens and revocations (device identities): admin only
 
 
 PERMISSIONS: dict[Role, frozenset[Permission]] = {

@@ -19,6 +19,7 @@ import paho.mqtt.client as mqtt
 
 from cloud.metrics import HubMetrics
 from common.mqtt import new_client
+from common.tls import TlsFiles
 from protocol.topics import DeviceTopic
 
 logger = logging.getLogger(__name__)
@@ -41,6 +42,7 @@ class MqttDispatcher(Publisher):
         password: Optional[str] = None,
         on_delivered: Callable[[str], None] = lambda _trace_id: None,
         metrics: Optional[HubMetrics] = None,
+        tls: Optional[TlsFiles] = None,
     ) -> None:
         self._host = host
         self._port = port
@@ -55,6 +57,7 @@ class MqttDispatcher(Publisher):
             username=username,
             password=password,
             max_queued_messages=0,  # unbounded: never drop a result while the broker is away
+            tls=tls,
         )
         self._client.on_connect = self._on_connect
         self._client.on_publish = self._on_publish

@@ -19,7 +19,7 @@ from typing import Any, Optional, Protocol
 
 import grpc
 
-from cloud.errors import InvalidInput, grpc_status
+from cloud.errors import Forbidden, InvalidInput, grpc_status
 from cloud.escalations import EscalationService
 from cloud.inputs import check_size
 from protocol._generated.tandem.v1 import tandem_pb2 as pb
@@ -71,9 +71,27 @@ def _parse(service: EscalationService, payload: bytes, context: StatusContext) -
         return None
 
 
-async def escalate(service: EscalationService, payload: bytes, context: StatusContext) -> pb.EscalationAck:
+def _speaks_for_itself(
+    service: EscalationService, request: EscalationRequest, identity: Optional[str], context: StatusContext
+) -> bool:
+    """True unless the caller proved an identity (a client certificate) and the request names another device."""
+    if identity is None or request.device_id == identity:
+        return True
+    service.metrics.identity_refusals.labels(reason="impostor").inc()
+    _refuse(
+        Forbidden(f"certificate of {identity} cannot escalate for device {request.device_id}"),
+        request.trace_id,
+        context,
+    )
+    return False
+
+
+async def escalate(
+    service: EscalationService, payload: bytes, context: StatusContext, identity: Optional[str] = None
+) -> pb.EscalationAck:
+    """``identity``: the device id the caller's certificate proves (``cloud.ingress.device_tls``), if any."""
     request = _parse(service, payload, context)
-    if request is None:
+    if request is None or not _speaks_for_itself(service, request, identity, context):
         return pb.EscalationAck()
     try:
         ack = await service.escalate(request, payload)
@@ -83,9 +101,11 @@ async def escalate(service: EscalationService, payload: bytes, context: StatusCo
     return ack.to_proto()
 
 
-async def escalate_and_wait(service: EscalationService, payload: bytes, context: StatusContext) -> pb.EscalationResult:
+async def escalate_and_wait(
+    service: EscalationService, payload: bytes, context: StatusContext, identity: Optional[str] = None
+) -> pb.EscalationResult:
     request = _parse(service, payload, context)
-    if request is None:
+    if request is None or not _speaks_for_itself(service, request, identity, context):
         return pb.EscalationResult()
     try:
         result = await service.escalate_and_wait(request, payload)

@@ -34,6 +34,7 @@ from cloud.errors import InvalidInput, RequestTooLarge
 from cloud.escalations import EscalationService
 from cloud.fleet.service import FleetService
 from common.mqtt import new_client
+from common.tls import TlsFiles
 from protocol import fleet
 from protocol._generated.tandem.v1 import tandem_pb2 as pb
 from protocol.codec import decode_request, decode_result_ack, encode_escalation_ack
@@ -68,6 +69,7 @@ class MqttEscalations:
         username: str,
         password: str | None,
         client_id: str,
+        tls: TlsFiles | None = None,
     ) -> None:
         self._service = service
         self._fleet = fleet
@@ -75,7 +77,9 @@ class MqttEscalations:
         self._host = host
         self._port = port
         self._filters = topic_filters(username)
-        self._client = new_client(client_id, username=username, password=password, clean_session=False, manual_ack=True)
+        self._client = new_client(
+            client_id, username=username, password=password, clean_session=False, manual_ack=True, tls=tls
+        )
         self._client.on_connect = self._on_connect
         self._client.on_message = self._on_message
         self.counts = {"accepted": 0, "rejected": 0, "undecodable": 0, "acks": 0, "bad_acks": 0}

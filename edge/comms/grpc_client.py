@@ -13,6 +13,7 @@ from typing import Optional
 
 import grpc
 
+from common.tls import TlsFiles
 from edge.comms.link import Handled
 from edge.comms.transport import Transport
 from edge.config import GrpcConfig
@@ -40,27 +41,37 @@ RETRYABLE = frozenset(
 
 
 class GrpcTransport(Transport):
-    def __init__(self, config: GrpcConfig, on_result: Optional[Callable[[bytes], Handled]] = None) -> None:
-        """``on_result`` takes the serialized EscalationResult of a wait_for_verdict call."""
+    def __init__(
+        self,
+        config: GrpcConfig,
+        on_result: Optional[Callable[[bytes], Handled]] = None,
+        tls: Optional[TlsFiles] = None,
+    ) -> None:
+        """``on_result`` takes the serialized EscalationResult of a wait_for_verdict call; ``tls``: the device's
+        certificate, presented to a secured hub's device port (which checks it against every request's device_id)."""
         if config.wait_for_verdict and on_result is None:
             raise ValueError("wait_for_verdict needs an on_result handler")
         self._config = config
         self._on_result = on_result
+        self._tls = tls
         self._channel: Optional[grpc.Channel] = None
         self._call: Optional[grpc.UnaryUnaryMultiCallable] = None
 
     def start(self) -> None:
         limit = self._config.max_message_bytes
+        options = [
+            ("grpc.max_send_message_length", limit),
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.initial_reconnect_backoff_ms", 200),
+            ("grpc.max_reconnect_backoff_ms", 2000),
+        ]
         # Connecting is lazy: a hub that is down shows up as UNAVAILABLE on send.
-        self._channel = grpc.insecure_channel(
-            self._config.target,
-            options=[
-                ("grpc.max_send_message_length", limit),
-                ("grpc.max_receive_message_length", limit),
-                ("grpc.initial_reconnect_backoff_ms", 200),
-                ("grpc.max_reconnect_backoff_ms", 2000),
-            ],
-        )
+        if self._tls is None:
+            self._channel = grpc.insecure_channel(self._config.target, options=options)
+        else:
+            ca, cert, key = self._tls.read()
+            credentials = grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
+            self._channel = grpc.secure_channel(self._config.target, credentials, options=options)
         # Raw bytes in (the outbox already holds serialized requests); an ack, or the result's raw bytes.
         if self._config.wait_for_verdict:
             self._call = self._channel.unary_unary("/tandem.v1.Escalation/EscalateAndWait")

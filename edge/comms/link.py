@@ -21,10 +21,12 @@ import enum
 import logging
 import threading
 from collections.abc import Callable, Mapping
+from typing import Optional
 
 import paho.mqtt.client as mqtt
 
 from common.mqtt import Will, new_client
+from common.tls import TlsFiles
 from edge.config import MqttConfig
 from protocol.topics import Channel, DeviceTopic
 
@@ -48,9 +50,11 @@ class DeviceLink:
         config: MqttConfig,
         handlers: Mapping[Channel, MessageHandler],
         on_connected: Callable[[], None] = lambda: None,
+        tls: Optional[TlsFiles] = None,
     ) -> None:
         """``handlers``: the channels this device reads, each with what deals with its messages;
-        ``on_connected``: called (on paho's thread) after every connect, e.g. to publish the device's report."""
+        ``on_connected``: called (on paho's thread) after every connect, e.g. to publish the device's report;
+        ``tls``: the device's certificate (the broker then takes the device id from it, and the client id too)."""
         self._config = config
         self._on_connected = on_connected
         self._topics = {channel: str(DeviceTopic(device_id, channel)) for channel in Channel}
@@ -65,6 +69,7 @@ class DeviceLink:
             clean_session=False,
             manual_ack=True,
             will=Will(self._availability, b"offline"),
+            tls=tls,
         )
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect

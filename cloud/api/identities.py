@@ -1,0 +1,69 @@
+"""Device identities over HTTP: enrolment tokens and revocations (admin), and enrolment itself (devices).
+
+``POST /v1/enrol`` takes no bearer token: the one-time enrolment token in its body is the credential, and
+the answer (a certificate and the CA's) holds nothing secret. Its body is capped (``MAX_ENROL_BODY``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from typing import Any, Optional
+
+from fastapi import APIRouter, Depends, HTTPException
+from pydantic import BaseModel, Field
+
+from cloud.api.access import Operator, Permission, authorizer
+from cloud.config import OperatorConfig
+from cloud.errors import HubError, http_status
+from cloud.security.enrolment import MAX_CSR_BYTES, Identities
+from protocol.topics import DeviceId
+
+MAX_TOKEN_TTL_S = 7 * 86400.0
+MAX_ENROL_BODY = 64 * 1024  # a CSR and a token, as JSON
+
+
+class TokenRequest(BaseModel):
+    device_id: DeviceId = Field(description="the device the token enrols: its certificate's CN")
+    ttl_s: Optional[float] = Field(
+        None, gt=0, le=MAX_TOKEN_TTL_S, description="lifetime; default security.enrolment_ttl_s"
+    )
+
+
+class EnrolRequest(BaseModel):
+    token: str = Field(max_length=256, description="the one-time token an operator was given")
+    csr_pem: str = Field(max_length=MAX_CSR_BYTES, description="the device's certificate signing request (PEM)")
+
+
+def identity_routes(identities: Callable[[], Identities], operators: Mapping[str, OperatorConfig]) -> APIRouter:
+    router = APIRouter()
+    admin = authorizer(operators)(Permission.DEVICES)
+
+    async def call(function: Callable[..., Any], *args: Any) -> Any:
+        try:
+            return await asyncio.to_thread(function, *args)
+        except HubError as exc:
+            raise HTTPException(http_status(exc), str(exc)) from exc
+
+    @router.post("/v1/admin/enrolments")
+    async def new_token(body: TokenRequest, operator: Operator = Depends(admin)) -> dict[str, Any]:
+        operator.check_scope([], "an enrolment token")
+        token = await call(identities().token, body.device_id, operator.name, body.ttl_s)
+        return {"device_id": body.device_id, "token": token}
+
+    @router.post("/v1/enrol")
+    async def enrol(body: EnrolRequest) -> dict[str, Any]:
+        enrolled = await call(identities().enrol, body.token, body.csr_pem.encode())
+        return {
+            "device_id": enrolled.device_id,
+            "certificate_pem": enrolled.certificate_pem.decode(),
+            "ca_pem": enrolled.ca_pem.decode(),
+        }
+
+    @router.post("/v1/admin/devices/{device_id}/revoke")
+    async def revoke(device_id: str, operator: Operator = Depends(admin)) -> dict[str, Any]:
+        operator.check_scope([], "a revocation")
+        serials = await call(identities().revoke, device_id, operator.name)
+        return {"device_id": device_id, "revoked": [f"{serial:x}" for serial in serials]}
+
+    return router
