@@ -91,7 +91,7 @@ def deploy_config(config: HubConfig, routing: Optional[RoutingConfig] = None) ->
         ingress["user_config"] = {"routing": routing.model_dump(mode="json")}
     return ServeDeploySchema.model_validate(
         {
-            "http_options": {"host": config.http_host, "port": config.http_port},
+            "http_options": config.http_options(),
             "grpc_options": grpc_options(config),
             "applications": [
                 {
@@ -120,7 +120,7 @@ def start_hub(config: HubConfig, routing: Optional[RoutingConfig] = None) -> Non
         object_store_memory=None if config.ray_address else 256 * 1024 * 1024,
     )
     serve.start(
-        http_options={"host": config.http_host, "port": config.http_port},
+        http_options=config.http_options(),
         grpc_options=grpc_options(config),
     )
     deploy(config, routing)

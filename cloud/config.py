@@ -265,7 +265,17 @@ class HubConfig(StrictModel):
 
     def public_url(self) -> str:
         host = "127.0.0.1" if self.http_host in ("0.0.0.0", "::") else self.http_host
-        return (self.fleet.public_url or f"http://{host}:{self.http_port}").rstrip("/")
+        scheme = "https" if self.security is not None else "http"
+        return (self.fleet.public_url or f"{scheme}://{host}:{self.http_port}").rstrip("/")
+
+    def http_options(self) -> dict[str, Any]:
+        """Serve's HTTP proxy: HTTPS with the fleet CA's server certificate when secured (operators' tokens and
+        enrolment tokens never cross the network in plain text)."""
+        options: dict[str, Any] = {"host": self.http_host, "port": self.http_port}
+        if self.security is not None:
+            folder = self.security.pki_path
+            options |= {"ssl_certfile": str(folder / "server.pem"), "ssl_keyfile": str(folder / "server.key")}
+        return options
 
     def artifacts_dir(self) -> Path:
         return self.artifacts_path or self.trace_store_path.parent / "artifacts"

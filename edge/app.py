@@ -129,6 +129,7 @@ class EdgeRuntime:
                 self.models.standing,
                 self._model_update,
             ),
+            ca_path=config.tls.ca_path if config.tls is not None else None,
         )
         self.fleet = DesiredStateAgent(
             config,

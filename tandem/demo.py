@@ -113,9 +113,10 @@ class DecisionPrinter:
     """Prints the orchestrator's decisions as they happen (the hub runs them in a Ray replica; this reads its
     admin API once a second)."""
 
-    def __init__(self, url: str, every_s: float = 1.0, token: Optional[str] = None) -> None:
+    def __init__(self, url: str, every_s: float = 1.0, token: Optional[str] = None, ca: Optional[str] = None) -> None:
         self._url = url
         self._token = token
+        self._ca = ca
         self._every_s = every_s
         self._seen: set[str] = set()
         self._stop = threading.Event()
@@ -136,7 +137,7 @@ class DecisionPrinter:
 
     def print_new(self) -> None:
         try:
-            rows = request(f"{self._url}/v1/admin/proposals?limit=50", "GET", token=self._token)
+            rows = request(f"{self._url}/v1/admin/proposals?limit=50", "GET", token=self._token, ca=self._ca)
         except HubHttpError as exc:  # the orchestrator is off (409), or the hub is going away
             logger.debug("demo: no decisions to show: %s", exc)
             return
@@ -160,6 +161,7 @@ class _Secure:
         self.broker_files = secure_broker_files(work / "secure")
         self.token = "demo_" + secrets.token_urlsafe(24)
         self.operators = {"demo": OperatorConfig(token_sha256=token_sha256(self.token), role=Role.ADMIN)}
+        self.ca = str(self.broker_files.pki_dir / "ca.pem")  # given to the device out of band, with its token
         self._work = work
 
     def hub_security(self, broker_pid: Optional[int]) -> SecurityConfig:
@@ -175,10 +177,9 @@ class _Secure:
         """A one-time token from the admin API, then ``tandem edge enroll``'s own code: the device's config
         gets its certificate and the hub's device port."""
         assert hub.security is not None
-        made = request(
-            f"{url}/v1/admin/enrolments", "POST", json.dumps({"device_id": edge.device_id}).encode(), token=self.token
-        )
-        enrolled = enroll(url, made["token"], self._work / "identity", ca_path=self.broker_files.pki_dir / "ca.pem")
+        body = json.dumps({"device_id": edge.device_id}).encode()
+        made = request(f"{url}/v1/admin/enrolments", "POST", body, token=self.token, ca=self.ca)
+        enrolled = enroll(url, made["token"], self._work / "identity", ca_path=Path(self.ca))
         logger.info("demo: %s enrolled; its key never left %s", enrolled.device_id, enrolled.files.key_path.parent)
         return edge.model_copy(
             update={
@@ -193,6 +194,7 @@ class _Secure:
         assert edge.tls is not None and isinstance(edge.transport, GrpcConfig)
         return {
             "identity": f"CN={edge.tls.identity()}",
+            "enrolment": "a one-time token and a CSR over HTTPS; the key never left the device",
             "escalations": f"gRPC over TLS with a client certificate to {edge.transport.target}",
             "verdicts": f"MQTT over TLS with a client certificate on port {edge.mqtt.port}, per-device ACL",
         }
@@ -253,10 +255,10 @@ def run_demo(args: argparse.Namespace) -> int:
             start_hub(hub)
             try:
                 hub_s = time.monotonic() - started
-                url = f"http://127.0.0.1:{hub.http_port}"
+                url = hub.public_url()
                 if secure is not None:
                     edge = secure.enrol(edge, url, hub)
-                printer = DecisionPrinter(url, token=secure.token if secure else None)
+                printer = DecisionPrinter(url, token=secure.token if secure else None, ca=secure.ca if secure else None)
                 with printer, EdgeRuntime(edge) as runtime:
                     t0 = time.monotonic()
                     frames = runtime.run(max_frames=args.frames)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import logging
+import ssl
 import threading
 import time
 import urllib.error
@@ -24,7 +25,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Optional
 
 from common.signing import BundleRefused
 from edge.models import failpoints
@@ -42,6 +43,8 @@ class Limits:
     deadline_at: float
     """time.monotonic() by which the whole bundle must be in."""
     attempts: int
+    ca_path: Optional[Path] = None
+    """the fleet CA to check an https bundle server against (a secured hub); None: the system's CAs"""
 
 
 def sha256_of(path: Path) -> str:
@@ -105,7 +108,8 @@ class Download:
             return
         request = urllib.request.Request(self.url, headers={"Range": f"bytes={have}-"})
         timeout = max(1.0, self.limits.window_s)
-        with urllib.request.urlopen(request, timeout=timeout) as reply:
+        context = ssl.create_default_context(cafile=str(self.limits.ca_path)) if self.limits.ca_path else None
+        with urllib.request.urlopen(request, timeout=timeout, context=context) as reply:
             if reply.status != 206:  # the server ignored the range: start again
                 have = 0
             with open(self.part, "ab" if have else "wb") as out:

@@ -78,7 +78,11 @@ class _Stop(Exception):
 
 
 class ModelUpdater:
-    def __init__(self, config: ModelsConfig, slots: Slots, quality: Quality, host: Host) -> None:
+    def __init__(
+        self, config: ModelsConfig, slots: Slots, quality: Quality, host: Host, ca_path: Optional[Path] = None
+    ) -> None:
+        """``ca_path``: the fleet CA, to check a secured hub's https bundle server against."""
+        self._ca_path = ca_path
         self._config = config
         self._slots = slots
         self._quality = quality
@@ -217,6 +221,7 @@ class ModelUpdater:
             self._config.download_window_s,
             time.monotonic() + self._config.download_deadline_s,
             self._config.download_attempts,
+            self._ca_path,
         )
         total, done, last = max(1, manifest.total_bytes), 0, 0.0
 
