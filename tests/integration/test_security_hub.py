@@ -5,6 +5,7 @@ with its certificate and getting verdicts over MQTT with TLS, and every way in t
 from __future__ import annotations
 
 import datetime
+import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -129,7 +130,8 @@ class _Grpc:
         self.grpc_port = port
 
 
-def test_enrolment_tokens_are_one_time_admin_only_and_checked(secured, tmp_path):
+def test_enrolment_tokens_are_one_time_admin_only_and_checked(secured, tmp_path, caplog):
+    caplog.set_level(logging.DEBUG)
     assert secured.api.post("/v1/admin/enrolments", json={"device_id": "cam-x"}).status_code == 401
     assert secured.api.post("/v1/admin/enrolments", json={"device_id": "cam-x"}, headers=VIEWER).status_code == 403
     assert secured.api.post("/v1/admin/enrolments", json={"device_id": "tandem-hub"}, headers=ADMIN).status_code == 409
@@ -154,7 +156,8 @@ def test_enrolment_tokens_are_one_time_admin_only_and_checked(secured, tmp_path)
         enroll(secured.url, expired.json()["token"], tmp_path / "late")
     metrics = secured.api.get("/metrics").text
     assert 'tandem_hub_identity_refusals_total{reason="enrolment"}' in metrics
-    assert "tdm-enrol-" not in metrics  # no token in /metrics
+    assert "tdm-enrol-" not in metrics and "tdm-enrol-" not in caplog.text  # no token in /metrics or the logs
+    assert "admin-token" not in caplog.text
 
 
 def test_grpc_refuses_every_certificate_that_must_not_get_in(secured, tmp_path):
