@@ -51,6 +51,47 @@ class Role(str, enum.Enum):
     ADMIN = "admin"  # everything
 
 
+class TenantConfig(StrictModel):
+    """A customer sharing the hub: its devices (by id), the groups it owns, its quotas and its priority."""
+
+    devices: list[str] = Field(
+        min_length=1,
+        description="globs on device ids that are this tenant's, e.g. acme-* (a secured hub proves each id with "
+        "a certificate); the first tenant whose globs match a device owns it",
+    )
+    groups: list[str] = Field([], description="device groups this tenant owns: its operators see and change these only")
+    escalations_per_s: Optional[float] = Field(
+        None, gt=0, description="quota: escalations accepted per second, over all its devices; none: no quota"
+    )
+    escalations_burst: Optional[float] = Field(
+        None, gt=0, description="escalations accepted at once above the rate (default: one second's worth)"
+    )
+    max_stored_traces: Optional[int] = Field(
+        None, gt=0, description="quota: traces the hub keeps for it; past it new escalations wait (RESOURCE_EXHAUSTED)"
+    )
+    priority: int = Field(
+        0, ge=0, le=9, description="when the models are saturated, a higher priority's escalations run first"
+    )
+
+
+class QuotaConfig(StrictModel):
+    """Limits for every client, tenant or not: one device or one token cannot starve the rest."""
+
+    device_escalations_per_s: Optional[float] = Field(
+        None, gt=0, description="escalations accepted per second from one device; none: no limit"
+    )
+    device_escalations_burst: Optional[float] = Field(
+        None, gt=0, description="escalations one device may send at once above its rate (default: one second's worth)"
+    )
+    operator_requests_per_s: float = Field(
+        20.0, gt=0, description="admin API requests per second per operator token (429 past it, with Retry-After)"
+    )
+    operator_requests_burst: float = Field(60.0, gt=0, description="admin API requests one token may make at once")
+    max_concurrent_runs: int = Field(
+        256, ge=1, description="escalations routed to models at once; past it they wait, higher priority first"
+    )
+
+
 class OperatorConfig(StrictModel):
     """One operator: the sha256 of their bearer token (never the token), their role, and the groups they act on."""
 
@@ -60,6 +101,11 @@ class OperatorConfig(StrictModel):
     role: Role = Field(description="viewer, operator, approver or admin")
     groups: list[str] = Field(
         [], description="device groups this operator may change; empty: every group and the hub-wide settings"
+    )
+    tenant: Optional[str] = Field(
+        None,
+        description="the tenant this operator works for: they see only its devices, traces and groups (their "
+        "groups default to the tenant's) and make no hub-wide change",
     )
 
 
@@ -200,6 +246,10 @@ class HubConfig(StrictModel):
     ray_address: Optional[str] = Field(
         None, description="join this Ray cluster instead of starting a local one (tandem hub run: $RAY_ADDRESS)"
     )
+    tenants: dict[str, TenantConfig] = Field(
+        {}, description="customers sharing this hub, each isolated, with quotas and a priority (README, Tenants)"
+    )
+    quotas: QuotaConfig = Field(QuotaConfig(), description="rate limits per device and per operator token")
     security: Optional[SecurityConfig] = Field(
         None,
         description="TLS and device identities: devices escalate on security.grpc_port with certificates, the hub "
@@ -211,6 +261,25 @@ class HubConfig(StrictModel):
     def _has_models(self) -> HubConfig:
         if self.model_path is None and self.routing_path is None:
             raise ValueError("give model_path (one model for everything) or routing_path (routing rules)")
+        return self
+
+    @model_validator(mode="after")
+    def _tenants_hold_together(self) -> HubConfig:
+        for name, entry in self.fleet.operators.items():
+            if entry.tenant is None:
+                continue
+            tenant = self.tenants.get(entry.tenant)
+            if tenant is None:
+                raise ValueError(f"operator {name}: no tenant {entry.tenant!r} under tenants")
+            outside = sorted(set(entry.groups) - set(tenant.groups))
+            if outside:
+                raise ValueError(f"operator {name}: groups {outside} are not tenant {entry.tenant}'s")
+        owners: dict[str, str] = {}
+        for name, tenant in self.tenants.items():
+            for group in tenant.groups:
+                if group in owners:
+                    raise ValueError(f"group {group!r} belongs to tenants {owners[group]} and {name}")
+                owners[group] = name
         return self
 
     @model_validator(mode="after")

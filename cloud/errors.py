@@ -70,6 +70,15 @@ class RequestTooLarge(InvalidInput):
         self.limit = limit
 
 
+class QuotaExceeded(HubError):
+    """A device, a tenant or an operator token over its quota: try again after ``retry_after_s``."""
+
+    def __init__(self, message: str, quota: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.quota = quota
+        self.retry_after_s = retry_after_s
+
+
 class DeviceNotFound(HubError):
     """No device by that id has ever spoken to this hub."""
 
@@ -140,6 +149,7 @@ class EnrolmentRefused(HubError):
 _STATUS: list[tuple[type[Exception], grpc.StatusCode, int]] = [
     (UnsupportedSchemaVersion, grpc.StatusCode.FAILED_PRECONDITION, 400),
     (RequestTooLarge, grpc.StatusCode.RESOURCE_EXHAUSTED, 413),
+    (QuotaExceeded, grpc.StatusCode.RESOURCE_EXHAUSTED, 429),
     (InvalidInput, grpc.StatusCode.INVALID_ARGUMENT, 400),
     (MalformedMessage, grpc.StatusCode.INVALID_ARGUMENT, 400),
     (ProtocolError, grpc.StatusCode.INVALID_ARGUMENT, 400),

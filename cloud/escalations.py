@@ -17,13 +17,15 @@ import time
 from collections.abc import Callable
 from typing import Optional
 
+from cloud.config import QuotaConfig
 from cloud.dispatch.delivery import Delivery
-from cloud.errors import InvalidInput, NoRoute, one_line
+from cloud.errors import InvalidInput, NoRoute, QuotaExceeded, one_line
 from cloud.inputs import InputLimits, check_input, check_size
 from cloud.metrics import HubMetrics
 from cloud.routing.cache import CachedAnswer, ResultCache
 from cloud.routing.router import Router
 from cloud.routing.steps import Outcome, Plan
+from cloud.tenants import PriorityGate, Tenancy
 from cloud.traces.store import TraceStatus, TraceStore
 from protocol.codec import decode_request, decode_result, encode_request, encode_result
 from protocol.errors import ProtocolError
@@ -51,9 +53,16 @@ class EscalationService:
         clock: Callable[[], float] = time.time,
         limits: Optional[InputLimits] = None,
         on_escalation: Callable[[str], None] = lambda _device_id: None,
+        tenancy: Optional[Tenancy] = None,
+        max_concurrent_runs: int = 256,
     ) -> None:
-        """``on_escalation``: told the device id of every escalation recorded (the fleet's sessions)."""
+        """``on_escalation``: told the device id of every escalation recorded (the fleet's sessions);
+        ``tenancy``: the quotas each escalation must pass, and each device's tenant and priority;
+        ``max_concurrent_runs``: escalations using the models at once (the rest wait, higher priority first)."""
         self.store = store
+        self.tenancy = tenancy or Tenancy({}, QuotaConfig())
+        self._gate = PriorityGate(max_concurrent_runs)
+        self._refusals_logged: dict[str, float] = {}
         self._on_escalation = on_escalation
         self.use(router)
         self.delivery = delivery
@@ -68,8 +77,9 @@ class EscalationService:
         ``wire``: the request's bytes as they arrived, when the transport has them; they are stored as they
         are (a request is parsed once, not parsed, encoded and stored).
 
-        InvalidInput (RequestTooLarge) if the hub refuses the input: nothing is recorded or run. A duplicate
-        of a finished trace the device has not acknowledged is also a request for its result: it goes out now.
+        InvalidInput (RequestTooLarge) if the hub refuses the input, QuotaExceeded if the device or its tenant
+        is over a quota: nothing is recorded or run. A duplicate of a finished trace the device has not
+        acknowledged is also a request for its result: it goes out now.
         """
         received = self._clock()
         stored = wire if wire is not None else encode_request(request)
@@ -80,8 +90,14 @@ class EscalationService:
             logger.warning("trace %s from %s refused: %s", request.trace_id, request.device_id, exc)
             self.metrics.escalations.labels(ack="rejected").inc()
             raise
+        try:
+            self.tenancy.admit(request.device_id)
+        except QuotaExceeded as exc:
+            self._over_quota(request.device_id, exc)
+            raise
         self._on_escalation(request.device_id)
         if not self.store.insert_if_absent(request.trace_id, request.device_id, stored, received):
+            self.tenancy.refund(request.device_id)  # nothing new to run
             logger.info("trace %s: duplicate escalation from %s", request.trace_id, request.device_id)
             self.metrics.escalations.labels(ack="duplicate").inc()
             self.delivery.resend_now(request.trace_id)
@@ -123,14 +139,16 @@ class EscalationService:
         except NoRoute as exc:
             self.finish(self._failed(request, timings, str(exc)))
             return
-        key = cache.key(request, plan) if plan.route.cache else None
+        tenant = self.tenancy.tenant_of(request.device_id)
+        key = cache.key(request, plan, tenant or "") if plan.route.cache else None
         cached = cache.get(key) if key is not None else None
         if cached is not None:
             timings.append(HopTiming("cache", (self._clock() - started) * 1000.0))
             self.finish(self._answered(request, plan, cached, timings, 0.0))
             return
         try:
-            outcome = await router.run(plan, request)
+            async with self._gate.slot(self.tenancy.priority_of(request.device_id)):
+                outcome = await router.run(plan, request)
         except Exception as exc:  # a router bug must still answer the device, and say so
             logger.exception("trace %s: routing failed", request.trace_id)
             self.finish(self._failed(request, timings, f"routing failed: {type(exc).__name__}: {one_line(str(exc))}"))
@@ -155,6 +173,16 @@ class EscalationService:
         self.store.set_finished(result.trace_id, status, stored, error, self._clock(), result.route, result.cost)
         self.metrics.results.labels(status=status.value).inc()
         self.delivery.send(result, stored)
+
+    def _over_quota(self, device_id: str, exc: QuotaExceeded) -> None:
+        """Counted every time; logged once a second per quota and tenant, so a flood does not flood the log."""
+        tenant = self.tenancy.tenant_of(device_id) or ""
+        self.metrics.escalations.labels(ack="over_quota").inc()
+        self.metrics.quota_refusals.labels(quota=exc.quota, tenant=tenant).inc()
+        key, now = f"{exc.quota}:{tenant or device_id}", self._clock()
+        if now - self._refusals_logged.get(key, 0.0) >= 1.0:
+            self._refusals_logged[key] = now
+            logger.warning("escalations refused: %s (counted in tandem_hub_quota_refusals_total)", exc)
 
     def answer_refused(self, device_id: str, trace_id: str, error: str) -> None:
         """Answer a request that was not accepted with a FAILED result (for transports with no reply)."""

@@ -56,6 +56,7 @@ from cloud.routing.config import resolve_registry
 from cloud.security.broker import BrokerControl
 from cloud.security.enrolment import Identities
 from cloud.security.pki import FleetCA
+from cloud.tenants import Tenancy
 from cloud.traces.store import TraceStore
 from protocol.bundle import BundleEnvelope
 from protocol.codec import Encoding
@@ -258,6 +259,8 @@ class Hub:
             self.metrics,
             limits=hub.input_limits(),
             on_escalation=self._fleet.on_escalation,
+            tenancy=Tenancy(hub.tenants, hub.quotas, self.store.count_devices),
+            max_concurrent_runs=hub.quotas.max_concurrent_runs,
         )
         self._dispatcher.start()
         self._mqtt_ingress = mqtt_ingress.MqttEscalations(

@@ -30,7 +30,7 @@ class HubMetrics:
         self.registry = CollectorRegistry()
         self.escalations = Counter(
             "tandem_hub_escalations",
-            "escalations received: accepted, duplicate (a trace_id seen before), rejected (bad input)",
+            "escalations received: accepted, duplicate (a trace_id seen before), rejected (bad input), over_quota",
             ["ack"],
             registry=self.registry,
         )
@@ -115,6 +115,13 @@ class HubMetrics:
         self.orchestrator_cache_hit_rate = Gauge(
             "tandem_hub_orchestrator_decision_cache_hit_rate",
             "share of language-model consultations answered from the decision cache",
+            registry=self.registry,
+        )
+        self.quota_refusals = Counter(
+            "tandem_hub_quota_refusals",
+            "escalations and admin requests refused for a quota: device_escalations_per_s, escalations_per_s"
+            " (a tenant's), max_stored_traces, operator_requests_per_s; by tenant (empty: none)",
+            ["quota", "tenant"],
             registry=self.registry,
         )
         self.identity_refusals = Counter(

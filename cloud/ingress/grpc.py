@@ -19,7 +19,7 @@ from typing import Any, Optional, Protocol
 
 import grpc
 
-from cloud.errors import Forbidden, InvalidInput, grpc_status
+from cloud.errors import Forbidden, InvalidInput, QuotaExceeded, grpc_status
 from cloud.escalations import EscalationService
 from cloud.inputs import check_size
 from protocol._generated.tandem.v1 import tandem_pb2 as pb
@@ -95,7 +95,7 @@ async def escalate(
         return pb.EscalationAck()
     try:
         ack = await service.escalate(request, payload)
-    except InvalidInput as exc:  # counted by the service
+    except (InvalidInput, QuotaExceeded) as exc:  # counted by the service
         _refuse(exc, request.trace_id, context)
         return pb.EscalationAck()
     return ack.to_proto()
@@ -109,7 +109,7 @@ async def escalate_and_wait(
         return pb.EscalationResult()
     try:
         result = await service.escalate_and_wait(request, payload)
-    except InvalidInput as exc:
+    except (InvalidInput, QuotaExceeded) as exc:
         _refuse(exc, request.trace_id, context)
         return pb.EscalationResult()
     return result.to_proto()

@@ -30,7 +30,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 import paho.mqtt.client as mqtt
 from google.protobuf.message import DecodeError
 
-from cloud.errors import InvalidInput, RequestTooLarge
+from cloud.errors import InvalidInput, QuotaExceeded, RequestTooLarge
 from cloud.escalations import EscalationService
 from cloud.fleet.service import FleetService
 from common.mqtt import new_client
@@ -82,7 +82,7 @@ class MqttEscalations:
         )
         self._client.on_connect = self._on_connect
         self._client.on_message = self._on_message
-        self.counts = {"accepted": 0, "rejected": 0, "undecodable": 0, "acks": 0, "bad_acks": 0}
+        self.counts = {"accepted": 0, "rejected": 0, "undecodable": 0, "acks": 0, "bad_acks": 0, "over_quota": 0}
 
     def start(self) -> None:
         self._client.connect_async(self._host, self._port, keepalive=30)
@@ -210,6 +210,9 @@ class MqttEscalations:
             return
         try:
             ack = await self._service.escalate(request, payload)
+        except QuotaExceeded:  # logged and counted by the service; unconfirmed, the device sends it again later
+            self.counts["over_quota"] += 1
+            return
         except InvalidInput as exc:  # logged and counted by the service
             self.counts["rejected"] += 1
             self._service.answer_refused(device_id, request.trace_id, f"rejected: {exc}")

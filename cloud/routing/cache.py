@@ -1,9 +1,10 @@
 """The result cache: the same input routed the same way gets the answer already computed.
 
-The key is the input's sha256 (with its media type, or dtype and shape) and
-the routing decision (rule, strategy, models, and a digest of the rules), so
-a changed rule or an A/B arm that picked another model never reuses an
-answer. Entries live ``ttl_s`` and the least recently used go first past
+The key is the input's sha256 (with its media type, or dtype and shape), the
+routing decision (rule, strategy, models, and a digest of the rules), so a
+changed rule or an A/B arm that picked another model never reuses an answer,
+and the device's tenant, so no tenant is ever answered from another's cache.
+Entries live ``ttl_s`` and the least recently used go first past
 ``max_entries`` (cachetools.TTLCache does both). Per hub replica,
 in memory: a restart starts cold, which costs model calls, not answers.
 """
@@ -38,11 +39,11 @@ class ResultCache:
         self.hits = 0
         self.misses = 0
 
-    def key(self, request: EscalationRequest, plan: Plan) -> str:
+    def key(self, request: EscalationRequest, plan: Plan, tenant: str = "") -> str:
         data = request.input
         kind = data.media_type if isinstance(data, EncodedImage) else f"{data.dtype}{list(data.shape)}"
         content = hashlib.sha256(data.data).hexdigest()
-        return f"{content}|{kind}|{plan.describe()}|{self._digest}"
+        return f"{tenant}|{content}|{kind}|{plan.describe()}|{self._digest}"
 
     def get(self, key: str) -> CachedAnswer | None:
         if not self.enabled:

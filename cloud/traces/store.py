@@ -17,6 +17,7 @@ from __future__ import annotations
 import enum
 import sqlite3
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -222,6 +223,13 @@ class TraceStore:
         rows = self._execute(f"SELECT COUNT(*) FROM traces WHERE {_UNACKED_SQL}")
         return rows[0][0]
 
+    def count_devices(self, device_globs: Sequence[str]) -> int:
+        """Traces of the devices whose ids match any of the globs (a tenant's: ``cloud.tenants``)."""
+        if not device_globs:
+            return 0
+        where = " OR ".join("device_id GLOB ?" for _ in device_globs)
+        return int(self._execute(f"SELECT COUNT(*) FROM traces WHERE {where}", tuple(device_globs))[0][0])
+
     def get(self, trace_id: str) -> Optional[HubTrace]:
         rows = self._execute(f"SELECT {_COLUMNS} FROM traces WHERE trace_id = ?", (trace_id,))
         return _trace(rows[0]) if rows else None
@@ -235,9 +243,10 @@ class TraceStore:
         until: Optional[float] = None,
         acked: Optional[bool] = None,
         limit: int = 100,
+        device_globs: Optional[Sequence[str]] = None,
     ) -> list[HubTrace]:
         """Traces matching every filter given, newest first. acked=False: finished results the device
-        has not confirmed."""
+        has not confirmed; ``device_globs``: only devices whose ids match one of them (a tenant's view)."""
         filters = {
             "device_id = ?": device_id,
             "status = ?": status.value if status else None,
@@ -249,6 +258,9 @@ class TraceStore:
         params = [value for value in filters.values() if value is not None]
         if acked is not None:
             clauses.append("acked_at IS NOT NULL" if acked else _UNACKED_SQL)
+        if device_globs is not None:
+            clauses.append("(" + (" OR ".join("device_id GLOB ?" for _ in device_globs) or "0") + ")")
+            params.extend(device_globs)
         where = " AND ".join(clauses) or "1"
         rows = self._execute(
             f"SELECT {_COLUMNS} FROM traces WHERE {where} ORDER BY received_at DESC LIMIT ?", (*params, limit)

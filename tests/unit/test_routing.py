@@ -357,6 +357,7 @@ def test_cache_key_follows_input_and_routing_decision_and_entries_expire():
     assert cache.get(cache.key(req, plan_a)) is not None
     assert cache.get(cache.key(req, plan_b)) is None  # the other arm of the A/B never reuses a's answer
     assert cache.get(cache.key(request(data=b"other"), plan_a)) is None
+    assert cache.get(cache.key(req, plan_a, "another-tenant")) is None  # no tenant is answered from another's
     clock.now += 11
     assert cache.get(cache.key(req, plan_a)) is None
     for i in range(3):

@@ -1,0 +1,113 @@
+"""Two tenants on one hub (``Hub`` on a ``LocalPool``, a real Mosquitto): one floods, the other keeps its latency.
+
+The noisy tenant sends as fast as it can; its quota refuses what is past its rate (RESOURCE_EXHAUSTED over gRPC,
+unconfirmed over MQTT: its devices send again later, nothing is lost), and the quiet tenant's escalations, with
+a higher priority, go to the models first."""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from collections.abc import Iterator
+
+import cv2
+import numpy as np
+import pytest
+
+from cloud.config import HubConfig, QuotaConfig, TenantConfig
+from cloud.errors import QuotaExceeded
+from cloud.hub import Hub, LocalPool
+from protocol import EncodedImage, EscalationRequest, Prediction, ResultStatus, new_trace_id
+from tests.support.fleet import HubThread
+
+LABELS = tuple(str(d) for d in range(10))
+NOISY_RATE = 5.0
+LATENCY_BOUND = 3.0  # the quiet tenant's median round trip under the flood, as a multiple of its median alone
+QUIET_CALLS = 30
+
+
+@pytest.fixture
+def two_tenants(tmp_path, demo_assets, mosquitto, hub) -> Iterator[HubThread]:
+    hub.stop()  # the session's Ray hub would answer the same escalations
+    config = HubConfig(
+        model_path=demo_assets / "models" / "digits-strong.onnx",
+        mqtt_port=mosquitto.port,
+        mqtt_username="tandem-hub-tenants",
+        trace_store_path=tmp_path / "hub.db",
+        tenants={
+            "noisy": TenantConfig(devices=["noisy-*"], escalations_per_s=NOISY_RATE, escalations_burst=NOISY_RATE),
+            "quiet": TenantConfig(devices=["quiet-*"], escalations_per_s=50, priority=1),
+        },
+        quotas=QuotaConfig(max_concurrent_runs=2),
+    )
+    runner = HubThread(Hub(config, LocalPool(config.artifacts_dir(), config.max_image_pixels)))
+    with runner:
+        yield runner
+
+
+def request(device_id: str, rng: np.random.Generator) -> EscalationRequest:
+    pixels = rng.integers(0, 255, (8, 8), dtype=np.uint8)  # a new image each time: no answer from the cache
+    ok, png = cv2.imencode(".png", pixels)
+    assert ok
+    local = Prediction("weak", "1", LABELS, (0.1,) * 10)
+    return EscalationRequest(new_trace_id(), device_id, local, EncodedImage("image/png", png.tobytes(), 8, 8), 5000)
+
+
+async def quiet_round_trips(hub: Hub, rng: np.random.Generator) -> list[float]:
+    took = []
+    for i in range(QUIET_CALLS):
+        started = time.perf_counter()
+        result = await hub.service.escalate_and_wait(request(f"quiet-cam-{i % 3}", rng))
+        took.append(time.perf_counter() - started)
+        assert result.status is ResultStatus.SUCCESS
+    return took
+
+
+async def flood(hub: Hub, rng: np.random.Generator, until: asyncio.Event) -> tuple[int, list[str], float]:
+    """Escalations from 10 noisy devices as fast as the loop turns, until the quiet tenant is done."""
+    accepted, refusals = 0, []
+    started = time.monotonic()
+    i = 0
+    while not until.is_set():
+        i += 1
+        try:
+            await hub.service.escalate(request(f"noisy-cam-{i % 10}", rng))
+            accepted += 1
+        except QuotaExceeded as exc:
+            refusals.append(str(exc))
+        await asyncio.sleep(0)  # as a transport would: one request per turn of the loop
+    return accepted, refusals, time.monotonic() - started
+
+
+def test_a_flooding_tenant_is_held_to_its_quota_and_the_other_keeps_its_latency(two_tenants):
+    hub = two_tenants.hub
+    rng = np.random.default_rng(7)
+    alone = two_tenants.call(quiet_round_trips(hub, rng))
+
+    async def both() -> tuple[list[float], tuple[int, list[str], float]]:
+        done = asyncio.Event()
+        flooding = asyncio.create_task(flood(hub, rng, done))
+        took = await quiet_round_trips(hub, rng)
+        done.set()
+        return took, await flooding
+
+    under_flood, (accepted, refusals, flood_s) = two_tenants.call(both())
+    two_tenants.call(hub.service.drain())
+
+    assert accepted <= NOISY_RATE * (flood_s + 1) + 1  # the burst, then the rate
+    assert len(refusals) > 10 * accepted
+    assert set(refusals) == {f"tenant noisy is over its quota of {NOISY_RATE:g} escalations/s"}
+    ratio = statistics.median(under_flood) / statistics.median(alone)
+    print(
+        f"quiet tenant p50 alone {statistics.median(alone) * 1000:.1f} ms, under the flood "
+        f"{statistics.median(under_flood) * 1000:.1f} ms ({ratio:.2f}x); noisy: {accepted} accepted, "
+        f"{len(refusals)} refused in {flood_s:.1f} s"
+    )
+    assert ratio <= LATENCY_BOUND
+    metrics = hub.metrics.registry.get_sample_value(
+        "tandem_hub_quota_refusals_total", {"quota": "escalations_per_s", "tenant": "noisy"}
+    )
+    assert metrics == len(refusals)
+    noisy_stored = hub.store.count_devices(["noisy-*"])
+    assert noisy_stored == accepted  # what was refused was never recorded; what was accepted all was
