@@ -429,10 +429,11 @@ class Hub:
                 self.bundles,
                 self.keys,
                 self.bundle_for_devices,
-                self.config.fleet.operators,
             ),
-            orchestrator=(lambda: self.orchestrator, self.config.fleet.operators, lambda: self._loop),
+            orchestrator=(lambda: self.orchestrator, lambda: self._loop),
             operators=self.config.fleet.operators,
+            tenants=self.config.tenants,
+            quotas=self.config.quotas,
             identities=self.identities if self.config.security is not None else None,
         )
 

@@ -24,7 +24,7 @@ from cloud.api.orchestrator import orchestrator_routes
 from cloud.api.registry import registry_routes
 from cloud.api.rollouts import rollout_routes
 from cloud.api.traces import trace_routes
-from cloud.config import OperatorConfig
+from cloud.config import OperatorConfig, QuotaConfig, TenantConfig
 from cloud.ingress.body_limit import BodyLimit
 from cloud.ingress.v2 import V2Service, v2_routes
 from cloud.metrics import HubMetrics
@@ -33,10 +33,8 @@ from cloud.registry import Registry
 from cloud.security.enrolment import Identities
 from cloud.traces.store import TraceStore
 
-OrchestratorAccess = tuple[
-    Callable[[], Orchestrator], Mapping[str, OperatorConfig], Callable[[], Optional[asyncio.AbstractEventLoop]]
-]
-"""The orchestrator (a getter), the operators' tokens, and the event loop it runs on."""
+OrchestratorAccess = tuple[Callable[[], Orchestrator], Callable[[], Optional[asyncio.AbstractEventLoop]]]
+"""The orchestrator (a getter) and the event loop it runs on."""
 
 
 def build_http_app(
@@ -51,6 +49,8 @@ def build_http_app(
     orchestrator: Optional[OrchestratorAccess] = None,
     operators: Mapping[str, OperatorConfig] = MappingProxyType({}),
     identities: Optional[Callable[[], Identities]] = None,
+    tenants: Mapping[str, TenantConfig] = MappingProxyType({}),
+    quotas: Optional[QuotaConfig] = None,
 ) -> FastAPI:
     """``max_body_bytes`` bounds every request body (413 past it) but model uploads, bounded by max_artifact_bytes,
     and enrolments, bounded by MAX_ENROL_BODY. ``identities``: device enrolment and revocation (a secured hub)."""
@@ -60,19 +60,20 @@ def build_http_app(
         max_bytes=max_body_bytes,
         by_prefix={"/v1/artifacts/": max_artifact_bytes, "/v1/enrol": MAX_ENROL_BODY},
     )
-    require = authorizer(operators)
+    require = authorizer(operators, tenants, quotas, metrics)
     reader = require(Permission.READ)
     app.include_router(registry_routes(registry, require))
-    app.include_router(trace_routes(traces, require))
+    group_of = (lambda device_id: fleet.fleet().group_of(device_id)) if fleet is not None else (lambda _d: None)
+    app.include_router(trace_routes(traces, require, group_of))
     if v2 is not None:
         app.include_router(v2_routes(v2))
     if fleet is not None:
-        app.include_router(fleet_routes(fleet))
-        app.include_router(rollout_routes(fleet))
+        app.include_router(fleet_routes(fleet, require))
+        app.include_router(rollout_routes(fleet, require))
     if orchestrator is not None:
-        app.include_router(orchestrator_routes(*orchestrator))
+        app.include_router(orchestrator_routes(orchestrator[0], require, orchestrator[1]))
     if identities is not None:
-        app.include_router(identity_routes(identities, operators))
+        app.include_router(identity_routes(identities, require))
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:

@@ -8,8 +8,10 @@
 
 An operator with ``groups`` sees only those groups' devices, and acts only on those groups: settings of one of
 them (or of one of their devices), rollouts that target one of them, proposals that touch one of them; hub-wide
-changes (scope ``all``, tags, models, bundles, replicas, routes) need an operator without groups. 401 without a
-valid token, 403 outside the role or the scope. With no operators configured the API is open, as ``anonymous``
+changes (scope ``all``, tags, models, bundles, replicas, routes) need an operator without groups. An operator of a
+tenant sees only the tenant's devices (by id) and their traces, and acts on its groups (theirs, if narrower).
+401 without a valid token, 403 outside the role or the scope, 429 past ``quotas.operator_requests_per_s`` (per
+token, so one client cannot starve the rest). With no operators configured the API is open, as ``anonymous``
 with every permission (the hub says so in its log).
 """
 
@@ -18,14 +20,21 @@ from __future__ import annotations
 import enum
 import hashlib
 import hmac
+import math
+import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from types import MappingProxyType
 from typing import Optional
 
 from fastapi import Header, HTTPException
 
-from cloud.config import OperatorConfig, Role
-from cloud.errors import Forbidden, Unauthorized, http_status
+from cloud.config import OperatorConfig, QuotaConfig, Role, TenantConfig
+from cloud.errors import Forbidden, QuotaExceeded, Unauthorized, http_status
+from cloud.metrics import HubMetrics
+from cloud.tenants import TokenBucket
 
 
 class Permission(str, enum.Enum):
@@ -60,15 +69,33 @@ PERMISSIONS: dict[Role, frozenset[Permission]] = {
 class Operator:
     name: str
     role: Role
-    groups: tuple[str, ...] = ()  # empty: every group, and hub-wide changes
+    groups: tuple[str, ...] = ()  # empty: every group (of their tenant, if they have one)
+    tenant: Optional[str] = None
+    tenant_groups: tuple[str, ...] = ()  # the groups their tenant owns
+    tenant_devices: tuple[str, ...] = ()  # globs on the ids of their tenant's devices
+
+    @property
+    def scoped(self) -> bool:
+        """Whether this operator is limited to some groups or a tenant (else: everything, hub-wide changes too)."""
+        return bool(self.groups) or self.tenant is not None
+
+    @property
+    def acts_on(self) -> tuple[str, ...]:
+        return self.groups or self.tenant_groups
 
     def may_change(self, groups: Iterable[str]) -> bool:
         """Whether a change touching these groups (none: a hub-wide change) is within this operator's scope."""
         touched = set(groups)
-        return not self.groups or (bool(touched) and touched <= set(self.groups))
+        return not self.scoped or (bool(touched) and touched <= set(self.acts_on))
 
-    def may_see(self, group: str) -> bool:
-        """Whether a device of this group is visible to this operator."""
+    def sees_group(self, group: Optional[str]) -> bool:
+        """Whether this group's settings and rollouts are visible to this operator."""
+        return not self.scoped or group in self.acts_on
+
+    def sees_device(self, device_id: str, group: Optional[str]) -> bool:
+        """Whether this device (in this group; None: never reported one) is visible to this operator."""
+        if self.tenant is not None and not any(fnmatchcase(device_id, glob) for glob in self.tenant_devices):
+            return False
         return not self.groups or group in self.groups
 
     def check_scope(self, groups: Iterable[str], what: str) -> None:
@@ -76,7 +103,7 @@ class Operator:
         touched = sorted(set(groups))
         if not self.may_change(touched):
             where = f"groups {touched}" if touched else "the whole hub"
-            raise _http(Forbidden(f"{self.name} acts on groups {list(self.groups)}; {what} touches {where}"))
+            raise _http(Forbidden(f"{self.name} acts on groups {list(self.acts_on)}; {what} touches {where}"))
 
 
 ANONYMOUS = Operator("anonymous", Role.ADMIN)
@@ -88,12 +115,49 @@ def token_sha256(token: str) -> str:
 
 def _http(error: Exception) -> HTTPException:
     headers = {"WWW-Authenticate": "Bearer"} if isinstance(error, Unauthorized) else None
+    if isinstance(error, QuotaExceeded):
+        headers = {"Retry-After": str(max(1, math.ceil(error.retry_after_s)))}
     return HTTPException(http_status(error), str(error), headers=headers)
 
 
-def authorizer(operators: Mapping[str, OperatorConfig]) -> Callable[[Permission], Callable[..., Operator]]:
+def authorizer(
+    operators: Mapping[str, OperatorConfig],
+    tenants: Mapping[str, TenantConfig] = MappingProxyType({}),
+    quotas: Optional[QuotaConfig] = None,
+    metrics: Optional[HubMetrics] = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> Callable[[Permission], Callable[..., Operator]]:
     """``require(permission)``: a FastAPI dependency that gives the operator behind the bearer token, or answers
-    401 (no valid token) or 403 (a role without the permission)."""
+    401 (no valid token), 403 (a role without the permission) or 429 (past the token's request rate)."""
+    quotas = quotas or QuotaConfig()
+    buckets = {name: TokenBucket(quotas.operator_requests_per_s, quotas.operator_requests_burst) for name in operators}
+    lock = threading.Lock()  # FastAPI runs plain routes' dependencies on a thread pool
+
+    def operator_named(name: str) -> Operator:
+        entry = operators[name]
+        tenant = tenants.get(entry.tenant) if entry.tenant is not None else None
+        return Operator(
+            name,
+            entry.role,
+            tuple(entry.groups),
+            entry.tenant,
+            tuple(tenant.groups) if tenant is not None else (),
+            tuple(tenant.devices) if tenant is not None else (),
+        )
+
+    def within_rate(name: str) -> None:
+        with lock:
+            bucket = buckets[name]
+            if bucket.take(clock()):
+                return
+            wait_s = bucket.wait_s()
+        if metrics is not None:
+            metrics.quota_refusals.labels(quota="operator_requests_per_s", tenant=operators[name].tenant or "").inc()
+        raise _http(
+            QuotaExceeded(
+                f"{name} is over {quotas.operator_requests_per_s:g} requests/s", "operator_requests_per_s", wait_s
+            )
+        )
 
     def who(authorization: Optional[str]) -> Operator:
         if not operators:
@@ -103,8 +167,8 @@ def authorizer(operators: Mapping[str, OperatorConfig]) -> Callable[[Permission]
             digest = token_sha256(token)
             found = [n for n, o in operators.items() if hmac.compare_digest(digest, o.token_sha256)]
             if found:
-                entry = operators[found[0]]
-                return Operator(found[0], entry.role, tuple(entry.groups))
+                within_rate(found[0])
+                return operator_named(found[0])
         raise _http(Unauthorized("an operator's bearer token is required (Authorization: Bearer TOKEN)"))
 
     def require(permission: Permission) -> Callable[..., Operator]:

@@ -6,15 +6,14 @@ goes into the audit log with every change.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Optional
 
 from fastapi import APIRouter, Depends, HTTPException, Query
 from pydantic import BaseModel, Field
 
-from cloud.api.access import Operator, Permission, authorizer
-from cloud.config import OperatorConfig
+from cloud.api.access import Operator, Permission, Require
 from cloud.errors import HubError, http_status
 from cloud.fleet.bundles import BundleStore
 from cloud.fleet.keys import KeyRing
@@ -40,12 +39,10 @@ class FleetAccess:
     bundles: BundleStore
     keys: Callable[[], KeyRing]
     bundle_for_devices: Callable[[str], BundleEnvelope]
-    operators: Mapping[str, OperatorConfig]
 
 
-def fleet_routes(access: FleetAccess) -> APIRouter:
+def fleet_routes(access: FleetAccess, require: Require) -> APIRouter:
     router = APIRouter()
-    require = authorizer(access.operators)
     reader = require(Permission.READ)
     changer = require(Permission.SETTINGS)
     fleet = access.fleet
@@ -63,7 +60,7 @@ def fleet_routes(access: FleetAccess) -> APIRouter:
         class, status and active model."""
         service = fleet()
         found = service.find(group=group, tag=tag, device_class=device_class, status=status, model=model)
-        return [service.view(d) for d in found if operator.may_see(d.group)]
+        return [service.view(d) for d in found if operator.sees_device(d.device_id, d.group)]
 
     @router.get("/v1/devices/{device_id}")
     def get_device(device_id: str, operator: Operator = Depends(reader)) -> dict[str, Any]:
@@ -72,9 +69,20 @@ def fleet_routes(access: FleetAccess) -> APIRouter:
             device = service.device(device_id)
         except HubError as exc:
             raise HTTPException(http_status(exc), str(exc)) from exc
-        if not operator.may_see(device.group):  # as unknown as a device that does not exist
+        if not operator.sees_device(device.device_id, device.group):  # as unknown as a device that does not exist
             raise HTTPException(404, f"no device {device_id}")
         return service.view(device)
+
+    def sees_layer(operator: Operator, scope: Scope, name: str) -> bool:
+        """Scoped operators see the hub-wide layer (it reaches their devices), their groups' and devices' layers;
+        tags cross groups and tenants, so theirs are for unscoped operators only."""
+        if not operator.scoped or scope is Scope.ALL:
+            return True
+        if scope is Scope.GROUP:
+            return operator.sees_group(name)
+        if scope is Scope.DEVICE:
+            return operator.sees_device(name, fleet().group_of(name))
+        return False
 
     @router.get("/v1/admin/settings")
     def list_settings(operator: Operator = Depends(reader)) -> list[dict[str, Any]]:
@@ -82,11 +90,14 @@ def fleet_routes(access: FleetAccess) -> APIRouter:
             {"scope": s.scope.value, "name": s.name, "settings": s.settings, "updated_at": s.updated_at,
              "updated_by": s.updated_by}
             for s in fleet().store.layers()
+            if sees_layer(operator, s.scope, s.name)
         ]  # fmt: skip
 
     @router.put("/v1/admin/settings/{scope}")
     def set_settings(scope: Scope, change: SettingsChange, operator: Operator = Depends(changer)) -> dict[str, Any]:
         """Replace one scope's settings; every device it covers gets a new desired version (published, retained)."""
+        if scope is Scope.DEVICE and not operator.sees_device(change.name, fleet().group_of(change.name)):
+            raise HTTPException(403, f"{operator.name} cannot change device {change.name}: not theirs")
         operator.check_scope(_scope_groups(fleet(), scope, change.name), f"settings for {scope.value} {change.name}")
         try:
             changed = fleet().set_settings(scope, change.name, change.settings, operator.name)
@@ -96,10 +107,32 @@ def fleet_routes(access: FleetAccess) -> APIRouter:
 
     @router.get("/v1/admin/audit")
     def audit(operator: Operator = Depends(reader), limit: int = Query(100, ge=1, le=1000)) -> list[dict[str, Any]]:
-        """Admin changes, newest first, with who made them."""
-        return fleet().store.audit_log(limit)
+        """Admin changes, newest first, with who made them. A scoped operator sees the changes to what they see:
+        their groups' and devices' settings, identities and rollouts."""
+        entries = fleet().store.audit_log(limit if not operator.scoped else 1000)
+        if operator.scoped:
+            entries = [e for e in entries if _audit_visible(operator, e, fleet(), access.rollouts)][:limit]
+        return entries
 
     return router
+
+
+def _audit_visible(
+    operator: Operator, entry: dict[str, Any], fleet: FleetService, rollouts: Callable[[], RolloutService]
+) -> bool:
+    """Whether a scoped operator may read an audit entry, by what it changed."""
+    action, target = str(entry["action"]), str(entry["target"])
+    if action == "settings":
+        scope, _, name = target.partition(":")
+        if scope == Scope.GROUP.value:
+            return operator.sees_group(name)
+        return scope == Scope.DEVICE.value and operator.sees_device(name, fleet.group_of(name))
+    if action.startswith("rollout_"):
+        groups = rollouts().groups(target)
+        return bool(groups) and operator.may_change(groups)
+    if action in ("enrolment_token", "enrolled", "revoked"):
+        return operator.sees_device(target, fleet.group_of(target))
+    return False
 
 
 def _scope_groups(fleet: FleetService, scope: Scope, name: str) -> list[str]:

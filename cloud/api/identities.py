@@ -7,14 +7,13 @@ the answer (a certificate and the CA's) holds nothing secret. Its body is capped
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any, Optional
 
 from fastapi import APIRouter, Depends, HTTPException
 from pydantic import BaseModel, Field
 
-from cloud.api.access import Operator, Permission, authorizer
-from cloud.config import OperatorConfig
+from cloud.api.access import Operator, Permission, Require
 from cloud.errors import HubError, http_status
 from cloud.security.enrolment import MAX_CSR_BYTES, Identities
 from protocol.topics import DeviceId
@@ -35,9 +34,9 @@ class EnrolRequest(BaseModel):
     csr_pem: str = Field(max_length=MAX_CSR_BYTES, description="the device's certificate signing request (PEM)")
 
 
-def identity_routes(identities: Callable[[], Identities], operators: Mapping[str, OperatorConfig]) -> APIRouter:
+def identity_routes(identities: Callable[[], Identities], require: Require) -> APIRouter:
     router = APIRouter()
-    admin = authorizer(operators)(Permission.DEVICES)
+    admin = require(Permission.DEVICES)
 
     async def call(function: Callable[..., Any], *args: Any) -> Any:
         try:

@@ -17,14 +17,13 @@ intents, approve for the steps, within the operator's groups); approvals and rev
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine
 from typing import Any, Optional, TypeVar
 
 from fastapi import APIRouter, Depends, HTTPException, Query
 from pydantic import BaseModel, Field
 
-from cloud.api.access import Operator, Permission, authorizer
-from cloud.config import OperatorConfig
+from cloud.api.access import Operator, Permission, Require
 from cloud.errors import HubError, InvalidAction, http_status
 from cloud.orchestrator.actions import groups_touched, parse_action
 from cloud.orchestrator.loop import Orchestrator
@@ -44,12 +43,11 @@ class Intent(BaseModel):
 
 def orchestrator_routes(
     orchestrator: Callable[[], Orchestrator],
-    operators: Mapping[str, OperatorConfig],
+    require: Require,
     loop: Callable[[], Optional[asyncio.AbstractEventLoop]],
 ) -> APIRouter:
     """``loop``: the hub's event loop, where the orchestrator runs (the HTTP server may run on another)."""
     router = APIRouter()
-    require = authorizer(operators)
     reader = require(Permission.READ)
     proposer = require(Permission.PROPOSE)
     approver = require(Permission.APPROVE)

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, HTTPException
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 
-from cloud.api.access import Operator, Permission, authorizer
+from cloud.api.access import Operator, Permission, Require
 from cloud.api.fleet import FleetAccess
 from cloud.errors import HubError, http_status
 from cloud.fleet.bundles import BundleRequest
@@ -36,9 +36,8 @@ class NewBundle(BaseModel):
     release: Optional[int] = Field(None, ge=1, description="default: one above the highest of this name")
 
 
-def rollout_routes(access: FleetAccess) -> APIRouter:
+def rollout_routes(access: FleetAccess, require: Require) -> APIRouter:
     router = APIRouter()
-    require = authorizer(access.operators)
     reader = require(Permission.READ)
     bundler = require(Permission.BUNDLES)
     rolls_out = require(Permission.ROLLOUTS)
@@ -90,14 +89,21 @@ def rollout_routes(access: FleetAccess) -> APIRouter:
         rollout = call(access.rollouts().start, spec, operator.name)
         return access.rollouts().status(rollout.rollout_id)
 
+    def visible(operator: Operator, rollout_id: str) -> bool:
+        """A scoped operator sees the rollouts whose devices are all in their groups."""
+        return not operator.scoped or operator.may_change(access.rollouts().groups(rollout_id))
+
     @router.get("/v1/admin/rollouts")
     def list_rollouts(operator: Operator = Depends(reader)) -> list[dict[str, Any]]:
-        return access.rollouts().summaries()
+        return [r for r in access.rollouts().summaries() if visible(operator, r["rollout_id"])]
 
     @router.get("/v1/admin/rollouts/{rollout_id}")
     def rollout_status(rollout_id: str, operator: Operator = Depends(reader)) -> dict[str, Any]:
         """Its state, wave, each abort rule's current value, every device's status, and the timeline."""
-        return call(access.rollouts().status, rollout_id)
+        status = call(access.rollouts().status, rollout_id)
+        if not visible(operator, rollout_id):  # as unknown as one that does not exist
+            raise HTTPException(404, f"no rollout {rollout_id}")
+        return status
 
     @router.post("/v1/admin/rollouts/{rollout_id}/{action}")
     def act(rollout_id: str, action: str, operator: Operator = Depends(rolls_out)) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Optional
 
 from fastapi import APIRouter, Depends, HTTPException, Query
@@ -15,8 +16,13 @@ from protocol.errors import ProtocolError
 from protocol.messages import validate_trace_id
 
 
-def trace_routes(traces: TraceStore, require: Optional[Require] = None) -> APIRouter:
-    """Reads, for operators with the read permission."""
+def trace_routes(
+    traces: TraceStore,
+    require: Optional[Require] = None,
+    group_of: Callable[[str], Optional[str]] = lambda _device_id: None,
+) -> APIRouter:
+    """Reads, for operators with the read permission: a scoped operator's only of devices they see
+    (``group_of``: a device's group, from the fleet's inventory)."""
     require = require or authorizer({})  # none given: open, as with no operators configured
     router = APIRouter()
     reader = require(Permission.READ)
@@ -34,8 +40,11 @@ def trace_routes(traces: TraceStore, require: Optional[Require] = None) -> APIRo
     ) -> list[dict[str, Any]]:
         """Traces newest first, filtered by device, status, routing rule, received time (Unix seconds), and
         whether the device confirmed the result (acked=false: finished results still being sent)."""
-        found = traces.query(device_id, status, route, since, until, acked, limit)
-        return [_trace_json(t) for t in found]
+        if not operator.scoped:
+            return [_trace_json(t) for t in traces.query(device_id, status, route, since, until, acked, limit)]
+        globs = operator.tenant_devices if operator.tenant is not None else None
+        found = traces.query(device_id, status, route, since, until, acked, limit * 5, device_globs=globs)
+        return [_trace_json(t) for t in found if operator.sees_device(t.device_id, group_of(t.device_id))][:limit]
 
     @router.get("/v1/traces/{trace_id}")
     def get_trace(trace_id: str, operator: Operator = Depends(reader)) -> dict[str, Any]:
@@ -45,7 +54,7 @@ def trace_routes(traces: TraceStore, require: Optional[Require] = None) -> APIRo
         except ProtocolError as exc:
             raise HTTPException(http_status(exc), str(exc)) from exc
         trace = traces.get(trace_id)
-        if trace is None:
+        if trace is None or not operator.sees_device(trace.device_id, group_of(trace.device_id)):
             raise HTTPException(404, f"no trace {trace_id}")
         return _trace_json(trace)
 

@@ -300,6 +300,11 @@ class FleetService:
             raise DeviceNotFound(f"no device {device_id}")
         return found
 
+    def group_of(self, device_id: str) -> Optional[str]:
+        """The group a device last reported, or None for a device the hub has not heard from."""
+        found = self.store.get(device_id)
+        return found.group if found is not None else None
+
 
 def _check_settings(settings: Any) -> None:
     if not isinstance(settings, dict) or not all(

@@ -12,14 +12,18 @@ import time
 from collections.abc import Iterator
 
 import cv2
+import httpx
 import numpy as np
 import pytest
 
-from cloud.config import HubConfig, QuotaConfig, TenantConfig
+from cloud.config import FleetConfig, HubConfig, QuotaConfig, TenantConfig
 from cloud.errors import QuotaExceeded
 from cloud.hub import Hub, LocalPool
 from protocol import EncodedImage, EscalationRequest, Prediction, ResultStatus, new_trace_id
-from tests.support.fleet import HubThread
+from tandem.broker import free_port
+from tests.integration.test_operator_roles import publish_reports
+from tests.support.fleet import HttpThread, HubThread, operator
+from tests.support.waiting import wait_for
 
 LABELS = tuple(str(d) for d in range(10))
 NOISY_RATE = 5.0
@@ -111,3 +115,82 @@ def test_a_flooding_tenant_is_held_to_its_quota_and_the_other_keeps_its_latency(
     assert metrics == len(refusals)
     noisy_stored = hub.store.count_devices(["noisy-*"])
     assert noisy_stored == accepted  # what was refused was never recorded; what was accepted all was
+
+
+@pytest.fixture
+def tenant_api(tmp_path, demo_assets, mosquitto, hub) -> Iterator[tuple[HubThread, httpx.Client]]:
+    hub.stop()
+    port = free_port()
+    config = HubConfig(
+        model_path=demo_assets / "models" / "digits-strong.onnx",
+        mqtt_port=mosquitto.port,
+        mqtt_username="tandem-hub-tenant-api",
+        http_port=port,
+        trace_store_path=tmp_path / "hub.db",
+        tenants={
+            "acme": TenantConfig(devices=["acme-*"], groups=["acme-lobby"]),
+            "globex": TenantConfig(devices=["gx-*"], groups=["gx-yard"]),
+        },
+        quotas=QuotaConfig(operator_requests_per_s=5, operator_requests_burst=30),
+        fleet=FleetConfig(
+            operators={
+                "amy": operator("amy-token", "operator").model_copy(update={"tenant": "acme"}),
+                "gil": operator("gil-token", "operator").model_copy(update={"tenant": "globex"}),
+                "root": operator("root-token", "admin"),
+            }
+        ),
+    )
+    runner = HubThread(Hub(config, LocalPool(config.artifacts_dir(), config.max_image_pixels)))
+    with runner, HttpThread(runner.hub.http_app(), port), httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
+        yield runner, client
+
+
+def as_(name: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {name}-token"}
+
+
+def test_a_tenants_operators_see_and_change_only_the_tenants_devices_traces_and_groups(tenant_api, mosquitto):
+    runner, api = tenant_api
+    devices = {"acme-1": "acme-lobby", "acme-2": "default", "gx-1": "gx-yard"}
+    publish_reports(mosquitto.port, devices)
+    wait_for(lambda: len(api.get("/v1/devices", headers=as_("root")).json()) >= 3, 20, "the three reports")
+    rng = np.random.default_rng(1)
+    traces = {d: runner.call(runner.hub.service.escalate(request(d, rng))).trace_id for d in devices}
+    runner.call(runner.hub.service.drain())
+
+    seen = {d["device_id"] for d in api.get("/v1/devices", headers=as_("amy")).json()}
+    assert seen == {"acme-1", "acme-2"}  # the tenant's devices, whatever group they report
+    assert api.get("/v1/devices/gx-1", headers=as_("amy")).status_code == 404
+    assert {t["device_id"] for t in api.get("/v1/traces", headers=as_("amy")).json()} == {"acme-1", "acme-2"}
+    assert api.get(f"/v1/traces/{traces['gx-1']}", headers=as_("amy")).status_code == 404
+    assert api.get(f"/v1/traces/{traces['gx-1']}", headers=as_("gil")).status_code == 200
+    assert {t["device_id"] for t in api.get("/v1/traces", headers=as_("root")).json()} >= set(devices)
+
+    margin = {"judge": {"min_margin": 0.1}}
+
+    def put(who: str, scope: str, name: str) -> int:
+        body = {"name": name, "settings": margin}
+        return api.put(f"/v1/admin/settings/{scope}", json=body, headers=as_(who)).status_code
+
+    assert put("amy", "group", "acme-lobby") == 200
+    assert put("gil", "group", "gx-yard") == 200
+    assert put("amy", "group", "gx-yard") == 403
+    assert put("amy", "device", "gx-1") == 403
+    assert put("amy", "all", "") == 403 and put("amy", "tag", "night") == 403  # hub-wide
+    layers = {(s["scope"], s["name"]) for s in api.get("/v1/admin/settings", headers=as_("amy")).json()}
+    assert ("group", "acme-lobby") in layers and ("group", "gx-yard") not in layers
+    audit = api.get("/v1/admin/audit", headers=as_("amy")).json()
+    assert [e["who"] for e in audit] == ["amy"]
+    assert {e["who"] for e in api.get("/v1/admin/audit", headers=as_("root")).json()} >= {"amy", "gil"}
+
+
+def test_one_operator_token_cannot_starve_the_others(tenant_api):
+    _runner, api = tenant_api
+    codes = [api.get("/v1/devices", headers=as_("amy")).status_code for _ in range(60)]
+    assert codes[:30] == [200] * 30 and 429 in codes  # the burst, then the rate
+    refused = api.get("/v1/devices", headers=as_("amy"))
+    assert refused.status_code == 429 and int(refused.headers["Retry-After"]) >= 1
+    assert "amy is over 5 requests/s" in refused.json()["detail"]
+    assert api.get("/v1/devices", headers=as_("gil")).status_code == 200  # another token is not held back
+    metrics = api.get("/metrics").text
+    assert 'tandem_hub_quota_refusals_total{quota="operator_requests_per_s",tenant="acme"}' in metrics
