@@ -157,7 +157,12 @@ def new_token(args: argparse.Namespace) -> int:
     """A new operator token, and the entry for the hub's config that holds its sha256 (the token itself is not
     stored anywhere: give it to the operator)."""
     token = "tandem_" + secrets.token_urlsafe(32)
-    entry = {"token_sha256": token_sha256(token), "role": args.role, "groups": args.groups or []}
+    entry = {
+        "token_sha256": token_sha256(token),
+        "role": args.role,
+        "groups": args.groups or [],
+        **({"tenant": args.tenant} if args.tenant else {}),
+    }
     print(f"token (give it to {args.name}; the hub keeps only its sha256): {token}")
     print("add under fleet.operators in the hub's config:")
     print(yaml.safe_dump({args.name: entry}, default_flow_style=None, sort_keys=False).rstrip())
@@ -190,6 +195,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     token.add_argument("name", help="the operator's name, recorded with each of their changes")
     token.add_argument("--role", required=True, choices=[r.value for r in Role])
     token.add_argument("--groups", nargs="*", help="device groups they may change (default: all, and the hub)")
+    token.add_argument("--tenant", help="the tenant they work for (see tenants in the hub's config)")
     token.set_defaults(handler=new_token)
     add_models_parser(hub)
     add_fleet_parsers(hub)

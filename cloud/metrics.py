@@ -117,6 +117,13 @@ class HubMetrics:
             "share of language-model consultations answered from the decision cache",
             registry=self.registry,
         )
+        self.http_refusals = Counter(
+            "tandem_hub_http_refusals",
+            "HTTP requests refused before use: too_large (413), invalid (422), unauthorized (401), forbidden (403),"
+            " rate_limited (429)",
+            ["reason"],
+            registry=self.registry,
+        )
         self.quota_refusals = Counter(
             "tandem_hub_quota_refusals",
             "escalations and admin requests refused for a quota: device_escalations_per_s, escalations_per_s"

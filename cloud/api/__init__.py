@@ -14,8 +14,11 @@ from collections.abc import Awaitable, Callable, Mapping
 from types import MappingProxyType
 from typing import Any, Optional
 
-from fastapi import Depends, FastAPI, HTTPException, Response
+from fastapi import Depends, FastAPI, HTTPException, Request, Response
+from fastapi.exception_handlers import http_exception_handler, request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cloud.api.access import Operator, Permission, authorizer
 from cloud.api.fleet import FleetAccess, fleet_routes
@@ -32,6 +35,8 @@ from cloud.orchestrator.loop import Orchestrator
 from cloud.registry import Registry
 from cloud.security.enrolment import Identities
 from cloud.traces.store import TraceStore
+
+REFUSALS = {401: "unauthorized", 403: "forbidden", 429: "rate_limited"}  # counted in tandem_hub_http_refusals
 
 OrchestratorAccess = tuple[Callable[[], Orchestrator], Callable[[], Optional[asyncio.AbstractEventLoop]]]
 """The orchestrator (a getter) and the event loop it runs on."""
@@ -55,11 +60,32 @@ def build_http_app(
     """``max_body_bytes`` bounds every request body (413 past it) but model uploads, bounded by max_artifact_bytes,
     and enrolments, bounded by MAX_ENROL_BODY. ``identities``: device enrolment and revocation (a secured hub)."""
     app = FastAPI(title="Tandem hub", version="1")
+
+    def refused(reason: str) -> None:
+        if metrics is not None:
+            metrics.http_refusals.labels(reason=reason).inc()
+
     app.add_middleware(
         BodyLimit,
         max_bytes=max_body_bytes,
         by_prefix={"/v1/artifacts/": max_artifact_bytes, "/v1/enrol": MAX_ENROL_BODY},
+        on_refused=lambda: refused("too_large"),
     )
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> Response:
+        """A body or parameter that does not validate: FastAPI's own 422, counted."""
+        refused("invalid")
+        return await request_validation_exception_handler(request, exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        """Every 401, 403 and 429 the routes raise (no token, outside the role or scope, past the rate), counted;
+        the answer is FastAPI's own."""
+        if exc.status_code in REFUSALS:
+            refused(REFUSALS[exc.status_code])
+        return await http_exception_handler(request, exc)
+
     require = authorizer(operators, tenants, quotas, metrics)
     reader = require(Permission.READ)
     app.include_router(registry_routes(registry, require))

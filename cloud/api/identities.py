@@ -1,7 +1,9 @@
 """Device identities over HTTP: enrolment tokens and revocations (admin), and enrolment itself (devices).
 
-``POST /v1/enrol`` takes no bearer token: the one-time enrolment token in its body is the credential, and
-the answer (a certificate and the CA's) holds nothing secret. Its body is capped (``MAX_ENROL_BODY``).
+Tokens and revocations need the ``devices`` permission (admin): any device for an unscoped admin, the
+tenant's devices for a tenant's admin. ``POST /v1/enrol`` takes no bearer token: the one-time enrolment
+token in its body is the credential, and the answer (a certificate and the CA's) holds nothing secret.
+Its body is capped (``MAX_ENROL_BODY``).
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ def identity_routes(identities: Callable[[], Identities], require: Require) -> A
 
     @router.post("/v1/admin/enrolments")
     async def new_token(body: TokenRequest, operator: Operator = Depends(admin)) -> dict[str, Any]:
-        operator.check_scope([], "an enrolment token")
+        _own_device(operator, body.device_id, "enrol")
         token = await call(identities().token, body.device_id, operator.name, body.ttl_s)
         return {"device_id": body.device_id, "token": token}
 
@@ -61,8 +63,18 @@ def identity_routes(identities: Callable[[], Identities], require: Require) -> A
 
     @router.post("/v1/admin/devices/{device_id}/revoke")
     async def revoke(device_id: str, operator: Operator = Depends(admin)) -> dict[str, Any]:
-        operator.check_scope([], "a revocation")
+        _own_device(operator, device_id, "revoke")
         serials = await call(identities().revoke, device_id, operator.name)
         return {"device_id": device_id, "revoked": [f"{serial:x}" for serial in serials]}
 
     return router
+
+
+def _own_device(operator: Operator, device_id: str, what: str) -> None:
+    """An unscoped admin enrols and revokes any device; a tenant's admin those whose ids are the tenant's (a
+    device's group is its own claim, so an operator scoped by groups does neither)."""
+    if not operator.scoped:
+        return
+    if operator.tenant is not None and not operator.groups and operator.sees_device(device_id, None):
+        return
+    raise HTTPException(403, f"{operator.name} may not {what} {device_id}: not a device of theirs")

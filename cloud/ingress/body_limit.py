@@ -25,10 +25,18 @@ class _TooLarge(Exception):
 
 
 class BodyLimit:
-    def __init__(self, app: ASGIApp, max_bytes: int, by_prefix: Mapping[str, int] | None = None) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_bytes: int,
+        by_prefix: Mapping[str, int] | None = None,
+        on_refused: Callable[[], None] = lambda: None,
+    ) -> None:
+        """``on_refused``: called for every body refused (a counter)."""
         self.app = app
         self.max_bytes = max_bytes
         self.by_prefix = dict(by_prefix or {})
+        self.on_refused = on_refused
 
     def limit_for(self, path: str) -> int:
         return next((limit for prefix, limit in self.by_prefix.items() if path.startswith(prefix)), self.max_bytes)
@@ -40,6 +48,7 @@ class BodyLimit:
         limit = self.limit_for(scope.get("path", ""))
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
+            self.on_refused()
             await _refuse(scope, send, int(declared), limit)
             return
         seen = 0
@@ -64,6 +73,7 @@ class BodyLimit:
         except _TooLarge:
             if started:  # the app answered before reading it all; nothing more can be said
                 raise
+            self.on_refused()
             await _refuse(scope, send, seen, limit)
 
 

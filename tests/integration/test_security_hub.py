@@ -14,7 +14,7 @@ import grpc
 import httpx
 import pytest
 
-from cloud.config import FleetConfig, HubConfig
+from cloud.config import FleetConfig, HubConfig, TenantConfig
 from cloud.hub import Hub, LocalPool
 from cloud.security.pki import FleetCA
 from common.tls import TlsFiles
@@ -55,8 +55,13 @@ def secured(demo_assets, tmp_path_factory) -> Iterator[SecuredHub]:
             mqtt_port=fleet.hub_port,
             http_port=http_port,
             trace_store_path=work / "hub.db",
+            tenants={"acme": TenantConfig(devices=["acme-*"])},
             fleet=FleetConfig(
-                operators={"root": operator("admin-token"), "watcher": operator("viewer-token", "viewer")}
+                operators={
+                    "root": operator("admin-token"),
+                    "watcher": operator("viewer-token", "viewer"),
+                    "acme-admin": operator("acme-token").model_copy(update={"tenant": "acme"}),
+                }
             ),
             security=fleet.security(grpc_port),
         )
@@ -154,8 +159,14 @@ def test_enrolment_tokens_are_one_time_admin_only_and_checked(secured, tmp_path,
     time.sleep(0.4)
     with pytest.raises(EnrolmentFailed, match=r"403.*expired"):
         enroll(secured.url, expired.json()["token"], tmp_path / "late")
+    acme = {"Authorization": "Bearer acme-token"}
+    assert secured.api.post("/v1/admin/enrolments", json={"device_id": "acme-7"}, headers=acme).status_code == 200
+    assert secured.api.post("/v1/admin/enrolments", json={"device_id": "cam-7"}, headers=acme).status_code == 403
+    assert secured.api.post("/v1/admin/devices/cam-once/revoke", headers=acme).status_code == 403
     metrics = secured.api.get("/metrics").text
     assert 'tandem_hub_identity_refusals_total{reason="enrolment"}' in metrics
+    for reason in ("unauthorized", "forbidden", "too_large", "invalid"):  # every refusal above, counted
+        assert f'tandem_hub_http_refusals_total{{reason="{reason}"}}' in metrics, reason
     assert "tdm-enrol-" not in metrics and "tdm-enrol-" not in caplog.text  # no token in /metrics or the logs
     assert "admin-token" not in caplog.text
 
