@@ -68,6 +68,7 @@ logger = logging.getLogger(__name__)
 REGISTRY_REPORT_S = 10.0  # how often the hub writes serving versions' health and replicas to the registry
 PRUNE_S = 3600.0  # how often the trace store drops traces past trace_retention_s
 ORPHAN_CHECK_S = 30.0  # how often the hub looks for accepted traces whose run died
+CRL_REFRESH_S = 86400.0  # how often a secured hub writes a new CRL (each is valid 7 days) and reloads the broker
 CLOSE_RUNS_S = 10.0  # how long close() lets running traces finish; the rest run again at the next start
 
 
@@ -279,6 +280,7 @@ class Hub:
         if hub.security is not None:
             self._identities, self._gateway = self._secure(hub.security)
             self._tasks.append(loop.create_task(self._open_gateway(self._gateway), name="hub-device-gateway"))
+            self._tasks.append(loop.create_task(self._every(CRL_REFRESH_S, self._refresh_crl), name="hub-crl"))
         self._service.recover()
         self._orchestrator = self._build_orchestrator()
         if not hub.fleet.operators:
@@ -310,7 +312,6 @@ class Hub:
                 self.config.mqtt_port,
                 tls,
             )
-            broker.sync(ca.devices())  # the ACL matches the CA from the start
         fleet_store = self.fleet_store
         identities = Identities(
             ca,
@@ -321,6 +322,9 @@ class Hub:
         )
         gateway = DeviceGateway(self.service, security.grpc_port, ca.server_files(), ca.crl_path, security.grpc_host)
         return identities, gateway
+
+    async def _refresh_crl(self) -> None:
+        await asyncio.to_thread(self.identities().refresh_crl)
 
     @staticmethod
     async def _open_gateway(gateway: DeviceGateway) -> None:

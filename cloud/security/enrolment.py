@@ -157,6 +157,12 @@ class Identities:
         logger.warning("device %s revoked (%d certificates)", device_id, len(serials))
         return serials
 
+    def refresh_crl(self) -> None:
+        """A new CRL (each is valid a week; the hub writes one a day and at start) and a broker reload, so that
+        neither Mosquitto nor a device ever meets an expired one, which would refuse every device."""
+        self.ca.write_crl()
+        self._sync_broker()
+
     def _sync_broker(self) -> None:
         if self._broker is not None:
             self._broker.sync(self.ca.devices())

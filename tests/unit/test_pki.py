@@ -117,3 +117,10 @@ def test_a_token_is_not_spent_when_signing_fails(tmp_path):
     with pytest.raises(InvalidCsr):
         tokens.redeem(token, fail)
     assert tokens.redeem(token, lambda device_id: b"ok") == b"ok"
+
+
+def test_a_fresh_crl_is_valid_a_week_from_now(ca):
+    crl = x509.load_pem_x509_crl(ca.crl_path.read_bytes())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    assert crl.next_update_utc is not None and crl.next_update_utc - now > datetime.timedelta(days=6)
+    assert crl.is_signature_valid(load_certificate(ca.ca_path.read_bytes()).public_key())
