@@ -403,6 +403,16 @@ class EdgeConfig(StrictModel):
         "go over TLS with it, and its certificate's CN must be device_id. None: plain text (the demo, tests)",
     )
 
+    @model_validator(mode="after")
+    def _sensors_fit_the_link(self) -> EdgeConfig:
+        mqtt_sensors = [s.name for s in self.sensors if s.kind == "mqtt"]
+        if self.tls is not None and mqtt_sensors:
+            raise ValueError(
+                f"sensors {mqtt_sensors} read the device's broker in plain MQTT, which a secured device (tls) does "
+                "not use, and the fleet broker gives each certificate one session: read them over serial or stdin"
+            )
+        return self
+
 
 def load_config(path: Path) -> EdgeConfig:
     """Read and validate a YAML config; relative paths in it are taken from the file's folder."""

@@ -47,3 +47,20 @@ def test_check_config_command_reports_the_field(tmp_path):
     )
     assert out.returncode == 2
     assert "detector: Field required" in out.stderr
+
+
+def test_a_secured_device_refuses_mqtt_sensors_with_the_reason(tmp_path):
+    text = EXAMPLE.read_text().replace("kind: serial\n    port: /dev/ttyUSB0", "kind: mqtt\n    topic: site/door")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text)
+    with pytest.raises(ConfigError, match=r"sensors \['door'\] read the device's broker in plain MQTT"):
+        load_config(bad)
+    plain = tmp_path / "plain.yaml"  # the same sensor on a device without tls is fine
+    plain.write_text(
+        "\n".join(
+            line
+            for line in text.splitlines()
+            if not line.startswith(("tls:", "  ca_path", "  cert_path", "  key_path"))
+        )
+    )
+    assert load_config(plain).sensors[0].kind == "mqtt"
