@@ -25,8 +25,9 @@ from cloud.security.pki import FleetCA
 def _init(args: argparse.Namespace) -> int:
     ca = FleetCA.init(args.dir, hosts=args.hosts)
     print(f"fleet CA in {ca.folder}: ca.pem (give it to devices), server.pem/.key (the broker and the hub's")
-    print(f"device port, for {', '.join(args.hosts)}), hub.pem/.key (the hub's MQTT identity), crl.pem")
-    print("keep ca.key on this machine only; the broker's user must be able to read server.key")
+    print(f"device port, for {', '.join(args.hosts)}), services-ca.pem (the broker's hub listener trusts only it),")
+    print("hub.pem/.key (the hub's MQTT identity, from the services CA), crl.pem")
+    print("keep ca.key and services-ca.key on this machine only; the broker's user must be able to read server.key")
     return 0
 
 

@@ -3,7 +3,10 @@
     <pki dir>/ca.key       the CA's private key (0600); apart from the bundle-signing keys (cloud.fleet.keys)
     <pki dir>/ca.pem       the CA certificate: what the broker, the hub and every device trust
     <pki dir>/server.pem   the certificate the broker's TLS listeners and the hub's device gRPC port present
-    <pki dir>/hub.pem      the hub's client certificate (CN tandem-hub) for the broker's service listener
+    <pki dir>/services-ca.key, services-ca.pem
+                           a second CA, for the hub's own client certificate only: the broker's hub listener
+                           trusts it alone, so no device certificate ever opens that listener
+    <pki dir>/hub.pem      the hub's client certificate (CN tandem-hub), from the services CA
     <pki dir>/crl.pem      the revocation list, rewritten on every revocation (Mosquitto's crlfile)
     <pki dir>/issued.json  every certificate issued: serial, name, kind, expiry, revocation
 
@@ -95,36 +98,24 @@ class FleetCA:
         if (folder / "ca.key").exists():
             raise PkiError(f"{folder}: a fleet CA exists already; remove the folder to start over")
         folder.mkdir(parents=True, exist_ok=True)
-        key = new_key()
-        now = _now()
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(_name("tandem fleet CA"))
-            .issuer_name(_name("tandem fleet CA"))
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=days))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-            .sign(key, hashes.SHA256())
-        )
-        write_key(folder / "ca.key", key)
-        write_atomic(folder / "ca.pem", cert.public_bytes(serialization.Encoding.PEM))
+        _new_ca(folder / "ca", "tandem fleet CA", days)
+        _new_ca(folder / "services-ca", "tandem services CA", days)
         write_atomic(folder / "issued.json", b'{"certificates": []}')
         ca = cls(folder)
         ca.issue_service(SERVER_NAME, folder / "server", hosts=hosts)
-        ca.issue_service(HUB_NAME, folder / "hub")
+        ca.issue_service(HUB_NAME, folder / "hub", issuer="services-ca")
         ca.write_crl()
         return ca
 
     # -- issuing ----------------------------------------------------------------------------------------------
 
-    def issue_service(self, name: str, stem: Path, hosts: Sequence[str] = (), days: int = SERVICE_DAYS) -> TlsFiles:
-        """A key and certificate for a service (``stem``.key, ``stem``.pem): a server if ``hosts`` are given."""
+    def issue_service(
+        self, name: str, stem: Path, hosts: Sequence[str] = (), days: int = SERVICE_DAYS, issuer: str = "ca"
+    ) -> TlsFiles:
+        """A key and certificate for a service (``stem``.key, ``stem``.pem): a server if ``hosts`` are given;
+        ``issuer`` "services-ca" for a client of the broker's hub listener."""
         key = new_key()
-        cert = self._sign(key.public_key(), name, "service", days, hosts=hosts)
+        cert = self._sign(key.public_key(), name, "service", days, hosts=hosts, issuer=issuer)
         write_key(stem.with_suffix(".key"), key)
         write_atomic(stem.with_suffix(".pem"), cert)
         return TlsFiles(ca_path=self.ca_path, cert_path=stem.with_suffix(".pem"), key_path=stem.with_suffix(".key"))
@@ -172,8 +163,9 @@ class FleetCA:
         days: int,
         hosts: Sequence[str] = (),
         not_before: Optional[datetime.datetime] = None,
+        issuer: str = "ca",
     ) -> bytes:
-        ca_key, ca_cert = self._ca()
+        ca_key, ca_cert = self._ca(issuer)
         start = not_before or (_now() - datetime.timedelta(minutes=5))
         end = start + datetime.timedelta(days=days)
         usages = [ExtendedKeyUsageOID.CLIENT_AUTH] + ([ExtendedKeyUsageOID.SERVER_AUTH] if hosts else [])
@@ -251,14 +243,14 @@ class FleetCA:
     def revoked_serials(self) -> frozenset[int]:
         return frozenset(c.serial for c in self.issued() if c.revoked_at is not None)
 
-    def _ca(self) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    def _ca(self, stem: str = "ca") -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
         try:
-            key = serialization.load_pem_private_key((self.folder / "ca.key").read_bytes(), password=None)
-            cert = x509.load_pem_x509_certificate(self.ca_path.read_bytes())
+            key = serialization.load_pem_private_key((self.folder / f"{stem}.key").read_bytes(), password=None)
+            cert = x509.load_pem_x509_certificate((self.folder / f"{stem}.pem").read_bytes())
         except (OSError, ValueError) as exc:
-            raise PkiError(f"{self.folder}: the CA cannot be read: {exc}") from exc
+            raise PkiError(f"{self.folder}: the CA {stem} cannot be read: {exc}") from exc
         if not isinstance(key, ec.EllipticCurvePrivateKey):
-            raise PkiError(f"{self.folder}/ca.key is not the EC key tandem hub pki init writes")
+            raise PkiError(f"{self.folder}/{stem}.key is not the EC key tandem hub pki init writes")
         return key, cert
 
     def _ledger(self) -> dict[str, Any]:
@@ -284,6 +276,27 @@ class FleetCA:
                 yield
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _new_ca(stem: Path, name: str, days: int) -> None:
+    """A self-signed CA: ``stem``.key (0600) and ``stem``.pem."""
+    key = new_key()
+    now = _now()
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name(name))
+        .issuer_name(_name(name))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    write_key(stem.with_suffix(".key"), key)
+    write_atomic(stem.with_suffix(".pem"), cert.public_bytes(serialization.Encoding.PEM))
 
 
 def verify_issued_by(ca_pem: bytes, cert_pem: bytes) -> None:

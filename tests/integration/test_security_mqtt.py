@@ -199,3 +199,16 @@ def test_revoking_a_device_cuts_its_open_session_at_once(fleet, enrolled, broker
     assert "cam-r" not in (fleet.acl_dir / "devices.acl").read_text()
     stop(device)
     stop(hub)
+
+
+def test_a_device_certificate_does_not_open_the_hubs_listener(fleet, enrolled):
+    host = fleet.broker.host
+    victim = connected(listener(host, fleet.broker.port, "cam-c", enrolled["cam-c"]), "cam-c")
+    # From the hub's listener a client picks its own client id: a device there could take sessions over.
+    intruder = listener(host, fleet.hub_port, "cam-c", enrolled["cam-a"])
+    intruder.client.subscribe("tandem/v1/#", qos=1)
+    time.sleep(3.0)  # it has tried three times
+    assert not intruder.connected.is_set() and intruder.received == []
+    assert victim.connected.is_set() and victim.disconnects == 0
+    stop(intruder)
+    stop(victim)
