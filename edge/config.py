@@ -79,17 +79,28 @@ class DetectorConfig(StrictModel):
         description="the inference backend: onnx (ONNX Runtime: CPU, or CUDA/TensorRT providers when present), "
         "opencv (OpenCV DNN), tensorrt (a serialized engine from tools/build_engine; Jetson)",
     )
-    kind: Literal["classification", "text_detection", "ocr", "haar_cascade"] = Field(
+    kind: Literal["classification", "detection", "text_detection", "ocr", "haar_cascade"] = Field(
         "classification",
-        description="what the model does: class scores; boxes around text (PP-OCRv4 det); text read per character "
-        "(PP-OCRv4 det + rec); boxes from an OpenCV Haar cascade",
+        description="what the model does: class scores; boxes of objects (a YOLOv8/YOLO11 ONNX export); boxes "
+        "around text (PP-OCRv4 det); text read per character (PP-OCRv4 det + rec); boxes from an OpenCV Haar cascade",
     )
     model_path: Path = Field(
         description="the model file (.onnx, or .engine for tensorrt); for haar_cascade a cascade file or the name "
         "of one OpenCV ships, e.g. haarcascade_russian_plate_number.xml"
     )
     rec_model_path: Optional[Path] = Field(None, description="ocr: the text recogniser (PP-OCRv4 rec)")
-    labels: list[str] = Field([], description="haar_cascade: the class name of its boxes (default from the file)")
+    labels: list[str] = Field(
+        [],
+        description="haar_cascade: the class name of its boxes (default from the file); detection: the class names "
+        "when the model's metadata has none",
+    )
+    conf_threshold: float = Field(
+        0.25, ge=0, le=1, description="detection: a candidate box scoring below this is dropped before NMS"
+    )
+    iou_threshold: float = Field(
+        0.45, gt=0, le=1, description="detection: NMS drops a box overlapping a better one of its class by more"
+    )
+    max_detections: int = Field(100, ge=1, description="detection: the most boxes kept per frame")
     det_min_side: int = Field(
         96, ge=32, description="text_detection, ocr: the frame is scaled up so its shorter side is at least this"
     )

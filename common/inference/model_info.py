@@ -28,22 +28,28 @@ def sidecar(path: Path) -> Path:
     return path.with_name(path.name + ".json")
 
 
+def model_metadata(path: Path, runner: Optional[Runner] = None) -> dict[str, str]:
+    """Everything the model declares: ``runner``'s metadata when it read them, else the sidecar JSON of an
+    engine, else the ONNX file's (read through ONNX Runtime, for backends such as OpenCV DNN that keep none)."""
+    loaded = runner.metadata() if runner is not None else None
+    if loaded is not None:
+        return loaded
+    if sidecar(path).exists():
+        try:
+            return dict(json.loads(sidecar(path).read_text()))
+        except (OSError, ValueError) as exc:
+            raise InferenceError(f"{sidecar(path)}: unreadable: {exc}") from exc
+    if path.suffix == ".onnx":
+        return onnx_metadata(path)
+    return {}
+
+
 def read_model_info(
     path: Path, default_id: str = "", labels: Sequence[str] = (), runner: Optional[Runner] = None
 ) -> ModelInfo:
     """The model's id, version and labels: from its sidecar JSON if there is one, else its ONNX metadata
     (from ``runner`` when it has read them, so the file is not loaded a second time)."""
-    meta: dict[str, str] = {}
-    loaded = runner.metadata() if runner is not None else None
-    if loaded is not None:
-        meta = loaded
-    elif sidecar(path).exists():
-        try:
-            meta = json.loads(sidecar(path).read_text())
-        except (OSError, ValueError) as exc:
-            raise InferenceError(f"{sidecar(path)}: unreadable: {exc}") from exc
-    elif path.suffix == ".onnx":
-        meta = onnx_metadata(path)
+    meta = model_metadata(path, runner)
     try:
         label_list = tuple(json.loads(meta["tandem.labels"])) if "tandem.labels" in meta else tuple(labels)
     except ValueError as exc:

@@ -3,6 +3,7 @@ from ``common.inference``), both named in the config.
 
     kind              module      what it answers
     classification    classify    class scores
+    detection         detect      object boxes (YOLOv8/YOLO11 ONNX exports)
     text_detection    text        PP-OCRv4 boxes around text
     ocr               ocr         PP-OCRv4 text, per-character confidence
     haar_cascade      haar        OpenCV cascade boxes (no backend needed)
@@ -18,12 +19,14 @@ from common.inference import BACKENDS, BackendUnavailable, available
 from edge.config import DetectorConfig
 from edge.detectors.base import Detector
 from edge.detectors.classify import Classifier
+from edge.detectors.detect import Detection
 from edge.detectors.haar import HaarCascade
 from edge.detectors.ocr import Ocr
 from edge.detectors.text import TextDetection
 
 KINDS: dict[str, type[Detector]] = {
     Classifier.kind: Classifier,
+    Detection.kind: Detection,
     TextDetection.kind: TextDetection,
     Ocr.kind: Ocr,
     HaarCascade.kind: HaarCascade,
