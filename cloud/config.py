@@ -72,6 +72,9 @@ class TenantConfig(StrictModel):
     priority: int = Field(
         0, ge=0, le=9, description="when the models are saturated, a higher priority's escalations run first"
     )
+    max_model_bytes: Optional[int] = Field(
+        None, gt=0, description="quota: bytes of the model files its registered versions hold; none: no quota"
+    )
 
 
 class QuotaConfig(StrictModel):

@@ -79,6 +79,10 @@ class QuotaExceeded(HubError):
         self.retry_after_s = retry_after_s
 
 
+class StorageQuotaExceeded(HubError):
+    """A tenant's models would take more bytes than its ``max_model_bytes``."""
+
+
 class DeviceNotFound(HubError):
     """No device by that id has ever spoken to this hub."""
 
@@ -150,6 +154,7 @@ _STATUS: list[tuple[type[Exception], grpc.StatusCode, int]] = [
     (UnsupportedSchemaVersion, grpc.StatusCode.FAILED_PRECONDITION, 400),
     (RequestTooLarge, grpc.StatusCode.RESOURCE_EXHAUSTED, 413),
     (QuotaExceeded, grpc.StatusCode.RESOURCE_EXHAUSTED, 429),
+    (StorageQuotaExceeded, grpc.StatusCode.RESOURCE_EXHAUSTED, 413),
     (InvalidInput, grpc.StatusCode.INVALID_ARGUMENT, 400),
     (MalformedMessage, grpc.StatusCode.INVALID_ARGUMENT, 400),
     (ProtocolError, grpc.StatusCode.INVALID_ARGUMENT, 400),

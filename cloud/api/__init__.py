@@ -88,7 +88,7 @@ def build_http_app(
 
     require = authorizer(operators, tenants, quotas, metrics)
     reader = require(Permission.READ)
-    app.include_router(registry_routes(registry, require))
+    app.include_router(registry_routes(registry, require, tenants))
     group_of = (lambda device_id: fleet.fleet().group_of(device_id)) if fleet is not None else (lambda _d: None)
     app.include_router(trace_routes(traces, require, group_of))
     if v2 is not None:

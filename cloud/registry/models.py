@@ -47,6 +47,9 @@ class ModelSpec(BaseModel):
     latency_ms: Optional[float] = Field(None, ge=0, description="measured latency of one input")
     accuracy: Optional[float] = Field(None, ge=0, le=1, description="accuracy on the reference set")
     cost_per_1k: float = Field(0.0, ge=0, description="cost of 1,000 calls, in the fleet's cost unit")
+    owner: str = Field(
+        "", description="the tenant the model belongs to (set from a tenant operator's token); empty: the hub's"
+    )
 
 
 class ModelUpdate(BaseModel):

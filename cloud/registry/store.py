@@ -27,6 +27,10 @@ class Registry(abc.ABC):
         """Store an artifact under its sha256 (idempotent); return the hash."""
 
     @abc.abstractmethod
+    def artifact_size(self, artifact_sha256: str) -> int:
+        """Bytes of an uploaded artifact (RegistryError if there is none)."""
+
+    @abc.abstractmethod
     def register(self, spec: ModelSpec, artifact_sha256: str) -> ModelVersion:
         """Record a new version whose artifact is already stored."""
 
@@ -84,6 +88,12 @@ class SqliteRegistry(Registry):
             partial.write_bytes(artifact)
             partial.replace(target)  # a reader never sees half an artifact
         return digest
+
+    def artifact_size(self, artifact_sha256: str) -> int:
+        path = self._artifacts / artifact_sha256
+        if not path.exists():
+            raise RegistryError(f"no artifact {artifact_sha256}: upload it first (PUT /v1/artifacts/<sha256>)")
+        return path.stat().st_size
 
     def register(self, spec: ModelSpec, artifact_sha256: str) -> ModelVersion:
         path = self._artifacts / artifact_sha256

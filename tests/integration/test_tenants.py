@@ -7,6 +7,7 @@ a higher priority, go to the models first."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import statistics
 import time
 from collections.abc import Iterator
@@ -128,7 +129,7 @@ def tenant_api(tmp_path, demo_assets, mosquitto, hub) -> Iterator[tuple[HubThrea
         http_port=port,
         trace_store_path=tmp_path / "hub.db",
         tenants={
-            "acme": TenantConfig(devices=["acme-*"], groups=["acme-lobby"]),
+            "acme": TenantConfig(devices=["acme-*"], groups=["acme-lobby"], max_model_bytes=3000),
             "globex": TenantConfig(devices=["gx-*"], groups=["gx-yard"]),
         },
         quotas=QuotaConfig(operator_requests_per_s=5, operator_requests_burst=30),
@@ -194,3 +195,39 @@ def test_one_operator_token_cannot_starve_the_others(tenant_api):
     assert api.get("/v1/devices", headers=as_("gil")).status_code == 200  # another token is not held back
     metrics = api.get("/metrics").text
     assert 'tandem_hub_quota_refusals_total{quota="operator_requests_per_s",tenant="acme"}' in metrics
+
+
+def upload(api: httpx.Client, who: str, data: bytes) -> tuple[int, str]:
+    sha = hashlib.sha256(data).hexdigest()
+    reply = api.put(f"/v1/artifacts/{sha}", content=data, headers=as_(who))
+    return reply.status_code, sha
+
+
+def register(api: httpx.Client, who: str, name: str, version: str, sha: str) -> httpx.Response:
+    body = {"name": name, "version": version, "task": "detection", "artifact_sha256": sha}
+    return api.post("/v1/models", json=body, headers=as_(who))
+
+
+def test_a_tenants_models_are_its_own_and_within_its_storage_quota(tenant_api):
+    _runner, api = tenant_api
+    status, hub_sha = upload(api, "root", b"h" * 500)
+    assert status == 201 and register(api, "root", "hub-model", "1", hub_sha).status_code == 201
+    status, sha = upload(api, "amy", b"a" * 2000)
+    assert status == 201
+    mine = register(api, "amy", "acme-det", "1", sha)
+    assert mine.status_code == 201 and mine.json()["owner"] == "acme"
+    names = lambda who: {m["name"] for m in api.get("/v1/models", headers=as_(who)).json()}  # noqa: E731
+    assert names("amy") == {"hub-model", "acme-det"}  # the hub's and its own
+    assert names("gil") == {"hub-model"}  # not acme's
+    assert api.get("/v1/models/acme-det/1", headers=as_("gil")).status_code == 404
+    assert api.post("/v1/models/acme-det/1/retire", headers=as_("gil")).status_code == 404
+    assert api.post("/v1/models/hub-model/1/retire", headers=as_("amy")).status_code == 403  # the hub's
+    assert register(api, "gil", "acme-det", "2", hub_sha).status_code == 403  # the name is acme's
+    # 2000 bytes held; 1500 more would pass the 3000-byte quota, at upload and at registration
+    status, big = upload(api, "amy", b"b" * 1500)
+    assert status == 413
+    status, big = upload(api, "root", b"b" * 1500)  # uploaded by the hub: acme still may not register it
+    refused = register(api, "amy", "acme-det", "2", big)
+    assert refused.status_code == 413 and "max_model_bytes" in refused.json()["detail"]
+    assert register(api, "amy", "acme-det", "2", sha).status_code == 201  # the same file again costs nothing
+    assert api.post("/v1/models/acme-det/1/retire", headers=as_("amy")).status_code == 200
