@@ -433,6 +433,7 @@ class Hub:
                 self.bundles,
                 self.keys,
                 self.bundle_for_devices,
+                lambda sha256: {m.owner for m in self.registry.query() if m.artifact_sha256 == sha256 and m.owner},
             ),
             orchestrator=(lambda: self.orchestrator, lambda: self._loop),
             operators=self.config.fleet.operators,

@@ -39,6 +39,8 @@ class FleetAccess:
     bundles: BundleStore
     keys: Callable[[], KeyRing]
     bundle_for_devices: Callable[[str], BundleEnvelope]
+    artifact_owners: Callable[[str], set[str]] = lambda _sha256: set()
+    """the tenants whose registered model versions hold an artifact (a tenant may not bundle another's)"""
 
 
 def fleet_routes(access: FleetAccess, require: Require) -> APIRouter:

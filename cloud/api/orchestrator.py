@@ -68,8 +68,22 @@ def orchestrator_routes(
         except HubError as exc:
             raise HTTPException(http_status(exc), str(exc)) from exc
 
+    def hub_view(operator: Operator = Depends(reader)) -> Operator:
+        """The orchestrator's own views hold every group's figures: not for a tenant's operators."""
+        if operator.tenant is not None:
+            raise HTTPException(
+                403, f"{operator.name} works for tenant {operator.tenant}: the orchestrator's view is hub-wide"
+            )
+        return operator
+
+    def within(operator: Operator, action: dict[str, Any]) -> bool:
+        try:
+            return operator.may_change(groups_touched(parse_action(action)))
+        except ValueError:
+            return not operator.scoped  # a malformed answer: hub-wide
+
     @router.get("/v1/admin/orchestrator")
-    def status(operator: Operator = Depends(reader)) -> dict[str, Any]:
+    def status(operator: Operator = Depends(hub_view)) -> dict[str, Any]:
         return sync(lambda o: o.status())
 
     @router.get("/v1/admin/proposals")
@@ -78,7 +92,9 @@ def orchestrator_routes(
         state: Optional[ProposalState] = None,
         limit: int = Query(100, ge=1, le=1000),
     ) -> list[dict[str, Any]]:
-        return sync(lambda o: [r.view() for r in o.store.proposals((state,) if state else None, limit)])
+        """Proposals, newest first; a scoped operator's: those that touch only their groups."""
+        rows = sync(lambda o: o.store.proposals((state,) if state else None, limit if not operator.scoped else 1000))
+        return [r.view() for r in rows if not operator.scoped or within(operator, r.action)][:limit]
 
     @router.post("/v1/admin/proposals", status_code=201)
     async def propose(body: NewProposal, operator: Operator = Depends(proposer)) -> dict[str, Any]:
@@ -93,7 +109,7 @@ def orchestrator_routes(
         return row.view()
 
     @router.get("/v1/admin/orchestrator/snapshot")
-    async def snapshot(operator: Operator = Depends(reader)) -> dict[str, Any]:
+    async def snapshot(operator: Operator = Depends(hub_view)) -> dict[str, Any]:
         """What the orchestrator sees now: models, groups, load rules, the pool, rollouts, cost."""
         return await on_hub(lambda o: o.snapshot())
 
@@ -120,7 +136,7 @@ def orchestrator_routes(
 
     @router.get("/v1/admin/orchestrator/audit")
     def audit(
-        operator: Operator = Depends(reader),
+        operator: Operator = Depends(hub_view),
         after: int = Query(0, ge=0),
         limit: int = Query(200, ge=1, le=2000),
         verify: bool = False,

@@ -48,10 +48,21 @@ def rollout_routes(access: FleetAccess, require: Require) -> APIRouter:
         except HubError as exc:
             raise HTTPException(http_status(exc), str(exc)) from exc
 
+    def sees(operator: Operator, bundle_id: str) -> bool:
+        return operator.tenant is None or call(access.bundles.owner, bundle_id) in ("", operator.tenant)
+
     @router.post("/v1/admin/bundles", status_code=201)
     def create_bundle(body: NewBundle, operator: Operator = Depends(bundler)) -> dict[str, Any]:
-        """Sign a bundle of uploaded artifacts with the hub's targets key (a hub-wide change)."""
-        operator.check_scope([], "a bundle")
+        """Sign a bundle of uploaded artifacts with the hub's targets key: the hub's (an operator without groups or
+        tenant), or a tenant's, of artifacts no other tenant's models hold."""
+        owner = operator.tenant or ""
+        if operator.tenant is None:
+            operator.check_scope([], "a bundle")
+        if access.bundles.owners(body.name) - {owner}:
+            raise HTTPException(403, f"the bundle name {body.name} belongs to another owner")
+        for name, entry in body.files.items():
+            if access.artifact_owners(entry.sha256) - {owner}:
+                raise HTTPException(403, f"{name}: the artifact is another tenant's model")
         request = BundleRequest(
             name=body.name,
             version=body.version,
@@ -62,6 +73,7 @@ def rollout_routes(access: FleetAccess, require: Require) -> APIRouter:
             judge=body.judge,
             expires_in_s=body.expires_in_days * DAY_S,
             release=body.release,
+            owner=owner,
         )
         envelope = call(lambda: access.bundles.create(request, access.keys()))
         bundle_id = f"{envelope.manifest.signed['name']}-{envelope.manifest.signed['release']}"
@@ -69,8 +81,10 @@ def rollout_routes(access: FleetAccess, require: Require) -> APIRouter:
         return call(access.bundles.summary, bundle_id)
 
     @router.get("/v1/bundles")
-    def list_bundles() -> list[dict[str, Any]]:
-        return [access.bundles.summary(f"{m.name}-{m.release}") for m in access.bundles.manifests()]
+    def list_bundles(operator: Operator = Depends(reader)) -> list[dict[str, Any]]:
+        """The bundles this operator sees: the hub's, and their tenant's."""
+        ids = [f"{m.name}-{m.release}" for m in access.bundles.manifests()]
+        return [access.bundles.summary(i) for i in ids if sees(operator, i)]
 
     @router.get("/v1/bundles/{bundle_id}")
     def get_bundle(bundle_id: str) -> dict[str, Any]:
@@ -86,6 +100,8 @@ def rollout_routes(access: FleetAccess, require: Require) -> APIRouter:
     def start_rollout(spec: RolloutSpec, operator: Operator = Depends(rolls_out)) -> dict[str, Any]:
         operator.check_scope(access.rollouts().reach(spec.target), "this rollout")
         call(access.bundles.get, spec.bundle_id)
+        if not sees(operator, spec.bundle_id):  # another tenant's bundle: as unknown as one that does not exist
+            raise HTTPException(404, f"no bundle {spec.bundle_id}")
         rollout = call(access.rollouts().start, spec, operator.name)
         return access.rollouts().status(rollout.rollout_id)
 

@@ -25,6 +25,7 @@ from protocol.bundle import BundleEnvelope, FileEntry, Manifest, ModelSection
 
 _BUNDLE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}-[0-9]{1,12}$")
 _FILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+OWNER_FILE = ".owner"  # not a bundle file: _FILE refuses names starting with a dot
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,8 @@ class BundleRequest:
     judge: dict[str, Any]
     expires_in_s: float
     release: Optional[int] = None
+    owner: str = ""
+    """the tenant the bundle belongs to; empty: the hub's (kept beside the bundle, outside what is signed)"""
 
 
 class BundleStore:
@@ -87,6 +90,8 @@ class BundleStore:
             shutil.copyfile(self._artifacts / entry.sha256, staging / name)
         envelope = BundleEnvelope(delegation=keys.delegation, manifest=keys.targets.sign(manifest.model_dump()))
         write_atomic(staging / "bundle.json", envelope.model_dump_json(indent=1).encode())
+        if request.owner:
+            write_atomic(staging / OWNER_FILE, request.owner.encode())
         staging.rename(target)
         return envelope
 
@@ -118,10 +123,21 @@ class BundleStore:
             raise BundleNotFound(f"bundle {bundle_id} has no file {name!r}")
         return self._folder / bundle_id / name
 
+    def owner(self, bundle_id: str) -> str:
+        """The tenant a bundle belongs to; empty for the hub's."""
+        self.get(bundle_id)  # BundleNotFound for an unknown id
+        path = self._folder / bundle_id / OWNER_FILE
+        return path.read_text().strip() if path.exists() else ""
+
+    def owners(self, name: str) -> set[str]:
+        """The owners of a bundle name's releases (a name belongs to one owner)."""
+        return {self.owner(f"{m.name}-{m.release}") for m in self.manifests() if m.name == name}
+
     def summary(self, bundle_id: str) -> dict[str, Any]:
         manifest = Manifest.model_validate(self.get(bundle_id).manifest.signed)
         return {
             "bundle_id": bundle_id,
+            "owner": self.owner(bundle_id),
             **json.loads(manifest.model_dump_json(include={"name", "version", "release", "expires_at"})),
             "model_id": manifest.model.model_id,
             "device_classes": manifest.device_classes,

@@ -19,6 +19,7 @@ import pytest
 
 from cloud.config import FleetConfig, HubConfig, QuotaConfig, TenantConfig
 from cloud.errors import QuotaExceeded
+from cloud.fleet.keys import init_keys
 from cloud.hub import Hub, LocalPool
 from protocol import EncodedImage, EscalationRequest, Prediction, ResultStatus, new_trace_id
 from tandem.broker import free_port
@@ -141,6 +142,7 @@ def tenant_api(tmp_path, demo_assets, mosquitto, hub) -> Iterator[tuple[HubThrea
             }
         ),
     )
+    init_keys(config.keys_dir(), tmp_path / "offline" / "root.pem")
     runner = HubThread(Hub(config, LocalPool(config.artifacts_dir(), config.max_image_pixels)))
     with runner, HttpThread(runner.hub.http_app(), port), httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
         yield runner, client
@@ -182,6 +184,9 @@ def test_a_tenants_operators_see_and_change_only_the_tenants_devices_traces_and_
     assert ("group", "acme-lobby") in layers and ("group", "gx-yard") not in layers
     audit = api.get("/v1/admin/audit", headers=as_("amy")).json()
     assert [e["who"] for e in audit] == ["amy"]
+    for view in ("/v1/admin/orchestrator", "/v1/admin/orchestrator/snapshot", "/v1/admin/orchestrator/audit"):
+        assert api.get(view, headers=as_("amy")).status_code == 403  # every group's figures: the hub's
+        assert api.get(view, headers=as_("root")).status_code == 409  # the orchestrator is off here
     assert {e["who"] for e in api.get("/v1/admin/audit", headers=as_("root")).json()} >= {"amy", "gil"}
 
 
@@ -231,3 +236,32 @@ def test_a_tenants_models_are_its_own_and_within_its_storage_quota(tenant_api):
     assert refused.status_code == 413 and "max_model_bytes" in refused.json()["detail"]
     assert register(api, "amy", "acme-det", "2", sha).status_code == 201  # the same file again costs nothing
     assert api.post("/v1/models/acme-det/1/retire", headers=as_("amy")).status_code == 200
+
+
+def bundle(api: httpx.Client, who: str, name: str, sha: str) -> httpx.Response:
+    body = {
+        "name": name,
+        "version": "1",
+        "model": {"model_id": name, "file": "m.onnx"},
+        "files": {"m.onnx": {"sha256": sha, "role": "model"}},
+    }
+    return api.post("/v1/admin/bundles", json=body, headers=as_(who))
+
+
+def test_a_tenants_bundles_are_its_own(tenant_api, mosquitto):
+    _runner, api = tenant_api
+    publish_reports(mosquitto.port, {"acme-b1": "acme-lobby", "gx-b1": "gx-yard"})
+    wait_for(lambda: len(api.get("/v1/devices", headers=as_("root")).json()) >= 2, 20, "the reports")
+    _, acme_sha = upload(api, "amy", b"acme model")
+    assert register(api, "amy", "acme-cls", "1", acme_sha).status_code == 201
+    made = bundle(api, "amy", "acme-bundle", acme_sha)
+    assert made.status_code == 201 and made.json()["owner"] == "acme"
+    assert bundle(api, "gil", "gx-bundle", acme_sha).status_code == 403  # acme's model file
+    assert bundle(api, "gil", "acme-bundle", hashlib.sha256(b"x").hexdigest()).status_code == 403  # acme's name
+    listed = lambda who: {b["bundle_id"] for b in api.get("/v1/bundles", headers=as_(who)).json()}  # noqa: E731
+    assert "acme-bundle-1" in listed("amy") and "acme-bundle-1" not in listed("gil")
+    assert api.get("/v1/bundles").status_code == 401  # the list is for operators
+    rollout = {"bundle_id": "acme-bundle-1", "target": {"group": "gx-yard"}}
+    assert api.post("/v1/admin/rollouts", json=rollout, headers=as_("gil")).status_code == 404
+    rollout["target"] = {"group": "acme-lobby"}
+    assert api.post("/v1/admin/rollouts", json=rollout, headers=as_("amy")).status_code == 201
