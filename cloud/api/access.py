@@ -8,8 +8,9 @@
 
 An operator with ``groups`` sees only those groups' devices, and acts only on those groups: settings of one of
 them (or of one of their devices), rollouts that target one of them, proposals that touch one of them; hub-wide
-changes (scope ``all``, tags, models, bundles, replicas, routes) need an operator without groups. An operator of a
-tenant sees only the tenant's devices (by id) and their traces, and acts on its groups (theirs, if narrower).
+changes (scope ``all``, tags, the hub's models and bundles, replicas, routes) need an operator without groups. An
+operator of a tenant sees only the tenant's devices (by id) and their traces, acts on its groups (theirs, if
+narrower), and manages the tenant's own models and bundles (``cloud.api.registry``, ``cloud.api.rollouts``).
 401 without a valid token, 403 outside the role or the scope, 429 past ``quotas.operator_requests_per_s`` (per
 token, so one client cannot starve the rest). With no operators configured the API is open, as ``anonymous``
 with every permission (the hub says so in its log).
