@@ -303,14 +303,12 @@ class Hub:
         ca = FleetCA(security.pki_path)
         broker = None
         if security.broker_acl_path is not None:
-            tls = self.config.mqtt_tls()
-            assert tls is not None  # security is set
             broker = BrokerControl(
                 security.broker_acl_path,
                 security.broker_reload_command,
                 self.config.mqtt_host,
                 self.config.mqtt_port,
-                tls,
+                ca.hub_files(),
             )
         fleet_store = self.fleet_store
         identities = Identities(

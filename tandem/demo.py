@@ -173,30 +173,23 @@ class _Secure:
             broker_reload_command=["kill", "-HUP", str(broker_pid)],
         )
 
-    def enrol(self, edge: EdgeConfig, url: str, hub: HubConfig) -> EdgeConfig:
+    def enrol(self, edge: EdgeConfig, url: str, grpc_port: int) -> EdgeConfig:
         """A one-time token from the admin API, then ``tandem edge enroll``'s own code: the device's config
         gets its certificate and the hub's device port."""
-        assert hub.security is not None
         body = json.dumps({"device_id": edge.device_id}).encode()
         made = request(f"{url}/v1/admin/enrolments", "POST", body, token=self.token, ca=self.ca)
         enrolled = enroll(url, made["token"], self._work / "identity", ca_path=Path(self.ca))
         logger.info("demo: %s enrolled; its key never left %s", enrolled.device_id, enrolled.files.key_path.parent)
-        return edge.model_copy(
-            update={
-                "tls": enrolled.files,
-                "transport": GrpcConfig(target=f"127.0.0.1:{hub.security.grpc_port}"),
-            }
-        )
+        self._files, self._target = enrolled.files, f"127.0.0.1:{grpc_port}"
+        return edge.model_copy(update={"tls": self._files, "transport": GrpcConfig(target=self._target)})
 
-    @staticmethod
-    def described(edge: EdgeConfig) -> dict[str, str]:
-        """How the device reached the hub (what its config used; a secured hub offers nothing else)."""
-        assert edge.tls is not None and isinstance(edge.transport, GrpcConfig)
+    def described(self, mqtt_port: int) -> dict[str, str]:
+        """How the enrolled device reached the hub (what its config used; a secured hub offers nothing else)."""
         return {
-            "identity": f"CN={edge.tls.identity()}",
+            "identity": f"CN={self._files.identity()}",
             "enrolment": "a one-time token and a CSR over HTTPS; the key never left the device",
-            "escalations": f"gRPC over TLS with a client certificate to {edge.transport.target}",
-            "verdicts": f"MQTT over TLS with a client certificate on port {edge.mqtt.port}, per-device ACL",
+            "escalations": f"gRPC over TLS with a client certificate to {self._target}",
+            "verdicts": f"MQTT over TLS with a client certificate on port {mqtt_port}, per-device ACL",
         }
 
 
@@ -251,13 +244,14 @@ def run_demo(args: argparse.Namespace) -> int:
         with broker:
             logger.info("demo: %s broker on port %d", type(broker).__name__, broker.port)
             if secure is not None:
-                hub = hub.model_copy(update={"security": secure.hub_security(getattr(broker, "pid", None))})
+                security = secure.hub_security(getattr(broker, "pid", None))
+                hub = hub.model_copy(update={"security": security})
             start_hub(hub)
             try:
                 hub_s = time.monotonic() - started
                 url = hub.public_url()
                 if secure is not None:
-                    edge = secure.enrol(edge, url, hub)
+                    edge = secure.enrol(edge, url, security.grpc_port)
                 printer = DecisionPrinter(url, token=secure.token if secure else None, ca=secure.ca if secure else None)
                 with printer, EdgeRuntime(edge) as runtime:
                     t0 = time.monotonic()
@@ -265,7 +259,7 @@ def run_demo(args: argparse.Namespace) -> int:
                     resolved = runtime.wait_resolved(args.deadline_ms / 1000.0 + 5.0)
                     run_s = time.monotonic() - t0
                     summary = summarize(runtime.store)
-                over_tls = secure.described(edge) if secure is not None else None
+                over_tls = secure.described(edge.mqtt.port) if secure is not None else None
             finally:
                 stop_hub()
     logger.info("demo: hub up in %.1f s; %d frames and their verdicts in %.1f s", hub_s, frames, run_s)

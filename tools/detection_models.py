@@ -38,6 +38,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from common.inference.detect import letterbox
+
 CLASSES = ["circle", "square", "triangle", "cross"]
 FRAME_W, FRAME_H = 160, 120
 INPUT = 128
@@ -151,18 +153,6 @@ def _iou(a: list[float] | np.ndarray, b: list[float] | np.ndarray) -> float:
     return inter / union if union > 0 else 0.0
 
 
-def letterbox(image: np.ndarray, size: int = INPUT) -> tuple[np.ndarray, float, tuple[float, float]]:
-    """Scale to fit ``size`` x ``size`` keeping the aspect, pad with grey 114 (as Ultralytics does); the scale and
-    the (left, top) padding map boxes back."""
-    h, w = image.shape[:2]
-    scale = min(size / h, size / w)
-    nh, nw = round(h * scale), round(w * scale)
-    top, left = (size - nh) // 2, (size - nw) // 2
-    out = np.full((size, size, 3), 114, np.uint8)
-    out[top : top + nh, left : left + nw] = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR)
-    return out, scale, (float(left), float(top))
-
-
 # -- models ---------------------------------------------------------------------------------------------------
 
 
@@ -249,7 +239,7 @@ def _tensor(scenes: list[Scene]):
 
     images, boxes = [], []
     for s in scenes:
-        boxed, scale, (left, top) = letterbox(s.image)
+        boxed, scale, left, top = letterbox(s.image, INPUT, INPUT)  # the device's own letterbox
         images.append(cv2.cvtColor(boxed, cv2.COLOR_BGR2RGB).transpose(2, 0, 1))
         moved = s.boxes.copy()
         moved[:, [0, 2]] = moved[:, [0, 2]] * scale + left
