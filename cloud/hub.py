@@ -44,7 +44,7 @@ from cloud.ingress import mqtt as mqtt_ingress
 from cloud.ingress import v2
 from cloud.ingress.device_tls import DeviceGateway
 from cloud.metrics import HubMetrics
-from cloud.models.classifier import Classifier
+from cloud.models import CloudModel, load_model
 from cloud.orchestrator.actuator import PoolScaler
 from cloud.orchestrator.config import Mode
 from cloud.orchestrator.loop import Orchestrator
@@ -101,12 +101,12 @@ class LocalPool(ModelPool):
     def __init__(self, artifacts_dir: Path, max_image_pixels: int) -> None:
         self._dir = artifacts_dir
         self._max_pixels = max_image_pixels
-        self._models: dict[str, Classifier] = {}
+        self._models: dict[str, CloudModel] = {}
 
-    def model(self, sha256: str) -> Classifier:
+    def model(self, sha256: str) -> CloudModel:
         if sha256 not in self._models:
             logger.info("local pool: loading %s", sha256[:12])
-            self._models[sha256] = Classifier(self._dir / sha256, max_image_pixels=self._max_pixels)
+            self._models[sha256] = load_model(self._dir / sha256, self._max_pixels)
         return self._models[sha256]
 
     def backend(self, sha256: str) -> ModelBackend:
@@ -129,7 +129,10 @@ class _LocalBackend(ModelBackend):
 
     async def predict(self, request: EscalationRequest, previous: Optional[Prediction]) -> ModelAnswer:
         model = await asyncio.to_thread(self._pool.model, self._sha256)
-        return ModelAnswer(await asyncio.to_thread(model.predict, request.input))
+        [answer] = await asyncio.to_thread(model.predict_requests, [request])
+        if isinstance(answer, Exception):
+            raise answer
+        return ModelAnswer(answer)
 
 
 class _LocalTensorModels(v2.TensorModels):
@@ -142,8 +145,7 @@ class _LocalTensorModels(v2.TensorModels):
 
     async def spec(self, name: str) -> v2.ModelSpec:
         model = await asyncio.to_thread(self._pool.model, self._artifacts[name])
-        session, version = model.model.runner.session, model.model.head.info.version or "1"
-        return v2.spec_from_onnx(name, version, session.get_inputs(), session.get_outputs())
+        return v2.spec_from_onnx(name, model.version, model.session.get_inputs(), model.session.get_outputs())
 
     async def run(self, name: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         model = await asyncio.to_thread(self._pool.model, self._artifacts[name])

@@ -16,11 +16,11 @@ import collections
 import logging
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
 from typing import Optional
 
-import cv2
 import numpy as np
 
 from common.errors import InferenceError
@@ -29,7 +29,15 @@ from edge.comms.grpc_client import GrpcTransport
 from edge.comms.link import DeviceLink, Handled
 from edge.comms.mqtt_transport import MqttTransport
 from edge.comms.transport import Transport
-from edge.config import EdgeConfig, EscalationConfig, MqttTransportConfig, fleet_state_dir
+from edge.config import (
+    EdgeConfig,
+    EscalationConfig,
+    JudgeConfig,
+    MqttTransportConfig,
+    SourceConfig,
+    camera_judge,
+    fleet_state_dir,
+)
 from edge.detectors import create_detector
 from edge.detectors.base import Detector
 from edge.enroll import check_identity
@@ -45,29 +53,38 @@ from edge.models.slots import Slots
 from edge.models.updater import Host, ModelUpdater
 from edge.outbox import EdgeStore, OutboxLimits, VerdictOutcome
 from edge.outbox.worker import EscalationWorker
+from edge.payload import encode as encode_payload
 from edge.service import SystemdNotifier
 from edge.sources import Frame, FrameSource, LiveSource, SourceState, open_source
+from edge.sources.reader import CameraReader
 from edge.sources.sensors import SensorState, open_sensor
 from edge.telemetry import Heartbeat, HeartbeatLoop
 from protocol import fleet
 from protocol.bundle import Manifest
 from protocol.codec import decode_escalation_ack, decode_result, encode_request, encode_result_ack
 from protocol.errors import ProtocolError
-from protocol.messages import EncodedImage, EscalationRequest, Prediction, ResultAck, new_trace_id
+from protocol.messages import EscalationRequest, Prediction, ResultAck, new_trace_id
 from protocol.topics import Channel
 
 logger = logging.getLogger(__name__)
-
-MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg"}
-
 
 @dataclass(frozen=True)
 class Live:
     """What the frame loop reads, swapped as one reference between frames: a frame sees the old set or the new."""
 
     detector: Detector
-    judge: Judge
+    judge: Judge  # the device's
     escalation: EscalationConfig
+    camera_judges: Mapping[str, Judge] = field(default_factory=dict)  # by source_id, where a camera has its own
+
+    def judge_for(self, camera: str) -> Judge:
+        return self.camera_judges.get(camera, self.judge)
+
+
+def camera_judges(config: EdgeConfig, judge: JudgeConfig) -> Mapping[str, Judge]:
+    """Each camera's own judge, where its config changes any field of the device's."""
+    own = {c.source_id: Judge.from_config(camera_judge(c, judge)) for c in config.cameras if c.judge}
+    return MappingProxyType(own)
 
 
 @dataclass(frozen=True)
@@ -106,7 +123,10 @@ class EdgeRuntime:
         )
         self._live_lock = threading.Lock()  # writers of self.live: the fleet agent and the model updater
         self.live = Live(
-            detector or create_detector(config.detector), Judge.from_config(config.judge), config.escalation
+            detector or create_detector(config.detector),
+            Judge.from_config(config.judge),
+            config.escalation,
+            camera_judges(config, config.judge),
         )
         self.heartbeat = Heartbeat(config.device_id, clock)
         self.identity = Identity.of(config)
@@ -183,6 +203,7 @@ class EdgeRuntime:
         ]
         self._stop = threading.Event()
         self._source: Optional[FrameSource] = None
+        self._readers: list[CameraReader] = []  # several cameras: their reader threads, while run() runs
         self._source_state = "connecting"
         self._recent: collections.deque[float] = collections.deque(maxlen=1000)  # monotonic times of frames
         self._store_full = False  # the last write found the store's filesystem full
@@ -232,6 +253,8 @@ class EdgeRuntime:
         source = self._source
         if source is not None:
             source.stop()
+        for reader in self._readers:
+            reader.stop()
 
     def close(self) -> None:
         """Drain and release everything: sends in flight finish, queued rows stay in the outbox for the next start."""
@@ -261,14 +284,18 @@ class EdgeRuntime:
     # -- the frame loop --------------------------------------------------------
 
     def run(self, max_frames: Optional[int] = None) -> int:
-        """Read the configured source until it ends, ``stop()`` is called, or max_frames; return frames read."""
+        """Read the configured source(s) until they end, ``stop()`` is called, or max_frames; return frames read."""
+        cameras = self.config.cameras
+        if len(cameras) > 1:
+            return self._run_cameras(cameras, max_frames)
+        camera = cameras[0]
         count = 0
-        fps = self.config.source.max_fps
+        fps = camera.max_fps
         interval = 1.0 / fps if fps else 0.0
         next_at = time.monotonic()
         # Before the source opens: a live source's thread reports its state from the moment it starts.
-        self._source_state = "file" if self.config.source.kind in ("video", "images") else "connecting"
-        with open_source(self.config.source, self._on_source_state) as source:
+        self._source_state = "file" if camera.kind in ("video", "images") else "connecting"
+        with open_source(camera, self._on_source_state) as source:
             self._source = source
             if isinstance(source, LiveSource):
                 source.on_idle = self._turn  # waiting for a camera that is down is not a stalled loop
@@ -286,15 +313,63 @@ class EdgeRuntime:
                 self._source = None
         return count
 
+    def _run_cameras(self, cameras: list[SourceConfig], max_frames: Optional[int]) -> int:
+        """Several cameras: each read on its own thread into a one-frame slot, so one that stalls holds up only
+        itself; this thread takes whatever frames are waiting, runs them through the model together
+        (``Detector.predict_many``) and judges each with its camera's judge."""
+        readers = [CameraReader(c, self._stop, self._on_source_state, self._turn) for c in cameras]
+        self._readers = readers
+        for reader in readers:
+            reader.start()
+        count = 0
+        try:
+            while not self._stop.is_set() and (max_frames is None or count < max_frames):
+                frames = [f for f in (r.take() for r in readers) if f is not None]
+                if max_frames is not None:
+                    frames = frames[: max_frames - count]
+                if not frames:
+                    if all(r.finished for r in readers):
+                        break
+                    CameraReader.wait_any(readers, 0.05)
+                    self._turn()  # waiting on cameras is not a stalled loop (one camera alone: LiveSource.on_idle)
+                    continue
+                detector = self.live.detector
+                answers = self._infer_together(detector, frames)
+                for frame, answer in zip(frames, answers, strict=True):
+                    self.process(frame, answer)
+                count += len(frames)
+        finally:
+            self._stop_readers(readers)
+        return count
+
+    def _infer_together(self, detector: Detector, frames: list[Frame]) -> list[Prediction | InferenceError | None]:
+        """One model run for every decodable frame; a failed run fails each of them (None: nothing to run)."""
+        images = [f.image for f in frames if f.image is not None]
+        try:
+            found: list[Prediction | InferenceError] = list(detector.predict_many(images)) if images else []
+        except InferenceError as exc:
+            found = [exc] * len(images)
+        answers = iter(found)
+        return [next(answers) if f.image is not None else None for f in frames]
+
+    def _stop_readers(self, readers: list[CameraReader]) -> None:
+        self._stop.set()
+        for reader in readers:
+            reader.join(5.0)
+        self._readers = []
+
     def _turn(self) -> None:
         """The frame loop is alive: ping systemd's watchdog and note the time for /healthz."""
         self._last_turn = time.monotonic()
         self.notifier.watchdog()
 
-    def process(self, frame: Frame) -> Optional[TraceState]:
-        """One frame through detector and judge; returns the trace's state, or None if it could not be stored."""
+    def process(
+        self, frame: Frame, answer: Optional[Prediction | InferenceError] = None
+    ) -> Optional[TraceState]:
+        """One frame through detector and judge (or only the judge, given the model's ``answer`` from a run of
+        several cameras' frames); returns the trace's state, or None if it could not be stored."""
         trace_id, now, machine, live = new_trace_id(), self.clock(), TraceMachine(), self.live
-        prediction = self._infer(frame, machine, now, live.detector)
+        prediction = self._infer(frame, machine, now, live.detector, answer)
         reasons: tuple[str, ...] = ()
         escalation: Optional[Escalation] = None
         uncertain = False
@@ -331,7 +406,7 @@ class EdgeRuntime:
         if self._store_full:
             logger.warning("device store writable again")
             self._store_full = False
-        self.metrics.count_frame(machine.state.value.lower())
+        self.metrics.count_frame(frame.source_id, machine.state.value.lower())
         if prediction is not None:  # the heartbeat's counts, and the model's record for a probation
             confidence = prediction.confidence
             self.heartbeat.frame(confidence, escalation is not None, prediction.inference_ms, uncertain)
@@ -358,18 +433,27 @@ class EdgeRuntime:
             self.worker.wake()
         return machine.state
 
-    def _infer(self, frame: Frame, machine: TraceMachine, now: float, detector: Detector) -> Optional[Prediction]:
+    def _infer(
+        self,
+        frame: Frame,
+        machine: TraceMachine,
+        now: float,
+        detector: Detector,
+        answer: Optional[Prediction | InferenceError] = None,
+    ) -> Optional[Prediction]:
         """RAW -> INFERRED with the model's answer, or RAW -> UNJUDGEABLE when there is none."""
         if frame.image is None:
             machine.advance(TraceState.UNJUDGEABLE, f"undecodable frame: {frame.error}", now)
             return None
         try:
-            prediction = detector.predict(frame.image)
+            if isinstance(answer, InferenceError):
+                raise answer
+            prediction = answer if answer is not None else detector.predict(frame.image)
         except InferenceError as exc:
             machine.advance(TraceState.UNJUDGEABLE, f"inference failed: {exc}", now)
             return None
-        answer = f"{prediction.model_id}: {prediction.label} ({prediction.confidence:.3f})"
-        machine.advance(TraceState.INFERRED, answer, now)
+        said = f"{prediction.model_id}: {prediction.label} ({prediction.confidence:.3f})"
+        machine.advance(TraceState.INFERRED, said, now)
         return prediction
 
     def _judge(
@@ -383,8 +467,8 @@ class EdgeRuntime:
         live: Live,
     ) -> tuple[tuple[str, ...], Optional[Escalation], bool]:
         """INFERRED -> JUDGED -> COMPLETE or PENDING_CLOUD (or UNJUDGEABLE); returns the reasons and any escalation."""
-        decision = live.judge.decide(JudgeInput(prediction, image, self.sensors.values()))
-        self.metrics.count_decision(decision.verdict.value, decision.cause)
+        decision = live.judge_for(frame.source_id).decide(JudgeInput(prediction, image, self.sensors.values()))
+        self.metrics.count_decision(frame.source_id, decision.verdict.value, decision.cause)
         uncertain = decision.uncertain
         if decision.verdict is Verdict.UNJUDGEABLE:
             machine.advance(TraceState.UNJUDGEABLE, "; ".join(decision.reasons), now)
@@ -394,7 +478,7 @@ class EdgeRuntime:
             why = "uncertain, not escalated" if decision.uncertain else "confident"
             machine.advance(TraceState.COMPLETE, f"local answer stands ({why})", now)
             return decision.reasons, None, uncertain
-        escalation = self._escalation(trace_id, image, prediction, frame, decision, now, live.escalation)
+        escalation = self._escalation(trace_id, image, prediction, frame, decision, now, live)
         if escalation is None:
             machine.advance(TraceState.COMPLETE, "local answer stands (cannot escalate: frame did not encode)", now)
             return decision.reasons, None, uncertain
@@ -414,18 +498,21 @@ class EdgeRuntime:
         frame: Frame,
         decision: JudgeDecision,
         now: float,
-        settings: EscalationConfig,
+        live: Live,
     ) -> Optional[Escalation]:
-        fmt = settings.image_format
-        ok, encoded = cv2.imencode(f".{fmt}", image)
-        if not ok:
-            logger.error("frame %s/%d: cannot encode as %s for the hub", frame.source_id, frame.index, fmt)
+        settings = live.escalation
+        payload = encode_payload(image, settings, live.judge_for(frame.source_id).uncertain_boxes(prediction))
+        if payload is None:
+            logger.error("frame %s/%d: cannot encode for the hub", frame.source_id, frame.index)
             return None
+        self.metrics.escalation_bytes.labels(
+            camera=frame.source_id, payload=payload.kind, format=settings.image_format
+        ).observe(payload.size)
         request = EscalationRequest(
             trace_id=trace_id,
             device_id=self.config.device_id,
             local_prediction=prediction,
-            input=EncodedImage(MEDIA_TYPES[fmt], encoded.tobytes(), int(image.shape[1]), int(image.shape[0])),
+            input=payload.image,
             deadline_ms=settings.deadline_ms,
             model_hint=settings.model_hint,
             sent_at=now,
@@ -434,6 +521,7 @@ class EdgeRuntime:
                 "frame_index": str(frame.index),
                 "reasons": "; ".join(decision.reasons),
                 "device_group": self.config.fleet.group,  # routing rules can match on it (when.device_group)
+                **payload.attributes,
             },
         )
         return Escalation(encode_request(request), priority(decision, prediction))
@@ -505,7 +593,11 @@ class EdgeRuntime:
 
     def use_settings(self, settings: HotSettings) -> None:
         """The hub's settings from the next frame on (paho's thread, or start()): no restart, no frame lost."""
-        self._replace_live(judge=Judge.from_config(settings.judge), escalation=settings.escalation)
+        self._replace_live(
+            judge=Judge.from_config(settings.judge),
+            camera_judges=camera_judges(self.config, settings.judge),
+            escalation=settings.escalation,
+        )
         self.settle.answer = settings.judge.answer
 
     def _replace_live(self, **parts: object) -> Live:
@@ -549,7 +641,7 @@ class EdgeRuntime:
             outbox_bytes=depth.bytes,
             outbox_oldest_age_s=max(0.0, self.clock() - depth.oldest_enqueued_at) if depth.oldest_enqueued_at else 0.0,
             failed_rows=depth.failed_rows,
-            source_id=self.config.source.source_id,
+            source_id=",".join(c.source_id for c in self.config.cameras),
             source_state=self._source_state,
             source_dropped=stats.dropped if stats else 0,
             source_reconnects=stats.reconnects if stats else 0,

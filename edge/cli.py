@@ -63,7 +63,7 @@ def _edge_calibrate(args: argparse.Namespace) -> int:
     from edge.judge import calibrate
 
     config = load_config(args.config)
-    source = config.source
+    source = config.cameras[0]
     if args.source is not None:
         kind = "images" if args.source.is_dir() else "video"
         source = SourceConfig(kind=kind, path=args.source, labels_csv=args.labels, source_id="calibration")

@@ -8,7 +8,7 @@ rather than ignored.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
@@ -49,6 +49,9 @@ class SourceConfig(StrictModel):
     timeout_ms: int = Field(5000, gt=0, description="open and read timeout of a stream (stream)")
     reconnect_initial_ms: int = Field(500, gt=0, description="first wait before reopening a live source that failed")
     reconnect_max_ms: int = Field(30_000, gt=0, description="cap on that wait (it doubles, with jitter)")
+    judge: dict[str, Any] = Field(
+        {}, description="sources: judge fields for this camera alone, over the device's judge (e.g. box_threshold)"
+    )
 
     @model_validator(mode="after")
     def _target(self) -> SourceConfig:
@@ -174,12 +177,17 @@ class JudgeConfig(StrictModel):
         description="escalate when the normalised entropy of the scores is above this; 1 turns it off",
     )
     unknown_labels: list[str] = Field(
-        [], description="classes that mean 'unknown' or 'anomaly': a frame whose top class is one is always escalated"
+        [],
+        description="classes that mean 'unknown' or 'anomaly': a frame whose top class is one, or with a box of one, "
+        "is always escalated",
     )
     min_sharpness: float = Field(
         0.0, ge=0.0, description="escalate frames whose variance of the Laplacian is below this (blur); 0 turns it off"
     )
     box_threshold: float = Field(0.5, ge=0.0, le=1.0, description="detectors: a box scoring below this is weak")
+    box_class_thresholds: dict[str, float] = Field(
+        {}, description="detectors: per-class box thresholds (label: threshold) that override box_threshold"
+    )
     max_weak_box_share: float = Field(
         1.0,
         ge=0.0,
@@ -206,7 +214,7 @@ class JudgeConfig(StrictModel):
             return {**preset, **data}
         return data
 
-    @field_validator("class_thresholds")
+    @field_validator("class_thresholds", "box_class_thresholds")
     @classmethod
     def _thresholds(cls, value: dict[str, float]) -> dict[str, float]:
         bad = {k: v for k, v in value.items() if not 0.0 <= v <= 1.0}
@@ -316,6 +324,18 @@ class EscalationConfig(StrictModel):
     )
     model_hint: str = Field("digits", description="tells the hub which kind of model should look at the input")
     image_format: Literal["png", "jpeg"] = Field("png", description="how a frame is encoded for the hub")
+    jpeg_quality: int = Field(90, ge=1, le=100, description="jpeg: the encoder's quality, 1-100")
+    payload: Literal["frame", "boxes"] = Field(
+        "frame",
+        description="what the hub gets: the whole frame, or (detectors) the crop around the boxes the judge "
+        "doubts, with crop_margin of context; the hub answers for the whole frame either way",
+    )
+    crop_margin: float = Field(
+        0.5, ge=0.0, le=4.0, description="boxes: context around the doubted boxes, as a share of their extent"
+    )
+    max_side: Optional[int] = Field(
+        None, ge=16, description="scale what is sent down until its longer side is at most this; none: as taken"
+    )
 
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -393,7 +413,12 @@ def _transport_kind(value: object) -> str:
 class EdgeConfig(StrictModel):
     device_id: DeviceId = Field(description="this device's id; names its MQTT topics")
     state_path: Path = Field(Path("tandem-edge.db"), description="the SQLite file holding traces and the outbox")
-    source: SourceConfig
+    source: Optional[SourceConfig] = Field(None, description="the camera or file to read (or sources)")
+    sources: list[SourceConfig] = Field(
+        [],
+        description="several cameras in one process instead of source: each reads on its own thread, they share "
+        "the detector (batched when the model takes a batch), and each has its own source_id and judge",
+    )
     sensors: list[SensorConfig] = Field([], description="sensor streams the judge can read")
     detector: DetectorConfig
     judge: JudgeConfig = JudgeConfig()
@@ -415,6 +440,22 @@ class EdgeConfig(StrictModel):
     )
 
     @model_validator(mode="after")
+    def _one_way_to_name_cameras(self) -> EdgeConfig:
+        if (self.source is None) == (not self.sources):
+            raise ValueError("give source (one camera) or sources (several), not both and not neither")
+        ids = [c.source_id for c in self.cameras]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"each of sources needs its own source_id: {ids}")
+        for camera in self.cameras:
+            camera_judge(camera, self.judge)  # a bad per-camera judge is a config error, not a runtime one
+        return self
+
+    @property
+    def cameras(self) -> list[SourceConfig]:
+        """Every source this device reads: ``sources``, or the one ``source``."""
+        return list(self.sources) if self.sources else [self.source] if self.source is not None else []
+
+    @model_validator(mode="after")
     def _sensors_fit_the_link(self) -> EdgeConfig:
         mqtt_sensors = [s.name for s in self.sensors if s.kind == "mqtt"]
         if self.tls is not None and mqtt_sensors:
@@ -423,6 +464,13 @@ class EdgeConfig(StrictModel):
                 "not use, and the fleet broker gives each certificate one session: read them over serial or stdin"
             )
         return self
+
+
+def camera_judge(camera: SourceConfig, judge: JudgeConfig) -> JudgeConfig:
+    """The judge of one camera: the device's, with the camera's own fields over it."""
+    if not camera.judge:
+        return judge
+    return JudgeConfig.model_validate({**judge.model_dump(exclude_unset=True), **camera.judge})
 
 
 def load_config(path: Path) -> EdgeConfig:
@@ -446,9 +494,13 @@ def resolve_paths(config: EdgeConfig, base: Path) -> EdgeConfig:
     return config.model_copy(
         update={
             "state_path": fix(config.state_path),
-            "source": config.source.model_copy(
+            "source": config.source
+            and config.source.model_copy(
                 update={"path": fix(config.source.path), "labels_csv": fix(config.source.labels_csv)}
             ),
+            "sources": [
+                c.model_copy(update={"path": fix(c.path), "labels_csv": fix(c.labels_csv)}) for c in config.sources
+            ],
             "detector": config.detector.model_copy(update={"model_path": fix(config.detector.model_path)}),
             "fleet": config.fleet.model_copy(update={"state_dir": fix(config.fleet.state_dir)}),
             "tls": (

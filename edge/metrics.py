@@ -81,16 +81,18 @@ class EdgeMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self._frame_children: dict[str, Counter] = {}
-        self._decision_children: dict[tuple[str, str], Counter] = {}
-        self.frames = Counter("tandem_edge_frames", "Frames by how their trace ended up", ["outcome"], registry=r)
+        self._frame_children: dict[tuple[str, str], Counter] = {}
+        self._decision_children: dict[tuple[str, str, str], Counter] = {}
+        self.frames = Counter(
+            "tandem_edge_frames", "Frames by camera and how their trace ended up", ["camera", "outcome"], registry=r
+        )
         self.inference_ms = Histogram(
             "tandem_edge_inference_ms", "Model time per frame, in ms", buckets=MS_BUCKETS, registry=r
         )
         self.decisions = Counter(
             "tandem_edge_judge_decisions",
-            "Judge decisions by verdict and what settled it (a policy, audit, rate_limit, ...)",
-            ["verdict", "cause"],
+            "Judge decisions by camera, verdict and what settled it (a policy, audit, rate_limit, ...)",
+            ["camera", "verdict", "cause"],
             registry=r,
         )
         self.escalations_sent = Counter(
@@ -107,6 +109,13 @@ class EdgeMetrics:
             registry=r,
         )
         self.send_errors = Counter("tandem_edge_send_errors", "Failed escalation sends", ["retryable"], registry=r)
+        self.escalation_bytes = Histogram(
+            "tandem_edge_escalation_bytes",
+            "Encoded image bytes per escalation, by camera, what was sent (frame or crop) and format",
+            ["camera", "payload", "format"],
+            buckets=(1e3, 4e3, 16e3, 64e3, 256e3, 1e6, 4e6),
+            registry=r,
+        )
         self.escalation_rtt_ms = Histogram(
             "tandem_edge_escalation_rtt_ms",
             "From the frame's judgement to the hub's verdict, in ms",
@@ -150,18 +159,19 @@ class EdgeMetrics:
             registry=r,
         )
 
-    def count_frame(self, outcome: str) -> None:
-        """``frames{outcome}`` + 1, with the labelled child looked up once (this runs on every frame)."""
-        child = self._frame_children.get(outcome)
+    def count_frame(self, camera: str, outcome: str) -> None:
+        """``frames{camera, outcome}`` + 1, with the labelled child looked up once (this runs on every frame)."""
+        key = (camera, outcome)
+        child = self._frame_children.get(key)
         if child is None:
-            child = self._frame_children[outcome] = self.frames.labels(outcome=outcome)
+            child = self._frame_children[key] = self.frames.labels(camera=camera, outcome=outcome)
         child.inc()
 
-    def count_decision(self, verdict: str, cause: str) -> None:
-        key = (verdict, cause)
+    def count_decision(self, camera: str, verdict: str, cause: str) -> None:
+        key = (camera, verdict, cause)
         child = self._decision_children.get(key)
         if child is None:
-            child = self._decision_children[key] = self.decisions.labels(verdict=verdict, cause=cause)
+            child = self._decision_children[key] = self.decisions.labels(camera=camera, verdict=verdict, cause=cause)
         child.inc()
 
     def watch(self, read: Callable[[], RuntimeState]) -> None:
@@ -169,6 +179,11 @@ class EdgeMetrics:
         self.registry.register(_StateCollector(read))
 
     def value(self, name: str, **labels: str) -> float:
-        """Current value of counter ``tandem_edge_<name>`` with these labels (0 if never counted)."""
-        sample = self.registry.get_sample_value(f"tandem_edge_{name}_total", labels or None)
-        return sample or 0.0
+        """Current value of counter ``tandem_edge_<name>``, summed over the labels not given (0 if never counted)."""
+        wanted = f"tandem_edge_{name}_total"
+        return sum(
+            sample.value
+            for metric in self.registry.collect()
+            for sample in metric.samples
+            if sample.name == wanted and all(sample.labels.get(k) == v for k, v in labels.items())
+        )

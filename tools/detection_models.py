@@ -29,8 +29,10 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import inspect
 import json
 import math
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +42,7 @@ import numpy as np
 
 from common.inference.detect import letterbox
 
-CLASSES = ["circle", "square", "triangle", "cross"]
+CLASSES = ["disc", "ring", "bar", "post"]
 FRAME_W, FRAME_H = 160, 120
 INPUT = 128
 STRIDE = 8
@@ -71,38 +73,27 @@ def _background(rng: np.random.Generator) -> np.ndarray:
         p0 = (int(rng.integers(0, FRAME_W)), int(rng.integers(0, FRAME_H)))
         p1 = (int(rng.integers(0, FRAME_W)), int(rng.integers(0, FRAME_H)))
         if rng.random() < 0.5:
-            cv2.line(image, p0, p1, colour, int(rng.integers(1, 4)))
+            cv2.line(image, p0, p1, colour, int(rng.integers(1, 3)))
         else:
-            axes = (int(rng.integers(12, 30)), int(rng.integers(2, 5)))  # long and thin: never a shape
+            axes = (int(rng.integers(12, 30)), int(rng.integers(1, 3)))  # long and thin: thinner than any bar
             cv2.ellipse(image, p0, axes, float(rng.uniform(0, 180)), 0, 360, colour, -1)
     return image
 
 
 def _draw(image: np.ndarray, cls: int, cx: float, cy: float, size: float, angle: float, colour: tuple) -> None:
+    """One object: a disc, a ring (a disc with a hole), a bar (lying) or a post (standing), ``size`` across."""
     r = size / 2
     if cls == 0:
         cv2.circle(image, (round(cx), round(cy)), max(1, round(r)), colour, -1, cv2.LINE_AA)
         return
-    if cls == 1:
-        points = [(-r, -r), (r, -r), (r, r), (-r, r)]
-    elif cls == 2:
-        points = [(0, -r), (r * 0.95, r * 0.8), (-r * 0.95, r * 0.8)]
-    else:
-        t = r / 3
-        points = [
-            (-t, -r),
-            (t, -r),
-            (t, -t),
-            (r, -t),
-            (r, t),
-            (t, t),
-            (t, r),
-            (-t, r),
-            (-t, t),
-            (-r, t),
-            (-r, -t),
-            (-t, -t),
-        ]
+    if cls == 1:  # a ring: its band is 45% of the radius, so the hole shows the background
+        band = max(2, round(r * 0.45))
+        cv2.circle(image, (round(cx), round(cy)), max(1, round(r - band / 2)), colour, band, cv2.LINE_AA)
+        return
+    w, h = r, r / 2.6  # a bar; a post is a bar turned upright
+    if cls == 3:
+        angle += math.pi / 2
+    points = [(-w, -h), (w, -h), (w, h), (-w, h)]
     c, s = math.cos(angle), math.sin(angle)
     poly = np.array([[cx + x * c - y * s, cy + x * s + y * c] for x, y in points], dtype=np.float32)
     cv2.fillPoly(image, [np.round(poly * 16).astype(np.int32)], colour, cv2.LINE_AA, shift=4)
@@ -121,9 +112,9 @@ def scene(rng: np.random.Generator) -> Scene:
     boxes: list[list[float]] = []
     for _ in range(rng.integers(0, 5)):
         cls = int(rng.integers(0, len(CLASSES)))
-        size = float(rng.uniform(10, 44))
+        size = float(rng.uniform(12, 44))
         cx, cy = float(rng.uniform(0, FRAME_W)), float(rng.uniform(0, FRAME_H))
-        angle = float(rng.uniform(0, math.pi)) if cls else 0.0
+        angle = float(rng.uniform(-0.35, 0.35))  # bars and posts lean a little
         x0, y0, x1, y1 = _extent(cls, cx, cy, size, angle)
         cut = [max(0.0, x0), max(0.0, y0), min(float(FRAME_W), x1), min(float(FRAME_H), y1)]
         if (cut[2] - cut[0]) * (cut[3] - cut[1]) < 0.5 * (x1 - x0) * (y1 - y0):
@@ -131,14 +122,14 @@ def scene(rng: np.random.Generator) -> Scene:
         if any(_iou(cut, b[:4]) > 0.2 for b in boxes):
             continue
         local = image[int(cut[1]) : int(cut[3]) + 1, int(cut[0]) : int(cut[2]) + 1].mean(axis=(0, 1))
-        # Away from the background in every channel, by 45-120 levels: some faint, most clear, none invisible.
+        # Away from the background in every channel, by 60-130 levels: some faint, most clear, none invisible.
         away = np.where(local > 127, -1.0, 1.0)
-        colour = tuple(float(c) for c in np.clip(local + away * rng.uniform(45, 120, 3), 0, 255))
+        colour = tuple(float(c) for c in np.clip(local + away * rng.uniform(60, 130, 3), 0, 255))
         _draw(image, cls, cx, cy, size, angle, colour)
         boxes.append([*cut, float(cls)])
     gain, offset = rng.uniform(0.6, 1.4), rng.uniform(-30, 30)  # lighting
-    image = image * gain + offset + rng.normal(0, rng.uniform(2, 9), image.shape)  # and sensor noise
-    sigma = rng.uniform(0, 1.4)
+    image = image * gain + offset + rng.normal(0, rng.uniform(2, 7), image.shape)  # and sensor noise
+    sigma = rng.uniform(0, 1.0)
     if sigma > 0.3:
         image = cv2.GaussianBlur(image, (0, 0), sigma)
     frame = np.clip(image, 0, 255).astype(np.uint8)
@@ -218,7 +209,7 @@ def _targets(boxes: list[np.ndarray], cells: int):
 
 
 def _giou_loss(pred, target):
-    """1 - GIoU of [N, 4] centre-size boxes."""
+    """1 - GIoU of [N, 4] centre-size boxes, and their IoU."""
     import torch
 
     def corners(b):
@@ -230,7 +221,7 @@ def _giou_loss(pred, target):
     union = pred[:, 2] * pred[:, 3] + target[:, 2] * target[:, 3] - inter
     iou = inter / union.clamp(min=1e-6)
     hull = (torch.max(px1, tx1) - torch.min(px0, tx0)) * (torch.max(py1, ty1) - torch.min(py0, ty0))
-    return 1 - iou + (hull - union) / hull.clamp(min=1e-6)
+    return 1 - iou + (hull - union) / hull.clamp(min=1e-6), iou
 
 
 def _tensor(scenes: list[Scene]):
@@ -278,17 +269,21 @@ def train(layers: tuple[tuple[int, int], ...], scenes: list[Scene], epochs: int,
             logits = raw.reshape(len(index), 4 + len(CLASSES), -1)[:, 4:]
             positive = cls >= 0
             onehot = (torch.arange(len(CLASSES))[None, :, None] == cls[:, None, :]).float()  # background: all 0
-            # Focal loss (RetinaNet's): the many easy background cells count little, the few objects a lot.
-            p = logits.sigmoid()
-            bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, onehot, reduction="none")
-            weight = (0.25 * onehot + 0.75 * (1 - onehot)) * (onehot - p).abs().pow(2)
-            bce = (weight * bce).sum() / max(1, int(positive.sum()))
+            quality = torch.zeros_like(cls, dtype=torch.float32)
             if positive.any():
                 pred = out[:, :4].permute(0, 2, 1)[positive]
                 true = box.permute(0, 2, 1)[positive]
-                box_loss = _giou_loss(pred, true).mean() + (pred - true).abs().mean() / STRIDE
+                giou, iou = _giou_loss(pred, true)
+                box_loss = giou.mean() + (pred - true).abs().mean() / STRIDE
+                quality[positive] = iou.detach().clamp(min=0.05)
             else:
                 box_loss = out.sum() * 0
+            # Quality focal loss (GFL's): a positive cell's class score learns the IoU of its own box, so the
+            # best-placed box ranks first and NMS keeps it; easy background cells count little.
+            target = onehot * quality[:, None, :]
+            p = logits.sigmoid()
+            bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none")
+            bce = (bce * (target - p).abs().pow(2)).sum() / max(1, int(positive.sum()))
             loss = bce + 2 * box_loss
             optimiser.zero_grad()
             loss.backward()
@@ -322,6 +317,7 @@ def export(net, path: Path, model_id: str, held_out_map: float) -> bytes:
         str(path),
         input_names=["images"],
         output_names=["output0"],
+        dynamic_axes={"images": {0: "batch"}, "output0": {0: "batch"}},  # the hub batches; a device runs one
         opset_version=OPSET,
         dynamo=False,
     )
@@ -387,8 +383,8 @@ def mean_ap(detections: list[np.ndarray], truths: list[np.ndarray], iou: float =
 # (channels, stride) per layer, and epochs. The light one is what a small device affords; the strong one has
 # more channels and more reach at stride 8.
 MODELS = {
-    "shapes-light": (((8, 2), (16, 2), (16, 1), (32, 2), (32, 1), (32, 1)), 20),
-    "shapes-strong": (((16, 2), (32, 2), (32, 1), (64, 2), (64, 1), (64, 1), (64, 1), (64, 1)), 20),
+    "shapes-light": (((8, 2), (16, 2), (16, 1), (32, 2), (32, 1), (32, 1)), 12),
+    "shapes-strong": (((16, 2), (32, 2), (32, 1), (64, 2), (64, 1), (64, 1), (64, 1), (64, 1)), 10),
 }
 
 
@@ -405,6 +401,28 @@ def _write_set(folder: Path, scenes: list[Scene]) -> list[Path]:
     return [*written, folder / "labels.json"]
 
 
+def _recipe() -> str:
+    """What the models depend on: this file and the device's letterbox."""
+    source = Path(__file__).read_text() + inspect.getsource(letterbox)
+    return hashlib.sha256(source.encode()).hexdigest()
+
+
+def ensure(out: Path) -> Path:
+    """``out`` built by this recipe: kept when its manifest says so, else built afresh (about 3 minutes).
+
+    The build goes to a sibling folder that replaces ``out`` only when complete, so an interrupted build
+    never looks finished."""
+    manifest = out / "manifest.json"
+    if manifest.exists() and json.loads(manifest.read_text()).get("recipe") == _recipe():
+        return out
+    staging = out.with_name(out.name + ".building")
+    shutil.rmtree(staging, ignore_errors=True)
+    build(staging)
+    shutil.rmtree(out, ignore_errors=True)
+    staging.rename(out)
+    return out
+
+
 def build(out: Path) -> dict[str, object]:
     import torch
 
@@ -417,7 +435,7 @@ def build(out: Path) -> dict[str, object]:
     held_out = [scene(rng) for _ in range(HELD_OUT_SCENES)]
     calibration = [scene(rng) for _ in range(CALIBRATION_SCENES)]
     files = _write_set(out / "stream", held_out) + _write_set(out / "calibration", calibration)
-    manifest: dict[str, object] = {"classes": CLASSES, "models": {}}
+    manifest: dict[str, object] = {"classes": CLASSES, "models": {}, "recipe": _recipe()}
     for model_id, (layers, epochs) in MODELS.items():
         started = time.monotonic()
         net = train(layers, train_set, epochs, SEED)
@@ -452,7 +470,7 @@ def _as_array(prediction) -> np.ndarray:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", nargs="?", type=Path, default=Path(".tandem/detect"))
-    build(parser.parse_args(argv).out)
+    ensure(parser.parse_args(argv).out)
     return 0
 
 

@@ -25,7 +25,7 @@ from ray.serve.schema import ServeDeploySchema
 from cloud.errors import ActionFailed, ReplicaFailed, one_line
 from cloud.hub import ModelPool as PoolClient
 from cloud.ingress import v2
-from cloud.models.classifier import Classifier
+from cloud.models import CloudModel, load_model
 from cloud.orchestrator.actuator import PoolScaler
 from cloud.routing import ModelAnswer, ModelBackend
 from protocol.errors import MalformedMessage, ProtocolError
@@ -52,10 +52,10 @@ class ModelPool:
         self._loads = 0
         self._in_flight = 0  # predict calls in this replica that have their model and no answer yet
 
-        async def load(sha256: str) -> Classifier:
+        async def load(sha256: str) -> CloudModel:
             self._loads += 1
             logger.info("model pool: loading %s", sha256[:12])
-            return await asyncio.to_thread(Classifier, artifacts / sha256, max_image_pixels=max_image_pixels)
+            return await asyncio.to_thread(load_model, artifacts / sha256, max_image_pixels)
 
         # Built here rather than as a decorated method so the per-replica limit comes from the config.
         self._model = serve.multiplexed(max_num_models_per_replica=max_models)(load)
@@ -64,7 +64,7 @@ class ModelPool:
         self._batch.set_batch_wait_timeout_s(batch_wait_ms / 1000.0)  # type: ignore[attr-defined]
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
-    async def _batch(self, items: list[tuple[Classifier, EscalationRequest]]) -> list[ModelAnswer | Exception]:
+    async def _batch(self, items: list[tuple[CloudModel, EscalationRequest]]) -> list[ModelAnswer | Exception]:
         """One model run per model in the batch; a bad input fails only its own request."""
         by_model: dict[int, list[int]] = {}
         for index, (model, _) in enumerate(items):
@@ -72,7 +72,7 @@ class ModelPool:
         answers: list[ModelAnswer | Exception] = [ValueError("not run")] * len(items)
         for indexes in by_model.values():
             model = items[indexes[0]][0]
-            results = model.predict_batch([items[i][1].input for i in indexes])
+            results = model.predict_requests([items[i][1] for i in indexes])
             for i, result in zip(indexes, results, strict=True):
                 answers[i] = result if isinstance(result, Exception) else ModelAnswer(result, len(indexes))
         return answers
@@ -84,7 +84,7 @@ class ModelPool:
             if self._in_flight == 1:
                 # Nobody here to batch with: waiting batch_wait_ms could only add latency. The run goes
                 # to a thread so requests arriving meanwhile are counted and batched.
-                [result] = await asyncio.to_thread(model.predict_batch, [request.input])
+                [result] = await asyncio.to_thread(model.predict_requests, [request])
                 answer = result if isinstance(result, Exception) else ModelAnswer(result, 1)
             else:
                 answer = await self._batch((model, request))
@@ -96,8 +96,7 @@ class ModelPool:
 
     async def spec(self, name: str) -> v2.ModelSpec:
         model = await self._model(serve.get_multiplexed_model_id())
-        session, version = model.model.runner.session, model.model.head.info.version or "1"
-        return v2.spec_from_onnx(name, version, session.get_inputs(), session.get_outputs())
+        return v2.spec_from_onnx(name, model.version, model.session.get_inputs(), model.session.get_outputs())
 
     async def run_tensors(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         model = await self._model(serve.get_multiplexed_model_id())

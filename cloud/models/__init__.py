@@ -1,3 +1,33 @@
-from cloud.models.classifier import Classifier
+"""The hub's models: whatever kind a model file is, one interface for the model pool.
 
-__all__ = ["Classifier"]
+    predict_requests(requests)  each escalation's verdict, run together; a bad input fails only its own
+    run_tensors(inputs)         raw named tensors in and out (the v2 inference protocol)
+    model_id, version, session  what it is, and its ONNX Runtime session (for the v2 model spec)
+
+``load_model`` reads the file's metadata and picks the kind: a detector when it says so (Ultralytics writes
+``task: detect``), else a classifier.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Union
+
+from cloud.models.classifier import Classifier
+from cloud.models.detector import CloudDetector
+from common.inference.detect import is_detector
+from common.inference.onnx import OrtRunner
+from common.inference.preprocess import MAX_IMAGE_PIXELS
+
+CloudModel = Union[Classifier, CloudDetector]
+
+
+def load_model(path: Path, max_image_pixels: int = MAX_IMAGE_PIXELS) -> CloudModel:
+    runner = OrtRunner(path, intra_op_num_threads=1)
+    if is_detector(runner.metadata()):
+        return CloudDetector(path, runner, max_image_pixels)
+    runner.close()  # a classifier opens its own, on its scores output
+    return Classifier(path, max_image_pixels=max_image_pixels)
+
+
+__all__ = ["Classifier", "CloudDetector", "CloudModel", "load_model"]

@@ -7,6 +7,7 @@ model file sees the same pixels whether it runs on the device or the hub.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -15,7 +16,7 @@ from common.errors import InferenceError
 from common.inference.classify import OnnxModel
 from common.inference.preprocess import MAX_IMAGE_PIXELS, decode_image
 from protocol.errors import MalformedMessage
-from protocol.messages import EncodedImage, Prediction, Tensor
+from protocol.messages import EncodedImage, EscalationRequest, Prediction, Tensor
 
 
 class Classifier:
@@ -26,6 +27,17 @@ class Classifier:
     @property
     def model_id(self) -> str:
         return self.model.model_id
+
+    @property
+    def version(self) -> str:
+        return self.model.head.info.version or "1"
+
+    @property
+    def session(self) -> Any:
+        return self.model.runner.session
+
+    def predict_requests(self, requests: list[EscalationRequest]) -> list[Prediction | Exception]:
+        return self.predict_batch([r.input for r in requests])
 
     def predict(self, data: EncodedImage | Tensor) -> Prediction:
         answer = self.predict_batch([data])[0]
@@ -53,7 +65,7 @@ class Classifier:
 
     def run_tensors(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Every output for raw named inputs, as the v2 protocol asks (no decoding, no labels)."""
-        session = self.model.runner.session
+        session = self.session
         names = [o.name for o in session.get_outputs()]
         try:
             return dict(zip(names, session.run(names, inputs), strict=True))

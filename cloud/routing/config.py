@@ -152,6 +152,8 @@ class Aggregate(str, enum.Enum):
     MAX_CONFIDENCE = "max_confidence"
     WEIGHTED = "weighted"
     CHAIN = "chain"
+    WBF = "wbf"
+    NMS = "nms"
 
 
 class Step(StrictModel):

@@ -32,6 +32,7 @@ from common.errors import InferenceError
 from common.inference.model_info import model_metadata, read_model_info
 from common.inference.runner import Runner
 from protocol.messages import Box, Prediction
+from protocol.regions import Region
 
 PAD = 114
 ACCEPTED = "[1, 4 + C, N] (YOLOv8/YOLO11) or [1, N, 4 + C]"
@@ -42,6 +43,20 @@ class DetectionSettings:
     conf_threshold: float = 0.25  # a candidate scoring below this is no box
     iou_threshold: float = 0.45  # NMS: a box overlapping a better one of its class by more is dropped
     max_detections: int = 100
+
+
+@dataclass(frozen=True)
+class Letterboxed:
+    batch: np.ndarray  # float32 [1, 3, H, W]
+    scale: float
+    left: float
+    top: float
+    frame: tuple[int, int]  # the frame's height and width
+
+
+def is_detector(meta: dict[str, str]) -> bool:
+    """Whether a model's metadata says it detects objects (Ultralytics writes ``task: detect``)."""
+    return meta.get("task") == "detect" or meta.get("tandem.kind") == "detection"
 
 
 def _names(meta: dict[str, str]) -> tuple[str, ...]:
@@ -83,6 +98,20 @@ def letterbox(image: np.ndarray, height: int, width: int) -> tuple[np.ndarray, f
     out = np.full((height, width, 3), PAD, np.uint8)
     out[top : top + nh, left : left + nw] = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR)
     return out, scale, float(left), float(top)
+
+
+def in_frame(region: Region, image: np.ndarray, fill: int = PAD) -> np.ndarray:
+    """An escalated crop back at its frame's scale and place, on a ``fill`` grey frame (the image itself when it
+    is the whole frame as taken): a detector then sees objects at the size the camera gives them."""
+    if region.whole and region.scale == 1:
+        return image
+    size = (region.x1 - region.x0, region.y1 - region.y0)
+    if image.shape[1] != size[0] or image.shape[0] != size[1]:
+        image = cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
+    shape = (region.height, region.width) if image.ndim == 2 else (region.height, region.width, image.shape[2])
+    frame = np.full(shape, fill, image.dtype)
+    frame[region.y0 : region.y1, region.x0 : region.x1] = image
+    return frame
 
 
 def candidates(output: np.ndarray, classes: int) -> np.ndarray:
@@ -131,17 +160,40 @@ class DetectionHead:
         self.height, self.width = _input_size(runner, meta)
 
     def predict(self, image: np.ndarray) -> Prediction:
-        started = time.perf_counter()
+        return self.predict_many([image])[0]
+
+    def prepare(self, image: np.ndarray) -> Letterboxed:
+        """The frame as the model's input: letterboxed, RGB, 0-1, [1, 3, H, W]; and how to map boxes back."""
         boxed, scale, left, top = letterbox(image, self.height, self.width)
         rgb = cv2.cvtColor(boxed, cv2.COLOR_BGR2RGB)
-        batch = (rgb.astype(np.float32) / 255.0).transpose(2, 0, 1)[np.newaxis]
-        found = self.decode(self.runner.run(np.ascontiguousarray(batch)), scale, left, top, image.shape[:2])
-        elapsed_ms = (time.perf_counter() - started) * 1000.0
+        batch = np.ascontiguousarray((rgb.astype(np.float32) / 255.0).transpose(2, 0, 1)[np.newaxis])
+        return Letterboxed(batch, scale, left, top, (int(image.shape[0]), int(image.shape[1])))
+
+    def predict_many(self, images: Sequence[np.ndarray]) -> list[Prediction]:
+        """Each frame's boxes: one run for them all when the model's batch size is open (an export with a
+        dynamic batch axis), else one run each."""
+        started = time.perf_counter()
+        prepared = [self.prepare(image) for image in images]
+        if len(prepared) > 1 and not isinstance(self.runner.input_shape[0], int):
+            output = self.runner.run(np.concatenate([p.batch for p in prepared]))
+            outputs = [output[i : i + 1] for i in range(len(prepared))]
+        else:
+            outputs = [self.runner.run(p.batch) for p in prepared]
+        elapsed_ms = (time.perf_counter() - started) * 1000.0 / len(prepared)
+        return [
+            self.answer(self.decode(out, p.scale, p.left, p.top, p.frame), elapsed_ms)
+            for out, p in zip(outputs, prepared, strict=True)
+        ]
+
+    def answer(self, boxes: Sequence[Box], inference_ms: float = 0.0) -> Prediction:
+        """A prediction of these boxes: labels and scores hold each class's best box score."""
         best = [0.0] * len(self.labels)
-        for b in found:
-            i = self.labels.index(b.label)
-            best[i] = max(best[i], b.score)
-        return Prediction(self.model_id, self.version, self.labels, tuple(best), elapsed_ms, boxes=tuple(found))
+        for b in boxes:
+            if b.label in self.labels:
+                i = self.labels.index(b.label)
+                best[i] = max(best[i], b.score)
+        ordered = tuple(sorted(boxes, key=lambda b: -b.score))
+        return Prediction(self.model_id, self.version, self.labels, tuple(best), inference_ms, boxes=ordered)
 
     def decode(self, output: np.ndarray, scale: float, left: float, top: float, frame: tuple[int, ...]) -> list[Box]:
         rows = candidates(output, len(self.labels))

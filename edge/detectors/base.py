@@ -80,6 +80,11 @@ class Detector(abc.ABC):
             raise InferenceError("detector used before start()")
         return self.infer(image)
 
+    def predict_many(self, images: list[np.ndarray]) -> list[Prediction]:
+        """Several frames' answers (several cameras): one run each here; kinds whose model takes a batch run
+        them together."""
+        return [self.predict(image) for image in images]
+
     def close(self) -> None:
         """Free the model(s). Safe to call twice."""
         for runner in self._runners:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from common.errors import InferenceError
 from common.inference.detect import DetectionHead, DetectionSettings
 from edge.detectors.base import Detector
 from protocol.messages import Prediction
@@ -26,6 +27,12 @@ class Detection(Detector):
 
     def infer(self, image: np.ndarray) -> Prediction:
         return self._head.predict(image)
+
+    def predict_many(self, images: list[np.ndarray]) -> list[Prediction]:
+        """One run for all when the model's batch axis is open (``DetectionHead.predict_many``)."""
+        if not self._started:
+            raise InferenceError("detector used before start()")
+        return self._head.predict_many(images)
 
     def describe(self) -> str:
         return f"{self._head.model_id} v{self._head.version} ({len(self._head.labels)} classes)"

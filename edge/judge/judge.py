@@ -33,6 +33,7 @@ from edge.judge.policies import (
     UnknownClasses,
     Verdict,
 )
+from protocol.messages import Box, Prediction
 
 
 @dataclass(frozen=True)
@@ -118,6 +119,16 @@ class Judge:
             return JudgeDecision(Verdict.KEEP, (*decision.reasons, spent), decision.uncertain, "rate_limit")
         return decision
 
+    def uncertain_boxes(self, prediction: Prediction) -> list[Box]:
+        """The boxes the policies doubt: weak ones and those of an 'unknown' class (what a crop escalates)."""
+        doubted: dict[int, Box] = {}
+        for policy in self.policies:
+            if isinstance(policy, BoxThresholds):
+                doubted.update((id(b), b) for b in policy.weak(prediction))
+            elif isinstance(policy, UnknownClasses):
+                doubted.update((id(b), b) for b in policy.boxes(prediction))
+        return [b for b in prediction.boxes if id(b) in doubted]
+
     def combine(self, item: JudgeInput) -> JudgeDecision:
         """The policies' verdicts alone: any UNJUDGEABLE wins, then any ESCALATE."""
         results = [(p.name, p.check(item)) for p in self.policies]
@@ -142,7 +153,8 @@ def build_policies(config: JudgeConfig, *, confidence: bool = True) -> list[Poli
     if config.unknown_labels:
         policies.append(UnknownClasses(frozenset(config.unknown_labels)))
     if config.max_weak_box_share < 1:
-        policies.append(BoxThresholds(config.box_threshold, config.max_weak_box_share))
+        per_class = MappingProxyType(dict(config.box_class_thresholds))
+        policies.append(BoxThresholds(config.box_threshold, config.max_weak_box_share, per_class))
     policies.extend(SensorGate(g.sensor, g.above, g.below) for g in config.sensor_gates)
     if config.min_sharpness > 0:
         policies.append(Blur(config.min_sharpness))

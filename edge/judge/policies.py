@@ -18,7 +18,7 @@ from typing import Optional
 import cv2
 import numpy as np
 
-from protocol.messages import Prediction
+from protocol.messages import Box, Prediction
 
 
 class Verdict(enum.Enum):
@@ -133,15 +133,21 @@ class Entropy(Policy):
 
 @dataclass(frozen=True)
 class UnknownClasses(Policy):
-    """Escalate whenever the top class is one the model uses for 'unknown' or 'anomaly'."""
+    """Escalate whenever the top class, or any box's class, is one the model uses for 'unknown' or 'anomaly'."""
 
     labels: frozenset[str]
     name = "unknown_class"
 
+    def boxes(self, prediction: Prediction) -> list[Box]:
+        return [b for b in prediction.boxes if b.label in self.labels]
+
     def check(self, item: JudgeInput) -> PolicyResult:
         label = item.prediction.label
-        if label in self.labels:
+        if label in self.labels and not item.prediction.boxes:
             return _escalate(f"top class {label!r} means the model does not know")
+        unknown = self.boxes(item.prediction)
+        if unknown:
+            return _escalate(f"{len(unknown)} box(es) of {sorted({b.label for b in unknown})}: the model does not know")
         return _keep(f"top class {label!r} is a known class")
 
 
@@ -178,24 +184,28 @@ class Blur(Policy):
 class BoxThresholds(Policy):
     """Image-level judgement of a detector's boxes (Sedna's IBT).
 
-    A box scoring below ``box_threshold`` is weak; when more than
-    ``max_weak_share`` of the image's boxes are weak, the image is escalated.
-    A frame with no boxes at all is kept: it is the confident 'nothing here'.
+    A box scoring below its class's threshold (``per_class``, else ``box_threshold``) is weak; when more than
+    ``max_weak_share`` of the image's boxes are weak, the image is escalated. A frame with no boxes at all is
+    kept: it is the confident 'nothing here'.
     """
 
     box_threshold: float
     max_weak_share: float
+    per_class: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
     name = "boxes"
+
+    def weak(self, prediction: Prediction) -> list[Box]:
+        return [b for b in prediction.boxes if b.score < self.per_class.get(b.label, self.box_threshold)]
 
     def check(self, item: JudgeInput) -> PolicyResult:
         boxes = item.prediction.boxes
         if not boxes:
             return _keep("no boxes")
-        weak = sum(1 for b in boxes if b.score < self.box_threshold)
-        share = weak / len(boxes)
-        if share > self.max_weak_share:
-            return _escalate(f"{weak}/{len(boxes)} boxes below {self.box_threshold:.2f}")
-        return _keep(f"{weak}/{len(boxes)} boxes below {self.box_threshold:.2f}")
+        weak = len(self.weak(item.prediction))
+        below = f"{weak}/{len(boxes)} boxes below {self.box_threshold:.2f}" + (" or their class's" if self.per_class else "")
+        if weak / len(boxes) > self.max_weak_share:
+            return _escalate(below)
+        return _keep(below)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,114 @@
+"""Where an escalated image lies in the device's frame, so the hub can answer in the frame's own pixels.
+
+A device may send the hub less than the whole frame: a crop around the boxes it was unsure of (with a margin
+of context), and smaller than the camera took it. The request's attributes then say which part of the frame
+the image is and at what scale:
+
+    tandem.frame    "w,h"          the frame's size in pixels
+    tandem.region   "x0,y0,x1,y1"  the crop's corners in frame pixels
+    tandem.scale    "s"            image pixels per frame pixel (0.5: sent at half size)
+
+Without them the image is the whole frame, as taken. The hub puts the image back where it came from, on a
+blank frame of the frame's size (``common.inference.detect.in_frame``), so its model sees objects at the scale
+the device's camera gives them (a crop blown up to the model's input would not); it keeps its boxes whose
+centre lies in the crop, and the device's own boxes outside it (``Region.outside``): its verdict covers the
+whole frame either way.
+Runs on Python 3.10 (the edge imports it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from protocol.errors import MalformedMessage
+from protocol.messages import Box
+
+FRAME = "tandem.frame"
+REGION = "tandem.region"
+SCALE = "tandem.scale"
+
+
+@dataclass(frozen=True)
+class Region:
+    """A crop ``[x0, x1) x [y0, y1)`` of a ``width`` x ``height`` frame, sent at ``scale`` image pixels per frame
+    pixel."""
+
+    x0: int
+    y0: int
+    x1: int
+    y1: int
+    width: int
+    height: int
+    scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not (0 < self.width <= 1 << 15 and 0 < self.height <= 1 << 15):
+            raise MalformedMessage(f"frame size {self.width}x{self.height} is out of range")
+        if not (0 <= self.x0 < self.x1 <= self.width and 0 <= self.y0 < self.y1 <= self.height):
+            corners = f"{self.x0},{self.y0},{self.x1},{self.y1}"
+            raise MalformedMessage(f"region {corners} is empty or outside the {self.width}x{self.height} frame")
+        if not (0 < self.scale <= 1):
+            raise MalformedMessage(f"region scale {self.scale} is not in (0, 1]")
+
+    @property
+    def whole(self) -> bool:
+        return (self.x0, self.y0, self.x1, self.y1) == (0, 0, self.width, self.height)
+
+    def attributes(self) -> dict[str, str]:
+        return {
+            FRAME: f"{self.width},{self.height}",
+            REGION: f"{self.x0},{self.y0},{self.x1},{self.y1}",
+            SCALE: f"{self.scale:.6g}",
+        }
+
+    @classmethod
+    def from_attributes(cls, attributes: Mapping[str, str], image_width: int, image_height: int) -> Region:
+        """The region a request names, for its image of ``image_width`` x ``image_height``; the whole frame,
+        as taken, when it names none. MalformedMessage when the attributes do not parse or do not fit."""
+        if FRAME not in attributes:
+            return cls(0, 0, image_width, image_height, image_width, image_height)
+        width, height = _ints(attributes, FRAME, 2)
+        x0, y0, x1, y1 = _ints(attributes, REGION, 4) if REGION in attributes else (0, 0, width, height)
+        raw = attributes.get(SCALE, "1")
+        try:
+            scale = float(raw)
+        except ValueError as exc:
+            raise MalformedMessage(f"{SCALE} {raw!r} is not a number") from exc
+        region = cls(x0, y0, x1, y1, width, height, scale)
+        expected = (round((x1 - x0) * scale), round((y1 - y0) * scale))
+        if abs(expected[0] - image_width) > 1 or abs(expected[1] - image_height) > 1:
+            raise MalformedMessage(f"a {image_width}x{image_height} image is not region {x0},{y0},{x1},{y1} at {scale}")
+        return region
+
+    def holds(self, box: Box) -> bool:
+        """Whether the box's centre lies inside the region."""
+        cx, cy = (box.x0 + box.x1) / 2, (box.y0 + box.y1) / 2
+        return self.x0 <= cx < self.x1 and self.y0 <= cy < self.y1
+
+    def outside(self, boxes: Sequence[Box]) -> list[Box]:
+        return [b for b in boxes if not self.holds(b)]
+
+
+def _ints(attributes: Mapping[str, str], key: str, count: int) -> tuple[int, ...]:
+    raw = attributes[key]
+    try:
+        values = tuple(int(v) for v in raw.split(","))
+    except ValueError as exc:
+        raise MalformedMessage(f"{key} {raw!r} is not {count} integers") from exc
+    if len(values) != count:
+        raise MalformedMessage(f"{key} {raw!r} is not {count} integers")
+    return values
+
+
+def around(boxes: Sequence[Box], margin: float, width: int, height: int, scale: float = 1.0) -> Region:
+    """The smallest region holding every box, grown on each side by ``margin`` times the larger of its sides
+    (context for the hub's model), within the ``width`` x ``height`` frame; the whole frame when there are none."""
+    if not boxes:
+        return Region(0, 0, width, height, width, height, scale)
+    x0, y0 = min(b.x0 for b in boxes), min(b.y0 for b in boxes)
+    x1, y1 = max(b.x1 for b in boxes), max(b.y1 for b in boxes)
+    pad = margin * max(x1 - x0, y1 - y0)
+    left, top = max(0, int(x0 - pad)), max(0, int(y0 - pad))
+    right, bottom = min(width, int(x1 + pad + 0.999)), min(height, int(y1 + pad + 0.999))
+    return Region(left, top, max(right, left + 1), max(bottom, top + 1), width, height, scale)
