@@ -18,6 +18,7 @@ Runs on Python 3.10 (the edge imports it).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -102,13 +103,13 @@ def _ints(attributes: Mapping[str, str], key: str, count: int) -> tuple[int, ...
 
 
 def around(boxes: Sequence[Box], margin: float, width: int, height: int, scale: float = 1.0) -> Region:
-    """The smallest region holding every box, grown on each side by ``margin`` times the larger of its sides
-    (context for the hub's model), within the ``width`` x ``height`` frame; the whole frame when there are none."""
+    """The smallest region holding every box grown on each side by ``margin`` times its own larger side (context
+    for the hub's model), within the ``width`` x ``height`` frame; the whole frame when there are none."""
     if not boxes:
         return Region(0, 0, width, height, width, height, scale)
-    x0, y0 = min(b.x0 for b in boxes), min(b.y0 for b in boxes)
-    x1, y1 = max(b.x1 for b in boxes), max(b.y1 for b in boxes)
-    pad = margin * max(x1 - x0, y1 - y0)
-    left, top = max(0, int(x0 - pad)), max(0, int(y0 - pad))
-    right, bottom = min(width, int(x1 + pad + 0.999)), min(height, int(y1 + pad + 0.999))
+    pads = [margin * max(b.x1 - b.x0, b.y1 - b.y0) for b in boxes]
+    left = max(0, int(min(b.x0 - p for b, p in zip(boxes, pads, strict=True))))
+    top = max(0, int(min(b.y0 - p for b, p in zip(boxes, pads, strict=True))))
+    right = min(width, math.ceil(max(b.x1 + p for b, p in zip(boxes, pads, strict=True))))
+    bottom = min(height, math.ceil(max(b.y1 + p for b, p in zip(boxes, pads, strict=True))))
     return Region(left, top, max(right, left + 1), max(bottom, top + 1), width, height, scale)

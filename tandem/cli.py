@@ -42,10 +42,26 @@ def _add_hub_commands(commands: argparse._SubParsersAction) -> None:
 
 def _add_demo_command(commands: argparse._SubParsersAction) -> None:
     demo = commands.add_parser("demo", help="run hub, broker and one device on the demo digits stream")
+    demo.add_argument(
+        "--workload",
+        choices=["digits", "detection"],
+        default="digits",
+        help="digits: one camera, a digit classifier; detection: two cameras on one device, a light object "
+        "detector there and a strong one on the hub, crops escalated as JPEG",
+    )
     demo.add_argument("--models", type=Path, default=Path(".tandem/demo"), help="output of python -m tools.demo_models")
+    demo.add_argument(
+        "--detect-models",
+        type=Path,
+        default=Path(".tandem/detect"),
+        help="detection: output of python -m tools.detection_models",
+    )
     demo.add_argument("--json", action="store_true", help="end with the summary as one JSON object on the last line")
     demo.add_argument(
-        "--threshold", type=float, default=None, help="the judge's confidence threshold (default: calibrated)"
+        "--threshold",
+        type=float,
+        default=None,
+        help="the judge's confidence threshold, or for detection its box threshold (default: calibrated)",
     )
     demo.add_argument(
         "--target-escalation",

@@ -16,6 +16,7 @@ import secrets
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
 
@@ -47,6 +48,15 @@ logger = logging.getLogger(__name__)
 
 DEVICE_ID = "demo-cam-1"
 DEFAULT_FPS = 30.0  # when the video does not say its rate
+
+
+def _sent(runtime: EdgeRuntime) -> dict[str, object]:
+    """Frames per camera, and the bytes the escalations carried (from the device's own metrics)."""
+    frames = {c: runtime.metrics.value("frames", camera=c) for c in (s.source_id for s in runtime.config.cameras)}
+    sent = runtime.metrics.registry
+    count = sum(s.value for m in sent.collect() for s in m.samples if s.name == "tandem_edge_escalation_bytes_count")
+    total = sum(s.value for m in sent.collect() for s in m.samples if s.name == "tandem_edge_escalation_bytes_sum")
+    return {"frames_by_camera": frames, "escalation_bytes_mean": round(total / count) if count else None}
 
 
 def _broker(choice: str, port: int) -> Union[MosquittoBroker, EmbeddedBroker]:
@@ -193,7 +203,17 @@ class _Secure:
         }
 
 
-def run_demo(args: argparse.Namespace) -> int:
+@dataclass(frozen=True)
+class Workload:
+    """What the demo plays: the hub's model and the device's config (every field but its links)."""
+
+    hub_model: Path
+    edge: EdgeConfig
+    about: dict[str, object]  # what the summary adds about this workload
+
+
+def digits_workload(args: argparse.Namespace, work: Path) -> Union[Workload, str]:
+    """One camera on the held-out digits video, the weak classifier on the device, the strong one on the hub."""
     models = args.models
     needed = [
         models / "models" / "digits-weak.onnx",
@@ -204,19 +224,105 @@ def run_demo(args: argparse.Namespace) -> int:
     ]
     missing = [str(p) for p in needed if not p.exists()]
     if missing:
-        print(f"tandem demo: missing {', '.join(missing)}; build them with: python -m tools.demo_models {models}")
-        return 2
+        return f"missing {', '.join(missing)}; build them with: python -m tools.demo_models {models}"
     weak = DetectorConfig(model_path=models / "models" / "digits-weak.onnx")
     threshold = args.threshold if args.threshold is not None else _calibrated_threshold(weak, models, args)
+    edge = EdgeConfig(
+        device_id=DEVICE_ID,
+        state_path=work / "edge.db",
+        source=SourceConfig(
+            kind="video",
+            path=models / "stream" / "digits.avi",
+            labels_csv=models / "stream" / "labels.csv",
+            max_fps=_pace(args, models / "stream" / "digits.avi"),
+        ),
+        detector=weak,
+        judge=JudgeConfig(confidence_threshold=threshold),
+        escalation=EscalationConfig(deadline_ms=args.deadline_ms),
+        service=ServiceConfig(http_port=0),
+    )
+    return Workload(models / "models" / "digits-strong.onnx", edge, {})
+
+
+DETECTION_CAMERAS = ("cam-a", "cam-b")
+DETECTION_FPS = 15.0  # per camera
+
+
+def detection_workload(args: argparse.Namespace, work: Path) -> Union[Workload, str]:
+    """Two cameras in one device process, sharing the light detector (the held-out scenes dealt between them);
+    the strong detector on the hub; the judge's box threshold calibrated for --target-escalation; each
+    escalation the crop around the doubted boxes, as JPEG."""
+    models = args.detect_models
+    light, strong = models / "models" / "shapes-light.onnx", models / "models" / "shapes-strong.onnx"
+    missing = [str(p) for p in (light, strong, models / "stream", models / "calibration") if not p.exists()]
+    if missing:
+        return f"missing {', '.join(missing)}; build them with: python -m tools.detection_models {models}"
+    detector = DetectorConfig(kind="detection", model_path=light, conf_threshold=0.1)
+    judge = JudgeConfig(confidence_threshold=0.0, max_weak_box_share=0.0)
+    rate: Optional[float] = None
+    if args.threshold is not None:
+        box_threshold = args.threshold
+    else:
+        box_threshold, rate = _calibrated_box_threshold(detector, judge, models / "calibration", args)
+    frames = sorted((models / "stream").glob("*.png"))
+    fps = None if args.fast else args.fps or DETECTION_FPS
+    cameras = []
+    for i, name in enumerate(DETECTION_CAMERAS):
+        folder = work / name
+        folder.mkdir()
+        for frame in frames[i :: len(DETECTION_CAMERAS)]:
+            (folder / frame.name).symlink_to(frame.resolve())
+        cameras.append(SourceConfig(kind="images", path=folder, source_id=name, max_fps=fps))
+    edge = EdgeConfig(
+        device_id=DEVICE_ID,
+        state_path=work / "edge.db",
+        sources=cameras,
+        detector=detector,
+        judge=judge.model_copy(update={"box_threshold": box_threshold}),
+        escalation=EscalationConfig(
+            deadline_ms=args.deadline_ms, payload="boxes", image_format="jpeg", jpeg_quality=90, model_hint="shapes"
+        ),
+        service=ServiceConfig(http_port=0),
+    )
+    about = {
+        "workload": "detection",
+        "cameras": list(DETECTION_CAMERAS),
+        "box_threshold": box_threshold,
+        "calibrated_escalation_rate": None if rate is None else round(rate, 4),
+    }
+    return Workload(strong, edge, about)
+
+
+def _calibrated_box_threshold(
+    detector_config: DetectorConfig, judge: JudgeConfig, folder: Path, args: argparse.Namespace
+) -> tuple[float, float]:
+    """The box threshold escalating at most --target-escalation of the calibration scenes."""
+    detector = create_detector(detector_config)
+    detector.start()
+    try:
+        images = [cv2.imread(str(p), cv2.IMREAD_COLOR) for p in sorted(folder.glob("*.png"))]
+        answers = [detector.predict(image) for image in images if image is not None]
+    finally:
+        detector.close()
+    threshold, rate = calibrate.choose_box_threshold(answers, judge, args.target_escalation)
+    logger.info("demo: %d calibration scenes: box_threshold %.2f escalates %.0f%%", len(answers), threshold, rate * 100)
+    return threshold, rate
+
+
+def run_demo(args: argparse.Namespace) -> int:
     if args.secure and args.broker == "embedded":
         print("tandem demo: --secure needs Mosquitto (its TLS listeners and ACL), not the embedded broker")
         return 2
     with tempfile.TemporaryDirectory(prefix="tandem-demo-") as tmp:
         work = Path(tmp)
+        workload = (detection_workload if args.workload == "detection" else digits_workload)(args, work)
+        if isinstance(workload, str):
+            print(f"tandem demo: {workload}")
+            return 2
         secure = _Secure(work) if args.secure else None
         broker = MosquittoBroker(free_port(), tls=secure.broker_files) if secure else _broker(args.broker, free_port())
         hub = HubConfig(
-            model_path=models / "models" / "digits-strong.onnx",
+            model_path=workload.hub_model,
             http_port=free_port(),
             grpc_port=free_port(),
             mqtt_port=secure.broker_files.hub_port if secure else broker.port,
@@ -224,21 +330,8 @@ def run_demo(args: argparse.Namespace) -> int:
             orchestrator=_orchestrator(args),
             fleet=FleetConfig(operators=secure.operators if secure else {}),
         )
-        edge = EdgeConfig(
-            device_id=DEVICE_ID,
-            state_path=work / "edge.db",
-            source=SourceConfig(
-                kind="video",
-                path=models / "stream" / "digits.avi",
-                labels_csv=models / "stream" / "labels.csv",
-                max_fps=_pace(args, models / "stream" / "digits.avi"),
-            ),
-            detector=weak,
-            judge=JudgeConfig(confidence_threshold=threshold),
-            transport=GrpcConfig(target=f"127.0.0.1:{hub.grpc_port}"),
-            mqtt=MqttConfig(port=broker.port),
-            escalation=EscalationConfig(deadline_ms=args.deadline_ms),
-            service=ServiceConfig(http_port=0),
+        edge = workload.edge.model_copy(
+            update={"transport": GrpcConfig(target=f"127.0.0.1:{hub.grpc_port}"), "mqtt": MqttConfig(port=broker.port)}
         )
         started = time.monotonic()
         with broker:
@@ -259,14 +352,17 @@ def run_demo(args: argparse.Namespace) -> int:
                     resolved = runtime.wait_resolved(args.deadline_ms / 1000.0 + 5.0)
                     run_s = time.monotonic() - t0
                     summary = summarize(runtime.store)
+                    about = {**workload.about, **_sent(runtime)} if workload.about else {}
                 over_tls = secure.described(edge.mqtt.port) if secure is not None else None
             finally:
                 stop_hub()
     logger.info("demo: hub up in %.1f s; %d frames and their verdicts in %.1f s", hub_s, frames, run_s)
     if args.json:
-        print(json.dumps({**summary.as_dict(), **({"tls": over_tls} if over_tls else {})}))
+        print(json.dumps({**summary.as_dict(), **about, **({"tls": over_tls} if over_tls else {})}))
     else:
         print(format_table(summary))
+        for key, value in about.items():
+            print(f"{key:<28} {value}")
         if over_tls is not None:
             print("\n".join(f"over TLS, {what}: {how}" for what, how in over_tls.items()))
     if not resolved or summary.unresolved:

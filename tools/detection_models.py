@@ -51,6 +51,8 @@ TRAIN_SCENES = 2000
 HELD_OUT_SCENES = 300
 CALIBRATION_SCENES = 200
 OPSET = 17
+LEARNING_RATE = 4e-3  # Adam's, at the top of a one-cycle schedule
+BATCH = 32
 
 
 # -- scenes ---------------------------------------------------------------------------------------------------
@@ -249,10 +251,10 @@ def train(layers: tuple[tuple[int, int], ...], scenes: list[Scene], epochs: int,
     grid = _grid(cells)
     images, boxes = _tensor(scenes)
     classes, targets = _targets(boxes, cells)
-    optimiser = torch.optim.Adam(net.parameters(), lr=2e-3, weight_decay=1e-5)
-    batch = 16
+    optimiser = torch.optim.Adam(net.parameters(), lr=LEARNING_RATE, weight_decay=1e-5)
+    batch = BATCH
     steps = epochs * math.ceil(len(scenes) / batch)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=2e-3, total_steps=steps, pct_start=0.1)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=LEARNING_RATE, total_steps=steps, pct_start=0.1)
     order = torch.Generator().manual_seed(seed)
     net.train()
     for _ in range(epochs):
@@ -383,8 +385,8 @@ def mean_ap(detections: list[np.ndarray], truths: list[np.ndarray], iou: float =
 # (channels, stride) per layer, and epochs. The light one is what a small device affords; the strong one has
 # more channels and more reach at stride 8.
 MODELS = {
-    "shapes-light": (((8, 2), (16, 2), (16, 1), (32, 2), (32, 1), (32, 1)), 12),
-    "shapes-strong": (((16, 2), (32, 2), (32, 1), (64, 2), (64, 1), (64, 1), (64, 1), (64, 1)), 10),
+    "shapes-light": (((8, 2), (16, 2), (16, 1), (32, 2), (32, 1), (32, 1)), 16),
+    "shapes-strong": (((16, 2), (32, 2), (32, 1), (64, 2), (64, 1), (64, 1), (64, 1), (64, 1)), 12),
 }
 
 

@@ -36,6 +36,7 @@ from edge.detectors.base import Detector
 from edge.judge.judge import Judge, build_policies
 from edge.judge.policies import Blur, JudgeInput, Verdict, grey
 from edge.sources import open_source
+from protocol.messages import Prediction
 
 logger = logging.getLogger(__name__)
 
@@ -204,3 +205,32 @@ def write_config(path: Path, threshold: float, ood: Optional[OodConfig]) -> None
         judge["ood"] = ood.model_dump()
     EdgeConfig.model_validate(raw)  # never write a file that no longer loads
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
+
+
+# -- detectors: the box threshold -------------------------------------------------------------------------------
+
+
+def box_thresholds(
+    predictions: Sequence[Prediction], judge: JudgeConfig, thresholds: Sequence[float]
+) -> list[tuple[float, float]]:
+    """For each candidate ``box_threshold``, the share of these detector answers the judge escalates (every
+    other field of ``judge`` as given; its ``max_weak_box_share`` must turn the box policy on)."""
+    if judge.max_weak_box_share >= 1:
+        raise ConfigError("max_weak_box_share is 1, which turns the box policy off: nothing to calibrate")
+    rates = []
+    for threshold in thresholds:
+        decide = Judge.from_config(judge.model_copy(update={"box_threshold": threshold})).combine
+        escalated = sum(decide(JudgeInput(p)).escalate for p in predictions)
+        rates.append((float(threshold), escalated / max(1, len(predictions))))
+    return rates
+
+
+def choose_box_threshold(
+    predictions: Sequence[Prediction], judge: JudgeConfig, target_escalation: float, step: float = 0.01
+) -> tuple[float, float]:
+    """The highest ``box_threshold`` that escalates at most ``target_escalation`` of the answers, and its rate."""
+    grid = [round(t, 4) for t in np.arange(0.0, 1.0 + step / 2, step)]
+    within = [(t, r) for t, r in box_thresholds(predictions, judge, grid) if r <= target_escalation]
+    if not within:
+        raise ConfigError(f"no box_threshold escalates at most {target_escalation:.0%}: other policies escalate more")
+    return within[-1]

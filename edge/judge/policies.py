@@ -202,7 +202,8 @@ class BoxThresholds(Policy):
         if not boxes:
             return _keep("no boxes")
         weak = len(self.weak(item.prediction))
-        below = f"{weak}/{len(boxes)} boxes below {self.box_threshold:.2f}" + (" or their class's" if self.per_class else "")
+        own = " or their class's" if self.per_class else ""
+        below = f"{weak}/{len(boxes)} boxes below {self.box_threshold:.2f}{own}"
         if weak / len(boxes) > self.max_weak_share:
             return _escalate(below)
         return _keep(below)
