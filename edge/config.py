@@ -185,6 +185,13 @@ class JudgeConfig(StrictModel):
         0.0, ge=0.0, description="escalate frames whose variance of the Laplacian is below this (blur); 0 turns it off"
     )
     box_threshold: float = Field(0.5, ge=0.0, le=1.0, description="detectors: a box scoring below this is weak")
+    box_floor: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="detectors: boxes scoring below this are background to the box policy (the detector may keep "
+        "them, for recall); 0: every box counts",
+    )
     box_class_thresholds: dict[str, float] = Field(
         {}, description="detectors: per-class box thresholds (label: threshold) that override box_threshold"
     )

@@ -23,6 +23,15 @@ def ocr_models() -> Path:
     return fetch(Path(__file__).resolve().parents[1] / ".tandem" / "ocr")
 
 
+@pytest.fixture(scope="session")
+def detect_models() -> Path:
+    """The detection demo's light and strong detectors and scenes (tools/test builds them before pytest; built here
+    when missing, about 4 minutes, when pytest runs alone)."""
+    from tools.detection_models import ensure
+
+    return ensure(Path(__file__).resolve().parents[1] / ".tandem" / "detect")
+
+
 def pytest_terminal_summary(terminalreporter) -> None:
     """The fault tests' own account: what each injected and what it counted (tests/support/report.py)."""
     from tests.support.report import LINES

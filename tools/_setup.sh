@@ -64,4 +64,17 @@ _tandem_mosquitto() {
   return 1
 }
 
+# PyTorch, for the tools that train models (tools.detection_models) and never on a device or the hub: the CPU
+# build, from PyTorch's own index (PyPI's Linux wheel is the CUDA build, several GB). A machine whose pip finds
+# the CPU wheel elsewhere (a local index or wheel folder) uses that.
+TORCH_VERSION=2.13.0
+_tandem_torch() {
+  if "$VENV/bin/python" -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '$TORCH_VERSION')" 2>/dev/null; then
+    return 0
+  fi
+  echo "tandem: installing torch $TORCH_VERSION (CPU build) for the training tools" >&2
+  "$VENV/bin/python" -m pip install --quiet --retries 1 -c "$ROOT/constraints.txt" "torch==$TORCH_VERSION" \
+    --extra-index-url https://download.pytorch.org/whl/cpu >&2
+}
+
 _tandem_venv

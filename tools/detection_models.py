@@ -385,7 +385,7 @@ def mean_ap(detections: list[np.ndarray], truths: list[np.ndarray], iou: float =
 # (channels, stride) per layer, and epochs. The light one is what a small device affords; the strong one has
 # more channels and more reach at stride 8.
 MODELS = {
-    "shapes-light": (((8, 2), (16, 2), (16, 1), (32, 2), (32, 1), (32, 1)), 16),
+    "shapes-light": (((8, 2), (16, 2), (16, 1), (32, 2), (32, 1), (32, 1)), 20),
     "shapes-strong": (((16, 2), (32, 2), (32, 1), (64, 2), (64, 1), (64, 1), (64, 1), (64, 1)), 12),
 }
 

@@ -154,7 +154,7 @@ def build_policies(config: JudgeConfig, *, confidence: bool = True) -> list[Poli
         policies.append(UnknownClasses(frozenset(config.unknown_labels)))
     if config.max_weak_box_share < 1:
         per_class = MappingProxyType(dict(config.box_class_thresholds))
-        policies.append(BoxThresholds(config.box_threshold, config.max_weak_box_share, per_class))
+        policies.append(BoxThresholds(config.box_threshold, config.max_weak_box_share, per_class, config.box_floor))
     policies.extend(SensorGate(g.sensor, g.above, g.below) for g in config.sensor_gates)
     if config.min_sharpness > 0:
         policies.append(Blur(config.min_sharpness))

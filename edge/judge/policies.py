@@ -184,23 +184,28 @@ class Blur(Policy):
 class BoxThresholds(Policy):
     """Image-level judgement of a detector's boxes (Sedna's IBT).
 
-    A box scoring below its class's threshold (``per_class``, else ``box_threshold``) is weak; when more than
-    ``max_weak_share`` of the image's boxes are weak, the image is escalated. A frame with no boxes at all is
-    kept: it is the confident 'nothing here'.
+    Boxes below ``floor`` are background here (a detector keeps a low-scoring tail for recall). Of the rest, a
+    box scoring below its class's threshold (``per_class``, else ``box_threshold``) is weak; when more than
+    ``max_weak_share`` of them are weak, the image is escalated. A frame with no boxes above the floor is kept:
+    it is the confident 'nothing here'.
     """
 
     box_threshold: float
     max_weak_share: float
     per_class: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
+    floor: float = 0.0
     name = "boxes"
 
+    def counted(self, prediction: Prediction) -> list[Box]:
+        return [b for b in prediction.boxes if b.score >= self.floor]
+
     def weak(self, prediction: Prediction) -> list[Box]:
-        return [b for b in prediction.boxes if b.score < self.per_class.get(b.label, self.box_threshold)]
+        return [b for b in self.counted(prediction) if b.score < self.per_class.get(b.label, self.box_threshold)]
 
     def check(self, item: JudgeInput) -> PolicyResult:
-        boxes = item.prediction.boxes
+        boxes = self.counted(item.prediction)
         if not boxes:
-            return _keep("no boxes")
+            return _keep("no boxes" if not item.prediction.boxes else f"no boxes above {self.floor:.2f}")
         weak = len(self.weak(item.prediction))
         own = " or their class's" if self.per_class else ""
         below = f"{weak}/{len(boxes)} boxes below {self.box_threshold:.2f}{own}"

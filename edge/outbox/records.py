@@ -10,7 +10,7 @@ from json.encoder import encode_basestring_ascii as _string
 from typing import Any, Optional
 
 from edge.judge.states import TraceMachine, TraceState, Transition
-from protocol.messages import Prediction
+from protocol.messages import Box, Prediction
 
 
 class OutboxStatus(str, enum.Enum):
@@ -81,6 +81,8 @@ class TraceRecord:
     escalated_at: Optional[float]
     verdict_at: Optional[float]
     history: tuple[Transition, ...]
+    local_boxes: tuple[Box, ...] = ()  # a detector's answer on the device
+    cloud_boxes: tuple[Box, ...] = ()  # and the hub's, for the whole frame
 
 
 @dataclass(frozen=True)
@@ -120,11 +122,25 @@ def prediction_json(prediction: Prediction) -> str:
     labels = _label_json.get(prediction.labels)
     if labels is None:
         labels = _label_json.setdefault(prediction.labels, json.dumps(list(prediction.labels)))
+    boxes = f', "boxes": {boxes_json(prediction.boxes)}' if prediction.boxes else ""
     return (
         f'{{"model_id": {_string(prediction.model_id)}, "model_version": {_string(prediction.model_version)}, '
         f'"labels": {labels}, "scores": {_floats(prediction.scores)}, '
-        f'"inference_ms": {_floats((prediction.inference_ms,))[1:-1]}}}'
+        f'"inference_ms": {_floats((prediction.inference_ms,))[1:-1]}{boxes}}}'
     )
+
+
+def boxes_json(boxes: Sequence[Box]) -> str:
+    """Boxes as [[x0, y0, x1, y1, label, score], ...]."""
+    return json.dumps([[*(round(v, 2) for v in (b.x0, b.y0, b.x1, b.y1)), b.label, b.score] for b in boxes])
+
+
+def boxes_from(text: Optional[str]) -> tuple[Box, ...]:
+    """The boxes of a stored prediction or cloud result (none when it has none)."""
+    if not text:
+        return ()
+    rows = json.loads(text).get("boxes") or []
+    return tuple(Box(float(r[0]), float(r[1]), float(r[2]), float(r[3]), str(r[4]), float(r[5])) for r in rows)
 
 
 _STATE_JSON = {state: f'"{state.value}"' for state in TraceState}

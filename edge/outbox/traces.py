@@ -23,6 +23,8 @@ from edge.outbox.database import Database, Participant
 from edge.outbox.records import (
     TraceRecord,
     VerdictOutcome,
+    boxes_from,
+    boxes_json,
     history_json,
     machine_from,
     prediction_json,
@@ -190,6 +192,7 @@ class TraceStore(Participant):
                     "status": result.status.name,
                     "error": result.error,
                     "timings": [[t.hop, t.ms] for t in result.timings],
+                    **_boxes(result),
                 }
             ),
         )
@@ -220,7 +223,8 @@ class TraceStore(Participant):
         with self._db.write() as conn:
             rows = conn.execute(
                 "SELECT trace_id, state, source_id, frame_index, truth, local_label, local_confidence, cloud_label,"
-                " cloud_confidence, final_label, reasons, created_at, escalated_at, verdict_at, history"
+                " cloud_confidence, final_label, reasons, created_at, escalated_at, verdict_at, history,"
+                " local_prediction, cloud_result"
                 f" FROM traces WHERE {where} ORDER BY created_at, frame_index",
                 params,
             ).fetchall()
@@ -241,6 +245,8 @@ class TraceStore(Participant):
                 escalated_at=r[12],
                 verdict_at=r[13],
                 history=tuple(Transition.from_json(t) for t in json.loads(r[14])),
+                local_boxes=boxes_from(r[15]),
+                cloud_boxes=boxes_from(r[16]),
             )
             for r in rows
         ]
@@ -257,3 +263,10 @@ class TraceStore(Participant):
 def _advance_to_fallback(machine: TraceMachine, reason: str, local_label: Optional[str], now: float) -> None:
     machine.advance(TraceState.TIMED_OUT, reason, now)
     machine.advance(TraceState.FALLBACK_COMPLETE, f"local answer {local_label} stands", now)
+
+
+def _boxes(result: EscalationResult) -> dict[str, Any]:
+    """The verdict's boxes, for the trace's cloud_result (a detector's answer is its boxes)."""
+    if result.final is None or not result.final.boxes:
+        return {}
+    return {"boxes": json.loads(boxes_json(result.final.boxes))}

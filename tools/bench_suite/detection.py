@@ -1,19 +1,21 @@
 """``tools/bench edge``'s detection figures: the cascade of the light detector on the device and the strong one
 on the hub, on the held-out scenes of ``tools.detection_models``; and what an escalation costs in bytes.
 
-Every frame goes through the device's own parts: the light model as a ``detection`` detector, the judge (box
-policies only: a frame with a box below ``box_threshold`` is escalated), and the payload encoder. An escalated
+Every frame goes through the device's own parts: the light model as a ``detection`` detector, the judge (the
+box policy only, as ``JUDGE``: of the boxes above ``box_floor``, more than half below ``box_threshold``
+escalates the frame), and the payload encoder. An escalated
 frame's payload goes to the hub's own detector (``cloud.models.load_model``), which answers for the whole frame;
 a kept frame keeps the light model's boxes. mAP@0.5 of those answers, over all frames, is set against the
 strong model's own on every whole frame.
 
-detection_box_threshold     chosen on the calibration scenes: the highest threshold escalating at most
-                            TARGET of them
+detection_box_threshold     chosen on the calibration scenes as ``tandem demo --workload detection`` does
+                            (``calibrate.choose_box_threshold``): the highest escalating at most TARGET of them
 detection_escalation_rate   share of held-out frames escalated at that threshold
 detection_map_share         the cascade's mAP@0.5 / the strong model's
 detection_map_light         the light model alone; detection_map_strong: the strong one alone
 bytes_*                     mean encoded bytes per escalation, and the cascade's mAP share, for the whole frame
-                            as PNG and as JPEG, and the crop around the doubted boxes as PNG and as JPEG
+                            as PNG and as JPEG (quality 90), and the crop around the doubted boxes (margin 0.5,
+                            and 2: crop2) as PNG and as JPEG
 """
 
 from __future__ import annotations
@@ -31,19 +33,25 @@ from cloud.models import load_model
 from edge.config import DetectorConfig, EscalationConfig, JudgeConfig
 from edge.detectors import create_detector
 from edge.judge import Judge, JudgeInput, Verdict
+from edge.judge.calibrate import choose_box_threshold
 from edge.payload import encode
 from protocol.messages import EscalationRequest, Prediction, new_trace_id
 from tools.detection_models import CLASSES, mean_ap
 
 DETECT = Path(".tandem/detect")
-LIGHT_CONF = 0.1  # the device keeps boxes from here; those below box_threshold are the ones it doubts
-TARGET = 0.20  # escalation budget the threshold is chosen for (the goal allows 25%)
+LIGHT_CONF = 0.1  # the device keeps boxes from here (a tail for recall)
+TARGET = 0.22  # escalation budget the threshold is chosen for on the calibration scenes (the goal allows 25%)
+JUDGE = JudgeConfig(confidence_threshold=0.0, max_weak_box_share=0.5)
+FLOORS = (0.2, 0.25, 0.3, 0.35, 0.4)  # box_floor candidates, one chosen on the calibration scenes
 JPEG_QUALITY = 90
 PAYLOADS = {
     "frame_png": EscalationConfig(payload="frame", image_format="png"),
     "frame_jpeg": EscalationConfig(payload="frame", image_format="jpeg", jpeg_quality=JPEG_QUALITY),
     "crop_png": EscalationConfig(payload="boxes", image_format="png"),
     "crop_jpeg": EscalationConfig(payload="boxes", image_format="jpeg", jpeg_quality=JPEG_QUALITY),
+    # More context around the doubted boxes: the hub then also finds what the device missed near them.
+    "crop2_png": EscalationConfig(payload="boxes", image_format="png", crop_margin=2.0),
+    "crop2_jpeg": EscalationConfig(payload="boxes", image_format="jpeg", jpeg_quality=JPEG_QUALITY, crop_margin=2.0),
 }
 
 
@@ -68,9 +76,9 @@ def as_array(prediction: Prediction) -> np.ndarray:
     return np.array(rows, np.float32).reshape(-1, 6)
 
 
-def judge_for(threshold: float) -> Judge:
-    """The device's judge for a detector: weak boxes escalate (confidence of the best class plays no part)."""
-    return Judge.from_config(JudgeConfig(confidence_threshold=0.0, box_threshold=threshold, max_weak_box_share=0.0))
+def judge_for(floor: float, threshold: float) -> Judge:
+    """The device's judge for a detector: weak boxes escalate (the best class's confidence plays no part)."""
+    return Judge.from_config(JUDGE.model_copy(update={"box_floor": floor, "box_threshold": threshold}))
 
 
 @dataclass
@@ -89,9 +97,8 @@ class Cascade:
 class Bench:
     def __init__(self, root: Path = DETECT) -> None:
         self.root = root
-        self.light = create_detector(
-            DetectorConfig(kind="detection", model_path=root / "models" / "shapes-light.onnx", conf_threshold=LIGHT_CONF)
-        )
+        light = root / "models" / "shapes-light.onnx"
+        self.light = create_detector(DetectorConfig(kind="detection", model_path=light, conf_threshold=LIGHT_CONF))
         self.light.start()
         self.hub = load_model(root / "models" / "shapes-strong.onnx")
         self.held_out = scenes(root / "stream")
@@ -102,7 +109,9 @@ class Bench:
     def close(self) -> None:
         self.light.close()
 
-    def verdict(self, scene: Scene, local: Prediction, payload: EscalationConfig, judge: Judge) -> tuple[Prediction, int]:
+    def verdict(
+        self, scene: Scene, local: Prediction, payload: EscalationConfig, judge: Judge
+    ) -> tuple[Prediction, int]:
         sent = encode(scene.image, payload, judge.uncertain_boxes(local))
         assert sent is not None, "the payload encoder failed on a scene"
         request = EscalationRequest(
@@ -118,8 +127,8 @@ class Bench:
             raise answer
         return answer, sent.size
 
-    def cascade(self, threshold: float, payload: EscalationConfig) -> Cascade:
-        judge = judge_for(threshold)
+    def cascade(self, floor: float, threshold: float, payload: EscalationConfig) -> Cascade:
+        judge = judge_for(floor, threshold)
         answers, escalated, sent = [], 0, 0
         for scene, local in zip(self.held_out, self.local, strict=True):
             decision = judge.decide(JudgeInput(local, scene.image))
@@ -131,31 +140,47 @@ class Bench:
                 answers.append(as_array(local))
         return Cascade(answers, escalated, sent)
 
-    def choose(self, target: float = TARGET) -> float:
-        """The highest box threshold that escalates at most ``target`` of the calibration scenes."""
+    def choose(self, target: float = TARGET) -> tuple[float, float]:
+        """The judge's floor and box threshold, both from the calibration scenes: for each floor the highest
+        threshold escalating at most ``target`` of them (``calibrate.choose_box_threshold``, as the demo does),
+        then the floor whose cascade scores the best mAP there (the strong model answering what is escalated)."""
         local = [self.light.predict(s.image) for s in self.calibration]
-        best = LIGHT_CONF
-        for threshold in np.arange(LIGHT_CONF, 0.951, 0.01):
-            judge = judge_for(float(threshold))
-            escalated = sum(judge.decide(JudgeInput(p, s.image)).escalate for p, s in zip(local, self.calibration))
-            if escalated / len(local) <= target:
-                best = float(threshold)
-        return round(best, 2)
+        strong = [as_array(p) for p in self.hub_answers(self.calibration, local)]
+        truths = [s.truth for s in self.calibration]
+        best: tuple[float, float, float] = (-1.0, 0.0, 0.0)
+        for floor in FLOORS:
+            judge = JUDGE.model_copy(update={"box_floor": floor})
+            threshold, _ = choose_box_threshold(local, judge, target)
+            decide = Judge.from_config(judge.model_copy(update={"box_threshold": threshold})).decide
+            answers = [
+                strong[i] if decide(JudgeInput(p, s.image)).escalate else as_array(p)
+                for i, (p, s) in enumerate(zip(local, self.calibration, strict=True))
+            ]
+            score = mean_ap(answers, truths)
+            if score > best[0]:
+                best = (score, floor, threshold)
+        return best[1], best[2]
+
+    def hub_answers(self, scenes: list[Scene], local: list[Prediction]) -> list[Prediction]:
+        """The strong model on every whole frame, as the hub runs it."""
+        frame = PAYLOADS["frame_png"]
+        return [self.verdict(s, p, frame, judge_for(0.0, 1.0))[0] for s, p in zip(scenes, local, strict=True)]
 
 
 def measure(root: Path = DETECT, plot: Optional[Path] = None) -> dict[str, float]:
     bench = Bench(root)
     try:
-        strong_map = mean_ap([as_array(p) for p in _strong(bench)], bench.truths)
+        strong_map = mean_ap([as_array(p) for p in bench.hub_answers(bench.held_out, bench.local)], bench.truths)
         light_map = mean_ap([as_array(p) for p in bench.local], bench.truths)
-        threshold = bench.choose()
+        floor, threshold = bench.choose()
         figures = {
+            "detection_box_floor": floor,
             "detection_box_threshold": threshold,
             "detection_map_light": light_map,
             "detection_map_strong": strong_map,
         }
         for name, payload in PAYLOADS.items():
-            run = bench.cascade(threshold, payload)
+            run = bench.cascade(floor, threshold, payload)
             share = mean_ap(run.answers, bench.truths) / strong_map
             if name == "frame_png":
                 figures["detection_escalation_rate"] = run.rate()
@@ -164,22 +189,14 @@ def measure(root: Path = DETECT, plot: Optional[Path] = None) -> dict[str, float
             figures[f"bytes_{name}_map_share"] = share
         if plot is not None:
             curve = [(0.0, light_map / strong_map)]
-            for t in (0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.6, 0.7, 0.8):
-                run = bench.cascade(t, PAYLOADS["frame_png"])
-                curve.append((run.rate(), mean_ap(run.answers, bench.truths) / strong_map))
+            for t in (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.8, 0.9):
+                if t > floor:
+                    run = bench.cascade(floor, t, PAYLOADS["frame_png"])
+                    curve.append((run.rate(), mean_ap(run.answers, bench.truths) / strong_map))
             draw(curve, (figures["detection_escalation_rate"], figures["detection_map_share"]), plot)
         return figures
     finally:
         bench.close()
-
-
-def _strong(bench: Bench) -> list[Prediction]:
-    """The strong model alone on every whole frame, as the hub runs it."""
-    answers = []
-    for scene, local in zip(bench.held_out, bench.local, strict=True):
-        answer, _ = bench.verdict(scene, local, PAYLOADS["frame_png"], judge_for(1.0))
-        answers.append(answer)
-    return answers
 
 
 def draw(curve: Sequence[tuple[float, float]], chosen: tuple[float, float], path: Path) -> None:

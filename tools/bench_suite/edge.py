@@ -12,6 +12,9 @@ rss_mb                  resident memory of `EdgeRuntime` running the demo stream
 cascade_*               calibrated on the calibration split (15% target), measured on the held-out stream:
                         accuracy ÷ the strong model's, and the share of frames escalated
 weak_cost_ratio         strong model's inference time ÷ weak model's (median of single-frame calls)
+detection_*, bytes_*    (tools.bench_suite.detection) the detection cascade on the held-out scenes: mAP@0.5 ÷ the
+                        strong detector's, the share escalated, and bytes per escalation by payload; the curve
+                        is drawn into docs/detection-cascade.png
 swap_gap_ratio          (tools.bench_suite.rollout) the longest frame interval while a device takes a bundle ÷ the
                         median interval; rollout_s: rollout start to every device active, probation included
 """
@@ -45,7 +48,7 @@ from edge.judge.judge import JudgeDecision
 from edge.outbox import EdgeStore
 from edge.sources import Frame
 from protocol.messages import Prediction, new_trace_id
-from tools.bench_suite import rollout
+from tools.bench_suite import detection, rollout
 
 DEMO = Path(".tandem/demo")
 OCR = Path(".tandem/ocr")
@@ -348,6 +351,8 @@ GOALS = {
     "cascade_escalation_rate": ("<=", 0.20),
     "weak_cost_ratio": (">=", 5.0),
     "swap_gap_ratio": ("<=", 1.5),
+    "detection_map_share": (">=", 0.97),
+    "detection_escalation_rate": ("<=", 0.25),
 }
 
 
@@ -367,6 +372,7 @@ def run(args: argparse.Namespace) -> int:
         figures.update(enqueue(work))
         figures.update(rss(work, threshold))
     figures.update(cascade())
+    figures.update(detection.measure(plot=Path("docs/detection-cascade.png")))
     figures.update(cost(frames))
     with tempfile.TemporaryDirectory(prefix="tandem-bench-rollout-") as tmp:
         sure = Path(tmp) / "digits-again.onnx"  # the same weights as a bundle: the update's mechanics, not a model
