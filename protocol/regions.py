@@ -10,8 +10,8 @@ the image is and at what scale:
 
 Without them the image is the whole frame, as taken. The hub puts the image back where it came from, on a
 blank frame of the frame's size (``common.inference.detect.in_frame``), so its model sees objects at the scale
-the device's camera gives them (a crop blown up to the model's input would not); it keeps its boxes whose
-centre lies in the crop, and the device's own boxes outside it (``Region.outside``): its verdict covers the
+the device's camera gives them (a crop blown up to the model's input would not). It keeps its boxes that the
+crop shows whole, and the device's own boxes that the crop does not (``Region.merge``): its verdict covers the
 whole frame either way.
 Runs on Python 3.10 (the edge imports it).
 """
@@ -82,13 +82,27 @@ class Region:
             raise MalformedMessage(f"a {image_width}x{image_height} image is not region {x0},{y0},{x1},{y1} at {scale}")
         return region
 
-    def holds(self, box: Box) -> bool:
-        """Whether the box's centre lies inside the region."""
-        cx, cy = (box.x0 + box.x1) / 2, (box.y0 + box.y1) / 2
-        return self.x0 <= cx < self.x1 and self.y0 <= cy < self.y1
+    def shows(self, box: Box, edge: float = 1.0) -> bool:
+        """Whether the crop shows the whole box: the box keeps ``edge`` pixels from each side of the crop that is
+        not also the frame's (an object cut by the crop's border is only part of itself there)."""
+        left = box.x0 >= self.x0 + edge or self.x0 == 0
+        top = box.y0 >= self.y0 + edge or self.y0 == 0
+        right = box.x1 <= self.x1 - edge or self.x1 == self.width
+        bottom = box.y1 <= self.y1 - edge or self.y1 == self.height
+        return (
+            left
+            and top
+            and right
+            and bottom
+            and box.x0 >= self.x0
+            and box.y0 >= self.y0
+            and box.x1 <= self.x1
+            and box.y1 <= self.y1
+        )
 
-    def outside(self, boxes: Sequence[Box]) -> list[Box]:
-        return [b for b in boxes if not self.holds(b)]
+    def merge(self, hub: Sequence[Box], device: Sequence[Box]) -> list[Box]:
+        """The frame's boxes: the hub's where the crop shows them whole, the device's where it does not."""
+        return [b for b in hub if self.shows(b)] + [b for b in device if not self.shows(b)]
 
 
 def _ints(attributes: Mapping[str, str], key: str, count: int) -> tuple[int, ...]:

@@ -2,8 +2,8 @@
 device escalated.
 
 A device may send a crop of its frame (``protocol.regions``). The crop goes back where it came from on a blank
-frame, the model runs on that, and the verdict is the hub's boxes inside the crop plus the device's own boxes
-outside it: the whole frame, in the frame's pixels, whatever the device sent.
+frame, the model runs on that, and the verdict is the hub's boxes that the crop shows whole plus the device's
+own boxes it does not (``Region.merge``): the whole frame, in the frame's pixels, whatever the device sent.
 """
 
 from __future__ import annotations
@@ -74,8 +74,7 @@ class CloudDetector:
     def _whole_frame(self, found: Prediction, region: Region, local: Prediction) -> Prediction:
         if region.whole:
             return found
-        kept = [b for b in found.boxes if region.holds(b)] + region.outside(local.boxes)
-        return self.head.answer(kept, found.inference_ms)
+        return self.head.answer(region.merge(found.boxes, local.boxes), found.inference_ms)
 
     def run_tensors(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         names = [o.name for o in self.session.get_outputs()]

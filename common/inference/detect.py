@@ -100,18 +100,24 @@ def letterbox(image: np.ndarray, height: int, width: int) -> tuple[np.ndarray, f
     return out, scale, float(left), float(top)
 
 
-def in_frame(region: Region, image: np.ndarray, fill: int = PAD) -> np.ndarray:
-    """An escalated crop back at its frame's scale and place, on a ``fill`` grey frame (the image itself when it
-    is the whole frame as taken): a detector then sees objects at the size the camera gives them."""
+def in_frame(region: Region, image: np.ndarray) -> np.ndarray:
+    """An escalated crop back at its frame's scale and place (the image itself when it is the whole frame as
+    taken): a detector then sees objects at the size the camera gives them. The rest of the frame is the crop's
+    own border pixels carried outwards, not a flat grey, whose hard edge against the crop a detector would
+    read as the side of an object."""
     if region.whole and region.scale == 1:
         return image
     size = (region.x1 - region.x0, region.y1 - region.y0)
     if image.shape[1] != size[0] or image.shape[0] != size[1]:
         image = cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
-    shape = (region.height, region.width) if image.ndim == 2 else (region.height, region.width, image.shape[2])
-    frame = np.full(shape, fill, image.dtype)
-    frame[region.y0 : region.y1, region.x0 : region.x1] = image
-    return frame
+    return cv2.copyMakeBorder(
+        image,
+        region.y0,
+        region.height - region.y1,
+        region.x0,
+        region.width - region.x1,
+        cv2.BORDER_REPLICATE,
+    )
 
 
 def candidates(output: np.ndarray, classes: int) -> np.ndarray:
