@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 
 from common.errors import InferenceError
+from common.inference.ocr import normalise
 from common.inference.runner import Runner
 from edge.detectors.base import Detector
 from protocol.messages import Box, Prediction
@@ -25,13 +26,6 @@ DET_THRESHOLD = 0.3
 BOX_THRESHOLD = 0.5
 UNCLIP_RATIO = 1.6
 MIN_BOX_SIDE = 3
-
-
-def normalise(image: np.ndarray) -> np.ndarray:
-    """BGR/grey uint8 -> float32 [1, 3, H, W] in -1..1 (PP-OCR's mean 0.5, std 0.5, RGB order)."""
-    rgb = cv2.cvtColor(image, cv2.COLOR_GRAY2RGB) if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-    nchw: np.ndarray = ((rgb.astype(np.float32) / 255.0 - 0.5) / 0.5).transpose(2, 0, 1)[np.newaxis]
-    return nchw
 
 
 def det_size(height: int, width: int, min_side: int, max_side: int) -> tuple[int, int]:
