@@ -2,8 +2,8 @@
 
 Recognition follows PP-OCR's: a text box is cut out upright, scaled to 48 pixels high, and decoded greedily
 (CTC): the best class per time step, repeats and blanks dropped, runs of spaces made one; a character's
-confidence is its step's probability. The alphabet is the model's ``character`` metadata (the ONNX files ``rapidocr-onnxruntime`` ships
-carry it). Runs on Python 3.10 (the edge imports it).
+confidence is its step's probability. The alphabet is the model's ``character`` metadata (the ONNX files
+``rapidocr-onnxruntime`` ships carry it). Runs on Python 3.10 (the edge imports it).
 """
 
 from __future__ import annotations

@@ -12,8 +12,8 @@ import numpy as np
 
 from common.errors import InferenceError
 from common.inference.ocr import REC_HEIGHT, Recogniser, upright
+from common.inference.text import axis_box, find_text
 from edge.detectors.base import Detector
-from edge.detectors.text import axis_box, find_text
 from protocol.messages import Prediction, TextLine
 
 

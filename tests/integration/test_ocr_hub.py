@@ -1,10 +1,12 @@
 """Licence plates read at the hub: the device finds text (PP-OCRv4's detector) and escalates the crop around it;
 a real Ray Serve hub reads it with PP-OCRv4's recogniser and checks the reading against the plate format in a
-chain (recogniser, then parser), and the device stores the verdict."""
+chain (recogniser, then parser), and the device stores the verdict. A device that sends the whole frame gets the
+hub's own text detector first (detector, recogniser, parser)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -49,14 +51,25 @@ def ocr_hub(ocr_models, mosquitto, hub, tmp_path_factory) -> Iterator[HubProcess
     work = tmp_path_factory.mktemp("ocr-hub")
     rec = ocr_models / "ch_PP-OCRv4_rec_infer.onnx"
     rules = {
-        "models": {"plate-reader": {"path": str(rec)}, "plate-format": {"kind": "parser", "pattern": PLATE_FORMAT}},
+        "models": {
+            "plate-finder": {"path": str(ocr_models / "ch_PP-OCRv4_det_infer.onnx")},
+            "plate-reader": {"path": str(rec)},
+            "plate-format": {"kind": "parser", "pattern": PLATE_FORMAT},
+        },
         "routes": [
+            {
+                "name": "whole-frames",
+                "when": {"model_hint": ["read-frame"]},
+                "strategy": "parallel",
+                "aggregate": "chain",
+                "steps": [{"model": "plate-finder"}, {"model": "plate-reader"}, {"model": "plate-format"}],
+            },
             {
                 "name": "plates",
                 "strategy": "parallel",
                 "aggregate": "chain",
                 "steps": [{"model": "plate-reader"}, {"model": "plate-format"}],
-            }
+            },
         ],
     }
     routing = work / "routing.yaml"
@@ -67,25 +80,36 @@ def ocr_hub(ocr_models, mosquitto, hub, tmp_path_factory) -> Iterator[HubProcess
     process.stop()
 
 
-def test_the_hub_reads_the_plates_the_device_found_and_checks_their_format(tmp_path, ocr_models, ocr_hub, mosquitto):
-    frames = tmp_path / "frames"
-    frames.mkdir()
+def frames(folder: Path) -> list[str]:
+    folder.mkdir()
     texts = [*PLATES, SIGN]
     for i, text in enumerate(texts):
-        cv2.imwrite(str(frames / f"{i:03d}.png"), scene(text, left=40 + 60 * i))
-    config = EdgeConfig(
-        device_id="plate-cam",
+        cv2.imwrite(str(folder / f"{i:03d}.png"), scene(text, left=40 + 60 * i))
+    return texts
+
+
+def device(
+    tmp_path: Path, ocr_models: Path, hub: HubProcess, mqtt_port: int, name: str, escalation: EscalationConfig
+) -> EdgeConfig:
+    return EdgeConfig(
+        device_id=name,
         state_path=tmp_path / "edge.db",
-        source=SourceConfig(kind="images", path=frames, source_id="gate"),
+        source=SourceConfig(kind="images", path=tmp_path / "frames", source_id="gate"),
         detector=DetectorConfig(kind="text_detection", model_path=ocr_models / "ch_PP-OCRv4_det_infer.onnx"),
         # Every box the text detector finds is doubted (no box scores 1.0): the device reads nothing itself.
         judge=JudgeConfig(confidence_threshold=0.0, box_threshold=1.0, max_weak_box_share=0.0),
         outbox=OutboxConfig(retry_initial_ms=100, retry_max_ms=1000),
-        transport=GrpcConfig(target=f"127.0.0.1:{ocr_hub.grpc_port}", timeout_ms=10_000),
-        mqtt=MqttConfig(port=mosquitto.port),
-        escalation=EscalationConfig(deadline_ms=60_000, payload="boxes", image_format="png", model_hint="plates"),
+        transport=GrpcConfig(target=f"127.0.0.1:{hub.grpc_port}", timeout_ms=10_000),
+        mqtt=MqttConfig(port=mqtt_port),
+        escalation=escalation,
         service=ServiceConfig(http_port=0),
     )
+
+
+def test_the_hub_reads_the_plates_the_device_found_and_checks_their_format(tmp_path, ocr_models, ocr_hub, mosquitto):
+    texts = frames(tmp_path / "frames")
+    sent = EscalationConfig(deadline_ms=60_000, payload="boxes", image_format="png", model_hint="plates")
+    config = device(tmp_path, ocr_models, ocr_hub, mosquitto.port, "plate-cam", sent)
     with EdgeRuntime(config) as runtime:
         assert runtime.run() == len(texts)
         assert runtime.wait_resolved(90), "escalations without a verdict"
@@ -104,3 +128,14 @@ def test_the_hub_reads_the_plates_the_device_found_and_checks_their_format(tmp_p
     sign = readings[len(PLATES)]
     assert sign.state is TraceState.COMPLETE
     assert sign.cloud_label == "invalid" and sign.cloud_confidence == 0.0  # read, but not a plate
+
+
+def test_a_whole_frame_is_searched_for_text_at_the_hub_then_read(tmp_path, ocr_models, ocr_hub, mosquitto):
+    texts = frames(tmp_path / "frames")
+    sent = EscalationConfig(deadline_ms=60_000, payload="frame", image_format="png", model_hint="read-frame")
+    config = device(tmp_path, ocr_models, ocr_hub, mosquitto.port, "frame-cam", sent)
+    with EdgeRuntime(config) as runtime:
+        assert runtime.run() == len(texts)
+        assert runtime.wait_resolved(90), "escalations without a verdict"
+        traces = {t.frame_index: t for t in runtime.store.traces()}
+    assert [traces[i].cloud_label for i in range(len(texts))] == [*PLATES, "invalid"]
