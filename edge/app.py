@@ -68,6 +68,7 @@ from protocol.topics import Channel
 
 logger = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True)
 class Live:
     """What the frame loop reads, swapped as one reference between frames: a frame sees the old set or the new."""
@@ -365,9 +366,7 @@ class EdgeRuntime:
         self._last_turn = time.monotonic()
         self.notifier.watchdog()
 
-    def process(
-        self, frame: Frame, answer: Optional[Prediction | InferenceError] = None
-    ) -> Optional[TraceState]:
+    def process(self, frame: Frame, answer: Optional[Prediction | InferenceError] = None) -> Optional[TraceState]:
         """One frame through detector and judge (or only the judge, given the model's ``answer`` from a run of
         several cameras' frames); returns the trace's state, or None if it could not be stored."""
         trace_id, now, machine, live = new_trace_id(), self.clock(), TraceMachine(), self.live
