@@ -35,7 +35,7 @@ def load_model(path: Path, max_image_pixels: int = MAX_IMAGE_PIXELS) -> CloudMod
     if is_recogniser(meta):
         return CloudRecogniser(path, runner, max_image_pixels)
     if is_text_detector(runner.input_shape, runner.session.get_outputs()[0].shape):
-        return CloudTextDetector(path, runner, max_image_pixels)
+        return CloudTextDetector(runner, max_image_pixels)
     runner.close()  # a classifier opens its own, on its scores output
     return Classifier(path, max_image_pixels=max_image_pixels)
 

@@ -11,17 +11,14 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
 
-import cv2
 import numpy as np
 
+from cloud.models.base import HubModel
 from cloud.models.classifier import pixels
-from common.errors import InferenceError
 from common.inference.ocr import Recogniser
 from common.inference.onnx import OrtRunner
 from common.inference.preprocess import MAX_IMAGE_PIXELS
-from protocol.errors import MalformedMessage
 from protocol.messages import Box, EscalationRequest, Prediction, TextLine
 from protocol.regions import Region
 
@@ -29,35 +26,15 @@ PAD = 0.1  # of a box's height, added on each side before it is read (a detector
 NOTHING = Prediction("pp-ocr-rec", "1", ("",), (0.0,))
 
 
-class CloudRecogniser:
+class CloudRecogniser(HubModel):
     def __init__(self, path: Path, runner: OrtRunner, max_image_pixels: int = MAX_IMAGE_PIXELS) -> None:
-        self.runner = runner
+        super().__init__(runner, max_image_pixels)
         self.recogniser = Recogniser(path, runner)
-        self._max_pixels = max_image_pixels
         self.model_id = runner.metadata().get("tandem.model_id", "pp-ocr-rec")
 
-    @property
-    def version(self) -> str:
-        return "1"
-
-    @property
-    def session(self) -> Any:
-        return self.runner.session
-
-    def predict_requests(self, requests: list[EscalationRequest]) -> list[Prediction | Exception]:
-        results: list[Prediction | Exception] = []
-        for request in requests:
-            try:
-                results.append(self._read(request))
-            except MalformedMessage as exc:
-                results.append(exc)
-            except (ValueError, cv2.error) as exc:
-                results.append(MalformedMessage(f"escalated input: {exc}"))
-        return results
-
-    def _read(self, request: EscalationRequest) -> Prediction:
+    def answer(self, request: EscalationRequest) -> Prediction:
         started = time.perf_counter()
-        image = pixels(request.input, self._max_pixels)
+        image = pixels(request.input, self.max_image_pixels)
         region = Region.from_attributes(request.attributes, int(image.shape[1]), int(image.shape[0]))
         local = request.local_prediction
         boxes = [t.box for t in local.texts if t.box is not None] or [b for b in local.boxes if b.label == "text"]
@@ -75,13 +52,6 @@ class CloudRecogniser:
         elapsed_ms = (time.perf_counter() - started) * 1000.0
         labels, confidences = tuple(t.text for t in lines), tuple(t.confidence for t in lines)
         return Prediction(self.model_id, self.version, labels, confidences, elapsed_ms, texts=tuple(lines))
-
-    def run_tensors(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        names = [o.name for o in self.session.get_outputs()]
-        try:
-            return dict(zip(names, self.session.run(names, inputs), strict=True))
-        except Exception as exc:  # onnxruntime's errors carry no stable types
-            raise InferenceError(f"{self.model_id}: inference failed: {exc}") from exc
 
 
 def _cut(image: np.ndarray, box: Box, region: Region) -> np.ndarray | None:
