@@ -26,6 +26,7 @@ from edge.config import (
     SourceConfig,
 )
 from edge.judge import TraceState
+from edge.outbox.records import TraceRecord
 from tests.integration.conftest import HubProcess
 
 PLATES = ["KA51 MX7", "TN09 BQ4", "MH12 DE5"]
@@ -106,19 +107,26 @@ def device(
     )
 
 
+def played(config: EdgeConfig, frames: int) -> tuple[dict[int, TraceRecord], dict[str, float]]:
+    """Every frame through the device, every verdict in: its traces by frame, and its escalations by payload."""
+    with EdgeRuntime(config) as runtime:
+        assert runtime.run() == frames
+        assert runtime.wait_resolved(90), "escalations without a verdict"
+        traces = {t.frame_index: t for t in runtime.store.traces()}
+        sent = {
+            s.labels["payload"]: s.value
+            for m in runtime.metrics.registry.collect()
+            for s in m.samples
+            if s.name == "tandem_edge_escalation_bytes_count"
+        }
+    return traces, sent
+
+
 def test_the_hub_reads_the_plates_the_device_found_and_checks_their_format(tmp_path, ocr_models, ocr_hub, mosquitto):
     texts = frames(tmp_path / "frames")
     sent = EscalationConfig(deadline_ms=60_000, payload="boxes", image_format="png", model_hint="plates")
-    config = device(tmp_path, ocr_models, ocr_hub, mosquitto.port, "plate-cam", sent)
-    with EdgeRuntime(config) as runtime:
-        assert runtime.run() == len(texts)
-        assert runtime.wait_resolved(90), "escalations without a verdict"
-        traces = runtime.store.traces()
-        crops = runtime.metrics.registry.get_sample_value(
-            "tandem_edge_escalation_bytes_count", {"camera": "gate", "payload": "crop", "format": "png"}
-        )
-    assert crops == len(texts)  # the crop around the text went up, not the 640x360 frame
-    readings = {t.frame_index: t for t in traces}
+    readings, payloads = played(device(tmp_path, ocr_models, ocr_hub, mosquitto.port, "plate-cam", sent), len(texts))
+    assert payloads == {"crop": len(texts)}  # the crop around the text went up, never the 640x360 frame
     for i, text in enumerate(PLATES):
         trace = readings[i]
         assert trace.state is TraceState.COMPLETE and trace.escalated_at is not None
@@ -133,9 +141,6 @@ def test_the_hub_reads_the_plates_the_device_found_and_checks_their_format(tmp_p
 def test_a_whole_frame_is_searched_for_text_at_the_hub_then_read(tmp_path, ocr_models, ocr_hub, mosquitto):
     texts = frames(tmp_path / "frames")
     sent = EscalationConfig(deadline_ms=60_000, payload="frame", image_format="png", model_hint="read-frame")
-    config = device(tmp_path, ocr_models, ocr_hub, mosquitto.port, "frame-cam", sent)
-    with EdgeRuntime(config) as runtime:
-        assert runtime.run() == len(texts)
-        assert runtime.wait_resolved(90), "escalations without a verdict"
-        traces = {t.frame_index: t for t in runtime.store.traces()}
+    traces, payloads = played(device(tmp_path, ocr_models, ocr_hub, mosquitto.port, "frame-cam", sent), len(texts))
+    assert payloads == {"frame": len(texts)}
     assert [traces[i].cloud_label for i in range(len(texts))] == [*PLATES, "invalid"]
