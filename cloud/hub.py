@@ -53,6 +53,7 @@ from cloud.registry import SqliteRegistry
 from cloud.routing import ModelAnswer, ModelBackend, Router, RoutingConfig, parse_routing, serving
 from cloud.routing.backends import build_backends, close_backends
 from cloud.routing.config import resolve_registry
+from cloud.routing.steps import so_far
 from cloud.security.broker import BrokerControl
 from cloud.security.enrolment import Identities
 from cloud.security.pki import FleetCA
@@ -129,7 +130,7 @@ class _LocalBackend(ModelBackend):
 
     async def predict(self, request: EscalationRequest, previous: Optional[Prediction]) -> ModelAnswer:
         model = await asyncio.to_thread(self._pool.model, self._sha256)
-        [answer] = await asyncio.to_thread(model.predict_requests, [request])
+        [answer] = await asyncio.to_thread(model.predict_requests, [so_far(request, previous)])
         if isinstance(answer, Exception):
             raise answer
         return ModelAnswer(answer)

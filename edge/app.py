@@ -68,6 +68,7 @@ from protocol.topics import Channel
 
 logger = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True)
 class Live:
     """What the frame loop reads, swapped as one reference between frames: a frame sees the old set or the new."""
@@ -317,20 +318,23 @@ class EdgeRuntime:
         """Several cameras: each read on its own thread into a one-frame slot, so one that stalls holds up only
         itself; this thread takes whatever frames are waiting, runs them through the model together
         (``Detector.predict_many``) and judges each with its camera's judge."""
-        readers = [CameraReader(c, self._stop, self._on_source_state, self._turn) for c in cameras]
+        done = threading.Event()  # the readers' own: run() ending stops them, not the runtime
+        arrived = threading.Event()
+        readers = [CameraReader(c, done, arrived, self._on_source_state, self._turn) for c in cameras]
         self._readers = readers
         for reader in readers:
             reader.start()
         count = 0
         try:
             while not self._stop.is_set() and (max_frames is None or count < max_frames):
+                arrived.clear()  # before taking: a frame put from here on sets it again
                 frames = [f for f in (r.take() for r in readers) if f is not None]
                 if max_frames is not None:
                     frames = frames[: max_frames - count]
                 if not frames:
                     if all(r.finished for r in readers):
                         break
-                    CameraReader.wait_any(readers, 0.05)
+                    arrived.wait(0.5)
                     self._turn()  # waiting on cameras is not a stalled loop (one camera alone: LiveSource.on_idle)
                     continue
                 detector = self.live.detector
@@ -353,7 +357,6 @@ class EdgeRuntime:
         return [next(answers) if f.image is not None else None for f in frames]
 
     def _stop_readers(self, readers: list[CameraReader]) -> None:
-        self._stop.set()
         for reader in readers:
             reader.join(5.0)
         self._readers = []
@@ -363,9 +366,7 @@ class EdgeRuntime:
         self._last_turn = time.monotonic()
         self.notifier.watchdog()
 
-    def process(
-        self, frame: Frame, answer: Optional[Prediction | InferenceError] = None
-    ) -> Optional[TraceState]:
+    def process(self, frame: Frame, answer: Optional[Prediction | InferenceError] = None) -> Optional[TraceState]:
         """One frame through detector and judge (or only the judge, given the model's ``answer`` from a run of
         several cameras' frames); returns the trace's state, or None if it could not be stored."""
         trace_id, now, machine, live = new_trace_id(), self.clock(), TraceMachine(), self.live

@@ -28,6 +28,7 @@ from cloud.ingress import v2
 from cloud.models import CloudModel, load_model
 from cloud.orchestrator.actuator import PoolScaler
 from cloud.routing import ModelAnswer, ModelBackend
+from cloud.routing.steps import so_far
 from protocol.errors import MalformedMessage, ProtocolError
 from protocol.messages import EscalationRequest, Prediction
 
@@ -123,7 +124,7 @@ class ServeBackend(ModelBackend):
 
     async def predict(self, request: EscalationRequest, previous: Optional[Prediction]) -> ModelAnswer:
         try:
-            return await self._handle.predict.remote(request)
+            return await self._handle.predict.remote(so_far(request, previous))
         except RayTaskError as exc:
             cause = exc.cause
             if isinstance(cause, ProtocolError):

@@ -9,13 +9,11 @@ own boxes it does not (``Region.merge``): the whole frame, in the frame's pixels
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-import cv2
 import numpy as np
 
+from cloud.models.base import HubModel, guarded
 from cloud.models.classifier import pixels
-from common.errors import InferenceError
 from common.inference.detect import DetectionHead, DetectionSettings, in_frame
 from common.inference.onnx import OrtRunner
 from common.inference.preprocess import MAX_IMAGE_PIXELS
@@ -28,60 +26,43 @@ from protocol.regions import Region
 HUB_SETTINGS = DetectionSettings(conf_threshold=0.05, iou_threshold=0.45, max_detections=100)
 
 
-class CloudDetector:
+class CloudDetector(HubModel):
     def __init__(self, path: Path, runner: OrtRunner, max_image_pixels: int = MAX_IMAGE_PIXELS) -> None:
-        self.runner = runner
+        super().__init__(runner, max_image_pixels)
         self.head = DetectionHead(path, runner, settings=HUB_SETTINGS)
-        self._max_pixels = max_image_pixels
-
-    @property
-    def model_id(self) -> str:
-        return self.head.model_id
+        self.model_id = self.head.model_id
 
     @property
     def version(self) -> str:
         return self.head.version
 
-    @property
-    def session(self) -> Any:
-        return self.runner.session
+    def answer(self, request: EscalationRequest) -> Prediction:
+        [result] = self.predict_requests([request])
+        if isinstance(result, Exception):
+            raise result
+        return result
 
     def predict_requests(self, requests: list[EscalationRequest]) -> list[Prediction | Exception]:
         """Each request's verdict, the frames run together (``DetectionHead.predict_many``); a request whose input
         or region does not decode gets its own MalformedMessage."""
-        frames: list[np.ndarray] = []
-        regions: list[Region] = []
+        prepared = [guarded(self._placed, request) for request in requests]
+        ready = [p for p in prepared if not isinstance(p, MalformedMessage)]
+        found = iter(self.head.predict_many([frame for frame, _ in ready]) if ready else [])
         results: list[Prediction | Exception] = []
-        for request in requests:
-            try:
-                image = pixels(request.input, self._max_pixels)
-                region = Region.from_attributes(request.attributes, int(image.shape[1]), int(image.shape[0]))
-                frames.append(in_frame(region, image))
-                regions.append(region)
-                results.append(_PENDING)
-            except MalformedMessage as exc:
-                results.append(exc)
-            except (ValueError, cv2.error) as exc:
-                results.append(MalformedMessage(f"escalated input: {exc}"))
-        if frames:
-            answers = iter(zip(self.head.predict_many(frames), regions, strict=True))
-            pending = [i for i, r in enumerate(results) if r is _PENDING]
-            for index in pending:
-                found, region = next(answers)
-                results[index] = self._whole_frame(found, region, requests[index].local_prediction)
+        for request, item in zip(requests, prepared, strict=True):
+            if isinstance(item, MalformedMessage):
+                results.append(item)
+            else:
+                results.append(self._whole_frame(next(found), item[1], request.local_prediction))
         return results
+
+    def _placed(self, request: EscalationRequest) -> tuple[np.ndarray, Region]:
+        """The escalated image back on its frame (``in_frame``), and where it lies."""
+        image = pixels(request.input, self.max_image_pixels)
+        region = Region.from_attributes(request.attributes, int(image.shape[1]), int(image.shape[0]))
+        return in_frame(region, image), region
 
     def _whole_frame(self, found: Prediction, region: Region, local: Prediction) -> Prediction:
         if region.whole:
             return found
         return self.head.answer(region.merge(found.boxes, local.boxes), found.inference_ms)
-
-    def run_tensors(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        names = [o.name for o in self.session.get_outputs()]
-        try:
-            return dict(zip(names, self.session.run(names, inputs), strict=True))
-        except Exception as exc:  # onnxruntime's errors carry no stable types
-            raise InferenceError(f"{self.model_id}: inference failed: {exc}") from exc
-
-
-_PENDING = MalformedMessage("not run")  # a placeholder while the batch is put together

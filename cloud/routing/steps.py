@@ -4,6 +4,7 @@ came to. The strategies (``strategies/``) and the router (``router``) both stand
 from __future__ import annotations
 
 import abc
+import dataclasses
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Optional
@@ -18,6 +19,14 @@ class ModelAnswer:
     prediction: Prediction
     batch_size: int = 1
     """How many requests the model ran together with this one (dynamic batching)."""
+
+
+def so_far(request: EscalationRequest, previous: Optional[Prediction]) -> EscalationRequest:
+    """The request as a hub model sees it: after a step that found boxes or text, that answer stands where the
+    device's own did, so a recogniser chained after the hub's text detector reads the boxes the hub found."""
+    if previous is None or not (previous.boxes or previous.texts):
+        return request
+    return dataclasses.replace(request, local_prediction=previous)
 
 
 class ModelBackend(abc.ABC):

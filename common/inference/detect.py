@@ -176,11 +176,11 @@ class DetectionHead:
         return Letterboxed(batch, scale, left, top, (int(image.shape[0]), int(image.shape[1])))
 
     def predict_many(self, images: Sequence[np.ndarray]) -> list[Prediction]:
-        """Each frame's boxes: one run for them all when the model's batch size is open (an export with a
-        dynamic batch axis), else one run each."""
+        """Each frame's boxes: one run for them all when the runner takes batches (an export with a dynamic batch
+        axis, on ONNX Runtime), else one run each."""
         started = time.perf_counter()
         prepared = [self.prepare(image) for image in images]
-        if len(prepared) > 1 and not isinstance(self.runner.input_shape[0], int):
+        if len(prepared) > 1 and self.runner.takes_batches():
             output = self.runner.run(np.concatenate([p.batch for p in prepared]))
             outputs = [output[i : i + 1] for i in range(len(prepared))]
         else:

@@ -31,6 +31,9 @@ class OpenCvRunner(Runner):
     def engine(self) -> str:
         return f"opencv:{cv2.__version__}"
 
+    def takes_batches(self) -> bool:
+        return False
+
     def run(self, batch: np.ndarray) -> np.ndarray:
         try:
             self._net.setInput(np.ascontiguousarray(batch))

@@ -26,6 +26,11 @@ class BackendUnavailable(InferenceError):
 class Runner(abc.ABC):
     input_shape: Sequence[Dim]
 
+    def takes_batches(self) -> bool:
+        """Whether one run may hold several inputs: the model's batch axis is open and the engine honours it.
+        OpenCV DNN does not broadcast against a dynamic batch, so it says no."""
+        return bool(self.input_shape) and not isinstance(self.input_shape[0], int)
+
     @abc.abstractmethod
     def run(self, batch: np.ndarray) -> np.ndarray:
         """One input tensor -> the model's output tensor; raise InferenceError on failure."""

@@ -1,86 +1,15 @@
-"""Text detection: PP-OCRv4's detector (DBNet), boxes around text.
-
-The model is the ONNX file `rapidocr-onnxruntime` ships (fetched by
-``tools/ocr_models``); the pre- and post-processing follows PP-OCR's: the frame
-scaled so each side is a multiple of 32 and the shorter one at least
-``det_min_side``, normalised to -1..1, gives a text probability map; pixels over
-0.3 form regions, each region's minimum-area rectangle scores the mean
-probability inside it (kept from 0.5), and is grown by PP-OCR's unclip distance
-(area x 1.6 / perimeter) to cover the glyphs.
-"""
+"""Text detection as a detector kind: PP-OCRv4's detector (DBNet), boxes around text; the pre- and
+post-processing is ``common.inference.text``'s, which the hub runs too."""
 
 from __future__ import annotations
 
 import time
 
-import cv2
 import numpy as np
 
-from common.errors import InferenceError
-from common.inference.runner import Runner
+from common.inference.text import axis_box, find_text
 from edge.detectors.base import Detector
-from protocol.messages import Box, Prediction
-
-DET_THRESHOLD = 0.3
-BOX_THRESHOLD = 0.5
-UNCLIP_RATIO = 1.6
-MIN_BOX_SIDE = 3
-
-
-def normalise(image: np.ndarray) -> np.ndarray:
-    """BGR/grey uint8 -> float32 [1, 3, H, W] in -1..1 (PP-OCR's mean 0.5, std 0.5, RGB order)."""
-    rgb = cv2.cvtColor(image, cv2.COLOR_GRAY2RGB) if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-    nchw: np.ndarray = ((rgb.astype(np.float32) / 255.0 - 0.5) / 0.5).transpose(2, 0, 1)[np.newaxis]
-    return nchw
-
-
-def det_size(height: int, width: int, min_side: int, max_side: int) -> tuple[int, int]:
-    scale = max(1.0, min_side / min(height, width))
-    scale = min(scale, max_side / max(height, width))
-    return max(32, round(height * scale / 32) * 32), max(32, round(width * scale / 32) * 32)
-
-
-def find_text(runner: Runner, image: np.ndarray, min_side: int, max_side: int) -> list[tuple[np.ndarray, float]]:
-    """Rotated text rectangles (4 corner points in frame pixels) with their scores."""
-    height, width = image.shape[:2]
-    det_h, det_w = det_size(height, width, min_side, max_side)
-    resized = cv2.resize(image, (det_w, det_h), interpolation=cv2.INTER_LINEAR)
-    prob = runner.run(normalise(resized))
-    if prob.ndim != 4:
-        raise InferenceError(f"text detector returned shape {prob.shape}, expected [1, 1, H, W]")
-    prob_map = prob[0, 0]
-    mask = (prob_map > DET_THRESHOLD).astype(np.uint8)
-    contours, _ = cv2.findContours(mask, cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)
-    found = []
-    sx, sy = width / det_w, height / det_h
-    for contour in contours:
-        (cx, cy), (w, h), angle = cv2.minAreaRect(contour)
-        if min(w, h) < MIN_BOX_SIDE:
-            continue
-        region = np.zeros_like(mask)
-        cv2.fillPoly(region, [contour], 1)
-        score = float(prob_map[region.astype(bool)].mean())
-        if score < BOX_THRESHOLD:
-            continue
-        grow = w * h * UNCLIP_RATIO / (2 * (w + h))
-        corners = cv2.boxPoints(((cx, cy), (w + 2 * grow, h + 2 * grow), angle))
-        corners[:, 0] = np.clip(corners[:, 0] * sx, 0, width - 1)
-        corners[:, 1] = np.clip(corners[:, 1] * sy, 0, height - 1)
-        found.append((corners, score))
-    # Reading order: top to bottom, then left to right.
-    found.sort(key=lambda item: (round(float(item[0][:, 1].min()) / 10), float(item[0][:, 0].min())))
-    return found
-
-
-def axis_box(corners: np.ndarray, label: str, score: float) -> Box:
-    return Box(
-        float(corners[:, 0].min()),
-        float(corners[:, 1].min()),
-        float(corners[:, 0].max()),
-        float(corners[:, 1].max()),
-        label,
-        score,
-    )
+from protocol.messages import Prediction
 
 
 class TextDetection(Detector):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Optional
 
 from edge.config import SourceConfig
@@ -26,11 +26,13 @@ class CameraReader:
         self,
         config: SourceConfig,
         stop: threading.Event,
+        arrived: threading.Event,
         on_state: Optional[StateCallback] = None,
         on_idle: Optional[Callable[[], None]] = None,
     ) -> None:
         self.config = config
         self._stop = stop
+        self._arrived = arrived  # shared by the readers: set when any of them fills its slot
         self._on_state = on_state
         self._on_idle = on_idle
         self._slot: Optional[Frame] = None
@@ -54,15 +56,6 @@ class CameraReader:
                 self._lock.notify_all()  # a file's reader waits for the slot to empty
             return frame
 
-    @staticmethod
-    def wait_any(readers: Sequence[CameraReader], timeout_s: float) -> None:
-        """Sleep until a slot may hold a frame, at most ``timeout_s`` (a short poll: the readers are few)."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if any(r._slot is not None or r.finished for r in readers):
-                return
-            time.sleep(0.002)
-
     def stop(self) -> None:
         self._stop.set()
         source = self._source
@@ -84,6 +77,7 @@ class CameraReader:
             while self._slot is not None and not self.live and not self._stop.is_set():
                 self._lock.wait(0.1)
             self._slot = frame
+        self._arrived.set()
 
     def _run(self) -> None:
         fps = self.config.max_fps
@@ -108,3 +102,4 @@ class CameraReader:
         finally:
             self._source = None
             self.finished = True
+            self._arrived.set()

@@ -151,3 +151,25 @@ def test_each_camera_may_have_its_own_judge_and_ids_must_differ(tmp_path):
         EdgeConfig.model_validate({**base, "sources": cams, "source": cams[0]})
     with pytest.raises(ValueError, match="box_threshold"):
         EdgeConfig.model_validate({**base, "sources": [{**cams[1], "judge": {"box_threshold": 7}}]})
+
+
+@pytest.mark.parametrize("backend", ["onnx", "opencv"])
+def test_several_cameras_frames_in_one_call_answer_as_one_at_a_time(detect_models, backend):
+    from edge.config import DetectorConfig
+    from edge.detectors import create_detector
+
+    model = detect_models / "models" / "shapes-light.onnx"
+    detector = create_detector(DetectorConfig(type=backend, kind="detection", model_path=model, conf_threshold=0.2))
+    detector.start()
+    try:
+        images = [cv2.imread(str(p)) for p in sorted((detect_models / "stream").glob("*.png"))[:4]]
+        together = detector.predict_many(images)
+        alone = [detector.predict(image) for image in images]
+    finally:
+        detector.close()
+    assert len(together) == 4 and any(p.boxes for p in alone)
+    for a, b in zip(together, alone, strict=True):
+        assert [(x.label, round(x.x0, 1), round(x.y0, 1)) for x in a.boxes] == [
+            (x.label, round(x.x0, 1), round(x.y0, 1)) for x in b.boxes
+        ]
+        assert a.scores == pytest.approx(b.scores, abs=1e-5)

@@ -36,13 +36,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from common.inference.ocr import normalise
 from common.inference.onnx import OrtRunner
 from common.inference.preprocess import image_to_nchw
+from common.inference.text import det_size
 from edge.app import EdgeRuntime
 from edge.config import DetectorConfig, EdgeConfig, JudgeConfig, ServiceConfig, SourceConfig
 from edge.detectors import create_detector
 from edge.detectors.base import Detector
-from edge.detectors.text import det_size, normalise
 from edge.judge import Judge, JudgeInput, TraceMachine, TraceState, calibrate
 from edge.judge.judge import JudgeDecision
 from edge.outbox import EdgeStore
