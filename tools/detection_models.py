@@ -1,14 +1,12 @@
 """Train the detection demo's light and strong detectors on generated scenes; export them in YOLOv8's ONNX layout.
 
-    python -m tools.detection_models [OUT_DIR]      # default: .tandem/detect
+    python -m tools.detection_models [OUT_DIR]      # default: .tandem/detect; kept when built by this recipe
 
-Work in progress (issue 14): the pipeline runs end to end (4 min 40 s here), but the models are still weak
-(held-out mAP@0.5 0.30 light, 0.51 strong) and nothing uses them yet.
-
-No detection weights can be downloaded here, so the scenes are made here: shapes (circle, square, triangle,
-cross) of 8-44 px, some faint, some small, some cut by the frame's edge, on camera-like backgrounds (gradients,
-sensor noise, clutter) under varied lighting and blur. Both models are trained with PyTorch on the CPU, a tool
-step that never runs on a device or the hub (``torch==2.13.0``, the CPU wheel, is installed for the tools only).
+No detection weights can be downloaded here, so the scenes are made here: discs, rings, bars (lying) and posts
+(standing) 12-44 px across, some faint, some small, some cut by the frame's edge, on camera-like backgrounds
+(gradients, sensor noise, thin clutter lines and streaks) under varied lighting and blur. Both models are trained
+with PyTorch on the CPU, a tool step that never runs on a device or the hub (``torch==2.13.0``, the CPU build,
+installed for the tools only), in about 3 minutes on 2 cores (README, "The detection models").
 
 OUT_DIR/
   models/shapes-light.onnx   a small detector (the device's): 27k parameters
@@ -16,13 +14,14 @@ OUT_DIR/
   stream/NNNNNN.png          the held-out scenes, 160x120 like a small camera frame
   stream/labels.json         each frame's boxes: {"file": [[x0, y0, x1, y1, class], ...]}
   calibration/               a second labelled set, for picking the judge's thresholds
-  manifest.json              sha256 of each file, each model's held-out mAP@0.5, and the training time
+  manifest.json              sha256 of each file, each model's held-out mAP@0.5 and training time, the recipe
 
-Both models take ``images``: float32 [1, 3, 128, 128], RGB in 0-1, letterboxed, and return ``output0``: float32
-[1, 4 + 4, 256] - for each of the 16x16 cells of stride 8, the box centre, width and height in input pixels,
-then the four class scores (sigmoid) - which is what Ultralytics' YOLOv8 and YOLO11 detection exports return
-(with 8400 cells over three strides at 640). The ONNX metadata carries ``names``, ``imgsz`` and ``stride`` as
-Ultralytics writes them, so the device reads these models and a user's own export the same way.
+Both models take ``images``: float32 [N, 3, 128, 128], RGB in 0-1, letterboxed, and return ``output0``: float32
+[N, 4 + 4, 256] - for each of the 16x16 cells of stride 8, the box centre, width and height in input pixels,
+then the four class scores - which is what Ultralytics' YOLOv8 and YOLO11 detection exports return (with 8400
+cells over three strides at 640). A class score learns the IoU of its cell's box (GFL's quality focal loss),
+so the best-placed box ranks first. The ONNX metadata carries ``names``, ``imgsz``, ``stride`` and ``task`` as
+Ultralytics writes them, so the device and the hub read these models and a user's own export the same way.
 """
 
 from __future__ import annotations
@@ -241,8 +240,12 @@ def _tensor(scenes: list[Scene]):
     return torch.from_numpy(np.stack(images)).float() / 255.0, boxes
 
 
-def train(layers: tuple[tuple[int, int], ...], scenes: list[Scene], epochs: int, seed: int):
-    """A detector trained on ``scenes`` (with flips), Adam and a one-cycle schedule; returns it in eval mode."""
+def train(
+    layers: tuple[tuple[int, int], ...], scenes: list[Scene], epochs: int, seed: int, second_thread_at: int = 0
+):
+    """A detector trained on ``scenes`` (with flips), Adam and a one-cycle schedule; returns it in eval mode.
+
+    From epoch ``second_thread_at`` on (0: from the start) it trains on two threads, before it on one."""
     import torch
 
     torch.manual_seed(seed)
@@ -257,7 +260,8 @@ def train(layers: tuple[tuple[int, int], ...], scenes: list[Scene], epochs: int,
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=LEARNING_RATE, total_steps=steps, pct_start=0.1)
     order = torch.Generator().manual_seed(seed)
     net.train()
-    for _ in range(epochs):
+    for epoch in range(epochs):
+        torch.set_num_threads(2 if epoch >= second_thread_at else 1)
         for index in torch.randperm(len(scenes), generator=order).split(batch):
             x, cls, box = images[index], classes[index], targets[index]
             if torch.rand(1, generator=order).item() < 0.5:  # a mirrored batch: mirror the targets with it
@@ -295,8 +299,8 @@ def train(layers: tuple[tuple[int, int], ...], scenes: list[Scene], epochs: int,
     return net
 
 
-def export(net, path: Path, model_id: str, held_out_map: float) -> bytes:
-    """The ONNX file, as Ultralytics names its input, output and metadata."""
+def export(net, path: Path, model_id: str) -> None:
+    """The ONNX file, as Ultralytics names its input, output and metadata (``_describe`` adds the score)."""
     import onnx
     import torch
 
@@ -329,16 +333,23 @@ def export(net, path: Path, model_id: str, held_out_map: float) -> bytes:
         "imgsz": str([INPUT, INPUT]),
         "stride": str(STRIDE),
         "task": "detect",
-        "description": f"tandem {model_id}: synthetic shapes, held-out mAP@0.5 {held_out_map:.3f}",
+        "tandem.model_id": model_id,
     }
     for key, value in meta.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
     model.producer_name = "tools.detection_models"
     model.producer_version = "1"
-    data = model.SerializeToString()
-    path.write_bytes(data)
-    return data
+    path.write_bytes(model.SerializeToString())
+
+
+def _describe(path: Path, model_id: str, held_out_map: float) -> None:
+    """The model's held-out score, in its ONNX description (what Netron and ``onnx`` show)."""
+    import onnx
+
+    model = onnx.load(str(path))
+    model.doc_string = f"tandem {model_id}: synthetic shapes, held-out mAP@0.5 {held_out_map:.3f}"
+    path.write_bytes(model.SerializeToString())
 
 
 # -- evaluation -----------------------------------------------------------------------------------------------
@@ -382,11 +393,11 @@ def mean_ap(detections: list[np.ndarray], truths: list[np.ndarray], iou: float =
 # -- building -------------------------------------------------------------------------------------------------
 
 
-# (channels, stride) per layer, and epochs. The light one is what a small device affords; the strong one has
-# more channels and more reach at stride 8.
+# (channels, stride) per layer, epochs, and the epoch from which it trains on two threads (build). The light one
+# is what a small device affords; the strong one has more channels and more reach at stride 8.
 MODELS = {
-    "shapes-light": (((8, 2), (16, 2), (16, 1), (32, 2), (32, 1), (32, 1)), 20),
-    "shapes-strong": (((16, 2), (32, 2), (32, 1), (64, 2), (64, 1), (64, 1), (64, 1), (64, 1)), 12),
+    "shapes-light": (((8, 2), (16, 2), (16, 1), (32, 2), (32, 1), (32, 1)), 20, 20),
+    "shapes-strong": (((16, 2), (32, 2), (32, 1), (64, 2), (64, 1), (64, 1), (64, 1), (64, 1)), 12, 6),
 }
 
 
@@ -426,31 +437,32 @@ def ensure(out: Path) -> Path:
 
 
 def build(out: Path) -> dict[str, object]:
-    import torch
+    """Both models trained at once, a process each, then scored here. On 2 cores the light model trains on one
+    thread (its small convolutions gain nothing from a second) while the strong one takes the other, and the
+    strong one takes both from the epoch by which the light one is done (``MODELS``): about a minute less than
+    each on two threads in turn. The switch is at a set epoch, not on a signal, so two builds train alike."""
+    import multiprocessing
 
     from edge.config import DetectorConfig
     from edge.detectors import create_detector
 
-    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     rng = np.random.default_rng(SEED)
-    train_set = [scene(rng) for _ in range(TRAIN_SCENES)]
+    [scene(rng) for _ in range(TRAIN_SCENES)]  # the training scenes, made again by each trainer from the seed
     held_out = [scene(rng) for _ in range(HELD_OUT_SCENES)]
     calibration = [scene(rng) for _ in range(CALIBRATION_SCENES)]
     files = _write_set(out / "stream", held_out) + _write_set(out / "calibration", calibration)
     manifest: dict[str, object] = {"classes": CLASSES, "models": {}, "recipe": _recipe()}
-    for model_id, (layers, epochs) in MODELS.items():
-        started = time.monotonic()
-        net = train(layers, train_set, epochs, SEED)
-        trained_s = time.monotonic() - started
+    # spawn, not fork: a forked child would inherit whatever threads this process has started.
+    with multiprocessing.get_context("spawn").Pool(len(MODELS)) as pool:
+        trained = pool.map(_train_and_export, [(model_id, out) for model_id in MODELS])
+    for model_id, params, trained_s in trained:
         path = out / "models" / f"{model_id}.onnx"
-        export(net, path, model_id, 0.0)
         detector = create_detector(DetectorConfig(kind="detection", model_path=path, conf_threshold=0.01))
         detector.start()
         found = [_as_array(detector.infer(s.image)) for s in held_out]
         detector.close()
         score = mean_ap(found, [s.boxes for s in held_out])
-        export(net, path, model_id, score)  # again, with the figure in its description
-        params = sum(p.numel() for p in net.parameters())
+        _describe(path, model_id, score)
         manifest["models"][model_id] = {  # type: ignore[index]
             "held_out_map50": round(score, 4),
             "parameters": params,
@@ -461,6 +473,19 @@ def build(out: Path) -> dict[str, object]:
     manifest["sha256"] = {str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True))
     return manifest
+
+
+def _train_and_export(job: tuple[str, Path]) -> tuple[str, int, float]:
+    """In a trainer process: the training scenes from the seed, one model trained, its ONNX file."""
+    model_id, out = job
+    rng = np.random.default_rng(SEED)
+    train_set = [scene(rng) for _ in range(TRAIN_SCENES)]
+    layers, epochs, second_thread_at = MODELS[model_id]
+    started = time.monotonic()
+    net = train(layers, train_set, epochs, SEED, second_thread_at)
+    trained_s = time.monotonic() - started
+    export(net, out / "models" / f"{model_id}.onnx", model_id)
+    return model_id, sum(p.numel() for p in net.parameters()), trained_s
 
 
 def _as_array(prediction) -> np.ndarray:

@@ -99,7 +99,7 @@ def test_mjpeg_stream_cut_off_and_resumed(tmp_path, demo_assets, mosquitto, monk
         text = metrics.decode()
         assert 'tandem_edge_source_state{source="cam0",state="up"} 1.0' in text
         assert "tandem_edge_source_reconnects" in text and "tandem_edge_inference_ms_bucket" in text
-        assert 'tandem_edge_judge_decisions_total{cause="confident",verdict="keep"}' in text
+        assert 'tandem_edge_judge_decisions_total{camera="cam0",cause="confident",verdict="keep"}' in text
     finally:
         runtime.stop()
         loop.join(10)
