@@ -44,7 +44,7 @@ from edge.enroll import check_identity
 from edge.errors import StoreError, StoreFull
 from edge.health import HealthServer
 from edge.judge import Judge, JudgeDecision, JudgeInput, TraceMachine, TraceState, Verdict
-from edge.metrics import EdgeMetrics, RuntimeState
+from edge.metrics import EdgeMetrics, RuntimeState, SourceStatus
 from edge.models.agent import DesiredStateAgent, Identity
 from edge.models.host import ModelHost
 from edge.models.quality import Quality
@@ -205,7 +205,9 @@ class EdgeRuntime:
         self._stop = threading.Event()
         self._source: Optional[FrameSource] = None
         self._readers: list[CameraReader] = []  # several cameras: their reader threads, while run() runs
-        self._source_state = "connecting"
+        self._source_states = {  # by camera, as each reports (files are read, not watched)
+            c.source_id: "file" if c.kind in ("video", "images") else "connecting" for c in config.cameras
+        }
         self._recent: collections.deque[float] = collections.deque(maxlen=1000)  # monotonic times of frames
         self._store_full = False  # the last write found the store's filesystem full
         self._last_turn = time.monotonic()
@@ -294,8 +296,6 @@ class EdgeRuntime:
         fps = camera.max_fps
         interval = 1.0 / fps if fps else 0.0
         next_at = time.monotonic()
-        # Before the source opens: a live source's thread reports its state from the moment it starts.
-        self._source_state = "file" if camera.kind in ("video", "images") else "connecting"
         with open_source(camera, self._on_source_state) as source:
             self._source = source
             if isinstance(source, LiveSource):
@@ -627,26 +627,43 @@ class EdgeRuntime:
     # -- state for /healthz and /metrics -------------------------------------------
 
     def _on_source_state(self, source_id: str, state: SourceState, reason: str) -> None:
-        self._source_state = state.value
+        self._source_states[source_id] = state.value
         self.notifier.status(f"source {source_id} {state.value}: {reason}")
+
+    def _sources(self) -> tuple[SourceStatus, ...]:
+        """Each camera's state, and its live source's counts (the reader's slot's drops added, with several)."""
+        live: dict[str, tuple[Optional[FrameSource], int]] = {
+            r.config.source_id: (r.source, r.dropped) for r in self._readers
+        }
+        if self._source is not None:
+            live[self._source.source_id] = (self._source, 0)
+        statuses = []
+        for source_id, state in self._source_states.items():
+            source, dropped = live.get(source_id, (None, 0))
+            stats = source.stats if isinstance(source, LiveSource) else None
+            statuses.append(
+                SourceStatus(
+                    source_id,
+                    state,
+                    dropped + (stats.dropped if stats else 0),
+                    stats.reconnects if stats else 0,
+                    stats.down_s if stats else 0.0,
+                )
+            )
+        return tuple(statuses)
 
     def runtime_state(self) -> RuntimeState:
         now = time.monotonic()
         recent = [t for t in self._recent if t >= now - 10.0]
         fps = (len(recent) - 1) / (recent[-1] - recent[0]) if len(recent) > 1 and recent[-1] > recent[0] else 0.0
         depth = self.store.depth()
-        stats = self._source.stats if isinstance(self._source, LiveSource) else None
         return RuntimeState(
             fps=fps,
             outbox_rows=depth.rows,
             outbox_bytes=depth.bytes,
             outbox_oldest_age_s=max(0.0, self.clock() - depth.oldest_enqueued_at) if depth.oldest_enqueued_at else 0.0,
             failed_rows=depth.failed_rows,
-            source_id=",".join(c.source_id for c in self.config.cameras),
-            source_state=self._source_state,
-            source_dropped=stats.dropped if stats else 0,
-            source_reconnects=stats.reconnects if stats else 0,
-            source_down_s=stats.down_s if stats else 0.0,
+            sources=self._sources(),
             store_full=self._store_full,
         )
 
@@ -658,7 +675,7 @@ class EdgeRuntime:
         degraded = [
             name
             for name, bad in (
-                ("source down", state.source_state == "down"),
+                ("source down", any(source.state == "down" for source in state.sources)),
                 ("broker not connected", not self.link.subscribed),
                 ("failed escalations waiting for replay", state.failed_rows > 0),
                 ("store full: frames are not recorded", state.store_full),
@@ -666,19 +683,14 @@ class EdgeRuntime:
             if bad
         ]
         status = "stalled" if stalled else ("degraded" if degraded else "ok")
+        sources = [_source_json(source) for source in state.sources]
         body: dict[str, object] = {
             "status": status,
             "device_id": self.config.device_id,
             "loop_idle_s": round(idle_s, 3),
             "degraded": degraded,
             "fps": round(state.fps, 2),
-            "source": {
-                "id": state.source_id,
-                "state": state.source_state,
-                "dropped": state.source_dropped,
-                "reconnects": state.source_reconnects,
-                "down_s": round(state.source_down_s, 3),
-            },
+            "sources": sources,
             "outbox": {
                 "rows": state.outbox_rows,
                 "bytes": state.outbox_bytes,
@@ -687,6 +699,8 @@ class EdgeRuntime:
             },
             "mqtt_connected": self.link.subscribed,
         }
+        if len(sources) == 1:
+            body["source"] = sources[0]  # the one camera, where it was before there could be several
         return not stalled, body
 
     def wait_resolved(self, timeout_s: float, poll_s: float = 0.05) -> bool:
@@ -698,3 +712,13 @@ class EdgeRuntime:
             self.worker.wake()
             time.sleep(poll_s)
         return self.store.unresolved() == 0
+
+
+def _source_json(source: SourceStatus) -> dict[str, object]:
+    return {
+        "id": source.source_id,
+        "state": source.state,
+        "dropped": source.dropped,
+        "reconnects": source.reconnects,
+        "down_s": round(source.down_s, 3),
+    }

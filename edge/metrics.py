@@ -18,6 +18,17 @@ MS_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 
 
 
 @dataclass(frozen=True)
+class SourceStatus:
+    """One camera's state, as /healthz and the gauges show it."""
+
+    source_id: str
+    state: str
+    dropped: int = 0
+    reconnects: int = 0
+    down_s: float = 0.0
+
+
+@dataclass(frozen=True)
 class RuntimeState:
     """What the gauges show, read at scrape time."""
 
@@ -26,11 +37,7 @@ class RuntimeState:
     outbox_bytes: int
     outbox_oldest_age_s: float
     failed_rows: int
-    source_id: str
-    source_state: str
-    source_dropped: int
-    source_reconnects: int
-    source_down_s: float
+    sources: tuple[SourceStatus, ...]
     store_full: bool = False
 
 
@@ -60,20 +67,18 @@ class _StateCollector(Collector):
         state = GaugeMetricFamily(
             "tandem_edge_source_state", "1 for the source's current state", labels=["source", "state"]
         )
-        for name in SOURCE_STATES:
-            state.add_metric([s.source_id, name], 1.0 if name == s.source_state else 0.0)
+        for source in s.sources:
+            for name in SOURCE_STATES:
+                state.add_metric([source.source_id, name], 1.0 if name == source.state else 0.0)
         yield state
-        for metric, help_text, value in (
-            (
-                "tandem_edge_source_frames_dropped",
-                "Live frames overwritten before the loop took them",
-                s.source_dropped,
-            ),
-            ("tandem_edge_source_reconnects", "Times the source came back after going down", s.source_reconnects),
-            ("tandem_edge_source_down_seconds", "Time the source spent down", s.source_down_s),
+        for metric, help_text, field in (
+            ("tandem_edge_source_frames_dropped", "Live frames overwritten before the loop took them", "dropped"),
+            ("tandem_edge_source_reconnects", "Times the source came back after going down", "reconnects"),
+            ("tandem_edge_source_down_seconds", "Time the source spent down", "down_s"),
         ):
             family = GaugeMetricFamily(metric, help_text, labels=["source"])
-            family.add_metric([s.source_id], float(value))
+            for source in s.sources:
+                family.add_metric([source.source_id], float(getattr(source, field)))
             yield family
 
 

@@ -45,6 +45,11 @@ class CameraReader:
         self.error = ""
         self._thread = threading.Thread(target=self._run, name=f"camera-{config.source_id}", daemon=True)
 
+    @property
+    def source(self) -> Optional[FrameSource]:
+        """The open source, while the reader runs."""
+        return self._source
+
     def start(self) -> None:
         self._thread.start()
 
