@@ -192,7 +192,7 @@ class Route(StrictModel):
         if not low <= len(self.steps) <= high:
             raise ValueError(f"strategy {self.strategy.value} takes {low}-{high} steps, not {len(self.steps)}")
         if self.strategy is Strategy.PARALLEL and self.aggregate is None:
-            raise ValueError("strategy parallel needs aggregate: vote, max_confidence, weighted or chain")
+            raise ValueError("strategy parallel needs aggregate: vote, max_confidence, weighted, chain, wbf or nms")
         if self.strategy is not Strategy.PARALLEL and self.aggregate is not None:
             raise ValueError(f"aggregate is for strategy parallel; {self.strategy.value} answers with one step")
         return self
@@ -246,8 +246,6 @@ class RoutingConfig(StrictModel):
                         f"route {route.name}: {step.model} is a parser; it reads another step's answer, "
                         "so it can only follow a step in aggregate: chain"
                     )
-                elif isinstance(entry, OnnxModelEntry) and route.aggregate is Aggregate.CHAIN and index > 0:
-                    problems.append(f"route {route.name}: in a chain, steps after the first must be parsers")
         if problems:
             raise ValueError("; ".join(problems))
         return self

@@ -38,6 +38,7 @@ from edge.judge import TraceState
 from edge.outbox.records import TraceRecord
 from tandem.broker import free_port
 from tests.integration.conftest import HubProcess
+from tests.support.waiting import wait_for
 from tools.detection_models import CLASSES, mean_ap
 
 CAMERAS = ("gate", "yard", "dock")
@@ -133,11 +134,12 @@ def test_four_cameras_one_hung_escalate_crops_and_store_the_strong_detectors_box
         files[name] = [s.name for s in mine]
         # The dock camera's judge is its own: it doubts more, so it escalates more.
         judge = {"box_threshold": 0.7} if name == "dock" else {}
-        sources.append(SourceConfig(kind="images", path=folder, source_id=name, judge=judge))
+        # Played at 10 fps, like cameras: the run lasts 3 s, long enough to see the hung camera go down meanwhile.
+        sources.append(SourceConfig(kind="images", path=folder, source_id=name, judge=judge, max_fps=10))
     with HungCamera() as hung:
         sources.append(
             SourceConfig(
-                kind="stream", url=f"http://127.0.0.1:{hung.port}/stream.mjpg", source_id="hung", timeout_ms=2000
+                kind="stream", url=f"http://127.0.0.1:{hung.port}/stream.mjpg", source_id="hung", timeout_ms=1000
             )
         )
         config = EdgeConfig(
@@ -158,7 +160,16 @@ def test_four_cameras_one_hung_escalate_crops_and_store_the_strong_detectors_box
         )
         with EdgeRuntime(config) as runtime:
             # The hung camera gives nothing and holds up nothing: the three others' frames all go through.
-            assert runtime.run(max_frames=PER_CAMERA * len(CAMERAS)) == PER_CAMERA * len(CAMERAS)
+            ran: list[int] = []
+            loop = threading.Thread(target=lambda: ran.append(runtime.run(max_frames=PER_CAMERA * len(CAMERAS))))
+            loop.start()
+            # Meanwhile /healthz names each camera; the hung one goes down (its stream timed out): degraded.
+            wait_for(lambda: "source down" in runtime.health_probe()[1]["degraded"], 10, "the hung camera down")
+            alive, body = runtime.health_probe()
+            assert alive and {s["id"]: s["state"] for s in body["sources"]}["hung"] == "down"
+            assert {s["id"]: s["state"] for s in body["sources"] if s["id"] != "hung"} == dict.fromkeys(CAMERAS, "file")
+            loop.join(60)
+            assert ran == [PER_CAMERA * len(CAMERAS)]
             assert runtime.wait_resolved(90), "escalations without a verdict"
             for name in CAMERAS:
                 assert runtime.metrics.value("frames", camera=name) == PER_CAMERA, name

@@ -15,8 +15,10 @@ from cloud.routing.backends import ParserBackend
 from cloud.routing.balance import Balancer, CircuitState
 from cloud.routing.cache import CachedAnswer, ResultCache
 from cloud.routing.config import Balancing, Breaker, Cache, ParserModelEntry
+from cloud.routing.steps import so_far
 from protocol import EncodedImage, EscalationRequest, Prediction, new_trace_id
 from protocol.errors import MalformedMessage
+from protocol.messages import Box
 
 LABELS = ("cat", "dog", "fox", "c4t")
 
@@ -209,6 +211,17 @@ def test_chain_feeds_each_answer_to_the_next_step():
         outcome = run(r)
         assert (outcome.final.label, round(outcome.final.confidence, 3)) == expected
         assert [s.step.model for s in outcome.steps] == ["a", "format"]
+
+
+def test_a_hub_step_after_one_that_found_boxes_reads_that_answer():
+    """A chain of models (a text detector, then a recogniser) is allowed, and the later model is handed the
+    earlier one's boxes where the device's answer was (``so_far``); an answer without boxes changes nothing."""
+    chain = [{"name": "read", "strategy": "parallel", "aggregate": "chain", "steps": [{"model": "a"}, {"model": "b"}]}]
+    assert [s.model for s in parse_routing(rules(chain)).routes[0].steps] == ["a", "b"]
+    req = request()
+    found = Prediction("finder", "1", ("text",), (0.8,), boxes=(Box(1, 2, 30, 12, "text", 0.8),))
+    assert so_far(req, found).local_prediction is found and so_far(req, found).trace_id == req.trace_id
+    assert so_far(req, Prediction("c", "1", ("cat",), (0.9,))) is req and so_far(req, None) is req
 
 
 def test_a_step_deadline_times_the_request_out():
