@@ -21,11 +21,13 @@ from pathlib import Path
 from typing import Optional, Union
 
 import cv2
+import numpy as np
 
 from cloud.api.access import token_sha256
 from cloud.app import start_hub, stop_hub
 from cloud.client import HubHttpError, request
 from cloud.config import FleetConfig, HubConfig, OperatorConfig, Role, SecurityConfig
+from cloud.models import load_model
 from cloud.orchestrator.config import OrchestratorConfig
 from edge.app import EdgeRuntime
 from edge.config import (
@@ -42,6 +44,7 @@ from edge.detectors import create_detector
 from edge.enroll import enroll
 from edge.judge import calibrate
 from edge.summary import format_table, summarize
+from protocol.messages import EncodedImage, EscalationRequest, new_trace_id
 from tandem.broker import EmbeddedBroker, MosquittoBroker, find_mosquitto, free_port, secure_broker_files
 
 logger = logging.getLogger(__name__)
@@ -258,14 +261,15 @@ def detection_workload(args: argparse.Namespace, work: Path) -> Union[Workload, 
     if missing:
         return f"missing {', '.join(missing)}; build them with: python -m tools.detection_models {models}"
     detector = DetectorConfig(kind="detection", model_path=light, conf_threshold=0.1)
-    # Of the boxes above 0.3, more than half weak escalates the frame (the best class's confidence plays no part);
-    # tools/bench edge chose that floor on the calibration scenes.
-    judge = JudgeConfig(confidence_threshold=0.0, box_floor=0.3, max_weak_box_share=0.5)
+    # Of the boxes above the floor, more than half weak escalates the frame (the best class's confidence plays no
+    # part); floor and threshold are calibrated unless --threshold gives the threshold (then the floor is 0.25).
+    judge = JudgeConfig(confidence_threshold=0.0, box_floor=0.25, max_weak_box_share=0.5)
     rate: Optional[float] = None
     if args.threshold is not None:
         box_threshold = args.threshold
     else:
-        box_threshold, rate = _calibrated_box_threshold(detector, judge, models / "calibration", args)
+        floor, box_threshold, rate = _calibrated_box_judge(detector, strong, judge, models / "calibration", args)
+        judge = judge.model_copy(update={"box_floor": floor})
     frames = sorted((models / "stream").glob("*.png"))
     fps = None if args.fast else args.fps or DETECTION_FPS
     cameras = []
@@ -289,26 +293,64 @@ def detection_workload(args: argparse.Namespace, work: Path) -> Union[Workload, 
     about = {
         "workload": "detection",
         "cameras": list(DETECTION_CAMERAS),
+        "box_floor": judge.box_floor,
         "box_threshold": box_threshold,
         "calibrated_escalation_rate": None if rate is None else round(rate, 4),
     }
     return Workload(strong, edge, about)
 
 
-def _calibrated_box_threshold(
-    detector_config: DetectorConfig, judge: JudgeConfig, folder: Path, args: argparse.Namespace
-) -> tuple[float, float]:
-    """The box threshold escalating at most --target-escalation of the calibration scenes."""
+def _calibrated_box_judge(
+    detector_config: DetectorConfig, strong: Path, judge: JudgeConfig, folder: Path, args: argparse.Namespace
+) -> tuple[float, float, float]:
+    """The judge's box floor and threshold for --target-escalation, chosen on the labelled calibration scenes
+    with the hub's strong model answering what is escalated (``calibrate.choose_box_judge``, as tools/bench edge
+    does)."""
+    labels = json.loads((folder / "labels.json").read_text())
+    names = sorted(labels)
+    images = [_scene(folder / name) for name in names]
     detector = create_detector(detector_config)
     detector.start()
     try:
-        images = [cv2.imread(str(p), cv2.IMREAD_COLOR) for p in sorted(folder.glob("*.png"))]
-        answers = [detector.predict(image) for image in images if image is not None]
+        local = [detector.predict(image) for image in images]
     finally:
         detector.close()
-    threshold, rate = calibrate.choose_box_threshold(answers, judge, args.target_escalation)
-    logger.info("demo: %d calibration scenes: box_threshold %.2f escalates %.0f%%", len(answers), threshold, rate * 100)
-    return threshold, rate
+    classes = list(local[0].labels)  # a detector's answer lists every class it knows
+    requests = [
+        EscalationRequest(new_trace_id(), "calibration", p, _png(i), 5000) for p, i in zip(local, images, strict=True)
+    ]
+    answers = []
+    for answer in load_model(strong).predict_requests(requests):
+        if isinstance(answer, Exception):
+            raise answer
+        answers.append(answer)
+    truths = [
+        np.array([[*row[:4], classes.index(row[4])] for row in labels[name]], np.float32).reshape(-1, 5)
+        for name in names
+    ]
+    floor, threshold, rate = calibrate.choose_box_judge(local, answers, truths, classes, judge, args.target_escalation)
+    logger.info(
+        "demo: %d calibration scenes: box_floor %.2f, box_threshold %.2f escalates %.0f%%",
+        len(local),
+        floor,
+        threshold,
+        rate * 100,
+    )
+    return floor, threshold, rate
+
+
+def _scene(path: Path) -> np.ndarray:
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise ValueError(f"{path}: not an image")
+    return image
+
+
+def _png(image: np.ndarray) -> EncodedImage:
+    ok, data = cv2.imencode(".png", image)
+    if not ok:
+        raise ValueError("a calibration scene did not encode")
+    return EncodedImage("image/png", data.tobytes(), int(image.shape[1]), int(image.shape[0]))
 
 
 def run_demo(args: argparse.Namespace) -> int:

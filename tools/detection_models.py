@@ -40,6 +40,7 @@ import cv2
 import numpy as np
 
 from common.inference.detect import letterbox
+from edge.judge.calibrate import box_iou, mean_ap
 
 CLASSES = ["disc", "ring", "bar", "post"]
 FRAME_W, FRAME_H = 160, 120
@@ -120,7 +121,7 @@ def scene(rng: np.random.Generator) -> Scene:
         cut = [max(0.0, x0), max(0.0, y0), min(float(FRAME_W), x1), min(float(FRAME_H), y1)]
         if (cut[2] - cut[0]) * (cut[3] - cut[1]) < 0.5 * (x1 - x0) * (y1 - y0):
             continue  # mostly outside the frame
-        if any(_iou(cut, b[:4]) > 0.2 for b in boxes):
+        if any(box_iou(cut, b[:4]) > 0.2 for b in boxes):
             continue
         local = image[int(cut[1]) : int(cut[3]) + 1, int(cut[0]) : int(cut[2]) + 1].mean(axis=(0, 1))
         # Away from the background in every channel, by 60-130 levels: some faint, most clear, none invisible.
@@ -135,14 +136,6 @@ def scene(rng: np.random.Generator) -> Scene:
         image = cv2.GaussianBlur(image, (0, 0), sigma)
     frame = np.clip(image, 0, 255).astype(np.uint8)
     return Scene(frame, np.array(boxes, np.float32).reshape(-1, 5))
-
-
-def _iou(a: list[float] | np.ndarray, b: list[float] | np.ndarray) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 # -- models ---------------------------------------------------------------------------------------------------
@@ -353,41 +346,6 @@ def _describe(path: Path, model_id: str, held_out_map: float) -> None:
 
 
 # -- evaluation -----------------------------------------------------------------------------------------------
-
-
-def mean_ap(detections: list[np.ndarray], truths: list[np.ndarray], iou: float = 0.5) -> float:
-    """mAP@iou over the classes present in ``truths`` (VOC's all-point interpolation).
-
-    ``detections[i]``: [K, 6] x0, y0, x1, y1, score, class for image i; ``truths[i]``: [M, 5] x0, y0, x1, y1,
-    class."""
-    aps = []
-    for c in range(len(CLASSES)):
-        found: list[tuple[float, int, np.ndarray]] = []
-        total = 0
-        for i, (dets, gts) in enumerate(zip(detections, truths, strict=True)):
-            total += int((gts[:, 4] == c).sum())
-            found += [(float(d[4]), i, d[:4]) for d in dets if int(d[5]) == c]
-        if total == 0:
-            continue
-        found.sort(key=lambda item: -item[0])
-        used = [np.zeros(int((gts[:, 4] == c).sum()), bool) for gts in truths]
-        hits = []
-        for _, i, box in found:
-            gts = truths[i][truths[i][:, 4] == c]
-            overlaps = [_iou(box, g[:4]) for g in gts]
-            best = int(np.argmax(overlaps)) if overlaps else -1
-            hit = best >= 0 and overlaps[best] >= iou and not used[i][best]
-            if hit:
-                used[i][best] = True
-            hits.append(hit)
-        tp = np.cumsum(hits)
-        recall = tp / total
-        precision = tp / np.arange(1, len(hits) + 1)
-        r = np.concatenate([[0.0], recall, [1.0]])
-        p = np.concatenate([[0.0], precision, [0.0]])
-        p = np.maximum.accumulate(p[::-1])[::-1]
-        aps.append(float(np.sum((r[1:] - r[:-1]) * p[1:])))
-    return float(np.mean(aps)) if aps else 0.0
 
 
 # -- building -------------------------------------------------------------------------------------------------

@@ -234,3 +234,76 @@ def choose_box_threshold(
     if not within:
         raise ConfigError(f"no box_threshold escalates at most {target_escalation:.0%}: other policies escalate more")
     return within[-1]
+
+
+def choose_box_judge(
+    local: Sequence[Prediction],
+    hub: Sequence[Prediction],
+    truths: Sequence[np.ndarray],
+    labels: Sequence[str],
+    judge: JudgeConfig,
+    target_escalation: float,
+    floors: Sequence[float] = (0.2, 0.25, 0.3, 0.35, 0.4),
+) -> tuple[float, float, float]:
+    """A detector's ``box_floor`` and ``box_threshold`` from a labelled set: for each floor the highest threshold
+    escalating at most ``target_escalation`` of the frames (``choose_box_threshold``), then the floor whose
+    cascade (``hub``'s answer where the judge escalates, ``local``'s elsewhere) scores the best mAP@0.5 against
+    ``truths`` ([M, 5] x0, y0, x1, y1, class index into ``labels`` per frame). Returns floor, threshold, rate."""
+    best: tuple[float, float, float, float] = (-1.0, 0.0, 0.0, 0.0)
+    for floor in floors:
+        floored = judge.model_copy(update={"box_floor": floor})
+        threshold, rate = choose_box_threshold(local, floored, target_escalation)
+        decide = Judge.from_config(floored.model_copy(update={"box_threshold": threshold})).combine
+        answers = [h if decide(JudgeInput(p)).escalate else p for p, h in zip(local, hub, strict=True)]
+        score = mean_ap([boxes_array(a, labels) for a in answers], truths)
+        if score > best[0]:
+            best = (score, floor, threshold, rate)
+    return best[1], best[2], best[3]
+
+
+def boxes_array(prediction: Prediction, labels: Sequence[str]) -> np.ndarray:
+    """A detector's boxes as [K, 6] x0, y0, x1, y1, score, class index (boxes of other classes left out)."""
+    rows = [[b.x0, b.y0, b.x1, b.y1, b.score, labels.index(b.label)] for b in prediction.boxes if b.label in labels]
+    return np.array(rows, np.float32).reshape(-1, 6)
+
+
+def box_iou(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray) -> float:
+    """Intersection over union of two x0, y0, x1, y1 boxes."""
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return float(inter / union) if union > 0 else 0.0
+
+
+def mean_ap(detections: Sequence[np.ndarray], truths: Sequence[np.ndarray], iou: float = 0.5) -> float:
+    """mAP@iou over the classes present in ``truths`` (VOC's all-point interpolation).
+
+    ``detections[i]``: [K, 6] x0, y0, x1, y1, score, class for frame i; ``truths[i]``: [M, 5] x0, y0, x1, y1,
+    class."""
+    classes = sorted({int(c) for t in truths for c in t[:, 4]})
+    aps = []
+    for c in classes:
+        total = sum(int((gts[:, 4] == c).sum()) for gts in truths)
+        found = sorted(
+            ((float(d[4]), i, d[:4]) for i, dets in enumerate(detections) for d in dets if int(d[5]) == c),
+            key=lambda item: -item[0],
+        )
+        used = [np.zeros(int((gts[:, 4] == c).sum()), bool) for gts in truths]
+        hits = []
+        for _, i, box in found:
+            gts = truths[i][truths[i][:, 4] == c]
+            overlaps = [box_iou(box, g[:4]) for g in gts]
+            best = int(np.argmax(overlaps)) if overlaps else -1
+            hit = best >= 0 and overlaps[best] >= iou and not used[i][best]
+            if hit:
+                used[i][best] = True
+            hits.append(hit)
+        tp = np.cumsum(hits)
+        recall = tp / total
+        precision = tp / np.arange(1, len(hits) + 1)
+        r = np.concatenate([[0.0], recall, [1.0]])
+        p = np.concatenate([[0.0], precision, [0.0]])
+        p = np.maximum.accumulate(p[::-1])[::-1]
+        aps.append(float(np.sum((r[1:] - r[:-1]) * p[1:])))
+    return float(np.mean(aps)) if aps else 0.0

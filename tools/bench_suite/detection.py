@@ -33,10 +33,10 @@ from cloud.models import load_model
 from edge.config import DetectorConfig, EscalationConfig, JudgeConfig
 from edge.detectors import create_detector
 from edge.judge import Judge, JudgeInput, Verdict
-from edge.judge.calibrate import choose_box_threshold
+from edge.judge.calibrate import boxes_array, choose_box_judge, mean_ap
 from edge.payload import encode
 from protocol.messages import EscalationRequest, Prediction, new_trace_id
-from tools.detection_models import CLASSES, mean_ap
+from tools.detection_models import CLASSES
 
 DETECT = Path(".tandem/detect")
 LIGHT_CONF = 0.1  # the device keeps boxes from here (a tail for recall)
@@ -72,8 +72,7 @@ def scenes(folder: Path) -> list[Scene]:
 
 
 def as_array(prediction: Prediction) -> np.ndarray:
-    rows = [[b.x0, b.y0, b.x1, b.y1, b.score, CLASSES.index(b.label)] for b in prediction.boxes]
-    return np.array(rows, np.float32).reshape(-1, 6)
+    return boxes_array(prediction, CLASSES)
 
 
 def judge_for(floor: float, threshold: float) -> Judge:
@@ -141,25 +140,13 @@ class Bench:
         return Cascade(answers, escalated, sent)
 
     def choose(self, target: float = TARGET) -> tuple[float, float]:
-        """The judge's floor and box threshold, both from the calibration scenes: for each floor the highest
-        threshold escalating at most ``target`` of them (``calibrate.choose_box_threshold``, as the demo does),
-        then the floor whose cascade scores the best mAP there (the strong model answering what is escalated)."""
+        """The judge's floor and box threshold from the calibration scenes (``calibrate.choose_box_judge``, as
+        ``tandem demo --workload detection`` does): the hub's answers there stand in for the escalated ones."""
         local = [self.light.predict(s.image) for s in self.calibration]
-        strong = [as_array(p) for p in self.hub_answers(self.calibration, local)]
+        hub = self.hub_answers(self.calibration, local)
         truths = [s.truth for s in self.calibration]
-        best: tuple[float, float, float] = (-1.0, 0.0, 0.0)
-        for floor in FLOORS:
-            judge = JUDGE.model_copy(update={"box_floor": floor})
-            threshold, _ = choose_box_threshold(local, judge, target)
-            decide = Judge.from_config(judge.model_copy(update={"box_threshold": threshold})).decide
-            answers = [
-                strong[i] if decide(JudgeInput(p, s.image)).escalate else as_array(p)
-                for i, (p, s) in enumerate(zip(local, self.calibration, strict=True))
-            ]
-            score = mean_ap(answers, truths)
-            if score > best[0]:
-                best = (score, floor, threshold)
-        return best[1], best[2]
+        floor, threshold, _ = choose_box_judge(local, hub, truths, CLASSES, JUDGE, target, FLOORS)
+        return floor, threshold
 
     def hub_answers(self, scenes: list[Scene], local: list[Prediction]) -> list[Prediction]:
         """The strong model on every whole frame, as the hub runs it."""
