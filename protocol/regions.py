@@ -8,9 +8,10 @@ the image is and at what scale:
     tandem.region   "x0,y0,x1,y1"  the crop's corners in frame pixels
     tandem.scale    "s"            image pixels per frame pixel (0.5: sent at half size)
 
-Without them the image is the whole frame, as taken. The hub puts the image back where it came from, on a
-blank frame of the frame's size (``common.inference.detect.in_frame``), so its model sees objects at the scale
-the device's camera gives them (a crop blown up to the model's input would not). It keeps its boxes that the
+Without them the image is the whole frame, as taken. A hub detector puts the image back where it came from, in
+a frame of the frame's size (``common.inference.detect.in_frame``; the crop's border pixels carried outwards),
+so its model sees objects at the scale the device's camera gives them (a crop blown up to the model's input
+would not). It keeps its boxes that the
 crop shows whole, and the device's own boxes that the crop does not (``Region.merge``): its verdict covers the
 whole frame either way.
 Runs on Python 3.10 (the edge imports it).

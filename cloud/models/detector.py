@@ -1,8 +1,8 @@
 """A cloud detector: the device's detection head (``common.inference.detect``) on the hub, on the region the
 device escalated.
 
-A device may send a crop of its frame (``protocol.regions``). The crop goes back where it came from on a blank
-frame, the model runs on that, and the verdict is the hub's boxes that the crop shows whole plus the device's
+A device may send a crop of its frame (``protocol.regions``). The crop goes back where it came from, in a frame
+of the frame's size (``in_frame``; never larger than ``max_image_pixels``), the model runs on that, and the verdict is the hub's boxes that the crop shows whole plus the device's
 own boxes it does not (``Region.merge``): the whole frame, in the frame's pixels, whatever the device sent.
 """
 
@@ -60,6 +60,10 @@ class CloudDetector(HubModel):
         """The escalated image back on its frame (``in_frame``), and where it lies."""
         image = pixels(request.input, self.max_image_pixels)
         region = Region.from_attributes(request.attributes, int(image.shape[1]), int(image.shape[0]))
+        if region.width * region.height > self.max_image_pixels:  # the frame is made here: bound it like an image
+            raise MalformedMessage(
+                f"a {region.width}x{region.height} frame is more than {self.max_image_pixels} pixels"
+            )
         return in_frame(region, image), region
 
     def _whole_frame(self, found: Prediction, region: Region, local: Prediction) -> Prediction:

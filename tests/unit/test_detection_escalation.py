@@ -173,3 +173,28 @@ def test_several_cameras_frames_in_one_call_answer_as_one_at_a_time(detect_model
             (x.label, round(x.x0, 1), round(x.y0, 1)) for x in b.boxes
         ]
         assert a.scores == pytest.approx(b.scores, abs=1e-5)
+
+
+def test_the_hubs_detector_answers_a_crop_for_the_whole_frame_and_bounds_the_frame_it_makes(detect_models):
+    from cloud.models import CloudDetector, load_model
+    from protocol.messages import EscalationRequest, new_trace_id
+
+    hub = load_model(detect_models / "models" / "shapes-strong.onnx", max_image_pixels=160 * 120)
+    assert isinstance(hub, CloudDetector)
+    image = cv2.imread(str(sorted((detect_models / "stream").glob("*.png"))[0]))
+    outside = Box(0, 0, 6, 6, "disc", 0.3)  # the device's own box, in a corner the crop leaves out
+    local = boxes_answer(Box(100, 50, 120, 70, "disc", 0.3), outside)
+    sent = encode(image, EscalationConfig(payload="boxes", image_format="png"), [local.boxes[0]])
+    assert sent is not None and sent.kind == "crop"
+
+    def ask(attributes: dict[str, str]):
+        request = EscalationRequest(new_trace_id(), "cam", local, sent.image, 5000, attributes=attributes)
+        return hub.predict_requests([request])[0]
+
+    answer = ask(sent.attributes)
+    region = Region.from_attributes(sent.attributes, sent.image.width, sent.image.height)
+    assert isinstance(answer, Prediction) and outside in answer.boxes  # outside the crop: the device's box stands
+    assert all(region.shows(b) for b in answer.boxes if b != outside)  # inside: only boxes the crop shows whole
+    # A crop that claims to come from a huge frame is refused before that frame is made.
+    huge = {**sent.attributes, "tandem.frame": "30000,30000"}
+    assert isinstance(ask(huge), MalformedMessage)
