@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Optional
 
 from edge.config import SourceConfig
-from edge.sources import Frame, FrameSource, LiveSource, StateCallback, open_source
+from edge.sources import Frame, FrameSource, LiveSource, SourceState, StateCallback, open_source
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +104,8 @@ class CameraReader:
         except Exception as exc:  # a camera that cannot be read ends; the others go on
             self.error = str(exc)
             logger.error("camera %s: stopped: %s", self.config.source_id, exc)
+            if self._on_state is not None:  # /healthz and tandem_edge_source_state say so
+                self._on_state(self.config.source_id, SourceState.DOWN, f"stopped: {exc}")
         finally:
             self._source = None
             self.finished = True

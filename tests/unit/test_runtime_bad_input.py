@@ -167,3 +167,38 @@ def test_the_hubs_confirmation_ends_the_resends_of_an_mqtt_escalation(runtime):
     assert runtime.metrics.value("hub_acks", status="repeat") == 1
     assert runtime.on_accepted(b"\xffnot an ack") is Handled.ACK
     assert runtime.metrics.value("bad_results", error="ack:MalformedMessage") == 1
+
+
+def test_a_camera_that_cannot_be_read_is_down_and_the_others_play_on(tmp_path, demo_assets):
+    images = sorted((demo_assets / "stream" / "images").iterdir())
+    cameras = []
+    for name, chosen in (("gate", images[:5]), ("yard", images[5:12])):
+        folder = tmp_path / name
+        folder.mkdir()
+        for p in chosen:
+            shutil.copy(p, folder / p.name)
+        cameras.append(SourceConfig(kind="images", path=folder, source_id=name))
+    cameras.append(SourceConfig(kind="images", path=tmp_path / "unplugged", source_id="dock"))  # no such folder
+    config = EdgeConfig(
+        device_id="cam-3",
+        state_path=tmp_path / "edge.db",
+        sources=cameras,
+        detector=DetectorConfig(model_path=demo_assets / "models" / "digits-weak.onnx"),
+        judge=JudgeConfig(confidence_threshold=0.0),  # keep everything: no network here
+    )
+    runtime = EdgeRuntime(config)
+    runtime.store.open()
+    runtime.detector.start()
+    try:
+        assert runtime.run() == 12
+        assert {c: runtime.metrics.value("frames", camera=c) for c in ("gate", "yard", "dock")} == {
+            "gate": 5,
+            "yard": 7,
+            "dock": 0,
+        }
+        _, body = runtime.health_probe()
+        states = {s["id"]: s["state"] for s in body["sources"]}
+        assert states == {"gate": "file", "yard": "file", "dock": "down"} and "source down" in body["degraded"]
+        assert len(runtime.store.traces()) == 12
+    finally:
+        runtime.store.close()
