@@ -3,13 +3,13 @@ on the hub, on the held-out scenes of ``tools.detection_models``; and what an es
 
 Every frame goes through the device's own parts: the light model as a ``detection`` detector, the judge (the
 box policy only, as ``JUDGE``: of the boxes above ``box_floor``, more than half below ``box_threshold``
-escalates the frame), and the payload encoder. An escalated
-frame's payload goes to the hub's own detector (``cloud.models.load_model``), which answers for the whole frame;
-a kept frame keeps the light model's boxes. mAP@0.5 of those answers, over all frames, is set against the
-strong model's own on every whole frame.
+escalates the frame), and the payload encoder. An escalated frame's payload goes to the hub's own detector
+(``cloud.models.load_model``), which answers for the whole frame; a kept frame keeps the light model's boxes.
+mAP@0.5 of those answers, over all frames, is set against the strong model's own on every whole frame.
 
-detection_box_threshold     chosen on the calibration scenes as ``tandem demo --workload detection`` does
-                            (``calibrate.choose_box_threshold``): the highest escalating at most TARGET of them
+detection_box_floor,        chosen on the calibration scenes as ``tandem demo --workload detection`` does
+detection_box_threshold     (``calibrate.choose_box_judge``): for each of FLOORS the highest threshold
+                            escalating at most TARGET of them, then the floor whose cascade scores best there
 detection_escalation_rate   share of held-out frames escalated at that threshold
 detection_map_share         the cascade's mAP@0.5 / the strong model's
 detection_map_light         the light model alone; detection_map_strong: the strong one alone
