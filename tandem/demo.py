@@ -109,10 +109,14 @@ def _calibrated_threshold(weak: DetectorConfig, models: Path, args: argparse.Nam
 def _orchestrator(args: argparse.Namespace) -> OrchestratorConfig:
     """The rules keep the strong model (``strong``: the hub's one model) within --strong-capacity, moving the
     device's threshold at most 0.05 per step, never below 0.5, and back up when the load goes; the embedded
-    language model is loaded and asked only about what the rules cannot fix."""
+    language model is loaded and asked only about what the rules cannot fix.
+
+    The detection workload's judge is its box threshold, and the rules steer the confidence threshold, which a
+    detector's judge leaves at 0: there the orchestrator only observes (it proposes; nothing is applied)."""
+    mode = "observe" if args.workload == "detection" and args.orchestrator in ("auto", "approve") else args.orchestrator
     return OrchestratorConfig.model_validate(
         {
-            "mode": args.orchestrator,
+            "mode": mode,
             "every_s": 2.0,
             "cooldown_s": 10.0,  # the rates are measured over 10 s: let a change show before the next
             "watch": [{"model": "strong", "capacity_per_s": args.strong_capacity}],
@@ -253,7 +257,7 @@ DETECTION_FPS = 15.0  # per camera
 
 def detection_workload(args: argparse.Namespace, work: Path) -> Union[Workload, str]:
     """Two cameras in one device process, sharing the light detector (the held-out scenes dealt between them);
-    the strong detector on the hub; the judge's box threshold calibrated for --target-escalation; each
+    the strong detector on the hub; the judge's box floor and threshold calibrated for --target-escalation; each
     escalation the crop around the doubted boxes, as JPEG."""
     models = args.detect_models
     light, strong = models / "models" / "shapes-light.onnx", models / "models" / "shapes-strong.onnx"
