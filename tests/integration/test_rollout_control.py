@@ -55,7 +55,10 @@ def test_pause_resume_abort_and_rollback(tmp_path, demo_assets, rollout_hub, fle
     weak = demo_assets / "models" / "digits-weak.onnx"
     model = tempered(weak, 1.6, tmp_path / "m" / "digits-b.onnx")
     second = bundle(api, demo_assets, model, model, "control")
-    spec = {"target": {"group": "control"}, "waves": [0.33, 1.0], "soak_s": 0.5, "rules": {"min_frames": 10}}
+    # This test is about the controls, not model quality: a busy 2-core machine can stretch a 0.2 ms model's p95
+    # past the default 2 ms latency bound (seen once: 2.30 ms against 0.19 ms), so that rule is widened here.
+    rules = {"min_frames": 10, "min_latency_delta_ms": 50}
+    spec = {"target": {"group": "control"}, "waves": [0.33, 1.0], "soak_s": 0.5, "rules": rules}
 
     # Pause after the first wave: the second waits until resume.
     rollout = api.send("POST", "/v1/admin/rollouts", {"bundle_id": second, **spec})

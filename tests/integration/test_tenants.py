@@ -194,8 +194,9 @@ def test_one_operator_token_cannot_starve_the_others(tenant_api):
     _runner, api = tenant_api
     codes = [api.get("/v1/devices", headers=as_("amy")).status_code for _ in range(60)]
     assert codes[:30] == [200] * 30 and 429 in codes  # the burst, then the rate
-    refused = api.get("/v1/devices", headers=as_("amy"))
-    assert refused.status_code == 429 and int(refused.headers["Retry-After"]) >= 1
+    # The next refusal (on a slow machine a call may take long enough for a token to come back meanwhile).
+    refused = next(r for r in (api.get("/v1/devices", headers=as_("amy")) for _ in range(30)) if r.status_code == 429)
+    assert int(refused.headers["Retry-After"]) >= 1
     assert "amy is over 5 requests/s" in refused.json()["detail"]
     assert api.get("/v1/devices", headers=as_("gil")).status_code == 200  # another token is not held back
     metrics = api.get("/metrics").text
