@@ -2,8 +2,9 @@
 device escalated.
 
 A device may send a crop of its frame (``protocol.regions``). The crop goes back where it came from, in a frame
-of the frame's size (``in_frame``; never larger than ``max_image_pixels``), the model runs on that, and the verdict is the hub's boxes that the crop shows whole plus the device's
-own boxes it does not (``Region.merge``): the whole frame, in the frame's pixels, whatever the device sent.
+of the frame's size (``in_frame``; never larger than ``max_image_pixels``), the model runs on that, and the
+verdict is the hub's boxes that the crop shows whole plus the device's own boxes it does not (``Region.merge``):
+the whole frame, in the frame's pixels, whatever the device sent.
 """
 
 from __future__ import annotations
