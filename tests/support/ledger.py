@@ -22,7 +22,7 @@ class DeviceBooks:
     escalated: int = 0
     verdicts: int = 0  # answered by the hub in time (PENDING_CLOUD -> COMPLETE)
     late_verdicts: int = 0  # fell back at the deadline, then the hub's answer arrived
-    failed_results: int = 0  # the hub answered FAILED (bad input): fell back at once
+    failed_results: int = 0  # the hub answered with a failure (bad input, or its own timeout), in time or late
     waiting: int = 0  # no verdict yet, still in the outbox
     set_aside: int = 0  # in the failed table (a permanent rejection or the TTL), for tandem edge replay
     dropped: int = 0  # dropped by the outbox's bound (on_full), as its trace says
@@ -36,6 +36,7 @@ class DeviceBooks:
             "late verdicts after fallback": self.late_verdicts,
             "still waiting": self.waiting,
             "dropped by the outbox bound": self.dropped,
+            "hub failures": self.failed_results,
             "lost": len(self.lost),
             "verdicts applied twice": len(self.applied_twice),
         }
@@ -51,14 +52,18 @@ def audit_device(path: Path) -> DeviceBooks:
     with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
         queued = {r[0] for r in conn.execute("SELECT trace_id FROM outbox")}
         failed = {r[0] for r in conn.execute("SELECT trace_id FROM failed")}
-        rows = conn.execute("SELECT trace_id, history, cloud_label, dropped FROM traces WHERE escalated_at IS NOT NULL")
-        for trace_id, history, cloud_label, dropped in rows:
+        rows = conn.execute(
+            "SELECT trace_id, history, cloud_label, dropped, cloud_result FROM traces WHERE escalated_at IS NOT NULL"
+        )
+        for trace_id, history, cloud_label, dropped, cloud_result in rows:
             books.escalated += 1
             steps = json.loads(history)
             answered = [s for s in steps if str(s[3]).startswith(VERDICT_REASONS)]
             if len(answered) > 1:
                 books.applied_twice.append(trace_id)
-            if any(str(s[3]).startswith("hub answered") for s in steps):
+            # A failure after the deadline leaves no step (the trace had already fallen back): its result does.
+            hub_status = json.loads(cloud_result).get("status") if cloud_result else None
+            if any(str(s[3]).startswith("hub answered") for s in steps) or hub_status not in (None, "SUCCESS"):
                 books.failed_results += 1
             elif answered and cloud_label is not None:
                 late = str(answered[0][3]).startswith("late")
