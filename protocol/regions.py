@@ -83,6 +83,13 @@ class Region:
             raise MalformedMessage(f"a {image_width}x{image_height} image is not region {x0},{y0},{x1},{y1} at {scale}")
         return region
 
+    def to_frame(self, box: Box) -> Box:
+        """A box in the escalated image's pixels, in the frame's."""
+        s = self.scale
+        return Box(
+            box.x0 / s + self.x0, box.y0 / s + self.y0, box.x1 / s + self.x0, box.y1 / s + self.y0, box.label, box.score
+        )
+
     def shows(self, box: Box, edge: float = 1.0) -> bool:
         """Whether the crop shows the whole box: the box keeps ``edge`` pixels from each side of the crop that is
         not also the frame's (an object cut by the crop's border is only part of itself there)."""

@@ -40,7 +40,7 @@ import cv2
 import numpy as np
 
 from common.inference.detect import letterbox
-from edge.judge.calibrate import box_iou, mean_ap
+from edge.judge.calibrate import box_iou, boxes_array, mean_ap
 
 CLASSES = ["disc", "ring", "bar", "post"]
 FRAME_W, FRAME_H = 160, 120
@@ -417,7 +417,7 @@ def build(out: Path) -> dict[str, object]:
         path = out / "models" / f"{model_id}.onnx"
         detector = create_detector(DetectorConfig(kind="detection", model_path=path, conf_threshold=0.01))
         detector.start()
-        found = [_as_array(detector.infer(s.image)) for s in held_out]
+        found = [boxes_array(detector.infer(s.image).boxes, CLASSES) for s in held_out]
         detector.close()
         score = mean_ap(found, [s.boxes for s in held_out])
         _describe(path, model_id, score)
@@ -444,12 +444,6 @@ def _train_and_export(job: tuple[str, Path]) -> tuple[str, int, float]:
     trained_s = time.monotonic() - started
     export(net, out / "models" / f"{model_id}.onnx", model_id)
     return model_id, sum(p.numel() for p in net.parameters()), trained_s
-
-
-def _as_array(prediction) -> np.ndarray:
-    """A detector's boxes as [K, 6] x0, y0, x1, y1, score, class."""
-    rows = [[b.x0, b.y0, b.x1, b.y1, b.score, CLASSES.index(b.label)] for b in prediction.boxes]
-    return np.array(rows, np.float32).reshape(-1, 6)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,7 +13,7 @@ import time
 from cloud.models.base import HubModel
 from cloud.models.classifier import pixels
 from common.inference.text import axis_box, find_text
-from protocol.messages import Box, EscalationRequest, Prediction
+from protocol.messages import EscalationRequest, Prediction
 from protocol.regions import Region
 
 MIN_SIDE, MAX_SIDE = 96, 1280  # a device's defaults are 96 and 960: the hub can afford a larger frame
@@ -27,19 +27,7 @@ class CloudTextDetector(HubModel):
         image = pixels(request.input, self.max_image_pixels)
         region = Region.from_attributes(request.attributes, int(image.shape[1]), int(image.shape[0]))
         found = find_text(self.runner, image, MIN_SIDE, MAX_SIDE)
-        boxes = tuple(_to_frame(axis_box(corners, "text", score), region) for corners, score in found)
+        boxes = tuple(region.to_frame(axis_box(corners, "text", score)) for corners, score in found)
         best = max((b.score for b in boxes), default=0.0)
         elapsed_ms = (time.perf_counter() - started) * 1000.0
         return Prediction(self.model_id, self.version, ("text",), (best,), elapsed_ms, boxes=boxes)
-
-
-def _to_frame(box: Box, region: Region) -> Box:
-    s = region.scale
-    return Box(
-        box.x0 / s + region.x0,
-        box.y0 / s + region.y0,
-        box.x1 / s + region.x0,
-        box.y1 / s + region.y0,
-        box.label,
-        box.score,
-    )

@@ -36,7 +36,7 @@ from edge.detectors.base import Detector
 from edge.judge.judge import Judge, build_policies
 from edge.judge.policies import Blur, JudgeInput, Verdict, grey
 from edge.sources import open_source
-from protocol.messages import Prediction
+from protocol.messages import Box, Prediction
 
 logger = logging.getLogger(__name__)
 
@@ -255,15 +255,15 @@ def choose_box_judge(
         threshold, rate = choose_box_threshold(local, floored, target_escalation)
         decide = Judge.from_config(floored.model_copy(update={"box_threshold": threshold})).combine
         answers = [h if decide(JudgeInput(p)).escalate else p for p, h in zip(local, hub, strict=True)]
-        score = mean_ap([boxes_array(a, labels) for a in answers], truths)
+        score = mean_ap([boxes_array(a.boxes, labels) for a in answers], truths)
         if score > best[0]:
             best = (score, floor, threshold, rate)
     return best[1], best[2], best[3]
 
 
-def boxes_array(prediction: Prediction, labels: Sequence[str]) -> np.ndarray:
+def boxes_array(boxes: Sequence[Box], labels: Sequence[str]) -> np.ndarray:
     """A detector's boxes as [K, 6] x0, y0, x1, y1, score, class index (boxes of other classes left out)."""
-    rows = [[b.x0, b.y0, b.x1, b.y1, b.score, labels.index(b.label)] for b in prediction.boxes if b.label in labels]
+    rows = [[b.x0, b.y0, b.x1, b.y1, b.score, labels.index(b.label)] for b in boxes if b.label in labels]
     return np.array(rows, np.float32).reshape(-1, 6)
 
 

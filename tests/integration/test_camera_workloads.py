@@ -35,11 +35,12 @@ from edge.config import (
     SourceConfig,
 )
 from edge.judge import TraceState
+from edge.judge.calibrate import boxes_array, mean_ap
 from edge.outbox.records import TraceRecord
 from tandem.broker import free_port
 from tests.integration.conftest import HubProcess
 from tests.support.waiting import wait_for
-from tools.detection_models import CLASSES, mean_ap
+from tools.detection_models import CLASSES
 
 CAMERAS = ("gate", "yard", "dock")
 PER_CAMERA = 30
@@ -115,11 +116,6 @@ def truth(detect_models: Path, name: str) -> np.ndarray:
     return np.array([[*r[:4], CLASSES.index(r[4])] for r in rows], np.float32).reshape(-1, 5)
 
 
-def as_array(boxes) -> np.ndarray:
-    rows = [[b.x0, b.y0, b.x1, b.y1, b.score, CLASSES.index(b.label)] for b in boxes]
-    return np.array(rows, np.float32).reshape(-1, 6)
-
-
 def test_four_cameras_one_hung_escalate_crops_and_store_the_strong_detectors_boxes(
     tmp_path, detect_models, workloads_hub, mosquitto
 ):
@@ -193,8 +189,8 @@ def test_four_cameras_one_hung_escalate_crops_and_store_the_strong_detectors_box
 
     # The hub's boxes beat the device's own on exactly the frames the device doubted.
     truths = [truth(detect_models, files[t.source_id][t.frame_index]) for t in escalated]
-    local = mean_ap([as_array(t.local_boxes) for t in escalated], truths)
-    cloud = mean_ap([as_array(t.cloud_boxes) for t in escalated], truths)
+    local = mean_ap([boxes_array(t.local_boxes, CLASSES) for t in escalated], truths)
+    cloud = mean_ap([boxes_array(t.cloud_boxes, CLASSES) for t in escalated], truths)
     assert cloud > local, (local, cloud)
 
     # What went up were crops around the doubted boxes (the JPEG encoder's sizes are in tools/bench edge).

@@ -72,7 +72,7 @@ def scenes(folder: Path) -> list[Scene]:
 
 
 def as_array(prediction: Prediction) -> np.ndarray:
-    return boxes_array(prediction, CLASSES)
+    return boxes_array(prediction.boxes, CLASSES)
 
 
 def judge_for(floor: float, threshold: float) -> Judge:
