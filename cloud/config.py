@@ -8,6 +8,7 @@ from typing import Any, Literal, Optional
 
 from pydantic import Field, field_validator, model_validator
 
+from cloud.database import Location, PostgresLocation
 from cloud.inputs import InputLimits
 from cloud.orchestrator.config import OrchestratorConfig
 from cloud.routing.config import RoutingConfig, load_routing, single_model_routing
@@ -200,6 +201,13 @@ class HubConfig(StrictModel):
         4, ge=1, description="models one ModelPool replica keeps loaded; the least recently used is evicted"
     )
     trace_store_path: Path = Field(Path("tandem-hub.db"), description="SQLite file of the hub's traces")
+    database_url: Optional[str] = Field(
+        None,
+        description="PostgreSQL (postgresql://user:password@host:port/db) for every store instead of the SQLite "
+        "files, each store in a schema of its own: what lets several Ingress replicas, on any nodes, share one "
+        "hub's state. The files named by the *_path settings are then unused (artifacts_path stays: a volume every "
+        "replica mounts)",
+    )
     trace_retention_s: float = Field(
         7 * 24 * 3600.0,
         gt=0,
@@ -319,6 +327,19 @@ class HubConfig(StrictModel):
         if self.model_path is None:  # the validator above rules this out
             raise ConfigError("no model_path and no routing_path")
         return single_model_routing(self.model_path)
+
+    def location(self, store: Literal["traces", "registry", "fleet", "rollouts", "orchestrator"]) -> Location:
+        """Where a store keeps its tables: its schema in database_url, else its SQLite file."""
+        if self.database_url is not None:
+            return PostgresLocation(self.database_url, store)
+        files = {
+            "traces": self.trace_store_path,
+            "registry": self.registry_file(),
+            "fleet": self.fleet_file(),
+            "rollouts": self.fleet_file(),
+            "orchestrator": self.orchestrator_file(),
+        }
+        return files[store]
 
     def registry_file(self) -> Path:
         return self.registry_path or self.trace_store_path.with_name("tandem-registry.db")

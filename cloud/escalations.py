@@ -118,7 +118,7 @@ class EscalationService:
             if stored is not None and stored.result is not None:
                 result = decode_result(stored.result)
             else:
-                result = await waiter
+                result = await self.delivery.wait(request.trace_id, waiter)
         finally:
             self.delivery.forget(request.trace_id, waiter)
         self.delivery.acknowledged(result.trace_id, result.device_id, "grpc")
@@ -188,12 +188,12 @@ class EscalationService:
         """Answer a request that was not accepted with a FAILED result (for transports with no reply)."""
         self.delivery.send_untracked(EscalationResult(trace_id, device_id, ResultStatus.FAILED, error=error))
 
-    def recover(self, received_before: Optional[float] = None) -> int:
-        """Rerun accepted traces that have no result and no routing running: after a restart, all of them; later
-        (``received_before``), any whose run died without finishing. Finished results that are still
-        unacknowledged are due in the trace store; the delivery loop sends them."""
+    def recover(self) -> int:
+        """Rerun accepted traces that have no result and no routing running: this replica's own (after a restart,
+        all of them, when it is the only one), and any whose replica's claim lapsed (it died). Finished results
+        that are still unacknowledged are due in the trace store; the delivery loop sends them."""
         rerun = 0
-        for trace_id, request_bytes in self.store.unfinished(received_before):
+        for trace_id, request_bytes in self.store.claim_unfinished(self._clock()):
             if trace_id in self._running:
                 continue
             try:
@@ -207,6 +207,10 @@ class EscalationService:
             logger.warning("reran %d accepted traces that had no result and no run in progress", rerun)
             self.metrics.reruns.inc(rerun)
         return rerun
+
+    def renew_claims(self) -> int:
+        """The traces running here stay this replica's (their leases in the trace store are renewed)."""
+        return self.store.renew(list(self._running), self._clock()) if self._running else 0
 
     async def stop(self, timeout_s: float) -> None:
         """Wait up to timeout_s for running traces, then cancel the rest: they stay unfinished in the store,

@@ -17,6 +17,8 @@ import abc
 import asyncio
 import logging
 import os
+import secrets
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -68,7 +70,8 @@ logger = logging.getLogger(__name__)
 
 REGISTRY_REPORT_S = 10.0  # how often the hub writes serving versions' health and replicas to the registry
 PRUNE_S = 3600.0  # how often the trace store drops traces past trace_retention_s
-ORPHAN_CHECK_S = 30.0  # how often the hub looks for accepted traces whose run died
+ORPHAN_CHECK_S = 5.0  # how often the hub looks for accepted traces whose run died, or whose replica did
+LEASE_S = 20.0  # a replica's claim on a trace it runs, renewed every LEASE_S / 4 while the run lasts
 CRL_REFRESH_S = 86400.0  # how often a secured hub writes a new CRL (each is valid 7 days) and reloads the broker
 CLOSE_RUNS_S = 10.0  # how long close() lets running traces finish; the rest run again at the next start
 
@@ -158,12 +161,18 @@ class Hub:
         self.config = config.absolute()
         self.pool = pool
         self.metrics = HubMetrics()
-        self.store = TraceStore(self.config.trace_store_path)
-        self.registry = SqliteRegistry(self.config.registry_file(), self.config.artifacts_dir())
-        self.fleet_store = FleetStore(self.config.fleet_file())
-        self.rollout_store = RolloutStore(self.config.fleet_file())
+        shared = self.config.database_url is not None
+        # The name this replica's claims and MQTT client go by: one hub on SQLite keeps its name across restarts
+        # (it takes back what it was running); replicas sharing PostgreSQL each get a new one at each start.
+        self.replica = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}" if shared else "hub"
+        self.store = TraceStore(self.config.location("traces"), owner=self.replica, lease_s=LEASE_S)
+        self.registry = SqliteRegistry(self.config.location("registry"), self.config.artifacts_dir())
+        self.fleet_store = FleetStore(self.config.location("fleet"))
+        self.rollout_store = RolloutStore(self.config.location("rollouts"))
         self.bundles = BundleStore(self.config.bundles_dir(), self.config.artifacts_dir())
-        self.orchestrator_store = OrchestratorStore(self.config.orchestrator_file())
+        self.orchestrator_store = OrchestratorStore(self.config.location("orchestrator"))
+        # Work done once for all replicas (sessions, rollouts, pruning, the orchestrator, the CRL): by the leader.
+        self._leader = self.fleet_store.db.leader("hub")
         self._orchestrator: Optional[Orchestrator] = None
         self._fleet: Optional[FleetService] = None
         self._rollouts: Optional[RolloutService] = None
@@ -275,15 +284,18 @@ class Hub:
             hub.mqtt_port,
             hub.mqtt_username,
             hub.mqtt_password,
-            # One hub here; several need a client id per hub that survives restarts.
-            client_id=f"{hub.mqtt_username}-escalations",
+            client_id=f"{hub.mqtt_username}-escalations" + ("" if self.replica == "hub" else f"-{self.replica}"),
             tls=hub.mqtt_tls(),
+            persistent=self.replica == "hub",
         )
         self._mqtt_ingress.start()
         if hub.security is not None:
             self._identities, self._gateway = self._secure(hub.security)
             self._tasks.append(loop.create_task(self._open_gateway(self._gateway), name="hub-device-gateway"))
-            self._tasks.append(loop.create_task(self._every(CRL_REFRESH_S, self._refresh_crl), name="hub-crl"))
+            self._tasks.append(
+                loop.create_task(self._every(CRL_REFRESH_S, self._led(self._refresh_crl)), name="hub-crl")
+            )
+        delivery.listen_for_results(loop)
         self._service.recover()
         self._orchestrator = self._build_orchestrator()
         if not hub.fleet.operators:
@@ -292,11 +304,12 @@ class Hub:
             # Sends what is due: results not acknowledged in time, and any a restart left unsent.
             loop.create_task(delivery.run(), name="hub-resends"),
             loop.create_task(self._every(REGISTRY_REPORT_S, self._report_to_registry), name="hub-registry-report"),
-            loop.create_task(self._every(PRUNE_S, self._prune_traces), name="hub-prune"),
+            loop.create_task(self._every(PRUNE_S, self._led(self._prune_traces)), name="hub-prune"),
             loop.create_task(self._every(hub.fleet.check_every_s, self._check_fleet), name="hub-fleet-check"),
             loop.create_task(
                 self._every(ORPHAN_CHECK_S, self._rerun_orphans, first_after_s=ORPHAN_CHECK_S), name="hub-orphan-reruns"
             ),
+            loop.create_task(self._every(LEASE_S / 4, self._renew_claims), name="hub-claims"),
         ]
         if self._orchestrator is not None:
             self._tasks.append(loop.create_task(self._orchestrate(self._orchestrator), name="hub-orchestrator"))
@@ -364,11 +377,23 @@ class Hub:
         await self._every(self.config.orchestrator.every_s, self._orchestrator_round)
 
     async def _orchestrator_round(self) -> None:
-        await self.orchestrator.tick()
+        if await asyncio.to_thread(self._leader.held):
+            await self.orchestrator.tick()
+
+    def _led(self, step: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+        """``step``, on the leader only (every replica asks each round: a leader that died is replaced)."""
+
+        async def led() -> None:
+            if await asyncio.to_thread(self._leader.held):
+                await step()
+
+        led.__name__ = step.__name__
+        return led
 
     async def close(self) -> None:
-        """Stop the loops and the MQTT clients, let running traces finish (CLOSE_RUNS_S; the rest are cancelled
-        and run again at the next start), close the model backends and the stores. Safe to call twice."""
+        """Stop the loops and the intake (MQTT ingress), let running traces finish and send their results
+        (CLOSE_RUNS_S; the rest are cancelled and run again at the next start, or by another replica once their
+        lease lapses), then close the model backends, the result dispatcher and the stores. Safe to call twice."""
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -379,14 +404,15 @@ class Hub:
         if self._mqtt_ingress is not None:
             await asyncio.to_thread(self._mqtt_ingress.close)
             self._mqtt_ingress = None
+        if self._service is not None:  # no new escalations come in; the running ones finish and send
+            await self._service.stop(CLOSE_RUNS_S)
+            await close_backends(self._service.router.backends)
         if self._dispatcher is not None:
             await asyncio.to_thread(self._dispatcher.close)
             self._dispatcher = None
-        if self._service is not None:
-            await self._service.stop(CLOSE_RUNS_S)
-            await close_backends(self._service.router.backends)
         if self._orchestrator is not None:
             await self._orchestrator.close()
+        self._leader.release()
         self.store.close()
         self.registry.close()
         self.fleet_store.close()
@@ -476,14 +502,19 @@ class Hub:
         router = self.service.router
         serving.report(self.registry, router.config, router.circuits)
 
+    async def _renew_claims(self) -> None:
+        self.service.renew_claims()
+
     async def _rerun_orphans(self) -> None:
         """An accepted trace with no result and no run in progress (its run died) runs again. One more line of
         defence: nothing the hub accepted may stay unanswered."""
-        self.service.recover(received_before=time.time() - ORPHAN_CHECK_S)
+        self.service.recover()
 
     async def _check_fleet(self) -> None:
+        """Every replica writes the escalations it saw (``FleetService.check``); the leader moves rollouts."""
         await asyncio.to_thread(self.fleet.check)
-        await asyncio.to_thread(self.rollouts.check)
+        if await asyncio.to_thread(self._leader.held):
+            await asyncio.to_thread(self.rollouts.check)
 
     def _device_sleeps(self, device_id: str) -> None:
         """A device went to SLEEP (the fleet check's thread): its cached answers go, on the event loop where the

@@ -32,6 +32,24 @@ def detect_models() -> Path:
     return ensure(Path(__file__).resolve().parents[1] / ".tandem" / "detect")
 
 
+@pytest.fixture(scope="session")
+def postgres():
+    """A throwaway PostgreSQL server for the session (Debian's postgresql package; tools/test installs it)."""
+    from tandem.postgres import PostgresServer, find_bindir
+
+    if find_bindir() is None:
+        pytest.fail("PostgreSQL is not installed: sudo apt-get install -y postgresql (tools/test does this)")
+    with PostgresServer() as server:
+        yield server
+
+
+@pytest.fixture
+def pg_url(postgres, request) -> str:
+    """A new, empty database on the session's server, named after the test."""
+    name = "t_" + "".join(c if c.isalnum() else "_" for c in request.node.name.lower())[:40] + f"_{id(request):x}"
+    return postgres.create_database(name)
+
+
 def pytest_terminal_summary(terminalreporter) -> None:
     """The fault tests' own account: what each injected and what it counted (tests/support/report.py)."""
     from tests.support.report import LINES

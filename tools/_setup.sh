@@ -44,24 +44,40 @@ _tandem_venv() {
   fi
 }
 
-# Mosquitto: installed with apt-get when we are root (or have password-less sudo); otherwise say how.
-# With "optional", a missing broker is only a notice (the demo falls back to its embedded broker).
-_tandem_mosquitto() {
-  if command -v mosquitto >/dev/null 2>&1 || [[ -x /usr/sbin/mosquitto ]]; then return 0; fi
+# A Debian package the project runs (mosquitto, postgresql): installed with apt-get when we are root (or have
+# password-less sudo); otherwise say how. With "optional", a missing package is only a notice.
+_tandem_apt() {
+  local package=$1 present=$2 why=$3 optional=${4:-}
+  if eval "$present"; then return 0; fi
   local sudo=""
   if [[ $(id -u) -ne 0 ]]; then
     if sudo -n true 2>/dev/null; then sudo="sudo -n"; else sudo="none"; fi
   fi
   if [[ $sudo != none ]] && command -v apt-get >/dev/null 2>&1; then
-    echo "tandem: installing mosquitto with apt-get" >&2
-    $sudo apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq mosquitto >&2 && return 0
+    echo "tandem: installing $package with apt-get" >&2
+    { [[ -n ${_TANDEM_APT_UPDATED:-} ]] || $sudo apt-get update -qq >&2; } && _TANDEM_APT_UPDATED=1 &&
+      DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$package" >&2 && return 0
   fi
-  if [[ ${1:-} == optional ]]; then
-    echo "tandem: mosquitto not installed; using the embedded broker (to install: sudo apt-get install -y mosquitto)" >&2
+  if [[ $optional == optional ]]; then
+    echo "tandem: $package not installed; $why (to install: sudo apt-get install -y $package)" >&2
     return 0
   fi
-  echo "tandem: the tests need mosquitto: sudo apt-get install -y mosquitto" >&2
+  echo "tandem: $why: sudo apt-get install -y $package" >&2
   return 1
+}
+
+# Mosquitto; with "optional" (the demo), a missing broker means the embedded one.
+_tandem_mosquitto() {
+  local why="the tests need mosquitto"
+  [[ ${1:-} == optional ]] && why="using the embedded broker"
+  _tandem_apt mosquitto 'command -v mosquitto >/dev/null 2>&1 || [[ -x /usr/sbin/mosquitto ]]' "$why" "${1:-}"
+}
+
+# PostgreSQL, for the hub's shared stores (tests start throwaway servers with tandem.postgres; the package's
+# own cluster is not used).
+_tandem_postgres() {
+  _tandem_apt postgresql 'compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || command -v initdb >/dev/null 2>&1' \
+    "the tests of several hub replicas need PostgreSQL"
 }
 
 # PyTorch, for the tools that train models (tools.detection_models) and never on a device or the hub: the CPU

@@ -39,6 +39,8 @@ logger = logging.getLogger(__name__)
 
 POLL_S = 1.0  # how often the resend loop looks for due results at most
 ONLINE_RESENDS = 1000  # most results sent at once to a device that comes back online (the rest: when due)
+CLAIM_HOLD_S = 30.0  # a claimed result that its replica did not send (it died meanwhile) is due again after this
+WAIT_POLL_S = 1.0  # a call waiting for a result also reads the store this often (a missed notification)
 
 
 class Delivery:
@@ -106,10 +108,48 @@ class Delivery:
         return sent
 
     def waiter(self, trace_id: str) -> asyncio.Future[EscalationResult]:
-        """A future the result of trace_id is set on, instead of sending it elsewhere. Call ``forget`` after."""
-        future: asyncio.Future[EscalationResult] = asyncio.get_running_loop().create_future()
+        """A future the result of trace_id is set on, instead of sending it elsewhere. Call ``forget`` after.
+
+        Where replicas share the store, another replica may run the trace (this call is a device's retry): its
+        result reaches this one's waiter by the store's notification (``listen_for_results``), or, should that be
+        lost, by ``wait``'s polling of the store."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[EscalationResult] = loop.create_future()
         self._waiters.setdefault(trace_id, []).append(future)
         return future
+
+    async def wait(self, trace_id: str, future: asyncio.Future[EscalationResult]) -> EscalationResult:
+        """The waiter's result: set by this replica's ``send``, or read from the store once another replica
+        stored it."""
+        while True:
+            done, _ = await asyncio.wait({future}, timeout=WAIT_POLL_S if self._store.shared else None)
+            if done:
+                return future.result()
+            stored = self._stored_result(trace_id)
+            if stored is not None:
+                return stored
+
+    def listen_for_results(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Hear of results other replicas store (a shared store only), for this replica's waiting calls."""
+        if self._store.shared:
+
+            def heard(trace_id: str) -> None:
+                loop.call_soon_threadsafe(self._finished_elsewhere, trace_id)
+
+            self._store.on_finished(heard)
+
+    def _finished_elsewhere(self, trace_id: str) -> None:
+        waiting = [w for w in self._waiters.get(trace_id, []) if not w.done()]
+        if not waiting:
+            return
+        result = self._stored_result(trace_id)
+        if result is not None:
+            for waiter in waiting:
+                waiter.set_result(result)
+
+    def _stored_result(self, trace_id: str) -> Optional[EscalationResult]:
+        trace = self._store.get(trace_id)
+        return decode_result(trace.result) if trace is not None and trace.result is not None else None
 
     def forget(self, trace_id: str, future: asyncio.Future[EscalationResult]) -> None:
         waiting = self._waiters.get(trace_id, [])
@@ -119,9 +159,10 @@ class Delivery:
             self._waiters.pop(trace_id, None)
 
     def resend_due(self) -> int:
-        """Send every result whose next send time has come; return how many went out."""
+        """Send every result whose next send time has come; return how many went out. Each is claimed first
+        (several replicas share the store: one sends it)."""
         sent = 0
-        for trace in self._store.due(self._clock()):
+        for trace in self._store.claim_due(self._clock(), CLAIM_HOLD_S):
             if trace.result is None:
                 continue
             if trace.sends >= self._config.max_sends:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import abc
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from typing import Optional
@@ -67,7 +68,15 @@ class MqttDispatcher(Publisher):
         self._client.connect_async(self._host, self._port, keepalive=30)
         self._client.loop_start()
 
-    def close(self) -> None:
+    def close(self, flush_s: float = 2.0) -> None:
+        """Wait up to flush_s for the broker to take what is queued (a draining replica's last results), then
+        disconnect. What it does not take stays due in the trace store: the next replica or start sends it."""
+        end = time.monotonic() + flush_s
+        while self._client.is_connected() and time.monotonic() < end:
+            with self._lock:
+                if not self._pending:
+                    break
+            time.sleep(0.02)
         self._client.disconnect()
         self._client.loop_stop()
 

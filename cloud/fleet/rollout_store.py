@@ -1,24 +1,25 @@
-"""Rollouts on disk, in the fleet's SQLite file: one row per rollout (its spec, state and timeline as JSON) and
+"""Rollouts on disk (beside the fleet's tables): one row per rollout (its spec, state and timeline as JSON) and
 one per device in it."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Optional
 
-from cloud.sqlite import SqliteFile
+from cloud.database import Location, Store, upsert
 
-_SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS rollouts (rollout_id TEXT PRIMARY KEY, spec TEXT NOT NULL, state TEXT NOT NULL,"
-    " wave INTEGER NOT NULL, wave_done_at REAL, created_at REAL NOT NULL, created_by TEXT NOT NULL,"
-    " updated_at REAL NOT NULL, reason TEXT NOT NULL DEFAULT '', baseline TEXT NOT NULL DEFAULT '{}',"
-    " timeline TEXT NOT NULL DEFAULT '[]')",
-    "CREATE TABLE IF NOT EXISTS rollout_devices (rollout_id TEXT NOT NULL, device_id TEXT NOT NULL,"
-    " wave INTEGER NOT NULL, state TEXT NOT NULL, progress REAL NOT NULL DEFAULT 0, reason TEXT NOT NULL"
-    " DEFAULT '', detail TEXT NOT NULL DEFAULT '', from_bundle TEXT NOT NULL DEFAULT '', started_at REAL,"
-    " updated_at REAL NOT NULL, PRIMARY KEY (rollout_id, device_id))",
+MIGRATIONS = (
+    (
+        "CREATE TABLE IF NOT EXISTS rollouts (rollout_id TEXT PRIMARY KEY, spec TEXT NOT NULL, state TEXT NOT NULL,"
+        " wave INTEGER NOT NULL, wave_done_at REAL, created_at REAL NOT NULL, created_by TEXT NOT NULL,"
+        " updated_at REAL NOT NULL, reason TEXT NOT NULL DEFAULT '', baseline TEXT NOT NULL DEFAULT '{}',"
+        " timeline TEXT NOT NULL DEFAULT '[]')",
+        "CREATE TABLE IF NOT EXISTS rollout_devices (rollout_id TEXT NOT NULL, device_id TEXT NOT NULL,"
+        " wave INTEGER NOT NULL, state TEXT NOT NULL, progress REAL NOT NULL DEFAULT 0, reason TEXT NOT NULL"
+        " DEFAULT '', detail TEXT NOT NULL DEFAULT '', from_bundle TEXT NOT NULL DEFAULT '', started_at REAL,"
+        " updated_at REAL NOT NULL, PRIMARY KEY (rollout_id, device_id))",
+    ),
 )
 
 
@@ -58,20 +59,17 @@ _D = ("rollout_id", "device_id", "wave", "state", "progress", "reason", "detail"
 _R_JSON = ("spec", "baseline", "timeline")
 
 
-class RolloutStore(SqliteFile):
-    def __init__(self, path: Path) -> None:
-        super().__init__(path, "rollout store", _SCHEMA)
+class RolloutStore(Store):
+    def __init__(self, location: Location) -> None:
+        super().__init__(location, "rollout store", MIGRATIONS)
 
     def put(self, rollout: RolloutRow, devices: Optional[list[DeviceRow]] = None) -> None:
         """Write a rollout (and some of its devices) in one transaction."""
         values = [json.dumps(getattr(rollout, c)) if c in _R_JSON else getattr(rollout, c) for c in _R]
         with self.transaction() as db:
-            db.execute(f"INSERT OR REPLACE INTO rollouts ({', '.join(_R)}) VALUES ({', '.join('?' * len(_R))})", values)
+            db.execute(upsert("rollouts", _R, ("rollout_id",)), values)
             for device in devices or ():
-                db.execute(
-                    f"INSERT OR REPLACE INTO rollout_devices ({', '.join(_D)}) VALUES ({', '.join('?' * len(_D))})",
-                    [getattr(device, c) for c in _D],
-                )
+                db.execute(upsert("rollout_devices", _D, ("rollout_id", "device_id")), [getattr(device, c) for c in _D])
 
     def get(self, rollout_id: str) -> Optional[RolloutRow]:
         with self.connection() as db:

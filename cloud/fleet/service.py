@@ -9,7 +9,8 @@ publishes each device's desired state.
     settings by scope     -> every affected device's desired settings merged (all < group < tag < device);
                              a change bumps its version and is published retained on .../desired
 
-Every method is safe to call from paho's thread or the event loop: one lock around each read-modify-write.
+Every method is safe to call from paho's thread or the event loop: one lock around each read-modify-write,
+and one store transaction, so replicas sharing PostgreSQL take turns on it too.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any, Optional
 
@@ -92,8 +94,15 @@ class FleetService:
 
     # -- what devices say -------------------------------------------------------------------------------------
 
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        """One change at a time: among this replica's threads (the lock) and among replicas sharing the store (a
+        store transaction, which every store call inside joins)."""
+        with self._lock, self.store.transaction():
+            yield
+
     def on_reported(self, reported: fleet.Reported) -> None:
-        with self._lock:
+        with self._locked():
             device = self._seen(reported.device_id)
             device = replace(
                 device,
@@ -116,14 +125,14 @@ class FleetService:
         self._count("reported")
 
     def on_telemetry(self, telemetry: fleet.Telemetry) -> None:
-        with self._lock:
+        with self._locked():
             device = self._seen(telemetry.device_id)
             beat = telemetry.model_dump(exclude={"schema_version", "device_id"})
             self.store.put(replace(device, telemetry=beat, telemetry_at=self._clock()))
         self._count("telemetry")
 
     def on_availability(self, device_id: str, online: bool) -> None:
-        with self._lock:
+        with self._locked():
             device = self._seen(device_id)
             self.store.put(replace(device, available=online, available_at=self._clock()))
         self._count("availability")
@@ -136,6 +145,7 @@ class FleetService:
             self._escalated[device_id] = now
             if self._sessions.get(device_id) is Session.ACTIVE:
                 return
+        with self._locked():
             device = self._seen(device_id)
             self.store.put(self._enter(replace(device, last_escalation_at=now), Session.ACTIVE, now))
 
@@ -167,19 +177,26 @@ class FleetService:
     # -- the periodic check -----------------------------------------------------------------------------------
 
     def check(self) -> None:
-        """Write escalation times; a device quiet for sleep_after_s goes to SLEEP."""
+        """Write escalation times; a device quiet for sleep_after_s goes to SLEEP. Every replica runs it (each
+        writes the escalations it saw); the sessions it keeps are then read again, since another replica may
+        have changed one."""
         now = self._clock()
-        with self._lock:
+        with self._locked():
             escalated, self._escalated = self._escalated, {}
-            for device in self.store.devices():
-                last = escalated.get(device.device_id, device.last_escalation_at)
+            devices = self.store.devices()
+            for device in devices:
+                seen_here = escalated.get(device.device_id)
+                last = max(t for t in (seen_here, device.last_escalation_at, 0.0) if t is not None) or None
                 quiet_since = last if last is not None else device.session_since
                 changed = replace(device, last_escalation_at=last)
                 if device.session is not Session.SLEEP and now - quiet_since >= self.config.sleep_after_s:
                     changed = self._enter(changed, Session.SLEEP, now)
                     self._on_sleep(device.device_id)
+                elif device.session is Session.SLEEP and seen_here is not None and seen_here > device.session_since:
+                    changed = self._enter(changed, Session.ACTIVE, now)  # another replica put it to sleep
                 if changed != device:
                     self.store.put(changed)
+                self._sessions[device.device_id] = changed.session
 
     # -- desired state ----------------------------------------------------------------------------------------
 
@@ -187,7 +204,7 @@ class FleetService:
         """Replace one scope's settings (empty: remove them); returns the devices whose desired state changed."""
         _check_settings(settings)
         name = _check_scope(scope, name)
-        with self._lock:
+        with self._locked():
             layer = SettingsLayer(scope, name, settings, self._clock(), who)
             self.store.set_layer(layer, {"settings": settings})
             layers = self.store.layers()
@@ -198,7 +215,7 @@ class FleetService:
     def set_model(self, device_ids: list[str], model: dict[str, Any]) -> None:
         """The model these devices should run: {bundle_id, rollout_id, rollback} or {own_model: True, rollout_id};
         each gets a new desired version, published."""
-        with self._lock:
+        with self._locked():
             layers = self.store.layers()
             for device_id in device_ids:
                 device = self.store.get(device_id)

@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import enum
 import json
-import sqlite3
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Optional
 
-from cloud.sqlite import SqliteFile
+from cloud.database import Connection, Location, Store, upsert
 
 
 class Session(str, enum.Enum):
@@ -84,25 +82,27 @@ _COLUMNS = (
     "applied_version", "refused_version", "refused_reason", "reported_settings", "desired_version", "desired_settings",
     "desired_model", "update_status",
 )  # fmt: skip
-_SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS devices (device_id TEXT PRIMARY KEY, first_seen REAL NOT NULL,"
-    " last_seen REAL NOT NULL, session TEXT NOT NULL, session_since REAL NOT NULL, grp TEXT NOT NULL DEFAULT '',"
-    " tags TEXT NOT NULL DEFAULT '[]', device_class TEXT NOT NULL DEFAULT '', runtime_version TEXT NOT NULL"
-    " DEFAULT '', model TEXT NOT NULL DEFAULT '{}', available INTEGER, available_at REAL, last_escalation_at REAL,"
-    " telemetry TEXT, telemetry_at REAL, applied_version INTEGER NOT NULL DEFAULT 0, refused_version INTEGER NOT"
-    " NULL DEFAULT 0, refused_reason TEXT NOT NULL DEFAULT '', reported_settings TEXT NOT NULL DEFAULT '{}',"
-    " desired_version INTEGER NOT NULL DEFAULT 0, desired_settings TEXT NOT NULL DEFAULT '{}',"
-    " desired_model TEXT NOT NULL DEFAULT '{}', update_status TEXT NOT NULL DEFAULT '{}')",
-    "CREATE TABLE IF NOT EXISTS settings (scope TEXT NOT NULL, name TEXT NOT NULL, settings TEXT NOT NULL,"
-    " updated_at REAL NOT NULL, updated_by TEXT NOT NULL, PRIMARY KEY (scope, name))",
-    "CREATE TABLE IF NOT EXISTS audit (id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, who TEXT NOT NULL,"
-    " action TEXT NOT NULL, target TEXT NOT NULL, detail TEXT NOT NULL)",
+MIGRATIONS = (
+    (
+        "CREATE TABLE IF NOT EXISTS devices (device_id TEXT PRIMARY KEY, first_seen REAL NOT NULL,"
+        " last_seen REAL NOT NULL, session TEXT NOT NULL, session_since REAL NOT NULL, grp TEXT NOT NULL DEFAULT '',"
+        " tags TEXT NOT NULL DEFAULT '[]', device_class TEXT NOT NULL DEFAULT '', runtime_version TEXT NOT NULL"
+        " DEFAULT '', model TEXT NOT NULL DEFAULT '{}', available INTEGER, available_at REAL, last_escalation_at REAL,"
+        " telemetry TEXT, telemetry_at REAL, applied_version INTEGER NOT NULL DEFAULT 0, refused_version INTEGER NOT"
+        " NULL DEFAULT 0, refused_reason TEXT NOT NULL DEFAULT '', reported_settings TEXT NOT NULL DEFAULT '{}',"
+        " desired_version INTEGER NOT NULL DEFAULT 0, desired_settings TEXT NOT NULL DEFAULT '{}',"
+        " desired_model TEXT NOT NULL DEFAULT '{}', update_status TEXT NOT NULL DEFAULT '{}')",
+        "CREATE TABLE IF NOT EXISTS settings (scope TEXT NOT NULL, name TEXT NOT NULL, settings TEXT NOT NULL,"
+        " updated_at REAL NOT NULL, updated_by TEXT NOT NULL, PRIMARY KEY (scope, name))",
+        "CREATE TABLE IF NOT EXISTS audit (id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, who TEXT NOT NULL,"
+        " action TEXT NOT NULL, target TEXT NOT NULL, detail TEXT NOT NULL)",
+    ),
 )
 
 
-class FleetStore(SqliteFile):
-    def __init__(self, path: Path) -> None:
-        super().__init__(path, "fleet store", _SCHEMA)
+class FleetStore(Store):
+    def __init__(self, location: Location) -> None:
+        super().__init__(location, "fleet store", MIGRATIONS)
 
     # -- devices -----------------------------------------------------------------------------------------------
 
@@ -127,9 +127,8 @@ class FleetStore(SqliteFile):
             for c, v in zip(_COLUMNS, values, strict=True)
         ]
         row[_COLUMNS.index("session")] = device.session.value
-        placeholders = ", ".join("?" * len(_COLUMNS))
         with self.connection() as db:
-            db.execute(f"INSERT OR REPLACE INTO devices ({', '.join(_COLUMNS)}) VALUES ({placeholders})", row)
+            db.execute(upsert("devices", _COLUMNS, ("device_id",)), row)
 
     # -- settings and audit -------------------------------------------------------------------------------------
 
@@ -143,7 +142,7 @@ class FleetStore(SqliteFile):
         with self.transaction() as db:
             if layer.settings:
                 db.execute(
-                    "INSERT OR REPLACE INTO settings VALUES (?, ?, ?, ?, ?)",
+                    upsert("settings", ("scope", "name", "settings", "updated_at", "updated_by"), ("scope", "name")),
                     (layer.scope.value, layer.name, json.dumps(layer.settings), layer.updated_at, layer.updated_by),
                 )
             else:
@@ -155,7 +154,7 @@ class FleetStore(SqliteFile):
             self._audit(db, at, who, action, target, detail)
 
     @staticmethod
-    def _audit(db: sqlite3.Connection, at: float, who: str, action: str, target: str, detail: dict[str, Any]) -> None:
+    def _audit(db: Connection, at: float, who: str, action: str, target: str, detail: dict[str, Any]) -> None:
         db.execute(
             "INSERT INTO audit (at, who, action, target, detail) VALUES (?, ?, ?, ?, ?)",
             (at, who, action, target, json.dumps(detail, sort_keys=True)),

@@ -70,7 +70,11 @@ class MqttEscalations:
         password: str | None,
         client_id: str,
         tls: TlsFiles | None = None,
+        persistent: bool = True,
     ) -> None:
+        """``persistent``: keep the session (and what the broker queued for it) while this client is away: for a
+        client id that comes back after a restart. A replica among several, named afresh at each start, has none
+        to come back to: its share of the subscription goes to the replicas that are connected."""
         self._service = service
         self._fleet = fleet
         self._loop = loop
@@ -78,7 +82,7 @@ class MqttEscalations:
         self._port = port
         self._filters = topic_filters(username)
         self._client = new_client(
-            client_id, username=username, password=password, clean_session=False, manual_ack=True, tls=tls
+            client_id, username=username, password=password, clean_session=not persistent, manual_ack=True, tls=tls
         )
         self._client.on_connect = self._on_connect
         self._client.on_message = self._on_message

@@ -16,21 +16,22 @@ import json
 import secrets
 from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Optional
 
+from cloud.database import Location, Store, upsert
 from cloud.errors import OrchestratorError, ProposalNotFound
-from cloud.sqlite import SqliteFile
 
-_SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS proposals (proposal_id TEXT PRIMARY KEY, created_at REAL NOT NULL, source TEXT NOT"
-    " NULL, action TEXT NOT NULL, reason TEXT NOT NULL, state TEXT NOT NULL, detail TEXT NOT NULL DEFAULT '',"
-    " decided_by TEXT NOT NULL DEFAULT '', decided_at REAL, applied_at REAL, undo TEXT NOT NULL DEFAULT 'null',"
-    " before TEXT NOT NULL DEFAULT '{}', effect TEXT NOT NULL DEFAULT 'null')",
-    "CREATE INDEX IF NOT EXISTS proposals_state ON proposals (state, created_at)",
-    "CREATE TABLE IF NOT EXISTS audit (seq INTEGER PRIMARY KEY, at REAL NOT NULL, kind TEXT NOT NULL,"
-    " entry TEXT NOT NULL, prev TEXT NOT NULL, hash TEXT NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS memory (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+MIGRATIONS = (
+    (
+        "CREATE TABLE IF NOT EXISTS proposals (proposal_id TEXT PRIMARY KEY, created_at REAL NOT NULL, source TEXT NOT"
+        " NULL, action TEXT NOT NULL, reason TEXT NOT NULL, state TEXT NOT NULL, detail TEXT NOT NULL DEFAULT '',"
+        " decided_by TEXT NOT NULL DEFAULT '', decided_at REAL, applied_at REAL, undo TEXT NOT NULL DEFAULT 'null',"
+        " before TEXT NOT NULL DEFAULT '{}', effect TEXT NOT NULL DEFAULT 'null')",
+        "CREATE INDEX IF NOT EXISTS proposals_state ON proposals (state, created_at)",
+        "CREATE TABLE IF NOT EXISTS audit (seq INTEGER PRIMARY KEY, at REAL NOT NULL, kind TEXT NOT NULL,"
+        " entry TEXT NOT NULL, prev TEXT NOT NULL, hash TEXT NOT NULL)",
+        "CREATE TABLE IF NOT EXISTS memory (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    ),
 )
 GENESIS = "0" * 64
 
@@ -79,9 +80,9 @@ def entry_hash(prev: str, seq: int, at: float, kind: str, entry: dict[str, Any])
     return hashlib.sha256((prev + body).encode()).hexdigest()
 
 
-class OrchestratorStore(SqliteFile):
-    def __init__(self, path: Path) -> None:
-        super().__init__(path, "orchestrator store", _SCHEMA, synchronous="FULL", closed_error=OrchestratorError)
+class OrchestratorStore(Store):
+    def __init__(self, location: Location) -> None:
+        super().__init__(location, "orchestrator store", MIGRATIONS, synchronous="FULL", closed_error=OrchestratorError)
 
     # -- proposals --------------------------------------------------------------------------------------------
 
@@ -95,9 +96,7 @@ class OrchestratorStore(SqliteFile):
         values = [json.dumps(getattr(row, c)) if c in _P_JSON else getattr(row, c) for c in _P]
         values[_P.index("state")] = row.state.value
         with self.connection() as db:
-            db.execute(
-                f"INSERT OR REPLACE INTO proposals ({', '.join(_P)}) VALUES ({', '.join('?' * len(_P))})", values
-            )
+            db.execute(upsert("proposals", _P, ("proposal_id",)), values)
 
     def get(self, proposal_id: str) -> ProposalRow:
         with self.connection() as db:
@@ -184,7 +183,7 @@ class _Memory(MutableMapping[str, Any]):
 
     def __setitem__(self, key: str, value: Any) -> None:
         with self._store.connection() as db:
-            db.execute("INSERT OR REPLACE INTO memory (key, value) VALUES (?, ?)", (key, json.dumps(value)))
+            db.execute(upsert("memory", ("key", "value"), ("key",)), (key, json.dumps(value)))
 
     def __delitem__(self, key: str) -> None:
         with self._store.connection() as db:

@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import abc
 import hashlib
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional
 
+from cloud.database import DuplicateKey, Location, database
 from cloud.errors import IllegalStatusChange, ModelExists, ModelNotFound, RegistryError
 from cloud.registry.models import TRANSITIONS, ModelSpec, ModelStatus, ModelUpdate, ModelVersion
-from cloud.sqlite import SqliteFile
 
 
 class Registry(abc.ABC):
@@ -58,18 +57,23 @@ class Registry(abc.ABC):
         return self.update(name, version, ModelUpdate(status=ModelStatus.RETIRED))
 
 
-_SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS models (name TEXT NOT NULL, version TEXT NOT NULL, body TEXT NOT NULL,"
-    " task TEXT NOT NULL, precision TEXT NOT NULL, status TEXT NOT NULL, PRIMARY KEY (name, version))",
+MIGRATIONS = (
+    (
+        "CREATE TABLE IF NOT EXISTS models (name TEXT NOT NULL, version TEXT NOT NULL, body TEXT NOT NULL,"
+        " task TEXT NOT NULL, precision TEXT NOT NULL, status TEXT NOT NULL, PRIMARY KEY (name, version))",
+    ),
 )
 
 
 class SqliteRegistry(Registry):
-    def __init__(self, path: Path, artifacts: Path, clock: Callable[[], float] = time.time) -> None:
+    """The versions in a SQLite file or a PostgreSQL schema (``location``); the artifacts in a folder, by sha256
+    (several replicas share it: a volume every replica mounts)."""
+
+    def __init__(self, location: Location, artifacts: Path, clock: Callable[[], float] = time.time) -> None:
         self._artifacts = artifacts
         self._clock = clock
         # FULL: a registered version survives a power cut (the registry is written rarely).
-        self._file = SqliteFile(path, "registry", _SCHEMA, synchronous="FULL", closed_error=RegistryError)
+        self._file = database(location, "registry", MIGRATIONS, synchronous="FULL", closed_error=RegistryError)
 
     def open(self) -> None:
         self._artifacts.mkdir(parents=True, exist_ok=True)
@@ -120,7 +124,7 @@ class SqliteRegistry(Registry):
                         model.status.value,
                     ),
                 )
-            except sqlite3.IntegrityError as exc:
+            except DuplicateKey as exc:
                 raise ModelExists(f"{spec.name} {spec.version} is already registered") from exc
         return model
 

@@ -10,21 +10,25 @@ Once finished, a row is also the result's delivery queue (``cloud.dispatch.deliv
 The request bytes are kept until the trace finishes, so a hub that restarts
 runs what it had accepted; a result whose next_send_at has passed is sent
 again. Devices deduplicate on trace_id, so a repeat is harmless.
+
+Several replicas on one PostgreSQL database (``cloud.database``) share the rows safely:
+    owner, lease_until    the replica that runs an unfinished trace, renewed while it runs; a trace whose
+                          lease lapsed (its replica died) is claimed by another and run again
+    claims                due results and lapsed traces are taken with FOR UPDATE SKIP LOCKED, in batches,
+                          so two replicas never take the same row
+    finished              each stored result is notified (LISTEN/NOTIFY), so a replica whose gRPC call waits
+                          for a trace another replica ran answers it at once
 """
 
 from __future__ import annotations
 
 import enum
 import sqlite3
-import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Optional
 
-import sqlite_utils
-
-from cloud.errors import HubError
+from cloud.database import Location, database
 
 
 class TraceStatus(str, enum.Enum):
@@ -66,84 +70,105 @@ _COLUMNS = (
     "trace_id, device_id, status, received_at, started_at, finished_at, delivered_at, result, error, route, cost,"
     " acked_at, COALESCE(sends, 0), next_send_at, COALESCE(runs, 0)"
 )
-# Columns added after the first release, with their types: a store written before them gains them at open.
-_ADDED = (("route", str), ("cost", float), ("acked_at", float), ("sends", int), ("next_send_at", float), ("runs", int))
+_UNFINISHED_SQL = f"status IN ('{TraceStatus.PENDING.value}', '{TraceStatus.RUNNING.value}')"
+
+MIGRATIONS = (
+    (
+        "CREATE TABLE IF NOT EXISTS traces (trace_id TEXT PRIMARY KEY, device_id TEXT NOT NULL, status TEXT NOT NULL,"
+        " request BLOB, received_at REAL NOT NULL, started_at REAL, finished_at REAL, delivered_at REAL, result BLOB,"
+        " error TEXT, route TEXT, cost REAL, acked_at REAL, sends INTEGER, next_send_at REAL, runs INTEGER)",
+        "CREATE INDEX IF NOT EXISTS idx_traces_status ON traces (status)",
+        "CREATE INDEX IF NOT EXISTS idx_traces_next_send_at ON traces (next_send_at)",
+        "CREATE INDEX IF NOT EXISTS idx_traces_device_id_received_at ON traces (device_id, received_at)",
+    ),
+    # Several replicas: which one runs an unfinished trace, and until when that claim holds unless renewed.
+    ("ALTER TABLE traces ADD COLUMN owner TEXT", "ALTER TABLE traces ADD COLUMN lease_until REAL"),
+)
+# Columns added before migrations existed: a SQLite file written then gains them at open.
+_ADDED = (("route", "TEXT"), ("cost", "REAL"), ("acked_at", "REAL"), ("sends", "INTEGER"), ("next_send_at", "REAL"),
+          ("runs", "INTEGER"))  # fmt: skip
+FINISHED_CHANNEL = "finished"  # notified with the trace_id of every result stored
+
+
+def _add_early_columns(conn: sqlite3.Connection) -> None:
+    have = {row[1] for row in conn.execute("PRAGMA table_info(traces)").fetchall()}
+    if have:
+        for column, kind in _ADDED:
+            if column not in have:
+                conn.execute(f"ALTER TABLE traces ADD COLUMN {column} {kind}")
 
 
 class TraceStore:
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._lock = threading.Lock()
-        self._conn: Optional[sqlite3.Connection] = None
+    """``location``: a SQLite file, or a PostgreSQL database shared by several replicas (``cloud.database``).
+    ``owner``: this replica's name on the traces it runs; ``lease_s``: how long its claim on one holds unless
+    renewed (``renew``), after which another replica may run it (``claim_unfinished``)."""
+
+    def __init__(self, location: Location, owner: str = "hub", lease_s: float = 20.0) -> None:
+        self.db = database(location, "trace store", MIGRATIONS, before_migrations=_add_early_columns)
+        self.owner = owner
+        self.lease_s = lease_s
+
+    @property
+    def shared(self) -> bool:
+        """Whether other replicas may use this store at once (PostgreSQL)."""
+        return self.db.shared
 
     def open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10.0)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
-        db = sqlite_utils.Database(conn)
-        db.table("traces").create(
-            {
-                "trace_id": str,
-                "device_id": str,
-                "status": str,
-                "request": bytes,
-                "received_at": float,
-                "started_at": float,
-                "finished_at": float,
-                "delivered_at": float,
-                "result": bytes,
-                "error": str,
-                "route": str,
-                "cost": float,
-                "acked_at": float,
-                "sends": int,
-                "next_send_at": float,
-                "runs": int,
-            },
-            pk="trace_id",
-            not_null={"device_id", "status", "received_at"},
-            if_not_exists=True,
-        )
-        table = db.table("traces")
-        for column, kind in _ADDED:
-            if column not in table.columns_dict:
-                table.add_column(column, kind)
-        table.create_index(["status"], if_not_exists=True)
-        table.create_index(["next_send_at"], if_not_exists=True)
-        table.create_index(["device_id", "received_at"], if_not_exists=True)
-        self._conn = conn
+        self.db.open()
 
     def close(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+        self.db.close()
 
-    def _run(self, sql: str, params: tuple[object, ...] = ()) -> tuple[list[tuple], int]:
+    def _run(self, sql: str, params: Sequence[object] = ()) -> tuple[list[tuple], int]:
         """Execute one statement (autocommit); return its rows and how many rows it changed."""
-        with self._lock:
-            if self._conn is None:
-                raise HubError(f"trace store {self.path} is not open")
-            cursor = self._conn.execute(sql, params)
-            return cursor.fetchall(), cursor.rowcount
+        with self.db.connection() as conn:
+            cursor = conn.execute(sql, params)
+            rows = cursor.fetchall() if _returns_rows(sql) else []
+            return rows, cursor.rowcount
 
-    def _execute(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple]:
+    def _execute(self, sql: str, params: Sequence[object] = ()) -> list[tuple]:
         return self._run(sql, params)[0]
 
     def insert_if_absent(self, trace_id: str, device_id: str, request: bytes, now: float) -> bool:
-        """Record a new trace as PENDING; False if the trace_id is already known."""
+        """Record a new trace as PENDING, claimed by this replica; False if the trace_id is already known."""
         _, changed = self._run(
-            "INSERT OR IGNORE INTO traces (trace_id, device_id, status, request, received_at) VALUES (?, ?, ?, ?, ?)",
-            (trace_id, device_id, TraceStatus.PENDING.value, request, now),
+            "INSERT INTO traces (trace_id, device_id, status, request, received_at, owner, lease_until)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (trace_id) DO NOTHING",
+            (trace_id, device_id, TraceStatus.PENDING.value, request, now, self.owner, now + self.lease_s),
         )
         return changed == 1
 
     def set_running(self, trace_id: str, now: float) -> None:
         self._execute(
-            "UPDATE traces SET status = ?, started_at = ?, runs = COALESCE(runs, 0) + 1 WHERE trace_id = ?",
-            (TraceStatus.RUNNING.value, now, trace_id),
+            "UPDATE traces SET status = ?, started_at = ?, runs = COALESCE(runs, 0) + 1, owner = ?, lease_until = ?"
+            " WHERE trace_id = ?",
+            (TraceStatus.RUNNING.value, now, self.owner, now + self.lease_s, trace_id),
         )
+
+    def renew(self, trace_ids: Sequence[str], now: float) -> int:
+        """This replica still runs these traces: its claims on them hold for another lease_s."""
+        renewed = 0
+        for start in range(0, len(trace_ids), 500):
+            chunk = trace_ids[start : start + 500]
+            _, changed = self._run(
+                f"UPDATE traces SET lease_until = ? WHERE owner = ? AND {_UNFINISHED_SQL}"
+                f" AND trace_id IN ({', '.join('?' * len(chunk))})",
+                (now + self.lease_s, self.owner, *chunk),
+            )
+            renewed += changed
+        return renewed
+
+    def claim_unfinished(self, now: float, limit: int = 1000) -> list[tuple[str, bytes]]:
+        """(trace_id, request bytes) of accepted traces with no result whose claim has lapsed (their replica died,
+        or stopped before they finished), or is this replica's own; each is now claimed by this replica. Oldest
+        first. Several replicas calling at once each get different traces."""
+        rows = self._execute(
+            "UPDATE traces SET owner = ?, lease_until = ? WHERE trace_id IN (SELECT trace_id FROM traces WHERE"
+            f" {_UNFINISHED_SQL} AND (lease_until IS NULL OR lease_until < ? OR owner = ?) ORDER BY received_at"
+            f" LIMIT ?{self.db.skip_locked}) RETURNING trace_id, request, received_at",
+            (self.owner, now + self.lease_s, now, self.owner, limit),
+        )
+        return [(r[0], bytes(r[1])) for r in sorted(rows, key=lambda r: r[2])]
 
     def set_finished(
         self,
@@ -155,12 +180,19 @@ class TraceStore:
         route: str = "",
         cost: float = 0.0,
     ) -> None:
-        """Record the result; it is due for sending at once (next_send_at = now) until ``mark_sent``."""
+        """Record the result; it is due for sending at once (next_send_at = now) until ``mark_sent``. Every
+        replica's ``on_finished`` listeners hear of it."""
         self._execute(
             "UPDATE traces SET status = ?, result = ?, error = ?, finished_at = ?, route = ?, cost = ?, request = NULL,"
-            " next_send_at = ? WHERE trace_id = ?",
+            " next_send_at = ?, lease_until = NULL WHERE trace_id = ?",
             (status.value, result, error, now, route or None, cost, now, trace_id),
         )
+        if self.db.shared:
+            self.db.notify(FINISHED_CHANNEL, trace_id)
+
+    def on_finished(self, listener: Callable[[str], None]) -> None:
+        """``listener(trace_id)`` for each result another replica stores (from a thread of the store's)."""
+        self.db.listen(FINISHED_CHANNEL, listener)
 
     def mark_sent(self, trace_id: str, next_send_at: float) -> None:
         """The result goes out once more (recorded before it leaves, so an ack that beats this call here still
@@ -191,19 +223,24 @@ class TraceStore:
         unfinished, or acknowledged already. A result acknowledged before the broker's PUBACK was recorded
         was delivered by then: delivered_at is never later than acked_at."""
         _, changed = self._run(
-            "UPDATE traces SET acked_at = ?, next_send_at = NULL, delivered_at = MIN(COALESCE(delivered_at, ?), ?)"
+            "UPDATE traces SET acked_at = ?, next_send_at = NULL,"
+            " delivered_at = CASE WHEN delivered_at IS NULL OR delivered_at > ? THEN ? ELSE delivered_at END"
             f" WHERE trace_id = ? AND device_id = ? AND {_UNACKED_SQL}",
             (now, now, now, trace_id, device_id),
         )
         return changed == 1
 
-    def due(self, now: float, limit: int = 100) -> list[HubTrace]:
-        """Finished, unacknowledged results whose next send time has come, oldest first."""
+    def claim_due(self, now: float, hold_s: float, limit: int = 100) -> list[HubTrace]:
+        """Finished, unacknowledged results whose next send time has come, oldest first; each is held for this
+        replica (due again at now + hold_s, unless ``mark_sent`` sets the time first), so several replicas
+        never send one result at once."""
         rows = self._execute(
-            f"SELECT {_COLUMNS} FROM traces WHERE next_send_at <= ? AND {_UNACKED_SQL} ORDER BY next_send_at LIMIT ?",
-            (now, limit),
+            "UPDATE traces SET next_send_at = ? WHERE trace_id IN (SELECT trace_id FROM traces WHERE"
+            f" next_send_at <= ? AND {_UNACKED_SQL} ORDER BY next_send_at LIMIT ?{self.db.skip_locked})"
+            f" RETURNING {_COLUMNS}, received_at",
+            (now + hold_s, now, limit),
         )
-        return [_trace(r) for r in rows]
+        return [_trace(r) for r in sorted(rows, key=lambda r: r[-1])]
 
     def next_due_at(self) -> Optional[float]:
         rows = self._execute(f"SELECT MIN(next_send_at) FROM traces WHERE {_UNACKED_SQL}")
@@ -221,14 +258,15 @@ class TraceStore:
 
     def count_unacked(self) -> int:
         rows = self._execute(f"SELECT COUNT(*) FROM traces WHERE {_UNACKED_SQL}")
-        return rows[0][0]
+        return int(rows[0][0])
 
     def count_devices(self, device_globs: Sequence[str]) -> int:
         """Traces of the devices whose ids match any of the globs (a tenant's: ``cloud.tenants``)."""
         if not device_globs:
             return 0
-        where = " OR ".join("device_id GLOB ?" for _ in device_globs)
-        return int(self._execute(f"SELECT COUNT(*) FROM traces WHERE {where}", tuple(device_globs))[0][0])
+        where = " OR ".join(self.db.glob("device_id") for _ in device_globs)
+        params = [self.db.glob_param(g) for g in device_globs]
+        return int(self._execute(f"SELECT COUNT(*) FROM traces WHERE {where}", params)[0][0])
 
     def get(self, trace_id: str) -> Optional[HubTrace]:
         rows = self._execute(f"SELECT {_COLUMNS} FROM traces WHERE trace_id = ?", (trace_id,))
@@ -255,28 +293,26 @@ class TraceStore:
             "received_at < ?": until,
         }
         clauses = [clause for clause, value in filters.items() if value is not None]
-        params = [value for value in filters.values() if value is not None]
+        params: list[object] = [value for value in filters.values() if value is not None]
         if acked is not None:
             clauses.append("acked_at IS NOT NULL" if acked else _UNACKED_SQL)
         if device_globs is not None:
-            clauses.append("(" + (" OR ".join("device_id GLOB ?" for _ in device_globs) or "0") + ")")
-            params.extend(device_globs)
-        where = " AND ".join(clauses) or "1"
+            clauses.append("(" + (" OR ".join(self.db.glob("device_id") for _ in device_globs) or "FALSE") + ")")
+            params.extend(self.db.glob_param(g) for g in device_globs)
+        where = " AND ".join(clauses) or "TRUE"
         rows = self._execute(
             f"SELECT {_COLUMNS} FROM traces WHERE {where} ORDER BY received_at DESC LIMIT ?", (*params, limit)
         )
         return [_trace(r) for r in rows]
 
-    def unfinished(self, received_before: Optional[float] = None) -> list[tuple[str, bytes]]:
-        """(trace_id, request bytes) of every accepted trace that has no result yet (received before a time)."""
-        return [
-            (r[0], r[1])
-            for r in self._execute(
-                "SELECT trace_id, request FROM traces WHERE status IN (?, ?) AND received_at < ? ORDER BY received_at",
-                (TraceStatus.PENDING.value, TraceStatus.RUNNING.value, received_before or float("inf")),
-            )
-        ]
+
+def _returns_rows(sql: str) -> bool:
+    return sql.lstrip().upper().startswith("SELECT") or " RETURNING " in sql.upper()
 
 
 def _trace(row: tuple) -> HubTrace:
-    return HubTrace(row[0], row[1], TraceStatus(row[2]), *row[3:])
+    """A row of _COLUMNS (a claim's RETURNING adds received_at after them)."""
+    values = list(row[:15])
+    values[2] = TraceStatus(values[2])
+    values[7] = bytes(values[7]) if values[7] is not None else None  # PostgreSQL's BYTEA may come as memoryview
+    return HubTrace(*values)
