@@ -80,7 +80,7 @@ def build_app(config: Union[HubConfig, dict[str, Any]]) -> serve.Application:
         config.max_models_per_replica,
         config.max_image_pixels,
     )
-    ingress = Ingress.options(ray_actor_options=cpus)  # type: ignore[attr-defined]
+    ingress = Ingress.options(ray_actor_options=cpus, num_replicas=config.ingress_replicas)  # type: ignore[attr-defined]
     return ingress.bind(pool, config.model_dump(mode="json"))
 
 

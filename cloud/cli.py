@@ -53,6 +53,8 @@ FLAGS = {
     "mqtt_port": "mqtt_port",
     "store": "trace_store_path",
     "result_encoding": "result_encoding",
+    "database_url": "database_url",
+    "ingress_replicas": "ingress_replicas",
 }
 
 
@@ -182,6 +184,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     run.add_argument("--mqtt-port", type=int, help="the MQTT broker's port (default 1883)")
     run.add_argument("--store", type=Path, help="SQLite file of the hub's traces (default tandem-hub.db)")
     run.add_argument("--result-encoding", choices=["protobuf", "json"])
+    run.add_argument("--database-url", help="PostgreSQL for every store instead of SQLite files (postgresql://...)")
+    run.add_argument("--ingress-replicas", type=int, help="Ingress replicas (more than one needs --database-url)")
     run.set_defaults(handler=hub_run)
     check = hub.add_parser("routing", help="routing rules").add_subparsers(dest="routing_command", required=True)
     check_cmd = check.add_parser("check", help="validate a routing file; print its routes, or every problem")

@@ -223,6 +223,12 @@ class HubConfig(StrictModel):
         "protobuf", description="how results are published: protobuf (compact) or JSON (readable with mosquitto_sub)"
     )
     replica_num_cpus: float = Field(0.25, gt=0, description="CPUs Ray reserves for each replica")
+    ingress_replicas: int = Field(
+        1,
+        ge=1,
+        description="Ingress replicas (each a whole hub: gRPC, MQTT intake, delivery, the admin API); more than one"
+        " needs database_url, so that they share the traces, claims and fleet",
+    )
     model_num_gpus: float = Field(
         0.0,
         ge=0,
@@ -291,6 +297,15 @@ class HubConfig(StrictModel):
                 if group in owners:
                     raise ValueError(f"group {group!r} belongs to tenants {owners[group]} and {name}")
                 owners[group] = name
+        return self
+
+    @model_validator(mode="after")
+    def _replicas_share_a_database(self) -> HubConfig:
+        if self.ingress_replicas > 1 and self.database_url is None:
+            raise ValueError(
+                f"ingress_replicas is {self.ingress_replicas}, but SQLite files cannot be shared between replicas:"
+                " set database_url (PostgreSQL)"
+            )
         return self
 
     @model_validator(mode="after")

@@ -30,6 +30,11 @@ class Ingress:
         self._hub = Hub(hub_config, ServePool(pool, hub_config.app_name))
         self._hub.start()
 
+    async def __del__(self) -> None:
+        """Serve drains the replica (scaling in, a redeploy, shutdown): intake stops, running traces finish and send
+        their results, the rest are left for another replica (their leases lapse) or the next start."""
+        await self._hub.close()
+
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Hot reload: ``user_config: {routing: {...}}`` replaces the rules in place (no replica restart)."""
         if "routing" in user_config:

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from cloud.cli import hub_config
+from cloud.database import PostgresLocation
 from common.errors import ConfigError
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "cloud" / "hub.example.yaml"
@@ -22,6 +23,8 @@ def args(**given) -> argparse.Namespace:
         "mqtt_port": None,
         "store": None,
         "result_encoding": None,
+        "database_url": None,
+        "ingress_replicas": None,
     }
     return argparse.Namespace(**{**fields, **given})
 
@@ -36,6 +39,20 @@ def test_flags_override_the_file(tmp_path):
     config = hub_config(args(config=EXAMPLE, http_port=8100, store=tmp_path / "hub.db"))
     assert config.http_port == 8100 and config.trace_store_path == tmp_path / "hub.db"
     assert config.registry_file() == tmp_path / "tandem-registry.db"
+
+
+def test_several_ingress_replicas_need_a_shared_database_and_every_store_moves_to_it():
+    with pytest.raises(ConfigError, match="ingress_replicas is 2, but SQLite files cannot be shared"):
+        hub_config(args(model=Path("m.onnx"), ingress_replicas=2))
+    url = "postgresql://hub:secret@db:5432/tandem"
+    config = hub_config(args(model=Path("m.onnx"), ingress_replicas=2, database_url=url))
+    assert config.ingress_replicas == 2
+    assert [config.location(s) for s in ("traces", "fleet", "rollouts")] == [
+        PostgresLocation(url, "traces"),
+        PostgresLocation(url, "fleet"),
+        PostgresLocation(url, "rollouts"),
+    ]
+    assert hub_config(args(model=Path("m.onnx"))).location("rollouts") == Path("tandem-fleet.db")
 
 
 def test_without_a_file_the_model_is_required_and_the_ports_default():
