@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import os
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -182,6 +183,9 @@ class SecurityConfig(StrictModel):
         )
 
 
+DATABASE_URL_ENV = "TANDEM_DATABASE_URL"
+
+
 class HubConfig(StrictModel):
     app_name: str = Field("tandem", description="the Ray Serve application name; devices send it as gRPC metadata")
     http_host: str = Field("127.0.0.1", description="address Ray Serve's HTTP proxy listens on")
@@ -206,7 +210,8 @@ class HubConfig(StrictModel):
         description="PostgreSQL (postgresql://user:password@host:port/db) for every store instead of the SQLite "
         "files, each store in a schema of its own: what lets several Ingress replicas, on any nodes, share one "
         "hub's state. The files named by the *_path settings are then unused (artifacts_path stays: a volume every "
-        "replica mounts)",
+        "replica mounts). Unset: $TANDEM_DATABASE_URL, if set where the replicas run (a Kubernetes secret: the URL then"
+        " stays out of Serve's deploy config)",
     )
     trace_retention_s: float = Field(
         7 * 24 * 3600.0,
@@ -301,7 +306,7 @@ class HubConfig(StrictModel):
 
     @model_validator(mode="after")
     def _replicas_share_a_database(self) -> HubConfig:
-        if self.ingress_replicas > 1 and self.database_url is None:
+        if self.ingress_replicas > 1 and self.database() is None:
             raise ValueError(
                 f"ingress_replicas is {self.ingress_replicas}, but SQLite files cannot be shared between replicas:"
                 " set database_url (PostgreSQL)"
@@ -343,10 +348,15 @@ class HubConfig(StrictModel):
             raise ConfigError("no model_path and no routing_path")
         return single_model_routing(self.model_path)
 
+    def database(self) -> Optional[str]:
+        """The PostgreSQL URL the stores use: database_url, else $TANDEM_DATABASE_URL; None: SQLite files."""
+        return self.database_url or os.environ.get(DATABASE_URL_ENV) or None
+
     def location(self, store: Literal["traces", "registry", "fleet", "rollouts", "orchestrator"]) -> Location:
         """Where a store keeps its tables: its schema in database_url, else its SQLite file."""
-        if self.database_url is not None:
-            return PostgresLocation(self.database_url, store)
+        url = self.database()
+        if url is not None:
+            return PostgresLocation(url, store)
         files = {
             "traces": self.trace_store_path,
             "registry": self.registry_file(),

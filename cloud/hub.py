@@ -161,7 +161,7 @@ class Hub:
         self.config = config.absolute()
         self.pool = pool
         self.metrics = HubMetrics()
-        shared = self.config.database_url is not None
+        shared = self.config.database() is not None
         # The name this replica's claims and MQTT client go by: one hub on SQLite keeps its name across restarts
         # (it takes back what it was running); replicas sharing PostgreSQL each get a new one at each start.
         self.replica = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}" if shared else "hub"

@@ -16,7 +16,10 @@ def check_serve_config(config: dict) -> None:
     ray_schema.ServeDeploySchema.model_validate(config)
     (app,) = config["applications"]
     assert app["import_path"] == "cloud.app:build_app"
-    HubConfig.model_validate(app["args"])
+    hub = HubConfig.model_validate(app["args"])
+    # Serve's replica count for the Ingress is the one the hub was told (several need the shared database).
+    ingress = next(d for d in app["deployments"] if d["name"] == "Ingress")
+    assert ingress.get("num_replicas", 1) == hub.ingress_replicas
     from cloud.app import GRPC_SERVICERS
 
     assert config["grpc_options"]["grpc_servicer_functions"] == GRPC_SERVICERS
@@ -26,16 +29,23 @@ def test_serve_config_is_valid():
     check_serve_config(yaml.safe_load((DEPLOY / "serve.yaml").read_text()))
 
 
-def test_rayservice_carries_a_valid_serve_config_and_gpu_workers():
+def test_rayservice_carries_a_valid_serve_config_and_gpu_workers(monkeypatch):
     service = yaml.safe_load((DEPLOY / "rayservice.yaml").read_text())
     assert service["kind"] == "RayService" and service["apiVersion"] == "ray.io/v1"
+    cluster = service["spec"]["rayClusterConfig"]
+    head = cluster["headGroupSpec"]["template"]["spec"]["containers"][0]
+    groups = {g["groupName"]: g["template"]["spec"]["containers"][0] for g in cluster["workerGroupSpecs"]}
+    # The Ingress replicas share PostgreSQL: its URL comes from a secret where the hub's processes run.
+    for container in (head, groups["ingress"]):
+        (url,) = [e for e in container["env"] if e["name"] == "TANDEM_DATABASE_URL"]
+        assert url["valueFrom"]["secretKeyRef"] == {"name": "tandem-hub-db", "key": "url"}
+    monkeypatch.setenv("TANDEM_DATABASE_URL", "postgresql://hub@db/tandem")
     check_serve_config(yaml.safe_load(service["spec"]["serveConfigV2"]))
-    (gpu,) = service["spec"]["rayClusterConfig"]["workerGroupSpecs"]
-    assert gpu["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert groups["gpu"]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert cluster["gcsFaultToleranceOptions"]["redisAddress"]  # the head restarts without losing the cluster
     # Every node's gRPC proxy refuses what the hub would refuse, before it crosses Ray.
-    head = service["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0]
-    for container in (head, gpu["template"]["spec"]["containers"][0]):
-        env = {e["name"]: e["value"] for e in container["env"]}
+    for container in (head, *groups.values()):
+        env = {e["name"]: e.get("value") for e in container["env"]}
         assert env["RAY_SERVE_GRPC_MAX_MESSAGE_SIZE"] == str(HubConfig.model_fields["max_request_bytes"].default)
 
 

@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from tools.bench_suite import edge, hub, orchestrator
+from tools.bench_suite import edge, fleet, hub, orchestrator
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,9 +20,11 @@ def main(argv: list[str] | None = None) -> int:
         "orchestrator", help="the replay harness: rules vs rules + a language model"
     )
     orchestrator.add_arguments(orchestrator_parser)
+    fleet_parser = suites.add_parser("fleet", help="a simulated fleet of N devices against one hub")
+    fleet.add_arguments(fleet_parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    return {"edge": edge.run, "hub": hub.run, "orchestrator": orchestrator.run}[args.suite](args)
+    return {"edge": edge.run, "hub": hub.run, "orchestrator": orchestrator.run, "fleet": fleet.run}[args.suite](args)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,149 @@
+"""The hub on a real two-node Ray cluster, deployed with ``serve deploy deploy/cloud/serve.yaml``; the worker
+node is killed mid-load.
+
+The head node (``ray start --head``) and a worker (``ray start --address``) run on this machine as separate
+process families. The shipped serve.yaml is deployed with only what this machine needs changed: ports, the
+test's PostgreSQL and broker, and the proxies on the head only (one machine cannot give two nodes' proxies the
+same ports). Two Ingress and two ModelPool replicas, at most one of each per node, so the worker holds one of
+each. It is killed (SIGKILL to every process of it) while a gRPC device and an MQTT device escalate every
+frame: both devices' books must balance.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+import yaml
+
+from edge.app import EdgeRuntime
+from tandem.broker import free_port
+from tests.integration.faults.conftest import Chaos, drained, fault_device
+from tests.support.ray_cluster import RayCluster
+from tests.support.report import report
+from tests.support.waiting import wait_for
+
+SERVE_YAML = Path(__file__).resolve().parents[2] / "deploy" / "cloud" / "serve.yaml"
+
+
+class ClusterHub:
+    """What fault_device needs of a hub: its gRPC port."""
+
+    def __init__(self, grpc_port: int, http_port: int) -> None:
+        self.grpc_port = grpc_port
+        self.http_port = http_port
+
+
+def cluster_config(shipped: Path, out: Path, *, grpc_port: int, http_port: int, args: dict) -> Path:
+    """The shipped serve.yaml with this machine's ports, stores and broker, and replicas spread over nodes."""
+    config = yaml.safe_load(shipped.read_text())
+    config["proxy_location"] = "HeadOnly"
+    config["http_options"] = {"host": "127.0.0.1", "port": http_port}
+    config["grpc_options"]["port"] = grpc_port
+    app = config["applications"][0]
+    app["args"].update(args)
+    for deployment in app["deployments"]:
+        deployment["max_replicas_per_node"] = 1
+        deployment.pop("autoscaling_config", None)
+        deployment["num_replicas"] = 2
+    out.write_text(yaml.safe_dump(config))
+    return out
+
+
+@pytest.fixture
+def cluster(tmp_path) -> Iterator[RayCluster]:
+    work = tmp_path / "ray"
+    work.mkdir()
+    cluster = RayCluster(work)
+    try:
+        cluster.start()
+        cluster.add_worker("worker_node")
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def test_the_hub_on_two_nodes_loses_nothing_when_the_worker_node_dies(
+    tmp_path, demo_assets, mosquitto, hub, pg_url, cluster
+):
+    hub.stop()  # the session's hub would take the same escalations
+    grpc_port, http_port = free_port(), free_port()
+    config = cluster_config(
+        SERVE_YAML,
+        tmp_path / "serve.yaml",
+        grpc_port=grpc_port,
+        http_port=http_port,
+        args={
+            "model_path": str(demo_assets / "models" / "digits-strong.onnx"),
+            "trace_store_path": str(tmp_path / "unused.db"),
+            "artifacts_path": str(tmp_path / "artifacts"),
+            "database_url": pg_url,
+            "ingress_replicas": 2,
+            "mqtt_port": mosquitto.port,
+            "mqtt_username": "cluster-hub",
+            "delivery": {"resend_after_s": 2.0, "max_sends": 60},
+        },
+    )
+    cluster.deploy(config)
+    wait_for(lambda: "RUNNING" in (cluster.serve_status() or "").split("status:")[-1], 180, "the app to run")
+    wait_for(lambda: _healthy(http_port), 60, "the hub's HTTP API")
+    assert cluster.alive_nodes() == 2
+    hub_like = ClusterHub(grpc_port, http_port)
+    burst = 150
+    configs = [
+        fault_device(
+            tmp_path,
+            demo_assets,
+            hub_like,
+            device_id=f"cam-cluster-{transport}",
+            mqtt_port=mosquitto.port,
+            transport=transport,
+            fps=60.0,
+        )
+        for transport in ("grpc", "mqtt")
+    ]
+    worker = cluster.nodes[1]
+    runtimes = [EdgeRuntime(c) for c in configs]
+    for runtime in runtimes:
+        runtime.start()
+    try:
+        chaos = Chaos([(1.5, "SIGKILL of the worker node (raylet, workers, agents)", worker.kill)]).start()
+        threads = [threading.Thread(target=r.run, kwargs={"max_frames": burst}) for r in runtimes]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(180)
+        chaos.join()
+        books = [drained(c.state_path, 240) for c in configs]
+    finally:
+        for runtime in runtimes:
+            runtime.close()
+    with psycopg.connect(pg_url) as conn:
+        owners = dict(conn.execute("SELECT owner, COUNT(*) FROM traces.traces GROUP BY owner").fetchall())
+        most_runs = conn.execute("SELECT MAX(COALESCE(runs, 0)) FROM traces.traces").fetchone()[0]
+    report(
+        "the worker node of a two-node Ray cluster SIGKILLed mid-load",
+        "; ".join(chaos.done),
+        {
+            **{f"{c.device_id} {k}": v for c, b in zip(configs, books, strict=True) for k, v in b.figures().items()},
+            "Ingress replicas that ran traces": len(owners),
+            "most model runs of one trace": most_runs,
+        },
+    )
+    for c, device in zip(configs, books, strict=True):
+        assert device.integrity == "ok" and device.escalated == burst, c.device_id
+        assert device.lost == [] and device.applied_twice == [] and device.dropped == 0, c.device_id
+        assert device.verdicts + device.late_verdicts + device.failed_results == device.escalated, c.device_id
+    assert len(owners) >= 2  # both nodes' Ingress replicas took escalations before the kill
+    assert most_runs <= 2
+
+
+def _healthy(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2.0).status_code == 200
+    except httpx.HTTPError:
+        return False
