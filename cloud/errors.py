@@ -48,6 +48,11 @@ class ReplicaFailed(HubError):
     the device sees it, and the details stay in the hub's log."""
 
 
+class ReplicaUnavailable(ReplicaFailed):
+    """The replica died under the call (its process or its node gone): no answer about the input, so the trace
+    is worth running again once Serve has noticed (``EscalationService``)."""
+
+
 class V2Error(HubError):
     """An Open Inference Protocol v2 request that cannot be served: bad JSON, a tensor of the wrong type or shape."""
 

@@ -41,6 +41,8 @@ from protocol.messages import (
 logger = logging.getLogger(__name__)
 
 MAX_ERROR_CHARS = 500  # a FAILED result tells the device why in a line; the details stay in the hub's log
+RUNS_FOR_LOST_REPLICAS = 3  # a trace whose model replica died under it runs up to this many times in all
+RERUN_AFTER_S = 2.0  # ...the second run this long after the first failed, the third twice as long
 
 
 class EscalationService:
@@ -147,8 +149,7 @@ class EscalationService:
             self.finish(self._answered(request, plan, cached, timings, 0.0))
             return
         try:
-            async with self._gate.slot(self.tenancy.priority_of(request.device_id)):
-                outcome = await router.run(plan, request)
+            outcome = await self._run(router, plan, request)
         except Exception as exc:  # a router bug must still answer the device, and say so
             logger.exception("trace %s: routing failed", request.trace_id)
             self.finish(self._failed(request, timings, f"routing failed: {type(exc).__name__}: {one_line(str(exc))}"))
@@ -164,6 +165,22 @@ class EscalationService:
         if key is not None:
             cache.put(key, answer)
         self.finish(self._answered(request, plan, answer, timings, outcome.cost))
+
+    async def _run(self, router: Router, plan: Plan, request: EscalationRequest) -> Outcome:
+        """The plan, run again (after RERUN_AFTER_S, then twice that) when it failed only for want of a live
+        replica: one died under the call or never answered, as when a node is lost and Ray has not yet noticed
+        (its health checks take some seconds). The input is not at fault, so the device gets an answer, late,
+        rather than a failure. At most RUNS_FOR_LOST_REPLICAS runs."""
+        for run in range(1, RUNS_FOR_LOST_REPLICAS + 1):
+            async with self._gate.slot(self.tenancy.priority_of(request.device_id)):
+                outcome = await router.run(plan, request)
+            if outcome.ok or not outcome.replica_lost or run == RUNS_FOR_LOST_REPLICAS:
+                return outcome
+            wait_s = RERUN_AFTER_S * run
+            logger.warning("trace %s: %s; running it again in %.0f s", request.trace_id, outcome.error, wait_s)
+            self.metrics.replica_reruns.inc()
+            await asyncio.sleep(wait_s)
+        return outcome
 
     def finish(self, result: EscalationResult) -> None:
         """Store the result, then send it; the store keeps it until the device acknowledges it."""

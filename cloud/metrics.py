@@ -66,6 +66,11 @@ class HubMetrics:
             "accepted traces run again because they had no result and no run in progress (a restart, a run that died)",
             registry=self.registry,
         )
+        self.replica_reruns = Counter(
+            "tandem_hub_replica_lost_reruns",
+            "traces run again because a model replica died under them (a node lost), not because of the input",
+            registry=self.registry,
+        )
         self.given_up = Counter(
             "tandem_hub_results_out_of_sends",
             "results sent max_sends times without an acknowledgement; they stay in the trace store",

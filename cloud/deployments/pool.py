@@ -22,7 +22,7 @@ from ray.serve.context import _get_global_client
 from ray.serve.handle import DeploymentHandle
 from ray.serve.schema import ServeDeploySchema
 
-from cloud.errors import ActionFailed, ReplicaFailed, one_line
+from cloud.errors import ActionFailed, ReplicaFailed, ReplicaUnavailable, one_line
 from cloud.hub import ModelPool as PoolClient
 from cloud.ingress import v2
 from cloud.models import CloudModel, load_model
@@ -133,7 +133,7 @@ class ServeBackend(ModelBackend):
             raise ReplicaFailed(f"replica raised {type(cause).__name__}: {one_line(str(cause))}") from None
         except (RayActorError, RaySystemError) as exc:
             logger.warning("model pool replica unavailable for %s: %s", request.trace_id, exc)
-            raise ReplicaFailed(f"replica unavailable ({type(exc).__name__})") from None
+            raise ReplicaUnavailable(f"replica unavailable ({type(exc).__name__})") from None
 
 
 class PoolTensorModels(v2.TensorModels):

@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Optional
 
-from cloud.errors import ModelUnavailable, NoRoute, RoutingError, one_line
+from cloud.errors import ModelUnavailable, NoRoute, ReplicaUnavailable, RoutingError, one_line
 from cloud.routing.balance import Balancer, CircuitState
 from cloud.routing.config import RoutingConfig, Step, Strategy, When
 from cloud.routing.steps import ModelBackend, Outcome, Plan, StepOutput
@@ -96,7 +96,7 @@ class Router:
         started = loop.time()
         step_end = started + step.deadline_ms / 1000.0
         tried: list[str] = []
-        error, key, timed_out = "", "", False
+        error, key, timed_out, unavailable = "", "", False, False
         for _ in range(step.retries + 1):
             remaining = step_end - loop.time()
             if remaining <= 0:
@@ -105,7 +105,7 @@ class Router:
             try:
                 key = self.balancer.choose(step.model, list(replicas), exclude=tried)
             except ModelUnavailable as exc:
-                error = str(exc)
+                error, unavailable = str(exc), True
                 break
             tried.append(key)
             call_started = loop.time()
@@ -128,6 +128,13 @@ class Router:
                     error=f"bad input: {one_line(str(exc))}",
                     bad_input=True,
                 )
+            except ReplicaUnavailable as exc:
+                # One Serve replica behind the key died under the call: Serve routes around it once it notices, and
+                # the key's other replicas still answer, so no strike against the key (no circuit opens for all).
+                self.balancer.release(step.model, key)
+                error, unavailable = f"{step.model} on {key}: {one_line(str(exc))}", True
+                logger.warning("step failed: %s", error)
+                continue
             except Exception as exc:  # any replica failure counts against it and may be retried elsewhere
                 self.balancer.record(step.model, key, False, (loop.time() - call_started) * 1000.0)
                 error = f"{step.model} on {key}: {type(exc).__name__}: {one_line(str(exc))}"
@@ -150,6 +157,7 @@ class Router:
             error=error,
             timed_out=timed_out,
             cost=entry.cost_per_call * len(tried),
+            unavailable=unavailable,
         )
 
 

@@ -62,6 +62,8 @@ class StepOutput:
     timed_out: bool = False
     bad_input: bool = False
     cost: float = 0.0
+    unavailable: bool = False
+    """It failed because no replica was there to answer (one died under the call, or every circuit is open)."""
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,12 @@ class Outcome:
     @property
     def ok(self) -> bool:
         return self.final is not None
+
+    @property
+    def replica_lost(self) -> bool:
+        """A step failed for want of a live replica (none there, or one that never answered within the step's
+        deadline, as a replica on a node that died does until Ray notices), not because of the input."""
+        return any(s.unavailable or s.timed_out for s in self.steps if s.answer is None and not s.bad_input)
 
 
 StepRunner = Callable[[Step, EscalationRequest, Optional[Prediction]], Awaitable[StepOutput]]

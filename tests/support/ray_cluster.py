@@ -10,7 +10,9 @@ second node's proxy would want the same HTTP and gRPC ports.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -48,6 +50,8 @@ class RayNode:
             with contextlib.suppress(psutil.NoSuchProcess):
                 process.send_signal(signal.SIGKILL)
         psutil.wait_procs(family, timeout=30)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(10)  # reaped: its exit status collected
         self._log.close()
 
 
@@ -61,7 +65,18 @@ class RayCluster:
         self.gcs_port = free_port()
         self.dashboard_port = free_port()
         self.nodes: list[RayNode] = []
-        self.env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_SERVE_GRPC_MAX_MESSAGE_SIZE": "4194304"}
+        # Token authentication, as Ray 2.60 turns on for a new cluster: one token for every node and every client
+        # (the ray and serve commands here), given in the environment.
+        self.env = {
+            **os.environ,
+            "RAY_USAGE_STATS_ENABLED": "0",
+            "RAY_SERVE_GRPC_MAX_MESSAGE_SIZE": "4194304",
+            "RAY_AUTH_MODE": "token",
+            "RAY_AUTH_TOKEN": secrets.token_hex(32),
+            # One proxy (on the head) stands for a load balancer over every node's proxy: it spreads requests over
+            # all nodes' replicas instead of preferring its own node's.
+            "RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING": "0",
+        }
 
     @property
     def address(self) -> str:
@@ -117,11 +132,9 @@ class RayCluster:
             check=False,
             timeout=60,
         )
-        if done.returncode != 0:
-            return 0
-        import json
-
-        return len(json.loads(done.stdout or "[]"))
+        if done.returncode != 0 or not done.stdout.lstrip().startswith("["):
+            return 0  # the head not up yet, or "No resource in the cluster"
+        return len(json.loads(done.stdout))
 
     def deploy(self, config: Path) -> None:
         """``serve deploy CONFIG`` against the head's dashboard (returns once the config is accepted)."""

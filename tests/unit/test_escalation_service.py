@@ -9,11 +9,12 @@ import httpx
 import pytest
 from google.protobuf import json_format
 
+from cloud import escalations
 from cloud.config import CallbackRule, DeliveryConfig
 from cloud.dispatch.callbacks import HttpCallbacks
 from cloud.dispatch.delivery import Delivery
 from cloud.dispatch.mqtt import Publisher
-from cloud.errors import InvalidInput, RequestTooLarge
+from cloud.errors import InvalidInput, ReplicaUnavailable, RequestTooLarge
 from cloud.escalations import EscalationService
 from cloud.inputs import InputLimits
 from cloud.metrics import HubMetrics
@@ -562,3 +563,38 @@ def test_a_run_does_not_see_the_context_of_the_call_that_brought_it(store):
 
     run(go())
     assert seen == ["none"]
+
+
+class LosingReplicas(FakeModel):
+    """The first ``lost`` calls find their replica dead (a node lost); later ones answer."""
+
+    def __init__(self, lost: int):
+        super().__init__()
+        self.lost = lost
+
+    async def predict(self, request, previous):
+        self.calls += 1
+        if self.calls <= self.lost:
+            raise ReplicaUnavailable("replica unavailable (ActorUnavailableError)")
+        return ModelAnswer(Prediction("strong", "1", LABELS, (0.1, 0.9)))
+
+
+@pytest.mark.parametrize(("lost", "status"), [(2, TraceStatus.SUCCESS), (3, TraceStatus.FAILED)])
+def test_a_trace_whose_replica_died_under_it_runs_again(store, monkeypatch, lost, status):
+    """Not the input's fault: the service runs it again (up to three runs in all) instead of failing it, and the
+    dead replica is no strike against the model's circuit (Serve routes around it)."""
+    monkeypatch.setattr(escalations, "RERUN_AFTER_S", 0.01)
+    model = LosingReplicas(lost)
+    service = make_service(store, model, ListPublisher())
+    req = request()
+
+    async def go():
+        await service.escalate(req)
+        await service.drain()
+
+    run(go())
+    trace = store.get(req.trace_id)
+    assert trace.status is status and trace.runs == 1  # one accepted run; the model was asked again within it
+    assert model.calls == min(lost + 1, escalations.RUNS_FOR_LOST_REPLICAS)
+    assert service.metrics.replica_reruns._value.get() == min(lost, escalations.RUNS_FOR_LOST_REPLICAS - 1)
+    assert all(state.value == "closed" for state in service.router.circuits("strong").values())
