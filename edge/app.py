@@ -16,7 +16,8 @@ import collections
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Optional
@@ -292,27 +293,62 @@ class EdgeRuntime:
         if len(cameras) > 1:
             return self._run_cameras(cameras, max_frames)
         camera = cameras[0]
-        count = 0
-        fps = camera.max_fps
-        interval = 1.0 / fps if fps else 0.0
-        next_at = time.monotonic()
         with open_source(camera, self._on_source_state) as source:
             self._source = source
             if isinstance(source, LiveSource):
                 source.on_idle = self._turn  # waiting for a camera that is down is not a stalled loop
             try:
-                for frame in source.frames():
-                    self.process(frame)
-                    count += 1
-                    if self._stop.is_set() or (max_frames is not None and count >= max_frames):
-                        break
-                    if interval:
-                        # The next frame's slot; after a stall, catch up by at most one frame, never in a burst.
-                        next_at = max(next_at + interval, time.monotonic() - interval)
-                        self._stop.wait(max(0.0, next_at - time.monotonic()))
+                return self.run_frames(self._paced(source.frames(), max_frames, camera.max_fps))
             finally:
                 self._source = None
+
+    def _paced(self, frames: Iterator[Frame], max_frames: Optional[int], fps: Optional[float]) -> Iterator[Frame]:
+        """The source's frames, up to max_frames, until ``stop()``, no faster than fps."""
+        interval = 1.0 / fps if fps else 0.0
+        next_at = time.monotonic()
+        for count, frame in enumerate(frames, start=1):
+            yield frame
+            if self._stop.is_set() or (max_frames is not None and count >= max_frames):
+                return
+            if interval:
+                # The next frame's slot; after a stall, catch up by at most one frame, never in a burst.
+                next_at = max(next_at + interval, time.monotonic() - interval)
+                self._stop.wait(max(0.0, next_at - time.monotonic()))
+
+    def run_frames(self, frames: Iterable[Frame]) -> int:
+        """Every frame through the model, the judge and the store, in order; returns how many.
+
+        Pipelined (``detector.pipelined``): frame N+1's inference runs on a thread of its own while this thread
+        judges and records frame N (the model's runtime releases the GIL while it runs), so one frame is in
+        flight; the model sees one frame at a time, as before."""
+        if not self.config.detector.pipelined:
+            count = 0
+            for frame in frames:
+                self.process(frame)
+                count += 1
+            return count
+        count = 0
+        pending: Optional[tuple[Frame, Future[Optional[Prediction | InferenceError]]]] = None
+        with ThreadPoolExecutor(1, thread_name_prefix="inference") as inference:
+            for frame in frames:
+                answer = inference.submit(self._answer, frame)
+                if pending is not None:
+                    self.process(pending[0], pending[1].result())
+                    count += 1
+                pending = (frame, answer)
+            if pending is not None:
+                self.process(pending[0], pending[1].result())
+                count += 1
         return count
+
+    def _answer(self, frame: Frame) -> Optional[Prediction | InferenceError]:
+        """The live model's answer for one frame (the pipeline's thread); None for an undecodable frame."""
+        if frame.image is None:
+            return None
+        try:
+            return self.live.detector.predict(frame.image)
+        except InferenceError as exc:
+            return exc
 
     def _run_cameras(self, cameras: list[SourceConfig], max_frames: Optional[int]) -> int:
         """Several cameras: each read on its own thread into a one-frame slot, so one that stalls holds up only

@@ -113,6 +113,12 @@ class DetectorConfig(StrictModel):
     intra_op_num_threads: int = Field(
         1, ge=1, description="ONNX Runtime threads per inference; 1 is fastest for small models"
     )
+    pipelined: bool = Field(
+        True,
+        description="one camera: the next frame's inference runs (on a thread of its own) while this frame is "
+        "judged and recorded, so a fast model is not held up by the bookkeeping; a frame's decision comes one "
+        "inference later",
+    )
     providers: list[str] = Field(
         [],
         description="onnx: execution providers in order of preference; empty: TensorRT, CUDA, then CPU, of those "
