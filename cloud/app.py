@@ -69,6 +69,9 @@ def build_app(config: Union[HubConfig, dict[str, Any]]) -> serve.Application:
     """
     config = HubConfig.model_validate(config).absolute() if isinstance(config, dict) else config.absolute()
     cpus = {"num_cpus": config.replica_num_cpus}
+    ingress = Ingress.options(ray_actor_options=cpus, num_replicas=config.ingress_replicas)  # type: ignore[attr-defined]
+    if config.model_pool == "ingress":  # the models run in the Ingress replicas: no ModelPool deployment
+        return ingress.bind(None, config.model_dump(mode="json"))
     # serve.deployment turns each class into a Deployment, which its type hints do not say.
     pool = ModelPool.options(  # type: ignore[attr-defined]
         ray_actor_options={**cpus, "num_gpus": config.model_num_gpus},
@@ -80,7 +83,6 @@ def build_app(config: Union[HubConfig, dict[str, Any]]) -> serve.Application:
         config.max_models_per_replica,
         config.max_image_pixels,
     )
-    ingress = Ingress.options(ray_actor_options=cpus, num_replicas=config.ingress_replicas)  # type: ignore[attr-defined]
     return ingress.bind(pool, config.model_dump(mode="json"))
 
 

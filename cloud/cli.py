@@ -55,6 +55,7 @@ FLAGS = {
     "result_encoding": "result_encoding",
     "database_url": "database_url",
     "ingress_replicas": "ingress_replicas",
+    "model_pool": "model_pool",
 }
 
 
@@ -186,6 +187,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     run.add_argument("--result-encoding", choices=["protobuf", "json"])
     run.add_argument("--database-url", help="PostgreSQL for every store instead of SQLite files (postgresql://...)")
     run.add_argument("--ingress-replicas", type=int, help="Ingress replicas (more than one needs --database-url)")
+    run.add_argument(
+        "--model-pool", choices=["serve", "ingress"], help="models in a ModelPool deployment, or in the Ingress"
+    )
     run.set_defaults(handler=hub_run)
     check = hub.add_parser("routing", help="routing rules").add_subparsers(dest="routing_command", required=True)
     check_cmd = check.add_parser("check", help="validate a routing file; print its routes, or every problem")

@@ -252,6 +252,12 @@ class HubConfig(StrictModel):
         description="an escalated image whose header declares more pixels than this is refused without decoding "
         "(INVALID_ARGUMENT)",
     )
+    model_pool: Literal["serve", "ingress"] = Field(
+        "serve",
+        description="where the hub's own models run: serve, a ModelPool deployment of their own (autoscaled, on GPU "
+        "nodes); ingress, inside each Ingress replica (one Serve hop and one process fewer per escalation, for a "
+        "CPU hub; scale it with ingress_replicas). Batching works the same in both",
+    )
     batch_max_size: int = Field(16, ge=1, description="the model runs up to this many requests as one batch")
     batch_wait_ms: float = Field(5.0, ge=0, description="how long a batch waits to fill before it runs")
     model_max_ongoing_requests: int = Field(

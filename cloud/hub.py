@@ -100,18 +100,29 @@ class ModelPool(abc.ABC):
 
 
 class LocalPool(ModelPool):
-    """The models in this process, loaded on first use from the registry's artifacts (no batching)."""
+    """The models in this process, loaded on first use from the registry's artifacts.
 
-    def __init__(self, artifacts_dir: Path, max_image_pixels: int) -> None:
+    Batching without a timer: a request that finds its model idle runs at once; those that arrive while a run
+    is in progress wait and go together in the next run, up to ``max_batch_size`` (the Serve pool's rule for a
+    lone request, and its batches whenever there is a queue)."""
+
+    def __init__(self, artifacts_dir: Path, max_image_pixels: int, max_batch_size: int = 1) -> None:
         self._dir = artifacts_dir
         self._max_pixels = max_image_pixels
+        self._max_batch = max_batch_size
         self._models: dict[str, CloudModel] = {}
+        self._batchers: dict[str, _Batcher] = {}
 
     def model(self, sha256: str) -> CloudModel:
         if sha256 not in self._models:
             logger.info("local pool: loading %s", sha256[:12])
             self._models[sha256] = load_model(self._dir / sha256, self._max_pixels)
         return self._models[sha256]
+
+    def batcher(self, sha256: str) -> _Batcher:
+        if sha256 not in self._batchers:
+            self._batchers[sha256] = _Batcher(self, sha256, self._max_batch)
+        return self._batchers[sha256]
 
     def backend(self, sha256: str) -> ModelBackend:
         return _LocalBackend(self, sha256)
@@ -126,17 +137,53 @@ class LocalPool(ModelPool):
         await asyncio.to_thread(self.model, sha256)
 
 
+class _Batcher:
+    """One model's queue (the event loop's): requests that arrive during a run go together in the next."""
+
+    def __init__(self, pool: LocalPool, sha256: str, max_size: int) -> None:
+        self._pool = pool
+        self._sha256 = sha256
+        self._max = max_size
+        self._queue: list[tuple[EscalationRequest, asyncio.Future[tuple[Prediction | Exception, int]]]] = []
+        self._running = False
+
+    async def run(self, request: EscalationRequest) -> tuple[Prediction | Exception, int]:
+        """The model's answer for one request, and the size of the batch it ran in."""
+        future: asyncio.Future[tuple[Prediction | Exception, int]] = asyncio.get_running_loop().create_future()
+        self._queue.append((request, future))
+        if not self._running:
+            self._running = True
+            asyncio.get_running_loop().create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        try:
+            while self._queue:
+                batch, self._queue = self._queue[: self._max], self._queue[self._max :]
+                try:
+                    model = await asyncio.to_thread(self._pool.model, self._sha256)
+                    results: list[Prediction | Exception] = await asyncio.to_thread(
+                        model.predict_requests, [request for request, _ in batch]
+                    )
+                except Exception as exc:  # the model failed as a whole (it did not load): each request says so
+                    results = [exc] * len(batch)
+                for (_, future), result in zip(batch, results, strict=True):
+                    if not future.done():
+                        future.set_result((result, len(batch)))
+        finally:
+            self._running = False
+
+
 class _LocalBackend(ModelBackend):
     def __init__(self, pool: LocalPool, sha256: str) -> None:
         self._pool = pool
         self._sha256 = sha256
 
     async def predict(self, request: EscalationRequest, previous: Optional[Prediction]) -> ModelAnswer:
-        model = await asyncio.to_thread(self._pool.model, self._sha256)
-        [answer] = await asyncio.to_thread(model.predict_requests, [so_far(request, previous)])
+        answer, batch_size = await self._pool.batcher(self._sha256).run(so_far(request, previous))
         if isinstance(answer, Exception):
             raise answer
-        return ModelAnswer(answer)
+        return ModelAnswer(answer, batch_size)
 
 
 class _LocalTensorModels(v2.TensorModels):

@@ -7,7 +7,7 @@ by ``reconfigure`` (no replica restart).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 from fastapi import FastAPI
 from ray import serve
@@ -16,7 +16,7 @@ from ray.serve.handle import DeploymentHandle
 from cloud.config import HubConfig
 from cloud.deployments.pool import ServePool
 from cloud.errors import HubError, grpc_status
-from cloud.hub import Hub
+from cloud.hub import Hub, LocalPool
 from cloud.ingress import grpc as grpc_ingress
 from cloud.ingress import v2
 
@@ -24,10 +24,16 @@ from cloud.ingress import v2
 @serve.deployment(name="Ingress", max_ongoing_requests=256)
 @serve.ingress()
 class Ingress:
-    async def __init__(self, pool: DeploymentHandle, config: dict[str, Any]) -> None:  # type: ignore[misc]
+    async def __init__(self, pool: Optional[DeploymentHandle], config: dict[str, Any]) -> None:  # type: ignore[misc]
         # async (Serve allows it; mypy does not) so the hub's background loops run on the replica's event loop.
+        # pool None: model_pool "ingress", the models run here (LocalPool, batching as the ModelPool does).
         hub_config = HubConfig.model_validate(config)
-        self._hub = Hub(hub_config, ServePool(pool, hub_config.app_name))
+        models = (
+            ServePool(pool, hub_config.app_name)
+            if pool is not None
+            else LocalPool(hub_config.artifacts_dir(), hub_config.max_image_pixels, hub_config.batch_max_size)
+        )
+        self._hub = Hub(hub_config, models)
         self._hub.start()
 
     async def __del__(self) -> None:

@@ -25,6 +25,7 @@ def args(**given) -> argparse.Namespace:
         "result_encoding": None,
         "database_url": None,
         "ingress_replicas": None,
+        "model_pool": None,
     }
     return argparse.Namespace(**{**fields, **given})
 

@@ -1,16 +1,19 @@
 """``tools/bench edge``: the device runtime's speed, memory and cascade, each against a baseline in this run.
 
-fps_ratio               frames/s of the runtime's frame path (detector, judge, trace store, outbox) on the
-                        PP-OCRv4 text detector ÷ bare ONNX Runtime over the same frames, tensors prepared
-                        beforehand. Frames are decoded before either is timed; the escalation worker and
-                        the network are not started (sending is off the frame path).
-overhead_p50_us         per frame, the runtime's time minus the detector's, on the demo classifier
+fps_ratio_1ms, _5ms, _12ms  (tools.bench_suite.edge_speed) frames/s of the whole runtime (the pipelined frame loop,
+                        the outbox worker sending over a loopback hub that answers each escalation, verdicts
+                        applied) over 640x480 frames ÷ bare ONNX Runtime (resize + run), on classifiers of
+                        ~1, ~5 and ~12 ms; *_in_turn: the same with detector.pipelined off
+overhead_mean_us        per frame kept local, the runtime's time minus the model's (also _p50, _p90), on the
+                        ~1 ms model; overhead_escalated_mean_us: escalated frames (JPEG encode, durable enqueue)
 judge_p99_us            one judge decision, default policies; judge_all_p99_us with every policy on
 enqueue_ratio           durable enqueues/s (trace + outbox row, one transaction) ÷ raw single-row SQLite
-                        inserts/s, both WAL with synchronous NORMAL
+                        inserts/s, both WAL with synchronous NORMAL: the median of 9 interleaved rounds'
+                        ratios (enqueue_ratio_min/_max: their spread)
 rss_mb                  resident memory of `EdgeRuntime` running the demo stream, in a fresh process
-cascade_*               calibrated on the calibration split (15% target), measured on the held-out stream:
-                        accuracy ÷ the strong model's, and the share of frames escalated
+cascade_*               the calibration and held-out frames pooled and split again at random 20 times (the
+                        same sizes): calibrated on one part (15% target), measured on the other: accuracy ÷
+                        the strong model's, and the share escalated; the mean, and _min/_max over the splits
 weak_cost_ratio         strong model's inference time ÷ weak model's (median of single-frame calls)
 detection_*, bytes_*    (tools.bench_suite.detection) the detection cascade on the held-out scenes: mAP@0.5 ÷ the
                         strong detector's, the share escalated, and bytes per escalation by payload; the curve
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import sqlite3
 import statistics
 import subprocess
@@ -32,24 +36,21 @@ import textwrap
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Optional
 
 import cv2
-import numpy as np
 
-from common.inference.ocr import normalise
 from common.inference.onnx import OrtRunner
 from common.inference.preprocess import image_to_nchw
-from common.inference.text import det_size
-from edge.app import EdgeRuntime
-from edge.config import DetectorConfig, EdgeConfig, JudgeConfig, ServiceConfig, SourceConfig
+from edge.config import DetectorConfig, JudgeConfig, SourceConfig
 from edge.detectors import create_detector
-from edge.detectors.base import Detector
 from edge.judge import Judge, JudgeInput, TraceMachine, TraceState, calibrate
+from edge.judge.adapt import ThresholdTracker
 from edge.judge.judge import JudgeDecision
 from edge.outbox import EdgeStore
 from edge.sources import Frame
 from protocol.messages import Prediction, new_trace_id
-from tools.bench_suite import detection, rollout
+from tools.bench_suite import detection, edge_speed, rollout
 
 DEMO = Path(".tandem/demo")
 OCR = Path(".tandem/ocr")
@@ -60,48 +61,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--passes", type=int, default=5, help="timed passes over the stream per measurement")
 
 
-class TimedDetector(Detector):
-    """Wraps a detector and keeps the time of its last ``predict`` (to take it out of the runtime's)."""
-
-    kind = "timed"
-
-    def __init__(self, inner: Detector) -> None:
-        super().__init__(inner.config)
-        self.inner = inner
-        self.last_s = 0.0
-
-    def start(self) -> None:
-        self.inner.start()
-        self._started = True
-
-    def infer(self, image: np.ndarray) -> Prediction:
-        started = time.perf_counter()
-        prediction = self.inner.predict(image)
-        self.last_s = time.perf_counter() - started
-        return prediction
-
-    def close(self) -> None:
-        self.inner.close()
-
-
 def _frames(split: str = "stream") -> list[Frame]:
     paths = sorted((DEMO / split / "images").iterdir())
     return [Frame("bench", i, time.time(), cv2.imread(str(p), cv2.IMREAD_GRAYSCALE)) for i, p in enumerate(paths)]
-
-
-def _runtime(work: Path, detector: DetectorConfig, judge: JudgeConfig, name: str) -> EdgeRuntime:
-    config = EdgeConfig(
-        device_id="bench",
-        state_path=work / f"{name}.db",
-        source=SourceConfig(kind="images", path=DEMO / "stream" / "images"),
-        detector=detector,
-        judge=judge,
-        service=ServiceConfig(http_port=None),
-    )
-    runtime = EdgeRuntime(config)
-    runtime.store.open()  # the frame path only: no worker, no broker, no health server
-    runtime.detector.start()
-    return runtime
 
 
 def _best_rate(n: int, passes: int, run_pass: Callable[[], None]) -> float:
@@ -114,47 +76,6 @@ def _best_rate(n: int, passes: int, run_pass: Callable[[], None]) -> float:
     return n / best
 
 
-FPS_DET_SIDE = 320  # the text detector sees 320 x 320: a camera-sized input, not the 32-pixel digit itself
-# For a detector, the box policy judges the image (Sedna's IBT); a top-class confidence threshold would
-# escalate every frame without text. The digits hold no text the detector finds, so a 15% random audit
-# puts the escalation path (encode, durable enqueue) into the figure at a realistic share.
-FPS_JUDGE = JudgeConfig(
-    confidence_threshold=0.0, box_threshold=0.6, max_weak_box_share=0.5, audit_rate=0.15, audit_seed=7
-)
-
-
-def fps(work: Path, frames: list[Frame], passes: int) -> dict[str, float]:
-    det_path = OCR / "ch_PP-OCRv4_det_infer.onnx"
-    config = DetectorConfig(kind="text_detection", model_path=det_path, det_min_side=FPS_DET_SIDE)
-    runtime = _runtime(work, config, FPS_JUDGE, "fps")
-    runner = OrtRunner(det_path)
-    detector = create_detector(config)
-    detector.start()
-    tensors = []
-    for f in frames:
-        h, w = det_size(*f.image.shape[:2], config.det_min_side, config.det_max_side)
-        tensors.append(normalise(cv2.resize(f.image, (w, h))))
-    bare = detector_fps = runtime_fps = 0.0
-    for _ in range(passes):  # interleaved, so all three see the same machine
-        bare = max(bare, _best_rate(len(tensors), 1, lambda: [runner.run(t) for t in tensors]))
-        detector_fps = max(
-            detector_fps, _best_rate(len(frames), 1, lambda: [detector.predict(f.image) for f in frames])
-        )
-        runtime_fps = max(runtime_fps, _best_rate(len(frames), 1, lambda: [runtime.process(f) for f in frames]))
-    escalated = runtime.store.depth().rows
-    runtime.detector.close()
-    runtime.store.close()
-    return {
-        "fps_bare": bare,
-        "fps_detector": detector_fps,
-        "fps_runtime": runtime_fps,
-        "fps_ratio": runtime_fps / bare,
-        "fps_ratio_vs_detector": runtime_fps / detector_fps,
-        "light_model_ms": 1000.0 / bare,
-        "fps_escalated_share": escalated / (len(frames) * passes),
-    }
-
-
 def _threshold() -> float:
     weak = create_detector(DetectorConfig(model_path=DEMO / "models" / "digits-weak.onnx"))
     weak.start()
@@ -163,27 +84,6 @@ def _threshold() -> float:
     )
     samples, _ = calibrate.collect(weak, calib, JudgeConfig())
     return calibrate.choose(calibrate.sweep(samples), target_escalation=0.15).threshold
-
-
-def overhead(work: Path, frames: list[Frame], passes: int, threshold: float) -> dict[str, float]:
-    runtime = _runtime(
-        work,
-        DetectorConfig(model_path=DEMO / "models" / "digits-weak.onnx"),
-        JudgeConfig(confidence_threshold=threshold),
-        "overhead",
-    )
-    timed = TimedDetector(runtime.detector)
-    runtime.models.swap(timed, None)  # the frame loop now runs the timed wrapper
-    timed.start()
-    samples = []
-    for _ in range(passes):
-        for f in frames:
-            started = time.perf_counter()
-            runtime.process(f)
-            samples.append(time.perf_counter() - started - timed.last_s)
-    runtime.store.close()
-    us = sorted(s * 1e6 for s in samples)
-    return {"overhead_p50_us": us[len(us) // 2], "overhead_p99_us": us[int(len(us) * 0.99)]}
 
 
 def _p99_us(judge: Judge, items: list[JudgeInput], passes: int) -> float:
@@ -223,7 +123,7 @@ def judge_latency(frames: list[Frame], passes: int, threshold: float) -> dict[st
     }
 
 
-def enqueue(work: Path, count: int = 1000, rounds: int = 8) -> dict[str, float]:
+def enqueue(work: Path, count: int = 1000, rounds: int = 9) -> dict[str, float]:
     """Both sides in interleaved rounds of ``count`` writes; each side's fastest round counts."""
     payload = (DEMO / "stream" / "images" / "000000.png").read_bytes() * 4  # about an escalation's size
     conn = sqlite3.connect(work / "raw.db", isolation_level=None)
@@ -259,13 +159,20 @@ def enqueue(work: Path, count: int = 1000, rounds: int = 8) -> dict[str, float]:
                 priority=40,
             )
 
-    raw = durable = 0.0
-    for _ in range(rounds):
-        raw = max(raw, _best_rate(count, 1, raw_round))
-        durable = max(durable, _best_rate(count, 1, durable_round))
+    raws, durables = [], []
+    for _ in range(rounds):  # interleaved: each round's ratio compares two sides under the same load
+        raws.append(_best_rate(count, 1, raw_round))
+        durables.append(_best_rate(count, 1, durable_round))
     conn.close()
     store.close()
-    return {"raw_inserts_per_s": raw, "enqueues_per_s": durable, "enqueue_ratio": durable / raw}
+    ratios = [d / r for d, r in zip(durables, raws, strict=True)]
+    return {
+        "raw_inserts_per_s": statistics.median(raws),
+        "enqueues_per_s": statistics.median(durables),
+        "enqueue_ratio": statistics.median(ratios),
+        "enqueue_ratio_min": min(ratios),
+        "enqueue_ratio_max": max(ratios),
+    }
 
 
 RSS_SCRIPT = textwrap.dedent("""
@@ -300,7 +207,38 @@ def rss(work: Path, threshold: float) -> dict[str, float]:
     return {"rss_mb": float(out[0]), "rss_peak_mb": float(out[1])}
 
 
-def cascade() -> dict[str, float]:
+def _draw_cascade(curves: list[list[tuple[float, float]]], chosen: list[tuple[float, float]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    for i, curve in enumerate(curves):
+        ax.plot(
+            *zip(*sorted(curve), strict=True),
+            color="tab:blue",
+            alpha=0.25,
+            label="held-out part, threshold swept" if i == 0 else None,
+        )
+    ax.scatter(
+        *zip(*chosen, strict=True), color="red", zorder=3, s=12, label="threshold chosen for 15% on the other part"
+    )
+    ax.axhline(0.99, color="grey", linestyle="--", linewidth=1, label="goal: 0.99 of the strong model")
+    ax.axvline(0.20, color="grey", linestyle=":", linewidth=1, label="goal: at most 20% escalated")
+    ax.set_xlim(0, 0.6)
+    ax.set_xlabel("share of frames escalated to the hub")
+    ax.set_ylabel("cascade accuracy / strong model's")
+    ax.set_title(f"Digits cascade over {len(curves)} random splits")
+    ax.legend(loc="lower right", fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def cascade(splits: int = 20, seed: int = 0, plot: Optional[Path] = None) -> dict[str, float]:
     weak = create_detector(DetectorConfig(model_path=DEMO / "models" / "digits-weak.onnx"))
     strong = create_detector(DetectorConfig(model_path=DEMO / "models" / "digits-strong.onnx"))
     weak.start()
@@ -310,18 +248,56 @@ def cascade() -> dict[str, float]:
         return SourceConfig(kind="images", path=DEMO / name / "images", labels_csv=DEMO / name / "labels.csv")
 
     calibration, _ = calibrate.collect(weak, split("calibration"), JudgeConfig(), strong)
-    chosen = calibrate.choose(calibrate.sweep(calibration), target_escalation=0.15)
     held_out, _ = calibrate.collect(weak, split("stream"), JudgeConfig(), strong)
-    point = calibrate.operating_point(held_out, chosen.threshold)
-    strong_accuracy = sum(bool(s.hub_correct) for s in held_out) / len(held_out)
+    pooled = calibration + held_out
+    rng = random.Random(seed)
+    shares, rates, thresholds, curves = [], [], [], []
+    held_rates, held_shares = [], []
+    for _ in range(splits):
+        order = rng.sample(pooled, len(pooled))
+        calib, test = order[: len(calibration)], order[len(calibration) :]
+        chosen = calibrate.choose(calibrate.sweep(calib), target_escalation=0.15)
+        point = calibrate.operating_point(test, chosen.threshold)
+        strong_accuracy = sum(bool(s.hub_correct) for s in test) / len(test)
+        shares.append(point.cascade_accuracy / strong_accuracy)
+        rates.append(point.escalation_rate)
+        thresholds.append(chosen.threshold)
+        curves.append([(q.escalation_rate, q.cascade_accuracy / strong_accuracy) for q in calibrate.sweep(test)])
+        held_rate, held_accuracy = _tracked(test, chosen.threshold)
+        held_rates.append(held_rate)
+        held_shares.append(held_accuracy / strong_accuracy)
+    if plot is not None:
+        _draw_cascade(curves, list(zip(rates, shares, strict=True)), plot)
     return {
-        "cascade_threshold": chosen.threshold,
-        "cascade_escalation_rate": point.escalation_rate,
-        "cascade_accuracy": point.cascade_accuracy,
-        "edge_accuracy": point.edge_accuracy,
-        "strong_accuracy": strong_accuracy,
-        "cascade_accuracy_share": point.cascade_accuracy / strong_accuracy,
+        "cascade_threshold": statistics.median(thresholds),
+        "cascade_escalation_rate": statistics.fmean(rates),
+        "cascade_escalation_rate_min": min(rates),
+        "cascade_escalation_rate_max": max(rates),
+        "cascade_accuracy_share": statistics.fmean(shares),
+        "cascade_accuracy_share_min": min(shares),
+        "cascade_accuracy_share_max": max(shares),
+        "cascade_splits": float(splits),
+        "cascade_escalation_rate_tracked": statistics.fmean(held_rates),
+        "cascade_escalation_rate_tracked_min": min(held_rates),
+        "cascade_escalation_rate_tracked_max": max(held_rates),
+        "cascade_accuracy_share_tracked": statistics.fmean(held_shares),
     }
+
+
+TRACK_STEP = 0.01  # the held-out parts are ~300 frames: a step that settles within a few dozen of them
+
+
+def _tracked(samples: list[calibrate.Sample], start: float) -> tuple[float, float]:
+    """The device holding 15% on its own stream (judge.target_escalation_rate): the threshold starts where the
+    calibration put it and moves after each frame; returns the share escalated and the cascade's accuracy."""
+    tracker = ThresholdTracker(start, 0.15, (0.0, 1.0), TRACK_STEP)
+    escalated = right = 0
+    for sample in samples:
+        up = sample.escalated_anyway or sample.confidence < tracker.threshold
+        tracker.observe(sample.confidence)
+        escalated += up
+        right += (sample.hub_correct if sample.hub_correct is not None else True) if up else sample.edge_correct
+    return escalated / len(samples), right / len(samples)
 
 
 def cost(frames: list[Frame], repeats: int = 3) -> dict[str, float]:
@@ -343,8 +319,9 @@ def cost(frames: list[Frame], repeats: int = 3) -> dict[str, float]:
 
 
 GOALS = {
-    "fps_ratio": (">=", 0.90),
-    "overhead_p50_us": ("<=", 50.0),
+    "fps_ratio_1ms": (">=", 0.90),
+    "fps_ratio_12ms": (">=", 0.97),
+    "overhead_mean_us": ("<=", 50.0),
     "judge_p99_us": ("<", 100.0),
     "enqueue_ratio": (">=", 0.5),
     "rss_mb": ("<=", 250.0),
@@ -367,12 +344,14 @@ def run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="tandem-bench-") as tmp:
         work = Path(tmp)
         threshold = _threshold()
-        figures.update(fps(work, frames, args.passes))
-        figures.update(overhead(work, frames, args.passes, threshold))
+        speed, one_ms_model = edge_speed.fps_by_cost(work, args.passes)
+        edge_speed.draw(speed, Path("docs/edge-fps.png"))
+        figures.update(speed)
+        figures.update(edge_speed.overhead_stats(work, one_ms_model, args.passes))
         figures.update(judge_latency(frames, args.passes, threshold))
         figures.update(enqueue(work))
         figures.update(rss(work, threshold))
-    figures.update(cascade())
+    figures.update(cascade(plot=Path("docs/cascade-splits.png")))
     figures.update(detection.measure(plot=Path("docs/detection-cascade.png")))
     figures.update(cost(frames))
     with tempfile.TemporaryDirectory(prefix="tandem-bench-rollout-") as tmp:

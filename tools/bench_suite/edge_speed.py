@@ -300,3 +300,34 @@ def overhead_stats(work: Path, model: Path, passes: int = 5) -> dict[str, float]
         "overhead_escalated_mean_us": statistics.fmean(escalated) if escalated else 0.0,
         "overhead_escalated_share": len(escalated) / (len(kept) + len(escalated)),
     }
+
+
+def draw(figures: dict[str, float], path: Path) -> None:
+    """Frames/s against the model's cost: bare ONNX Runtime, the runtime pipelined and in turn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    names = [f"{t:g}ms" for t in TARGETS_MS]
+    cost = [figures[f"model_ms_{n}"] for n in names]
+    fig, (rate, ratio) = plt.subplots(1, 2, figsize=(10, 4), dpi=100)
+    rate.plot(cost, [figures[f"fps_bare_{n}"] for n in names], marker="o", label="bare ONNX Runtime (resize + run)")
+    rate.plot(cost, [figures[f"fps_runtime_{n}"] for n in names], marker="o", label="EdgeRuntime, pipelined")
+    rate.set_xlabel("model time per frame (ms)")
+    rate.set_ylabel("frames/s (640x480)")
+    rate.legend(fontsize=8)
+    rate.grid(alpha=0.3)
+    ratio.plot(cost, [figures[f"fps_ratio_{n}"] for n in names], marker="o", label="pipelined")
+    ratio.plot(cost, [figures[f"fps_ratio_{n}_in_turn"] for n in names], marker="o", label="in turn")
+    ratio.axhline(0.90, color="grey", linestyle="--", linewidth=1, label="goal at 1 ms: 0.90")
+    ratio.axhline(0.97, color="grey", linestyle=":", linewidth=1, label="goal at 12 ms: 0.97")
+    ratio.set_xlabel("model time per frame (ms)")
+    ratio.set_ylabel("runtime fps / bare fps")
+    ratio.legend(fontsize=8)
+    ratio.grid(alpha=0.3)
+    fig.suptitle("The device runtime against bare ONNX Runtime (15% escalated, verdicts coming back)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)

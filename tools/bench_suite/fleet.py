@@ -4,7 +4,7 @@ the demo's strong model, the cache off so every escalation runs it) and a real M
 For each fleet size (``--devices 50,100,200,500``), every device escalates a 640x480 JPEG every ``--period``
 seconds for ``--seconds`` (after a 10 s warm-up): what the hub sustains (answered escalations/s against
 offered), the round trip from the device's send to the result on its results topic (p50/p99), FAILED
-results, losses (no result 30 s after the run), and the hub's memory: the resident set of the hub process
+results, losses (no result 180 s after the run), and the hub's memory: the resident set of the hub process
 and every process it started (Ray's workers included), sampled each second, ``hub_rss_growth`` being the
 mean of the run's last fifth over the mean of its first fifth.
 
@@ -28,7 +28,7 @@ import psutil
 import yaml
 
 from tandem.broker import MosquittoBroker, free_port
-from tools.fleet_sim import Fleet, FleetRun, camera_frames
+from tools.fleet_sim import Fleet, FleetRun, camera_frames, raise_file_limit
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / ".tandem" / "demo"
@@ -43,12 +43,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--grpc-every", type=int, default=4, help="every Nth device escalates over gRPC")
     parser.add_argument("--database-url", help="run the hub on PostgreSQL (default: its SQLite files)")
     parser.add_argument("--ingress-replicas", type=int, default=1)
+    parser.add_argument(
+        "--model-pool", choices=["serve", "ingress"], default="serve", help="the hub's model_pool (see README)"
+    )
 
 
 class HubUnderTest:
     """``tandem hub run`` in a child process; ``rss_mb()`` sums its process family's resident memory."""
 
-    def __init__(self, work: Path, mqtt_port: int, database_url: Optional[str], replicas: int) -> None:
+    def __init__(
+        self, work: Path, mqtt_port: int, database_url: Optional[str], replicas: int, model_pool: str = "serve"
+    ) -> None:
         routing = work / "routing.yaml"
         routing.write_text(
             yaml.safe_dump(
@@ -66,6 +71,7 @@ class HubUnderTest:
             "http_port": free_port(),
             "grpc_port": free_port(),
             "ingress_replicas": replicas,
+            "model_pool": model_pool,
         }
         if database_url:
             settings["database_url"] = database_url
@@ -149,9 +155,10 @@ def growth(samples: list[float]) -> float:
 def run(args: argparse.Namespace) -> int:
     sizes = [int(n) for n in args.devices.split(",")]
     frames = camera_frames()
+    raise_file_limit()  # before the broker starts: it holds a descriptor per device too
     results: list[dict[str, object]] = []
     with tempfile.TemporaryDirectory(prefix="tandem-bench-fleet-") as tmp, MosquittoBroker(free_port()) as broker:
-        hub = HubUnderTest(Path(tmp), broker.port, args.database_url, args.ingress_replicas)
+        hub = HubUnderTest(Path(tmp), broker.port, args.database_url, args.ingress_replicas, args.model_pool)
         try:
             for size in sizes:
                 fleet = Fleet(size, broker.port, hub.grpc_port, grpc_every=args.grpc_every, frames=frames,
@@ -178,18 +185,20 @@ def run(args: argparse.Namespace) -> int:
 def _line(f: dict[str, object]) -> str:
     return (
         f"  {f['devices']:>7} {f['offered_per_s']:>8.1f} {f['escalations_per_s']:>9.1f} {f['p50_ms']:>8.1f}"
-        f" {f['p99_ms']:>8.1f} {f['failed']:>6} {f['lost']:>5} {f['hub_rss_mb']:>8.0f} {f['hub_rss_growth']:>7.3f}"
+        f" {f['p99_ms']:>8.1f} {f['failed']:>6} {f['lost']:>5} {f['drain_s']:>6.1f} {f['hub_rss_mb']:>8.0f}"
+        f" {f['hub_rss_growth']:>7.3f}"
     )
 
 
 def _print(results: list[dict[str, object]], args: argparse.Namespace) -> None:
     print(
-        f"tools/bench fleet: one escalation per device every {args.period:g} s, {args.seconds:g} s measured per size,"
+        f"tools/bench fleet: model_pool {args.model_pool}; one escalation per device every {args.period:g} s,"
+        f" {args.seconds:g} s measured per size,"
         f" 640x480 JPEG ({results[0]['bytes_per_escalation'] if results else 0} bytes per escalation), every"
         f" {args.grpc_every}th device on gRPC, Python {sys.version.split()[0]}"
     )
     print(f"  {'devices':>7} {'offered':>8} {'answered':>9} {'p50 ms':>8} {'p99 ms':>8} {'failed':>6} {'lost':>5}"
-          f" {'hub MB':>8} {'growth':>7}")  # fmt: skip
+          f" {'drain':>6} {'hub MB':>8} {'growth':>7}")  # fmt: skip
     for figures in results:
         print(_line(figures))
     goal = next((r for r in results if r["devices"] == GOAL["devices"]), results[-1] if results else {})
