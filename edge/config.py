@@ -173,6 +173,23 @@ class JudgeConfig(StrictModel):
     class_thresholds: dict[str, float] = Field(
         {}, description="per-class confidence thresholds (label: threshold) that override confidence_threshold"
     )
+    target_escalation_rate: Optional[float] = Field(
+        None,
+        gt=0.0,
+        lt=1.0,
+        description="hold this share of frames under the confidence threshold on the device's own stream: the "
+        "threshold starts at confidence_threshold and moves a little after every frame (quantile tracking), within "
+        "threshold_bounds; per-class thresholds stay fixed; none: the threshold is fixed",
+    )
+    threshold_bounds: tuple[float, float] = Field(
+        (0.0, 1.0), description="target_escalation_rate: the lowest and highest the threshold may move to"
+    )
+    adapt_step: float = Field(
+        0.002,
+        gt=0.0,
+        le=0.1,
+        description="target_escalation_rate: how far one frame moves the threshold; smaller is slower and steadier",
+    )
     min_margin: float = Field(
         0.0, ge=0.0, le=1.0, description="escalate when the top two scores are closer than this; 0 turns it off"
     )
@@ -226,6 +243,16 @@ class JudgeConfig(StrictModel):
             preset = PRESETS.get(str(data.get("preset", "default")), {})
             return {**preset, **data}
         return data
+
+    @model_validator(mode="after")
+    def _bounds_hold_the_threshold(self) -> JudgeConfig:
+        low, high = self.threshold_bounds
+        if not 0.0 <= low <= self.confidence_threshold <= high <= 1.0:
+            raise ValueError(
+                f"threshold_bounds {list(self.threshold_bounds)} must hold confidence_threshold "
+                f"{self.confidence_threshold}, within 0-1"
+            )
+        return self
 
     @field_validator("class_thresholds", "box_class_thresholds")
     @classmethod

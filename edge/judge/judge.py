@@ -14,11 +14,12 @@ import collections
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Optional
 
 from edge.config import JudgeConfig
+from edge.judge.adapt import ThresholdTracker
 from edge.judge.policies import (
     Blur,
     BoxThresholds,
@@ -81,10 +82,13 @@ class Judge:
         audit_seed: Optional[int] = None,
         rate_limit: Optional[RateLimit] = None,
         confidence_threshold: Optional[float] = None,
+        tracker: Optional[ThresholdTracker] = None,
     ) -> None:
-        """``confidence_threshold``: the threshold its policies apply, as the heartbeat reports it."""
+        """``confidence_threshold``: the threshold its policies apply, as the heartbeat reports it; ``tracker``:
+        moves it after every frame to hold a target escalation rate (``edge.judge.adapt``)."""
         self.policies = tuple(policies)
         self.confidence_threshold = confidence_threshold
+        self._tracker = tracker
         self._escalate = escalate
         self._audit_rate = audit_rate
         self._audit = random.Random(audit_seed)
@@ -100,10 +104,22 @@ class Judge:
             audit_seed=config.audit_seed,
             rate_limit=RateLimit(per_minute, clock) if per_minute else None,
             confidence_threshold=config.confidence_threshold,
+            tracker=(
+                ThresholdTracker(
+                    config.confidence_threshold,
+                    config.target_escalation_rate,
+                    config.threshold_bounds,
+                    config.adapt_step,
+                )
+                if config.target_escalation_rate is not None
+                else None
+            ),
         )
 
     def decide(self, item: JudgeInput) -> JudgeDecision:
         decision = self.combine(item)
+        if self._tracker is not None and item.prediction.is_finite:
+            self._follow(self._tracker.observe(item.prediction.confidence))
         if decision.verdict is Verdict.UNJUDGEABLE:
             return decision
         reasons = decision.reasons
@@ -118,6 +134,22 @@ class Judge:
             spent = f"rate_limit: {self._rate_limit.per_minute}/min spent, kept"
             return JudgeDecision(Verdict.KEEP, (*decision.reasons, spent), decision.uncertain, "rate_limit")
         return decision
+
+    def _follow(self, threshold: float) -> None:
+        """The confidence policy (and the out-of-distribution one, which holds it) at the tracker's threshold."""
+        if self.confidence_threshold is not None and abs(threshold - self.confidence_threshold) < 1e-4:
+            return
+        moved: dict[int, ConfidenceThreshold] = {}
+        for policy in self.policies:
+            if isinstance(policy, ConfidenceThreshold):
+                moved[id(policy)] = replace(policy, threshold=threshold)
+        self.policies = tuple(
+            replace(p, confidence=moved.get(id(p.confidence), p.confidence))
+            if isinstance(p, OutOfDistribution)
+            else moved.get(id(p), p)
+            for p in self.policies
+        )
+        self.confidence_threshold = threshold
 
     def uncertain_boxes(self, prediction: Prediction) -> list[Box]:
         """The boxes the policies doubt: weak ones and those of an 'unknown' class (what a crop escalates)."""
