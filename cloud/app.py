@@ -73,9 +73,11 @@ def build_app(config: Union[HubConfig, dict[str, Any]]) -> serve.Application:
     if config.model_pool == "ingress":  # the models run in the Ingress replicas: no ModelPool deployment
         return ingress.bind(None, config.model_dump(mode="json"))
     # serve.deployment turns each class into a Deployment, which its type hints do not say.
+    scaling = {"autoscaling_config": config.pool_autoscaling.model_dump()} if config.pool_autoscaling else {}
     pool = ModelPool.options(  # type: ignore[attr-defined]
         ray_actor_options={**cpus, "num_gpus": config.model_num_gpus},
         max_ongoing_requests=config.model_max_ongoing_requests,
+        **scaling,
     ).bind(
         str(config.artifacts_dir()),
         config.batch_max_size,

@@ -186,6 +186,24 @@ class SecurityConfig(StrictModel):
 DATABASE_URL_ENV = "TANDEM_DATABASE_URL"
 
 
+class PoolAutoscaling(StrictModel):
+    """Serve's autoscaling of the ModelPool deployment (model_pool: serve), as Ray Serve's autoscaling_config."""
+
+    min_replicas: int = Field(1, ge=0, description="replicas kept however quiet it is")
+    max_replicas: int = Field(4, ge=1, description="replicas at most")
+    target_ongoing_requests: float = Field(
+        8.0, gt=0, description="requests per replica Serve aims for: more for long, it scales out"
+    )
+    upscale_delay_s: float = Field(10.0, ge=0, description="how long the load must stay above target to scale out")
+    downscale_delay_s: float = Field(60.0, ge=0, description="how long it must stay below to scale back in")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> PoolAutoscaling:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas {self.min_replicas} is above max_replicas {self.max_replicas}")
+        return self
+
+
 class HubConfig(StrictModel):
     app_name: str = Field("tandem", description="the Ray Serve application name; devices send it as gRPC metadata")
     http_host: str = Field("127.0.0.1", description="address Ray Serve's HTTP proxy listens on")
@@ -257,6 +275,11 @@ class HubConfig(StrictModel):
         description="where the hub's own models run: serve, a ModelPool deployment of their own (autoscaled, on GPU "
         "nodes); ingress, inside each Ingress replica (one Serve hop and one process fewer per escalation, for a "
         "CPU hub; scale it with ingress_replicas). Batching works the same in both",
+    )
+    pool_autoscaling: Optional[PoolAutoscaling] = Field(
+        None,
+        description="model_pool serve: Serve scales the ModelPool between these bounds on its queue, and drains a "
+        "replica it removes (in-flight requests finish); none: one replica (or what serve.yaml sets)",
     )
     batch_max_size: int = Field(16, ge=1, description="the model runs up to this many requests as one batch")
     batch_wait_ms: float = Field(5.0, ge=0, description="how long a batch waits to fill before it runs")

@@ -168,9 +168,9 @@ class EscalationService:
 
     async def _run(self, router: Router, plan: Plan, request: EscalationRequest) -> Outcome:
         """The plan, run again (after RERUN_AFTER_S, then twice that) when it failed only for want of a live
-        replica: one died under the call or never answered, as when a node is lost and Ray has not yet noticed
-        (its health checks take some seconds). The input is not at fault, so the device gets an answer, late,
-        rather than a failure. At most RUNS_FOR_LOST_REPLICAS runs."""
+        replica: one died under the call, as when a node is lost, and Serve has not yet routed around it. The
+        input is not at fault, so the device gets an answer, late, rather than a failure. At most
+        RUNS_FOR_LOST_REPLICAS runs."""
         for run in range(1, RUNS_FOR_LOST_REPLICAS + 1):
             async with self._gate.slot(self.tenancy.priority_of(request.device_id)):
                 outcome = await router.run(plan, request)

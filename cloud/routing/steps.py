@@ -82,9 +82,10 @@ class Outcome:
 
     @property
     def replica_lost(self) -> bool:
-        """A step failed for want of a live replica (none there, or one that never answered within the step's
-        deadline, as a replica on a node that died does until Ray notices), not because of the input."""
-        return any(s.unavailable or s.timed_out for s in self.steps if s.answer is None and not s.bad_input)
+        """A step failed for want of a live replica (one died under the call, or every circuit is open), not
+        because of the input. A step that timed out is not counted: under overload, running it again would only
+        add to the queue that made it late."""
+        return any(s.unavailable for s in self.steps if s.answer is None and not s.bad_input)
 
 
 StepRunner = Callable[[Step, EscalationRequest, Optional[Prediction]], Awaitable[StepOutput]]

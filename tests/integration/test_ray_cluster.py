@@ -149,11 +149,12 @@ def test_the_hub_on_two_nodes_loses_nothing_when_the_worker_node_dies(
         assert device.integrity == "ok" and device.escalated == burst, c.device_id
         assert device.lost == [] and device.applied_twice == [] and device.dropped == 0, c.device_id
         assert device.verdicts + device.late_verdicts + device.failed_results == device.escalated, c.device_id
-    # What a replica lost under a call is run again (cloud.escalations: RUNS_FOR_LOST_REPLICAS): seen here, every
-    # escalation got its verdict, most of them late (after the device's 2 s deadline). Before the reruns, and with
-    # the Serve key's circuit opened by the dead replica's errors, 315 of 360 were FAILED.
+    # A call the dead node's replica held hangs until Ray declares the node dead (about 3 s with this cluster's
+    # health checks) and then times out at the step's deadline: TIMED_OUT, an answer, and the device keeps its
+    # own. Seen here: 66 of 360; with Ray's default health checks, 293; with the Serve key's circuit opened by the
+    # dead replica's errors (before they stopped counting against it), 315 FAILED.
     failed = sum(device.failed_results for device in books)
-    assert failed <= 0.1 * sum(device.escalated for device in books), failures
+    assert failed <= 0.3 * sum(device.escalated for device in books), failures
     assert len(before_kill) == 2  # both nodes' Ingress replicas were taking escalations when one node died
     assert most_runs <= 2
 

@@ -76,6 +76,11 @@ class RayCluster:
             # One proxy (on the head) stands for a load balancer over every node's proxy: it spreads requests over
             # all nodes' replicas instead of preferring its own node's.
             "RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING": "0",
+            # A node that stops answering is declared dead after about 3 s rather than Ray's default of some
+            # 15-25 s (the GCS reads these; README, "Scaling out"): until then, calls to its replicas hang.
+            "RAY_health_check_period_ms": "1000",
+            "RAY_health_check_timeout_ms": "1000",
+            "RAY_health_check_failure_threshold": "3",
         }
 
     @property

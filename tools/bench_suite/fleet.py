@@ -28,7 +28,7 @@ import psutil
 import yaml
 
 from tandem.broker import MosquittoBroker, free_port
-from tools.fleet_sim import Fleet, FleetRun, camera_frames, raise_file_limit
+from tools.fleet_sim import FleetRun, raise_file_limit, run_fleet
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / ".tandem" / "demo"
@@ -154,24 +154,25 @@ def growth(samples: list[float]) -> float:
 
 def run(args: argparse.Namespace) -> int:
     sizes = [int(n) for n in args.devices.split(",")]
-    frames = camera_frames()
     raise_file_limit()  # before the broker starts: it holds a descriptor per device too
     results: list[dict[str, object]] = []
     with tempfile.TemporaryDirectory(prefix="tandem-bench-fleet-") as tmp, MosquittoBroker(free_port()) as broker:
         hub = HubUnderTest(Path(tmp), broker.port, args.database_url, args.ingress_replicas, args.model_pool)
         try:
+            broker_process = psutil.Process(broker.pid) if broker.pid else None
             for size in sizes:
-                fleet = Fleet(size, broker.port, hub.grpc_port, grpc_every=args.grpc_every, frames=frames,
-                              prefix=f"sim{size}")  # fmt: skip
-                try:
-                    fleet.connect()
-                    time.sleep(2.0)  # the devices' first messages (sessions) settle
-                    sampler = MemorySampler(hub)
-                    outcome: FleetRun = fleet.run(args.period, args.seconds)
-                    samples = sampler.stop()
-                finally:
-                    fleet.close()
+                broker_cpu = sum(broker_process.cpu_times()[:2]) if broker_process else 0.0
+                started = time.monotonic()
+                sampler = MemorySampler(hub)
+                outcome: FleetRun = run_fleet(
+                    size, broker.port, hub.grpc_port, args.period, args.seconds, grpc_every=args.grpc_every,
+                    prefix=f"sim{size}-",
+                )  # fmt: skip
+                samples = sampler.stop()
                 figures = outcome.summary()
+                if broker_process is not None:  # the broker's share of one core over the run
+                    used = sum(broker_process.cpu_times()[:2]) - broker_cpu
+                    figures["broker_cpu_cores"] = round(used / (time.monotonic() - started), 3)
                 figures["hub_rss_mb"] = round(samples[-1], 1) if samples else 0.0
                 figures["hub_rss_growth"] = round(growth(samples), 4)
                 results.append(figures)

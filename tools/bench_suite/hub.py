@@ -144,9 +144,22 @@ def run(args: argparse.Namespace) -> int:
                 grpc_options={"port": config.grpc_port, "grpc_servicer_functions": GRPC_SERVICERS},
             )
             serve.run(build_app(config), name=config.app_name, route_prefix="/")
+            # The same hub with its model in the Ingress replica (model_pool: ingress): one Serve hop fewer.
+            local = config.model_copy(
+                update={
+                    "app_name": "tandem-ingress",
+                    "model_pool": "ingress",
+                    "mqtt_username": "tandem-hub-ingress",
+                    "trace_store_path": work / "ingress" / "hub.db",
+                    "artifacts_path": config.artifacts_dir(),
+                }
+            )
+            serve.run(build_app(local), name=local.app_name, route_prefix="/ingress")
             serve.run(hub_rtt.bare_deployment(strong), name="bare", route_prefix=None)
-            figures.update(hub_rtt.measure(work, DEMO, config.grpc_port, LEVELS, args.requests))
+            hubs = {"": config.app_name, "_ingress": local.app_name}
+            figures.update(hub_rtt.measure(work, DEMO, config.grpc_port, LEVELS, args.requests, hubs))
             serve.delete("bare")
+            serve.delete(local.app_name)
 
             registry = SqliteRegistry(config.registry_file(), config.artifacts_dir())
             registry.open()
@@ -209,12 +222,15 @@ def _print(figures: dict[str, float], args: argparse.Namespace) -> None:
     print(
         f"  {'concurrency':>11} {'bare p50':>9} {'hub p50':>9} {'ratio':>6} {'bare p99':>9} {'hub p99':>9} {'ratio':>6}"
     )
-    for c in LEVELS:
-        f = {k.split("_", 1)[1]: v for k, v in figures.items() if k.startswith(f"c{c}_")}
-        print(
-            f"  {c:>11} {f['bare_p50_ms']:>7.2f}ms {f['hub_p50_ms']:>7.2f}ms {f['rtt_p50_ratio']:>6.2f}"
-            f" {f['bare_p99_ms']:>7.2f}ms {f['hub_p99_ms']:>7.2f}ms {f['rtt_p99_ratio']:>6.2f}"
-        )
+    for suffix, what in (("", "model_pool serve (ModelPool deployment)"), ("_ingress", "model_pool ingress")):
+        print(f"  hub with {what}:")
+        for c in LEVELS:
+            f = {k.split("_", 1)[1]: v for k, v in figures.items() if k.startswith(f"c{c}_")}
+            print(
+                f"  {c:>11} {f['bare_p50_ms']:>7.2f}ms {f[f'hub{suffix}_p50_ms']:>7.2f}ms"
+                f" {f[f'rtt_p50_ratio{suffix}']:>6.2f} {f['bare_p99_ms']:>7.2f}ms {f[f'hub{suffix}_p99_ms']:>7.2f}ms"
+                f" {f[f'rtt_p99_ratio{suffix}']:>6.2f}"
+            )
     print("  batching, 32 callers:")
     for suffix, what in (("_mlp", "MLP 64-5120x3-10"), ("_conv", "conv 3x128x128"), ("", "digits-strong (served)")):
         print(

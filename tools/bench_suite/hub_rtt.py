@@ -117,17 +117,20 @@ def percentiles(samples: list[float]) -> tuple[float, float]:
     return statistics.median(ordered), ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
 
 
-def measure(work: Path, demo: Path, grpc_port: int, levels: tuple[int, ...], total: int) -> dict[str, float]:
-    """Per level, both devices' p50 and p99 and the ratios; rtt_p*_ratio: the worst level's."""
+def measure(
+    work: Path, demo: Path, grpc_port: int, levels: tuple[int, ...], total: int, hubs: dict[str, str]
+) -> dict[str, float]:
+    """Per level, the bare deployment's and each hub's p50 and p99 (``hubs``: a name -> its Serve application),
+    and each hub's ratios; ``rtt_p*_ratio<suffix>``: the worst level's, the suffix being the hub's name."""
     import cv2
 
     images = [cv2.imread(str(p), cv2.IMREAD_GRAYSCALE) for p in sorted((demo / "stream" / "images").iterdir())[:200]]
     figures: dict[str, float] = {}
     for concurrency in levels:
-        sides = {
-            "bare": device(work, demo, "bare", "bare", grpc_port, concurrency),
-            "hub": device(work, demo, "hub", "tandem", grpc_port, concurrency),
-        }
+        sides = {"bare": device(work, demo, "bare", "bare", grpc_port, concurrency)}
+        sides.update(
+            {name: device(work, demo, f"hub{name}", app, grpc_port, concurrency) for name, app in hubs.items()}
+        )
         try:
             block = max(32, 2 * concurrency)
             for runtime in sides.values():  # warm-up: connections, model loads, batch paths
@@ -143,11 +146,14 @@ def measure(work: Path, demo: Path, grpc_port: int, levels: tuple[int, ...], tot
         finally:
             for runtime in sides.values():
                 runtime.close()
-        bare, hub = percentiles(samples["bare"]), percentiles(samples["hub"])
+        bare = percentiles(samples["bare"])
         figures[f"c{concurrency}_bare_p50_ms"], figures[f"c{concurrency}_bare_p99_ms"] = bare
-        figures[f"c{concurrency}_hub_p50_ms"], figures[f"c{concurrency}_hub_p99_ms"] = hub
-        figures[f"c{concurrency}_rtt_p50_ratio"] = hub[0] / bare[0]
-        figures[f"c{concurrency}_rtt_p99_ratio"] = hub[1] / bare[1]
-    figures["rtt_p50_ratio"] = max(figures[f"c{c}_rtt_p50_ratio"] for c in levels)
-    figures["rtt_p99_ratio"] = max(figures[f"c{c}_rtt_p99_ratio"] for c in levels)
+        for name in hubs:
+            hub = percentiles(samples[name])
+            figures[f"c{concurrency}_hub{name}_p50_ms"], figures[f"c{concurrency}_hub{name}_p99_ms"] = hub
+            figures[f"c{concurrency}_rtt_p50_ratio{name}"] = hub[0] / bare[0]
+            figures[f"c{concurrency}_rtt_p99_ratio{name}"] = hub[1] / bare[1]
+    for name in hubs:
+        figures[f"rtt_p50_ratio{name}"] = max(figures[f"c{c}_rtt_p50_ratio{name}"] for c in levels)
+        figures[f"rtt_p99_ratio{name}"] = max(figures[f"c{c}_rtt_p99_ratio{name}"] for c in levels)
     return figures
