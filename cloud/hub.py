@@ -218,7 +218,7 @@ class Hub:
         self.rollout_store = RolloutStore(self.config.location("rollouts"))
         self.bundles = BundleStore(self.config.bundles_dir(), self.config.artifacts_dir())
         self.orchestrator_store = OrchestratorStore(self.config.location("orchestrator"))
-        # Work done once for all replicas (sessions, rollouts, pruning, the orchestrator, the CRL): by the leader.
+        # Work done once for all replicas (rollouts, pruning, the orchestrator, the CRL): by the leader.
         self._leader = self.fleet_store.db.leader("hub")
         self._orchestrator: Optional[Orchestrator] = None
         self._fleet: Optional[FleetService] = None

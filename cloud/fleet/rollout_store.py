@@ -71,6 +71,13 @@ class RolloutStore(Store):
             for device in devices or ():
                 db.execute(upsert("rollout_devices", _D, ("rollout_id", "device_id")), [getattr(device, c) for c in _D])
 
+    def put_devices(self, devices: list[DeviceRow]) -> None:
+        """Write some devices' rows of a rollout, not the rollout's own (a device's report: any replica may take
+        it, while the leader moves the rollout)."""
+        with self.transaction() as db:
+            for device in devices:
+                db.execute(upsert("rollout_devices", _D, ("rollout_id", "device_id")), [getattr(device, c) for c in _D])
+
     def get(self, rollout_id: str) -> Optional[RolloutRow]:
         with self.connection() as db:
             row = db.execute(f"SELECT {', '.join(_R)} FROM rollouts WHERE rollout_id = ?", (rollout_id,)).fetchone()

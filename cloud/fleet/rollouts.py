@@ -179,11 +179,14 @@ class RolloutService:
                 detail=update.get("detail", ""),
                 updated_at=self._clock(),
             )
+            self.store.put_devices([changed])  # the device's row alone: the rollout's row is the leader's to move
             if changed.state != row.state and changed.state in FINAL:
-                self._event(
-                    rollout, f"{device_id}: {changed.state}" + (f" ({changed.reason})" if changed.reason else "")
-                )
-            self.store.put(rollout, [changed])
+                with self.store.transaction():  # read again inside: another replica may have moved it since
+                    current = self.store.get(rollout_id) or rollout
+                    self._event(
+                        current, f"{device_id}: {changed.state}" + (f" ({changed.reason})" if changed.reason else "")
+                    )
+                    self.store.put(current)
 
     # -- the periodic check -------------------------------------------------------------------------------------
 

@@ -155,7 +155,8 @@ def run(args: argparse.Namespace) -> int:
                 }
             )
             serve.run(build_app(local), name=local.app_name, route_prefix="/ingress")
-            serve.run(hub_rtt.bare_deployment(strong), name="bare", route_prefix=None)
+            # With route_prefix None the gRPC proxy answered NOT_FOUND for the app: it gets one, as the hub has.
+            serve.run(hub_rtt.bare_deployment(strong), name="bare", route_prefix="/bare")
             hubs = {"": config.app_name, "_ingress": local.app_name}
             figures.update(hub_rtt.measure(work, DEMO, config.grpc_port, LEVELS, args.requests, hubs))
             serve.delete("bare")

@@ -64,8 +64,8 @@ class _Paced(EdgeRuntime):
         self.done_at: list[float] = []
         self.swapped_at: list[float] = []
 
-    def process(self, frame):  # type: ignore[no-untyped-def]
-        state = super().process(frame)
+    def process(self, frame, answer=None):  # type: ignore[no-untyped-def]
+        state = super().process(frame, answer)
         self.done_at.append(time.monotonic())
         return state
 
