@@ -104,8 +104,8 @@ class Router:
                 break
             try:
                 key = self.balancer.choose(step.model, list(replicas), exclude=tried)
-            except ModelUnavailable as exc:
-                error, unavailable = str(exc), True
+            except ModelUnavailable as exc:  # every circuit open: the replicas' own failures, not a lost replica
+                error = str(exc)
                 break
             tried.append(key)
             call_started = loop.time()

@@ -63,7 +63,7 @@ class StepOutput:
     bad_input: bool = False
     cost: float = 0.0
     unavailable: bool = False
-    """It failed because no replica was there to answer (one died under the call, or every circuit is open)."""
+    """It failed because its replica died under the call (``ReplicaUnavailable``)."""
 
 
 @dataclass(frozen=True)
@@ -82,9 +82,9 @@ class Outcome:
 
     @property
     def replica_lost(self) -> bool:
-        """A step failed for want of a live replica (one died under the call, or every circuit is open), not
-        because of the input. A step that timed out is not counted: under overload, running it again would only
-        add to the queue that made it late."""
+        """A step failed because its replica died under the call, not because of the input or the model. A step
+        that timed out is not counted (under overload, running it again would only add to the queue that made it
+        late), nor one whose circuits are all open (the replicas' own failures opened them)."""
         return any(s.unavailable for s in self.steps if s.answer is None and not s.bad_input)
 
 

@@ -61,6 +61,18 @@ def replicas(tmp_path, demo_assets, mosquitto, hub, pg_url) -> Iterator[list[Hub
             runner.__exit__(None, None, None)
 
 
+def digit_request(demo_assets, device_id: str) -> EscalationRequest:
+    """An escalation of the demo's first digit, as a device would send it."""
+    image = sorted((demo_assets / "stream" / "images").glob("*.png"))[0].read_bytes()
+    return EscalationRequest(
+        new_trace_id(),
+        device_id,
+        Prediction("weak", "1", tuple(str(d) for d in range(10)), tuple([0.1] * 10)),
+        EncodedImage("image/png", image, 8, 8),
+        deadline_ms=10_000,
+    )
+
+
 def owners(pg_url: str) -> dict[str, int]:
     with psycopg.connect(pg_url) as conn:
         return dict(conn.execute("SELECT owner, COUNT(*) FROM traces.traces GROUP BY owner").fetchall())
@@ -108,14 +120,7 @@ def test_a_call_waiting_on_one_replica_is_answered_when_the_other_finishes_the_t
 ):
     """A device's gRPC retry lands on b while a still runs the trace: b answers it with a's result."""
     a, b = (r.hub for r in replicas)
-    image = (demo_assets / "stream" / "images").glob("*.png").__next__().read_bytes()
-    request = EscalationRequest(
-        new_trace_id(),
-        "cam-rep-wait",
-        Prediction("weak", "1", tuple(str(d) for d in range(10)), tuple([0.1] * 10)),
-        EncodedImage("image/png", image, 8, 8),
-        deadline_ms=10_000,
-    )
+    request = digit_request(demo_assets, "cam-rep-wait")
     assert a.store.insert_if_absent(request.trace_id, request.device_id, encode_request(request), time.time())
 
     async def wait_on_b():
@@ -139,14 +144,7 @@ def test_a_trace_whose_replica_died_is_run_by_the_replica_left(
 ):
     hub.stop()
     monkeypatch.setattr(cloud.hub, "ORPHAN_CHECK_S", 0.5)
-    image = (demo_assets / "stream" / "images").glob("*.png").__next__().read_bytes()
-    request = EscalationRequest(
-        new_trace_id(),
-        "cam-rep-orphan",
-        Prediction("weak", "1", tuple(str(d) for d in range(10)), tuple([0.1] * 10)),
-        EncodedImage("image/png", image, 8, 8),
-        deadline_ms=10_000,
-    )
+    request = digit_request(demo_assets, "cam-rep-orphan")
     dead = TraceStore(PostgresLocation(pg_url, "traces"), owner="dead-replica", lease_s=1.0)
     dead.open()
     dead.insert_if_absent(request.trace_id, request.device_id, encode_request(request), time.time())

@@ -11,7 +11,6 @@ frame: both devices' books must balance.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,9 +19,8 @@ import psycopg
 import pytest
 import yaml
 
-from edge.app import EdgeRuntime
 from tandem.broker import free_port
-from tests.integration.faults.conftest import Chaos, drained, fault_device
+from tests.integration.faults.conftest import fault_device, run_with_chaos
 from tests.support.ray_cluster import RayCluster
 from tests.support.report import report
 from tests.support.waiting import wait_for
@@ -113,21 +111,8 @@ def test_the_hub_on_two_nodes_loses_nothing_when_the_worker_node_dies(
         before_kill.update(_owners(pg_url))  # who had taken escalations by then
         worker.kill()
 
-    runtimes = [EdgeRuntime(c) for c in configs]
-    for runtime in runtimes:
-        runtime.start()
-    try:
-        chaos = Chaos([(1.5, "SIGKILL of the worker node (raylet, workers, agents)", kill_worker)]).start()
-        threads = [threading.Thread(target=r.run, kwargs={"max_frames": burst}) for r in runtimes]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(180)
-        chaos.join()
-        books = [drained(c.state_path, 240) for c in configs]
-    finally:
-        for runtime in runtimes:
-            runtime.close()
+    steps = [(1.5, "SIGKILL of the worker node (raylet, workers, agents)", kill_worker)]
+    books, chaos = run_with_chaos(configs, burst, steps, 240)
     with psycopg.connect(pg_url) as conn:
         most_runs = conn.execute("SELECT MAX(COALESCE(runs, 0)) FROM traces.traces").fetchone()[0]
         failures = dict(

@@ -9,7 +9,6 @@ is claimed by the other once its lease lapses.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 
 import psutil
@@ -17,9 +16,8 @@ import psycopg
 import pytest
 import yaml
 
-from edge.app import EdgeRuntime
 from tests.integration.conftest import HubProcess
-from tests.integration.faults.conftest import Chaos, drained, fault_device
+from tests.integration.faults.conftest import fault_device, run_with_chaos
 from tests.support.report import report
 from tests.support.waiting import wait_for
 
@@ -73,6 +71,7 @@ def max_runs(pg_url: str) -> int:
         return int(conn.execute("SELECT MAX(COALESCE(runs, 0)) FROM traces.traces").fetchone()[0])
 
 
+@pytest.mark.slow  # tests/integration/test_ray_cluster.py kills an Ingress replica (with its node) in every run
 def test_an_ingress_replica_killed_mid_load_loses_nothing(tmp_path, demo_assets, mosquitto, pg_url, replicated_hub):
     assert len(ingress_workers(replicated_hub)) == 2
     burst = 150
@@ -96,21 +95,7 @@ def test_an_ingress_replica_killed_mid_load_loses_nothing(tmp_path, demo_assets,
         killed.append(victim.pid)
         victim.kill()
 
-    runtimes = [EdgeRuntime(config) for config in configs]
-    for runtime in runtimes:
-        runtime.start()
-    try:
-        chaos = Chaos([(1.0, "SIGKILL of one Ingress replica", kill_one)]).start()
-        threads = [threading.Thread(target=r.run, kwargs={"max_frames": burst}) for r in runtimes]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(120)
-        chaos.join()
-        books = [drained(config.state_path, 180) for config in configs]
-    finally:
-        for runtime in runtimes:
-            runtime.close()
+    books, chaos = run_with_chaos(configs, burst, [(1.0, "SIGKILL of one Ingress replica", kill_one)], 180)
     # Serve replaced the dead replica.
     wait_for(lambda: len(ingress_workers(replicated_hub)) == 2, 60, "Serve to start a new Ingress replica")
     assert killed[0] not in {p.pid for p in ingress_workers(replicated_hub)}

@@ -167,3 +167,10 @@ class RayCluster:
         for node in reversed(self.nodes):
             node.kill()
         self.nodes = []
+        # `ray start --head` wrote its address where a later `ray.init()` or `serve run` on this machine looks for
+        # a cluster to join ("auto"): left there, the next one would try the dead head.
+        from ray._common.utils import get_ray_address_file, reset_ray_address
+
+        written = Path(get_ray_address_file(None))
+        if written.exists() and written.read_text().strip().endswith(f":{self.gcs_port}"):
+            reset_ray_address()

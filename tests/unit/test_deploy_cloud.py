@@ -57,3 +57,13 @@ def test_model_replicas_reserve_the_gpus_the_config_asks_for(tmp_path):
     (pool,) = ingress.init_args[:1]
     assert pool._bound_deployment.ray_actor_options == {"num_cpus": 0.5, "num_gpus": 1}
     assert ingress.ray_actor_options == {"num_cpus": 0.5}  # the ingress needs no GPU
+
+
+def test_the_ingress_runs_as_many_replicas_as_the_hub_is_told_and_ingress_models_need_no_pool(tmp_path):
+    from cloud.app import build_app
+
+    url = "postgresql://hub@db/tandem"
+    app = build_app(HubConfig(model_path=tmp_path / "m.onnx", ingress_replicas=3, database_url=url))
+    assert app._bound_deployment._deployment_config.num_replicas == 3
+    local = build_app(HubConfig(model_path=tmp_path / "m.onnx", model_pool="ingress"))
+    assert local._bound_deployment.init_args[0] is None  # no ModelPool deployment: the Ingress runs the models

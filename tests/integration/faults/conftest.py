@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from edge.app import EdgeRuntime
 from edge.config import EdgeConfig, JudgeConfig, MqttConfig, MqttTransportConfig, OutboxConfig
 from tandem.broker import free_port
 from tests.integration.conftest import HubProcess, edge_config
@@ -128,3 +129,25 @@ class Chaos:
                 self.errors.append(exc)
                 return
             self.done.append(f"{time.monotonic() - self._started:.1f}s {what}")
+
+
+def run_with_chaos(
+    configs: list[EdgeConfig], frames: int, steps: list[tuple[float, str, Callable[[], None]]], drain_s: float
+) -> tuple[list[DeviceBooks], Chaos]:
+    """Every device runs ``frames`` frames at once (a thread each) while the fault script runs; then, once each
+    device's escalations are drained, its books (in the order of ``configs``) and the script's record."""
+    runtimes = [EdgeRuntime(config) for config in configs]
+    for runtime in runtimes:
+        runtime.start()
+    try:
+        chaos = Chaos(steps).start()
+        threads = [threading.Thread(target=r.run, kwargs={"max_frames": frames}) for r in runtimes]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(drain_s)
+        chaos.join()
+        return [drained(config.state_path, drain_s) for config in configs], chaos
+    finally:
+        for runtime in runtimes:
+            runtime.close()
