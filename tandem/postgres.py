@@ -100,7 +100,8 @@ class PostgresServer:
         self._dir = None
 
     def _run(self, command: str, *args: str, check: bool = True) -> None:
-        assert self._bindir is not None
+        if self._bindir is None:
+            raise PostgresError("PostgreSQL is not installed: sudo apt-get install -y postgresql")
         argv = [str(self._bindir / command), *args]
         user = self._user
         done = subprocess.run(

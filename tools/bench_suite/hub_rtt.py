@@ -36,7 +36,8 @@ BATCH = (16, 5.0)  # batch_max_size, batch_wait_ms: the hub's defaults, given to
 
 
 def bare_deployment(model_path: Path) -> Any:
-    """The baseline as a Serve application: ``tandem.v1.Escalation/EscalateAndWait`` on one deployment."""
+    """The baseline as a Serve application: ``tandem.v1.Escalation/EscalateAndWait`` on one deployment (the only
+    method the bench's devices call: they wait for the verdict)."""
     from ray import serve
 
     from cloud.models.classifier import Classifier
@@ -58,9 +59,6 @@ def bare_deployment(model_path: Path) -> Any:
             answer = await self._run(parsed.input)
             result = EscalationResult(parsed.trace_id, parsed.device_id, ResultStatus.SUCCESS, (answer,), answer)
             return pb.EscalationResult.FromString(encode_result(result))
-
-        async def Escalate(self, request: bytes, grpc_context: Any) -> Any:
-            raise NotImplementedError("the baseline answers EscalateAndWait only")
 
     return BareEscalation.bind(str(model_path))
 
