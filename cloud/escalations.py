@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Optional
 
 from cloud.config import QuotaConfig
-from cloud.dispatch.delivery import Delivery
+from cloud.dispatch.delivery import CLAIM_HOLD_S, Delivery
 from cloud.errors import InvalidInput, NoRoute, QuotaExceeded, one_line
 from cloud.inputs import InputLimits, check_input, check_size
 from cloud.metrics import HubMetrics
@@ -183,11 +183,16 @@ class EscalationService:
         return outcome
 
     def finish(self, result: EscalationResult) -> None:
-        """Store the result, then send it; the store keeps it until the device acknowledges it."""
+        """Store the result, then send it; the store keeps it until the device acknowledges it. It is held for
+        this replica meanwhile (due to the others only CLAIM_HOLD_S later), so no other replica's resend loop
+        sends it too."""
         status = TraceStatus(result.status.name)
         stored = encode_result(result, self.delivery.encoding)  # the bytes every send of it publishes
         error = result.error or None
-        self.store.set_finished(result.trace_id, status, stored, error, self._clock(), result.route, result.cost)
+        now = self._clock()
+        self.store.set_finished(
+            result.trace_id, status, stored, error, now, result.route, result.cost, due_at=now + CLAIM_HOLD_S
+        )
         self.metrics.results.labels(status=status.value).inc()
         self.delivery.send(result, stored)
 

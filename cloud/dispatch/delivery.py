@@ -1,6 +1,6 @@
 """Getting each finished result to its device, and again until the device confirms it has it.
 
-    finish ─> trace store (due now) ─> send: the waiting gRPC call, else an HTTP callback (if a rule
+    finish ─> trace store (held) ────> send: the waiting gRPC call, else an HTTP callback (if a rule
                                               matches the device), else MQTT QoS 1 on its results topic
     ack ─────> acked_at; no more sends        (a ResultAck on .../acks, a callback's 2xx, the gRPC response)
     no ack ──> sent again at next_send_at:    resend_after_s, then doubling, max_sends in all; after the

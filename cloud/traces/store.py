@@ -179,13 +179,16 @@ class TraceStore:
         now: float,
         route: str = "",
         cost: float = 0.0,
+        due_at: Optional[float] = None,
     ) -> None:
-        """Record the result; it is due for sending at once (next_send_at = now) until ``mark_sent``. Every
-        replica's ``on_finished`` listeners hear of it."""
+        """Record the result, due for sending at due_at (default: now) until ``mark_sent`` sets its next time.
+        The replica that stores a result sends it itself, so it passes a due time a little ahead: should it die
+        before sending, another replica's ``claim_due`` takes the result then, and never sooner (two replicas
+        would both send it). Every replica's ``on_finished`` listeners hear of it."""
         self._execute(
             "UPDATE traces SET status = ?, result = ?, error = ?, finished_at = ?, route = ?, cost = ?, request = NULL,"
             " next_send_at = ?, lease_until = NULL WHERE trace_id = ?",
-            (status.value, result, error, now, route or None, cost, now, trace_id),
+            (status.value, result, error, now, route or None, cost, now if due_at is None else due_at, trace_id),
         )
         if self.db.shared:
             self.db.notify(FINISHED_CHANNEL, trace_id)

@@ -485,6 +485,39 @@ def test_one_result_that_cannot_be_sent_does_not_block_the_others(store):
     assert errors == 1
 
 
+class RacedStore(TraceStore):
+    """Two replicas on one store: the other replica's resend loop runs just after this one stores a result and
+    before it sends it (seen in the two-replica test: one result sent twice)."""
+
+    other_delivery: Delivery | None = None
+
+    def set_finished(self, *args, **kwargs):
+        super().set_finished(*args, **kwargs)
+        assert self.other_delivery is not None
+        self.other_delivery.resend_due()
+
+
+def test_a_result_is_sent_once_when_another_replicas_resend_loop_runs_between_storing_and_sending(tmp_path):
+    store = RacedStore(tmp_path / "hub.db")
+    store.open()
+    clock, mine, theirs = Clock(), ListPublisher(), ListPublisher()
+    service = make_service(store, FakeModel(), mine, clock=clock)
+    store.other_delivery = Delivery(store, theirs, DeliveryConfig(), HubMetrics(), clock=clock)
+    req = request()
+
+    async def go():
+        await service.escalate(req)
+        await service.drain()
+
+    try:
+        run(go())
+        assert [t for _, t, _ in mine.published] == [req.trace_id]
+        assert theirs.published == []  # held for the replica that stored it
+        assert store.get(req.trace_id).sends == 1
+    finally:
+        store.close()
+
+
 class BrokenChannelPublisher(ListPublisher):
     """A channel that raises for one device (say, a callback rule whose URL no longer parses)."""
 
