@@ -233,9 +233,7 @@ def _tensor(scenes: list[Scene]):
     return torch.from_numpy(np.stack(images)).float() / 255.0, boxes
 
 
-def train(
-    layers: tuple[tuple[int, int], ...], scenes: list[Scene], epochs: int, seed: int, second_thread_at: int = 0
-):
+def train(layers: tuple[tuple[int, int], ...], scenes: list[Scene], epochs: int, seed: int, second_thread_at: int = 0):
     """A detector trained on ``scenes`` (with flips), Adam and a one-cycle schedule; returns it in eval mode.
 
     From epoch ``second_thread_at`` on (0: from the start) it trains on two threads, before it on one."""
