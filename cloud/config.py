@@ -155,6 +155,38 @@ class FleetConfig(StrictModel):
         return value
 
 
+class AlertConfig(StrictModel):
+    """What the fleet console raises as an alert, and where else it goes."""
+
+    silent_after_s: float = Field(
+        120.0, gt=0, description="a device with no message for this long raises an alert (cleared when it speaks)"
+    )
+    escalation_jump: float = Field(
+        3.0, gt=1, description="a device escalating this many times its own usual rate raises an alert"
+    )
+    escalation_jump_min_per_s: float = Field(
+        0.5, ge=0, description="...and at least this many escalations/s (a jump from 0.01 to 0.05 is not one)"
+    )
+    webhook_url: Optional[str] = Field(
+        None, description="each alert raised or cleared is POSTed here as JSON (none: shown on the console only)"
+    )
+    webhook_timeout_s: float = Field(5.0, gt=0, description="how long one webhook POST may take")
+
+
+class ConsoleConfig(StrictModel):
+    """The fleet console: web pages under /console, behind the admin API's roles."""
+
+    enabled: bool = Field(True, description="serve the console under /console")
+    trace_images_kept: int = Field(
+        2000, ge=0, description="finished traces whose escalated image the hub keeps, newest first (about 50 kB each)"
+    )
+    hard_examples_kept: int = Field(
+        5000, ge=0, description="unlabelled hard examples kept, newest first (labelled ones are always kept)"
+    )
+    check_every_s: float = Field(5.0, gt=0, description="how often alerts are checked and images forgotten")
+    alerts: AlertConfig = Field(AlertConfig(), description="what raises an alert, and the webhook")
+
+
 class SecurityConfig(StrictModel):
     """A secured hub: devices prove who they are with certificates from the fleet CA (README, "Securing a fleet")."""
 
@@ -288,6 +320,7 @@ class HubConfig(StrictModel):
     )
     delivery: DeliveryConfig = Field(DeliveryConfig(), description="result resends and HTTP callbacks")
     fleet: FleetConfig = Field(FleetConfig(), description="the device inventory, sessions and the admin API")
+    console: ConsoleConfig = Field(ConsoleConfig(), description="the fleet console's pages, images kept, and alerts")
     fleet_path: Optional[Path] = Field(
         None, description="SQLite file of the device inventory, settings and audit log (default: beside the traces)"
     )

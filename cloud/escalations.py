@@ -35,6 +35,7 @@ from protocol.messages import (
     EscalationRequest,
     EscalationResult,
     HopTiming,
+    Prediction,
     ResultStatus,
 )
 
@@ -146,7 +147,7 @@ class EscalationService:
         cached = cache.get(key) if key is not None else None
         if cached is not None:
             timings.append(HopTiming("cache", (self._clock() - started) * 1000.0))
-            self.finish(self._answered(request, plan, cached, timings, 0.0))
+            self.finish(self._answered(request, plan, cached, timings, 0.0), request)
             return
         try:
             outcome = await self._run(router, plan, request)
@@ -164,7 +165,7 @@ class EscalationService:
         )
         if key is not None:
             cache.put(key, answer)
-        self.finish(self._answered(request, plan, answer, timings, outcome.cost))
+        self.finish(self._answered(request, plan, answer, timings, outcome.cost), request)
 
     async def _run(self, router: Router, plan: Plan, request: EscalationRequest) -> Outcome:
         """The plan, run again (after RERUN_AFTER_S, then twice that) when it failed only for want of a live
@@ -182,7 +183,7 @@ class EscalationService:
             await asyncio.sleep(wait_s)
         return outcome
 
-    def finish(self, result: EscalationResult) -> None:
+    def finish(self, result: EscalationResult, request: Optional[EscalationRequest] = None) -> None:
         """Store the result, then send it; the store keeps it until the device acknowledges it. It is held for
         this replica meanwhile (due to the others only CLAIM_HOLD_S later), so no other replica's resend loop
         sends it too."""
@@ -195,6 +196,20 @@ class EscalationService:
         )
         self.metrics.results.labels(status=status.value).inc()
         self.delivery.send(result, stored)
+        if request is not None and result.final is not None:
+            self._keep_if_hard(request, result.final)
+
+    def _keep_if_hard(self, request: EscalationRequest, final: Prediction) -> None:
+        """A frame the cloud labelled otherwise than the device is a hard example (the console's labelling queue).
+        Kept after the result went out; a store error here loses no result, only the example."""
+        edge_label, cloud_label = request.local_prediction.label, final.label
+        if edge_label == cloud_label:
+            return
+        try:
+            if self.store.add_hard_example(request.trace_id, edge_label, cloud_label):
+                self.metrics.hard_examples.inc()
+        except Exception:
+            logger.exception("trace %s: could not keep it as a hard example", request.trace_id)
 
     def _over_quota(self, device_id: str, exc: QuotaExceeded) -> None:
         """Counted every time; logged once a second per quota and tenant, so a flood does not flood the log."""

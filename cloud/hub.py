@@ -30,6 +30,8 @@ from fastapi import FastAPI
 from cloud.api import build_http_app
 from cloud.api.fleet import FleetAccess
 from cloud.config import HubConfig, SecurityConfig
+from cloud.console.alerts import AlertWatch
+from cloud.console.feed import FleetFeed
 from cloud.dispatch.callbacks import HttpCallbacks
 from cloud.dispatch.delivery import Delivery
 from cloud.dispatch.mqtt import MqttDispatcher
@@ -234,6 +236,10 @@ class Hub:
         self._tasks: list[asyncio.Task[None]] = []
         self._identities: Optional[Identities] = None
         self._gateway: Optional[DeviceGateway] = None
+        self.feed = FleetFeed(lambda: self.fleet)
+        self.alerts = AlertWatch(
+            self.fleet_store, lambda: self.fleet, lambda: self.rollouts, self.config.console.alerts, self.metrics
+        )
 
     @property
     def service(self) -> EscalationService:
@@ -357,6 +363,9 @@ class Hub:
                 self._every(ORPHAN_CHECK_S, self._rerun_orphans, first_after_s=ORPHAN_CHECK_S), name="hub-orphan-reruns"
             ),
             loop.create_task(self._every(LEASE_S / 4, self._renew_claims), name="hub-claims"),
+            loop.create_task(
+                self._every(hub.console.check_every_s, self._led(self._console_check)), name="hub-console-check"
+            ),
         ]
         if self._orchestrator is not None:
             self._tasks.append(loop.create_task(self._orchestrate(self._orchestrator), name="hub-orchestrator"))
@@ -510,6 +519,8 @@ class Hub:
                 lambda sha256: {m.owner for m in self.registry.query() if m.artifact_sha256 == sha256 and m.owner},
             ),
             orchestrator=(lambda: self.orchestrator, lambda: self._loop),
+            console=self.feed if self.config.console.enabled else None,
+            orchestrator_on=self.config.orchestrator.mode is not Mode.OFF,
             operators=self.config.fleet.operators,
             tenants=self.config.tenants,
             quotas=self.config.quotas,
@@ -591,6 +602,14 @@ class Hub:
                 await self.pool.preload(sha256)
             except Exception as exc:  # the first request loads it instead, and says why if it cannot
                 logger.warning("fleet: preloading %s failed: %s", sha256[:12], exc)
+
+    async def _console_check(self) -> None:
+        """The alerts (raised, cleared, sent to the webhook); images past console.trace_images_kept forgotten, and
+        unlabelled hard examples past console.hard_examples_kept deleted."""
+        console = self.config.console
+        await asyncio.to_thread(self.alerts.check)
+        await asyncio.to_thread(self.store.forget_requests, console.trace_images_kept)
+        await asyncio.to_thread(self.store.trim_hard_examples, console.hard_examples_kept)
 
     async def _prune_traces(self) -> None:
         """Finished traces past the retention are deleted (never one whose result is still being sent)."""

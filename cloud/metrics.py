@@ -71,6 +71,22 @@ class HubMetrics:
             "traces run again because a model replica died under them (a node lost), not because of the input",
             registry=self.registry,
         )
+        self.hard_examples = Counter(
+            "tandem_hub_hard_examples",
+            "escalations the cloud labelled otherwise than the device, kept for the console's labelling queue",
+            registry=self.registry,
+        )
+        self.alerts = Counter(
+            "tandem_hub_alerts",
+            "alerts raised (a device silent, an escalation-rate jump, a rollout aborted), by kind",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.webhook_errors = Counter(
+            "tandem_hub_alert_webhook_errors",
+            "alerts the webhook did not take (no answer, or not 2xx); each is tried again at the next check",
+            registry=self.registry,
+        )
         self.given_up = Counter(
             "tandem_hub_results_out_of_sends",
             "results sent max_sends times without an acknowledgement; they stay in the trace store",

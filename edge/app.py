@@ -446,10 +446,12 @@ class EdgeRuntime:
         self.metrics.count_frame(frame.source_id, machine.state.value.lower())
         if prediction is not None:  # the heartbeat's counts, and the model's record for a probation
             confidence = prediction.confidence
-            self.heartbeat.frame(confidence, escalation is not None, prediction.inference_ms, uncertain)
+            self.heartbeat.frame(
+                confidence, escalation is not None, prediction.inference_ms, uncertain, camera=frame.source_id
+            )
             self.quality.frame(True, prediction.inference_ms, uncertain, confidence)
         else:
-            self.heartbeat.frame(None, False)
+            self.heartbeat.frame(None, False, camera=frame.source_id)
             if frame.image is not None:  # an inference failure counts against the model; an undecodable frame not
                 self.quality.frame(False, 0.0, False, 0.0)
         self._recent.append(time.monotonic())

@@ -67,6 +67,7 @@ class Heartbeat:
         self._since = at
         self._cpu = cpu
         self._frames = 0
+        self._camera_frames: collections.Counter[str] = collections.Counter()
         self._escalations = 0
         self._fallbacks = 0
         self._bins = [0] * fleet.CONFIDENCE_BINS
@@ -78,9 +79,12 @@ class Heartbeat:
         escalated: bool,
         inference_ms: Optional[float] = None,
         uncertain: bool = False,
+        camera: str = "",
     ) -> None:
         with self._lock:
             self._frames += 1
+            if camera and (camera in self._camera_frames or len(self._camera_frames) < fleet.MAX_CAMERAS):
+                self._camera_frames[camera] += 1
             self._escalations += escalated
             if inference_ms is None or confidence is None or not 0.0 <= confidence <= 1.0:
                 return
@@ -106,6 +110,7 @@ class Heartbeat:
             elapsed = max(now - self._since, 1e-6)
             busy = (cpu.user + cpu.system) - (self._cpu.user + self._cpu.system)
             frames, escalations, fallbacks, bins = self._frames, self._escalations, self._fallbacks, self._bins
+            cameras = dict(self._camera_frames)
             latencies = self._latencies
             model = (self._model_frames, self._model_uncertain, tuple(self._model_bins), list(self._model_latencies))
             self._reset(now, cpu)
@@ -116,6 +121,7 @@ class Heartbeat:
             sent_at=self._clock(),
             interval_s=elapsed,
             fps=frames / elapsed,
+            camera_fps={camera: n / elapsed for camera, n in cameras.items()},
             escalations_per_s=escalations / elapsed,
             fallbacks_per_s=fallbacks / elapsed,
             outbox_rows=outbox_rows,

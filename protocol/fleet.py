@@ -24,6 +24,7 @@ from protocol.topics import DeviceId
 
 SCHEMA_VERSION = 1
 CONFIDENCE_BINS = 10  # Telemetry.confidence_histogram: [0, 0.1), [0.1, 0.2), ... [0.9, 1.0]
+MAX_CAMERAS = 64  # Telemetry.camera_fps: most sources counted per heartbeat
 
 
 class _Message(BaseModel):
@@ -43,6 +44,9 @@ class ActiveModel(BaseModel):
     backend: str = Field(description="what really runs it, e.g. onnxruntime:CPUExecutionProvider or tensorrt:10.3")
     bundle_id: str = Field("", description="the bundle it came in; empty for the model the device was installed with")
     release: int = Field(0, ge=0, description="that bundle's release counter")
+    fallback: str = Field(
+        "", description="why the backend running is not the one configured first (empty: it is, or none was named)"
+    )
 
 
 class UpdateState(str, enum.Enum):
@@ -97,6 +101,9 @@ class Telemetry(_Message):
 
     interval_s: float = Field(gt=0)
     fps: float = Field(ge=0)
+    camera_fps: dict[str, float] = Field(
+        default_factory=dict, description=f"frames/s by camera (source id), at most {MAX_CAMERAS} cameras"
+    )
     escalations_per_s: float = Field(ge=0)
     fallbacks_per_s: float = Field(ge=0)
     outbox_rows: int = Field(ge=0)
@@ -124,6 +131,13 @@ class Telemetry(_Message):
     def _bins(cls, value: tuple[int, ...]) -> tuple[int, ...]:
         if len(value) != CONFIDENCE_BINS or any(n < 0 for n in value):
             raise ValueError(f"needs {CONFIDENCE_BINS} counts, none negative")
+        return value
+
+    @field_validator("camera_fps")
+    @classmethod
+    def _cameras(cls, value: dict[str, float]) -> dict[str, float]:
+        if len(value) > MAX_CAMERAS or any(not 0 <= fps < float("inf") for fps in value.values()):
+            raise ValueError(f"at most {MAX_CAMERAS} cameras, each at a finite rate of 0 or more")
         return value
 
 

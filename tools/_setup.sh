@@ -80,6 +80,11 @@ _tandem_postgres() {
     "the tests of several hub replicas need PostgreSQL"
 }
 
+# Debian's chromium, for the console's browser tests (Playwright drives it; browser builds are never downloaded).
+_tandem_chromium() {
+  _tandem_apt chromium '[[ -x ${TANDEM_CHROMIUM:-/usr/bin/chromium} ]]' "the console's browser tests need chromium"
+}
+
 # PyTorch, for the tools that train models (tools.detection_models) and never on a device or the hub: the CPU
 # build, from PyTorch's own index (PyPI's Linux wheel is the CUDA build, several GB). A machine whose pip finds
 # the CPU wheel elsewhere (a local index or wheel folder) uses that.

@@ -2,9 +2,9 @@
 
 For operators (this package): health, metrics, ``/v1/traces`` (``traces``), the model registry
 (``registry``), the routing status, the fleet (``fleet``: devices, settings, audit), the orchestrator
-(``orchestrator``: proposals, intents, its audit log). For devices and
-model clients: the Open Inference Protocol v2, whose routes live with the rest of the device-facing
-ingress (``cloud.ingress.v2``).
+(``orchestrator``: proposals, intents, its audit log), and the fleet console's pages (``cloud.console``).
+For devices and model clients: the Open Inference Protocol v2, whose routes live with the rest of the
+device-facing ingress (``cloud.ingress.v2``).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Any, Optional
 from fastapi import Depends, FastAPI, HTTPException, Request, Response
 from fastapi.exception_handlers import http_exception_handler, request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -28,6 +29,8 @@ from cloud.api.registry import registry_routes
 from cloud.api.rollouts import rollout_routes
 from cloud.api.traces import trace_routes
 from cloud.config import OperatorConfig, QuotaConfig, TenantConfig
+from cloud.console.feed import FleetFeed
+from cloud.console.routes import STATIC, ConsoleAccess, console_routes
 from cloud.ingress.body_limit import BodyLimit
 from cloud.ingress.v2 import V2Service, v2_routes
 from cloud.metrics import HubMetrics
@@ -56,9 +59,12 @@ def build_http_app(
     identities: Optional[Callable[[], Identities]] = None,
     tenants: Mapping[str, TenantConfig] = MappingProxyType({}),
     quotas: Optional[QuotaConfig] = None,
+    console: Optional[FleetFeed] = None,
+    orchestrator_on: bool = True,
 ) -> FastAPI:
     """``max_body_bytes`` bounds every request body (413 past it) but model uploads, bounded by max_artifact_bytes,
-    and enrolments, bounded by MAX_ENROL_BODY. ``identities``: device enrolment and revocation (a secured hub)."""
+    and enrolments, bounded by MAX_ENROL_BODY. ``identities``: device enrolment and revocation (a secured hub).
+    ``console``: the fleet console's feed, to serve the console under /console (it needs ``fleet``)."""
     app = FastAPI(title="Tandem hub", version="1")
 
     def refused(reason: str) -> None:
@@ -100,6 +106,10 @@ def build_http_app(
         app.include_router(orchestrator_routes(orchestrator[0], require, orchestrator[1]))
     if identities is not None:
         app.include_router(identity_routes(identities, require))
+    if console is not None and fleet is not None:
+        orchestrator_of = orchestrator[0] if orchestrator is not None and orchestrator_on else None
+        app.include_router(console_routes(ConsoleAccess(console, fleet, traces, orchestrator_of), require))
+        app.mount("/console/static", StaticFiles(directory=STATIC), name="console-static")
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:

@@ -12,7 +12,13 @@ changes (scope ``all``, tags, the hub's models and bundles, replicas, routes) ne
 operator of a tenant sees only the tenant's devices (by id) and their traces, acts on its groups (theirs, if
 narrower), and manages the tenant's own models and bundles (``cloud.api.registry``, ``cloud.api.rollouts``).
 401 without a valid token, 403 outside the role or the scope, 429 past ``quotas.operator_requests_per_s`` (per
-token, so one client cannot starve the rest). With no operators configured the API is open, as ``anonymous``
+token, so one client cannot starve the rest).
+
+The fleet console (``cloud.console``) sends the same token in a cookie (``tandem_console``: HttpOnly,
+SameSite=Strict), set when an operator logs in, since a browser's EventSource cannot send a header. A request
+carried by the cookie that changes something must also carry ``X-Tandem-Console`` (a custom header, which no
+other site's page can add without the hub's consent), so a forged cross-site form cannot act for a logged-in
+operator. With no operators configured the API is open, as ``anonymous``
 with every permission (the hub says so in its log).
 """
 
@@ -30,7 +36,7 @@ from fnmatch import fnmatchcase
 from types import MappingProxyType
 from typing import Optional
 
-from fastapi import Header, HTTPException
+from fastapi import Header, HTTPException, Request
 
 from cloud.config import OperatorConfig, QuotaConfig, Role, TenantConfig
 from cloud.errors import Forbidden, QuotaExceeded, Unauthorized, http_status
@@ -108,6 +114,9 @@ class Operator:
 
 
 ANONYMOUS = Operator("anonymous", Role.ADMIN)
+CONSOLE_COOKIE = "tandem_console"  # the operator's token, for the console's pages and its event stream
+CONSOLE_HEADER = "X-Tandem-Console"  # on every change the console makes (the cookie alone is refused)
+_SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 
 
 def token_sha256(token: str) -> str:
@@ -173,7 +182,11 @@ def authorizer(
         raise _http(Unauthorized("an operator's bearer token is required (Authorization: Bearer TOKEN)"))
 
     def require(permission: Permission) -> Callable[..., Operator]:
-        def dependency(authorization: Optional[str] = Header(None)) -> Operator:
+        def dependency(request: Request, authorization: Optional[str] = Header(None)) -> Operator:
+            if authorization is None and CONSOLE_COOKIE in request.cookies:
+                if request.method not in _SAFE_METHODS and CONSOLE_HEADER not in request.headers:
+                    raise _http(Forbidden(f"a change made with the console's cookie needs the {CONSOLE_HEADER} header"))
+                authorization = f"Bearer {request.cookies[CONSOLE_COOKIE]}"
             operator = who(authorization)
             if permission not in PERMISSIONS[operator.role]:
                 raise _http(Forbidden(f"{operator.name} is {operator.role.value}: not allowed to {permission.value}"))

@@ -28,7 +28,7 @@ from dataclasses import replace
 from typing import Any, Optional
 
 from cloud.errors import RolloutError, RolloutNotFound
-from cloud.fleet.rollout_spec import RolloutSpec, RolloutState, TargetSpec, mean, plan_waves, signals
+from cloud.fleet.rollout_spec import RolloutSpec, RolloutState, Rules, TargetSpec, mean, plan_waves, signals
 from cloud.fleet.rollout_store import DeviceRow, RolloutRow, RolloutStore
 from cloud.fleet.service import FleetService
 from cloud.fleet.store import Device
@@ -126,7 +126,8 @@ class RolloutService:
             "created_at": rollout.created_at,
             "created_by": rollout.created_by,
             "counts": counts,
-            "rules": self._rule_values(rollout, devices),
+            "rules": (values := self._rule_values(rollout, devices)),
+            "checks": rule_checks(RolloutSpec.model_validate(rollout.spec).rules, values),
             "devices": [
                 {
                     "device_id": d.device_id,
@@ -239,6 +240,7 @@ class RolloutService:
         self._ended(RolloutState.COMPLETED)
 
     def _broken_rule(self, rollout: RolloutRow, spec: RolloutSpec, devices: list[DeviceRow]) -> Optional[str]:
+        """The first abort rule broken, in words (``rule_checks`` shows each rule's value and bound)."""
         rules, values = spec.rules, self._rule_values(rollout, devices)
         if values["golden_failures"] > rules.max_golden_failures:  # the most specific reason first
             return f"{values['golden_failures']} devices failed the golden check (bound {rules.max_golden_failures})"
@@ -376,3 +378,31 @@ class RolloutService:
         rollout.timeline.append({"at": now, "t_s": round(now - rollout.created_at, 3), "event": what})
         rollout.updated_at = now
         logger.info("rollout %s: %s", rollout.rollout_id, what)
+
+
+def rule_checks(rules: Rules, values: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each abort rule's current value against its bound, as the console shows them: ``value`` None until there
+    is something to compare (quality rules: updated devices and a reference). The bounds are those
+    ``RolloutService._broken_rule`` applies, before its minimum-delta and minimum-count conditions."""
+    new, old = values.get("updated"), values.get("reference")
+    checks = [
+        {"rule": "golden failures", "value": values["golden_failures"], "bound": rules.max_golden_failures},
+        {
+            "rule": "failure share",
+            "value": values["failure_share"] if values["finished"] >= rules.min_devices else None,
+            "bound": rules.max_failure_share,
+        },
+    ]
+    if rules.max_escalation_increase is not None:
+        bound = old["escalation_rate"] * (1 + rules.max_escalation_increase) if old else None
+        checks.append({"rule": "escalation rate", "value": new and new["escalation_rate"], "bound": bound})
+    if rules.max_confidence_drop is not None:
+        drop = old["confidence"] - new["confidence"] if new and old else None
+        checks.append({"rule": "confidence drop", "value": drop, "bound": rules.max_confidence_drop})
+    if rules.max_latency_ratio is not None:
+        bound = old["p95_ms"] * rules.max_latency_ratio if old else None
+        checks.append({"rule": "p95 inference ms", "value": new and new["p95_ms"], "bound": bound})
+    for check in checks:
+        value, bound = check["value"], check["bound"]
+        check["over"] = value is not None and bound is not None and value > bound
+    return checks

@@ -5,6 +5,8 @@ devices    one row per device: what it reported (group, tags, class, runtime, ac
            state the hub computed for it (settings and version counter)
 settings   the operators' settings by scope: ("all", ""), ("group", g), ("tag", t), ("device", id)
 audit      every admin change, with who made it
+alerts     what the console's alert check raised (a device silent, an escalation-rate jump, a rollout aborted):
+           one row per alert id, raised and perhaps cleared, and whether the webhook has heard of its last change
 """
 
 from __future__ import annotations
@@ -97,7 +99,44 @@ MIGRATIONS = (
         "CREATE TABLE IF NOT EXISTS audit (id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, who TEXT NOT NULL,"
         " action TEXT NOT NULL, target TEXT NOT NULL, detail TEXT NOT NULL)",
     ),
+    (
+        "CREATE TABLE IF NOT EXISTS alerts (alert_id TEXT PRIMARY KEY, kind TEXT NOT NULL, subject TEXT NOT NULL,"
+        " message TEXT NOT NULL, raised_at REAL NOT NULL, cleared_at REAL, notified INTEGER NOT NULL DEFAULT 0)",
+    ),
 )
+
+
+@dataclass(frozen=True)
+class Alert:
+    alert_id: str
+    """kind:subject, e.g. silent:cam-7"""
+    kind: str
+    """silent, escalation_jump, rollout_aborted"""
+    subject: str
+    """the device or rollout it is about"""
+    message: str
+    raised_at: float
+    cleared_at: Optional[float] = None
+    notified: bool = False
+    """whether the webhook took its last change"""
+
+    @property
+    def active(self) -> bool:
+        return self.cleared_at is None
+
+    def view(self) -> dict[str, Any]:
+        return {
+            "alert_id": self.alert_id,
+            "kind": self.kind,
+            "subject": self.subject,
+            "message": self.message,
+            "raised_at": self.raised_at,
+            "cleared_at": self.cleared_at,
+            "active": self.active,
+        }
+
+
+_ALERT_COLUMNS = "alert_id, kind, subject, message, raised_at, cleared_at, notified"
 
 
 class FleetStore(Store):
@@ -169,6 +208,61 @@ class FleetStore(Store):
             {"at": at, "who": who, "action": action, "target": target, "detail": json.loads(detail)}
             for at, who, action, target, detail in found
         ]
+
+    # -- alerts -------------------------------------------------------------------------------------------------
+
+    def alerts(self, active: Optional[bool] = None, limit: int = 200) -> list[Alert]:
+        """Newest raised first; active=True: not cleared."""
+        where = {None: "TRUE", True: "cleared_at IS NULL", False: "cleared_at IS NOT NULL"}[active]
+        with self.connection() as db:
+            rows = db.execute(
+                f"SELECT {_ALERT_COLUMNS} FROM alerts WHERE {where} ORDER BY raised_at DESC LIMIT ?", (limit,)
+            ).fetchall()
+        return [_alert(r) for r in rows]
+
+    def raise_alert(self, kind: str, subject: str, message: str, at: float) -> Optional[Alert]:
+        """Raise kind:subject, unless it is raised already; the alert if it is new (or raised again)."""
+        alert_id = f"{kind}:{subject}"
+        with self.transaction() as db:
+            found = db.execute("SELECT cleared_at FROM alerts WHERE alert_id = ?", (alert_id,)).fetchone()
+            if found is not None and found[0] is None:
+                return None
+            db.execute(
+                upsert("alerts", ("alert_id", "kind", "subject", "message", "raised_at", "cleared_at", "notified"),
+                       ("alert_id",)),
+                (alert_id, kind, subject, message, at, None, 0),
+            )  # fmt: skip
+        return Alert(alert_id, kind, subject, message, at)
+
+    def clear_alert(self, alert_id: str, at: float) -> Optional[Alert]:
+        """Clear a raised alert; the alert if it was raised."""
+        with self.transaction() as db:
+            changed = db.execute(
+                "UPDATE alerts SET cleared_at = ?, notified = 0 WHERE alert_id = ? AND cleared_at IS NULL",
+                (at, alert_id),
+            ).rowcount
+            found = db.execute(f"SELECT {_ALERT_COLUMNS} FROM alerts WHERE alert_id = ?", (alert_id,)).fetchone()
+        return _alert(found) if changed and found else None
+
+    def unnotified_alerts(self) -> list[Alert]:
+        with self.connection() as db:
+            rows = db.execute(f"SELECT {_ALERT_COLUMNS} FROM alerts WHERE notified = 0 ORDER BY raised_at").fetchall()
+        return [_alert(r) for r in rows]
+
+    def mark_notified(self, alert: Alert) -> None:
+        """The webhook took this change of the alert (not a later one: a change since then is still to send)."""
+        cleared, params = ("cleared_at = ?", (alert.cleared_at,)) if alert.cleared_at else ("cleared_at IS NULL", ())
+        with self.connection() as db:
+            db.execute(
+                f"UPDATE alerts SET notified = 1 WHERE alert_id = ? AND raised_at = ? AND {cleared}",
+                (alert.alert_id, alert.raised_at, *params),
+            )
+
+
+def _alert(row: tuple[Any, ...]) -> Alert:
+    values = list(row)
+    values[6] = bool(values[6])
+    return Alert(*values)
 
 
 def _device(row: tuple[Any, ...]) -> Device:

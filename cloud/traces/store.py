@@ -7,9 +7,14 @@ Once finished, a row is also the result's delivery queue (``cloud.dispatch.deliv
     delivered_at          the broker took it (MQTT PUBACK)
     acked_at              the device has it: its ResultAck, a callback's 2xx, or the gRPC response
 
-The request bytes are kept until the trace finishes, so a hub that restarts
-runs what it had accepted; a result whose next_send_at has passed is sent
-again. Devices deduplicate on trace_id, so a repeat is harmless.
+The request bytes are kept, so a hub that restarts runs what it had
+accepted, and the console shows a trace's image; once finished, only the
+newest ``console.trace_images_kept`` keep theirs (``forget_requests``). A
+result whose next_send_at has passed is sent again. Devices deduplicate on
+trace_id, so a repeat is harmless.
+
+hard_examples  escalations whose cloud answer's top label differed from the device's, with the request (image
+               and the device's prediction) kept for an operator to confirm or correct the label, and export
 
 Several replicas on one PostgreSQL database (``cloud.database``) share the rows safely:
     owner, lease_until    the replica that runs an unfinished trace, renewed while it runs; a trace whose
@@ -66,6 +71,22 @@ class HubTrace:
     """How often the routing started for it: 1, or more only if a hub restart cut a run short."""
 
 
+@dataclass(frozen=True)
+class HardExample:
+    """An escalation the cloud answered differently from the device (top labels), kept for labelling."""
+
+    trace_id: str
+    device_id: str
+    received_at: float
+    edge_label: str
+    cloud_label: str
+    label: Optional[str] = None
+    """What an operator said it is (None: not looked at yet)."""
+    labelled_by: Optional[str] = None
+    labelled_at: Optional[float] = None
+
+
+_HARD_COLUMNS = "trace_id, device_id, received_at, edge_label, cloud_label, label, labelled_by, labelled_at"
 _COLUMNS = (
     "trace_id, device_id, status, received_at, started_at, finished_at, delivered_at, result, error, route, cost,"
     " acked_at, COALESCE(sends, 0), next_send_at, COALESCE(runs, 0)"
@@ -83,6 +104,13 @@ MIGRATIONS = (
     ),
     # Several replicas: which one runs an unfinished trace, and until when that claim holds unless renewed.
     ("ALTER TABLE traces ADD COLUMN owner TEXT", "ALTER TABLE traces ADD COLUMN lease_until REAL"),
+    # The console: frames where the cloud disagreed with the device, and the labels operators gave them.
+    (
+        "CREATE TABLE IF NOT EXISTS hard_examples (trace_id TEXT PRIMARY KEY, device_id TEXT NOT NULL,"
+        " received_at REAL NOT NULL, edge_label TEXT NOT NULL, cloud_label TEXT NOT NULL, request BLOB NOT NULL,"
+        " label TEXT, labelled_by TEXT, labelled_at REAL)",
+        "CREATE INDEX IF NOT EXISTS idx_hard_examples_received_at ON hard_examples (received_at)",
+    ),
 )
 # Columns added before migrations existed: a SQLite file written then gains them at open.
 _ADDED = (("route", "TEXT"), ("cost", "REAL"), ("acked_at", "REAL"), ("sends", "INTEGER"), ("next_send_at", "REAL"),
@@ -186,7 +214,7 @@ class TraceStore:
         before sending, another replica's ``claim_due`` takes the result then, and never sooner (two replicas
         would both send it). Every replica's ``on_finished`` listeners hear of it."""
         self._execute(
-            "UPDATE traces SET status = ?, result = ?, error = ?, finished_at = ?, route = ?, cost = ?, request = NULL,"
+            "UPDATE traces SET status = ?, result = ?, error = ?, finished_at = ?, route = ?, cost = ?,"
             " next_send_at = ?, lease_until = NULL WHERE trace_id = ?",
             (status.value, result, error, now, route or None, cost, now if due_at is None else due_at, trace_id),
         )
@@ -257,6 +285,82 @@ class TraceStore:
             " AND (acked_at IS NOT NULL OR next_send_at IS NULL)",
             (finished_before,),
         )
+        return deleted
+
+    def forget_requests(self, keep: int) -> int:
+        """Drop the request bytes (the image) of finished traces but the newest ``keep``; returns how many."""
+        newest = self._execute(
+            f"SELECT received_at FROM traces WHERE {_FINISHED_SQL} AND request IS NOT NULL"
+            " ORDER BY received_at DESC LIMIT 1 OFFSET ?",
+            (max(0, keep - 1),),
+        )
+        if not newest:
+            return 0
+        _, changed = self._run(
+            f"UPDATE traces SET request = NULL WHERE {_FINISHED_SQL} AND request IS NOT NULL AND received_at < ?",
+            (newest[0][0],),
+        )
+        return changed
+
+    def request_of(self, trace_id: str) -> Optional[bytes]:
+        """The request as it arrived (its image and the device's prediction), while the store keeps it."""
+        rows = self._execute("SELECT request FROM traces WHERE trace_id = ?", (trace_id,))
+        if rows and rows[0][0] is not None:
+            return bytes(rows[0][0])
+        rows = self._execute("SELECT request FROM hard_examples WHERE trace_id = ?", (trace_id,))
+        return bytes(rows[0][0]) if rows else None
+
+    # -- hard examples -------------------------------------------------------------------------------------------
+
+    def add_hard_example(self, trace_id: str, edge_label: str, cloud_label: str) -> bool:
+        """Keep a finished trace's request as a hard example; False if it is one already or has no request."""
+        _, changed = self._run(
+            "INSERT INTO hard_examples (trace_id, device_id, received_at, edge_label, cloud_label, request)"
+            " SELECT trace_id, device_id, received_at, ?, ?, request FROM traces WHERE trace_id = ?"
+            " AND request IS NOT NULL ON CONFLICT (trace_id) DO NOTHING",
+            (edge_label, cloud_label, trace_id),
+        )
+        return changed == 1
+
+    def hard_examples(
+        self, labelled: Optional[bool] = None, limit: int = 100, device_globs: Optional[Sequence[str]] = None
+    ) -> list[HardExample]:
+        """Newest first; labelled=False: those waiting for an operator."""
+        clauses: list[str] = []
+        params: list[object] = []
+        if labelled is not None:
+            clauses.append("label IS NOT NULL" if labelled else "label IS NULL")
+        if device_globs is not None:
+            clauses.append("(" + (" OR ".join(self.db.glob("device_id") for _ in device_globs) or "FALSE") + ")")
+            params.extend(self.db.glob_param(g) for g in device_globs)
+        rows = self._execute(
+            f"SELECT {_HARD_COLUMNS} FROM hard_examples WHERE {' AND '.join(clauses) or 'TRUE'}"
+            " ORDER BY received_at DESC LIMIT ?",
+            (*params, limit),
+        )
+        return [HardExample(*r) for r in rows]
+
+    def hard_example(self, trace_id: str) -> Optional[HardExample]:
+        rows = self._execute(f"SELECT {_HARD_COLUMNS} FROM hard_examples WHERE trace_id = ?", (trace_id,))
+        return HardExample(*rows[0]) if rows else None
+
+    def label_hard_example(self, trace_id: str, label: str, who: str, now: float) -> bool:
+        """An operator's label for it (confirming the cloud's, or correcting it); False if there is no such one."""
+        _, changed = self._run(
+            "UPDATE hard_examples SET label = ?, labelled_by = ?, labelled_at = ? WHERE trace_id = ?",
+            (label, who, now, trace_id),
+        )
+        return changed == 1
+
+    def trim_hard_examples(self, keep: int) -> int:
+        """Delete unlabelled hard examples but the newest ``keep`` (labelled ones stay: operators' work)."""
+        newest = self._execute(
+            "SELECT received_at FROM hard_examples WHERE label IS NULL ORDER BY received_at DESC LIMIT 1 OFFSET ?",
+            (max(0, keep - 1),),
+        )
+        if not newest:
+            return 0
+        _, deleted = self._run("DELETE FROM hard_examples WHERE label IS NULL AND received_at < ?", (newest[0][0],))
         return deleted
 
     def count_unacked(self) -> int:

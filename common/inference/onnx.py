@@ -51,6 +51,7 @@ class OrtRunner(Runner):
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_num_threads
         options.inter_op_num_threads = 1
+        self._wanted = provider_list[0] if provider_list else None
         try:
             self.session = ort.InferenceSession(str(path), options, providers=providers(provider_list))
         except Exception as exc:  # onnxruntime raises its own untyped errors for bad files
@@ -66,6 +67,14 @@ class OrtRunner(Runner):
 
     def engine(self) -> str:
         return f"onnxruntime:{self.session.get_providers()[0]}"  # the first is the one the graph runs on
+
+    def fallback(self) -> str:
+        running = self.session.get_providers()
+        if self._wanted is None or running[0] == self._wanted:
+            return ""
+        if ort is not None and self._wanted not in ort.get_available_providers():
+            return f"{self._wanted} is not in this onnxruntime build (it has: {', '.join(ort.get_available_providers())})"
+        return f"{self._wanted} did not load; running on {running[0]}"
 
     def metadata(self) -> dict[str, str]:
         return dict(self.session.get_modelmeta().custom_metadata_map)

@@ -43,6 +43,10 @@ class Runner(abc.ABC):
         ``opencv:dnn``, ``tensorrt:10.3.0``."""
         return type(self).__name__
 
+    def fallback(self) -> str:
+        """Why the engine running is not the one configured first (empty: it is, or none was named)."""
+        return ""
+
     def metadata(self) -> Optional[dict[str, str]]:
         """The model's custom metadata when the engine has already read it (None: read it from the file)."""
         return None

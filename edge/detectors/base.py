@@ -62,6 +62,10 @@ class Detector(abc.ABC):
         """What really runs this detector's (first) model; the configured backend's name before start()."""
         return self._runners[0].engine() if self._runners else self.config.type
 
+    def fallback(self) -> str:
+        """Why the engine running is not the one configured first (empty: it is)."""
+        return self._runners[0].fallback() if self._runners else ""
+
     def warm_up(self) -> None:
         """Run one blank input so the first real frame does not pay for the engine's lazy set-up.
 

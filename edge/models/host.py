@@ -69,7 +69,8 @@ class ModelHost:
         return verify.Standing(self._config.device_id, self._identity.device_class, release, key_version)
 
     def active_model(self) -> fleet.ActiveModel:
-        backend = self._current().engine()
+        current = self._current()
+        backend, fallback = current.engine(), current.fallback()
         manifest = self.manifest
         if manifest is not None:
             return fleet.ActiveModel(
@@ -79,9 +80,12 @@ class ModelHost:
                 backend=backend,
                 bundle_id=f"{manifest.name}-{manifest.release}",
                 release=manifest.release,
+                fallback=fallback,
             )
         path = self._config.detector.model_path
-        return fleet.ActiveModel(model_id=path.stem, sha256=self._own_model_sha256(), backend=backend)
+        return fleet.ActiveModel(
+            model_id=path.stem, sha256=self._own_model_sha256(), backend=backend, fallback=fallback
+        )
 
     def _own_model_sha256(self) -> str:
         if self._own_sha256 is None:

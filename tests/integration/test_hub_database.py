@@ -20,6 +20,7 @@ from cloud.fleet.rollout_store import DeviceRow, RolloutRow, RolloutStore
 from cloud.fleet.store import Device, FleetStore, Session
 from cloud.orchestrator.store import OrchestratorStore
 from cloud.registry import ModelSpec, SqliteRegistry
+from cloud.traces.store import MIGRATIONS as TRACE_MIGRATIONS
 from cloud.traces.store import TraceStatus, TraceStore
 
 
@@ -60,6 +61,36 @@ def test_traces_round_trip_and_duplicates(where):
     finally:
         a.close()
         b.close()
+
+
+def test_hard_examples_keep_the_request_and_take_a_label_and_images_are_forgotten_past_the_newest(where):
+    store = opened(TraceStore(where("traces")))
+    try:
+        for i in range(5):
+            store.insert_if_absent(f"t{i}", "cam-1", f"request {i}".encode(), float(i))
+            store.set_finished(f"t{i}", TraceStatus.SUCCESS, b"x", None, float(i) + 0.5)
+        assert store.add_hard_example("t1", "cat", "dog")
+        assert not store.add_hard_example("t1", "cat", "dog")  # once
+        assert not store.add_hard_example("nope", "cat", "dog")
+        assert store.forget_requests(keep=2) == 3  # t0, t1, t2 lose their image...
+        assert store.request_of("t4") == b"request 4" and store.request_of("t0") is None
+        assert store.request_of("t1") == b"request 1"  # ...but a hard example keeps its own
+        assert [h.trace_id for h in store.hard_examples(labelled=False)] == ["t1"]
+        assert store.label_hard_example("t1", "dog", "ana", 9.0) and not store.label_hard_example("t9", "x", "a", 9.0)
+        (example,) = store.hard_examples(labelled=True)
+        assert (example.edge_label, example.cloud_label, example.label, example.labelled_by) == (
+            "cat", "dog", "dog", "ana"
+        )
+        assert store.hard_examples(labelled=False) == []
+        for i in range(5, 9):
+            store.insert_if_absent(f"t{i}", "cam-2", b"r", float(i))
+            store.set_finished(f"t{i}", TraceStatus.SUCCESS, b"x", None, float(i))
+            store.add_hard_example(f"t{i}", "a", "b")
+        assert store.trim_hard_examples(keep=2) == 2  # unlabelled t5, t6 go; labelled t1 stays
+        assert sorted(h.trace_id for h in store.hard_examples()) == ["t1", "t7", "t8"]
+        assert [h.trace_id for h in store.hard_examples(device_globs=["cam-1"])] == ["t1"]
+    finally:
+        store.close()
 
 
 def test_device_globs_match_the_same_ids_on_both(where):
@@ -204,7 +235,7 @@ def test_migrations_run_once_and_a_store_opens_again(where):
         assert again.get("t1") is not None
         with again.db.connection() as conn:
             steps = conn.execute("SELECT step FROM schema_migrations WHERE store = ? ORDER BY step", ("trace store",))
-            assert [r[0] for r in steps.fetchall()] == [1, 2]
+            assert [r[0] for r in steps.fetchall()] == list(range(1, len(TRACE_MIGRATIONS) + 1))
     finally:
         again.close()
 
