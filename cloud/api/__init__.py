@@ -2,7 +2,7 @@
 
 For operators (this package): health, metrics, ``/v1/traces`` (``traces``), the model registry
 (``registry``), the routing status, the fleet (``fleet``: devices, settings, audit), the orchestrator
-(``orchestrator``: proposals, intents, its audit log), and the fleet console's pages (``cloud.console``).
+(``orchestrator``: proposals, intents, its audit log), and the fleet console (``console``, ``cloud.console``).
 For devices and model clients: the Open Inference Protocol v2, whose routes live with the rest of the
 device-facing ingress (``cloud.ingress.v2``).
 """
@@ -22,6 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cloud.api.access import Operator, Permission, authorizer
+from cloud.api.console import ConsoleAccess, console_routes
 from cloud.api.fleet import FleetAccess, fleet_routes
 from cloud.api.identities import MAX_ENROL_BODY, identity_routes
 from cloud.api.orchestrator import orchestrator_routes
@@ -29,8 +30,8 @@ from cloud.api.registry import registry_routes
 from cloud.api.rollouts import rollout_routes
 from cloud.api.traces import trace_routes
 from cloud.config import OperatorConfig, QuotaConfig, TenantConfig
+from cloud.console import STATIC
 from cloud.console.feed import FleetFeed
-from cloud.console.routes import STATIC, ConsoleAccess, console_routes
 from cloud.ingress.body_limit import BodyLimit
 from cloud.ingress.v2 import V2Service, v2_routes
 from cloud.metrics import HubMetrics

@@ -12,5 +12,9 @@
 
 The page is one HTML file and one script, written for this package and served from it (no build step, no
 framework, nothing fetched from the internet). It draws each view from the admin API and the console's own
-reads (``cloud.console.routes``), and stays live on one server-sent event stream.
+reads (``cloud.api.console``), and stays live on one server-sent event stream.
 """
+
+from pathlib import Path
+
+STATIC = Path(__file__).parent / "static"  # index.html, console.js, console.css

@@ -30,7 +30,6 @@ import time
 import zipfile
 from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, Optional
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
@@ -39,6 +38,7 @@ from pydantic import BaseModel, Field, field_validator
 
 from cloud.api.access import CONSOLE_COOKIE, PERMISSIONS, Operator, Permission, Require
 from cloud.api.fleet import FleetAccess
+from cloud.console import STATIC
 from cloud.console.feed import FleetFeed
 from cloud.errors import HubError
 from cloud.fleet.rollout_spec import RolloutState
@@ -50,7 +50,6 @@ from protocol.codec import decode_request, decode_result
 from protocol.errors import ProtocolError
 from protocol.messages import EncodedImage, Prediction, validate_trace_id
 
-STATIC = Path(__file__).parent / "static"
 EVENT_EVERY_S = 1.0  # how often an event stream looks for changes (the browser is told only of changes)
 KEEPALIVE_S = 15.0  # a comment line this often, so proxies do not close a quiet stream
 IMAGE_TYPES = {"image/jpeg": "jpg", "image/png": "png", "image/webp": "webp", "image/bmp": "bmp"}
