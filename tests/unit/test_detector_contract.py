@@ -170,3 +170,26 @@ def test_tensorrt_engine_matches_onnx_runtime(demo_assets, tmp_path):
             assert a.label == b.label and np.allclose(a.scores, b.scores, atol=1e-3)
     finally:
         gpu.close()
+
+
+def test_a_device_says_why_its_backend_is_not_the_one_it_asked_for(demo_assets):
+    """The console's hardware-truth cell: CUDA asked for on a build without it runs on the CPU, and says so."""
+    import onnxruntime as ort
+
+    model = demo_assets / "models" / "digits-weak.onnx"
+    asked = create_detector(
+        DetectorConfig(model_path=model, providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+    )
+    plain = create_detector(DetectorConfig(model_path=model))
+    asked.start()
+    plain.start()
+    try:
+        if "CUDAExecutionProvider" in ort.get_available_providers():
+            assert asked.fallback() == "" and asked.engine() == "onnxruntime:CUDAExecutionProvider"
+        else:
+            assert asked.engine() == "onnxruntime:CPUExecutionProvider"
+            assert asked.fallback().startswith("CUDAExecutionProvider is not in this onnxruntime build")
+        assert plain.fallback() == ""  # none named: the best there is, no fallback to speak of
+    finally:
+        asked.close()
+        plain.close()

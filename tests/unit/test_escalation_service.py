@@ -3,6 +3,7 @@
 import asyncio
 import contextvars
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -631,3 +632,20 @@ def test_a_trace_whose_replica_died_under_it_runs_again(store, monkeypatch, lost
     assert model.calls == min(lost + 1, escalations.RUNS_FOR_LOST_REPLICAS)
     assert service.metrics.replica_reruns._value.get() == min(lost, escalations.RUNS_FOR_LOST_REPLICAS - 1)
     assert all(state.value == "closed" for state in service.router.circuits("strong").values())
+
+
+def test_a_frame_the_cloud_labels_otherwise_is_kept_as_a_hard_example(store):
+    service = make_service(store, FakeModel(), ListPublisher())  # the cloud says "1"
+    disagreed = request()  # the device said "0"
+    agreed = replace(request(), local_prediction=Prediction("weak", "1", LABELS, (0.3, 0.7)))
+
+    async def go():
+        await service.escalate(disagreed)
+        await service.escalate(agreed)
+        await service.drain()
+
+    run(go())
+    (example,) = store.hard_examples()
+    assert (example.trace_id, example.edge_label, example.cloud_label) == (disagreed.trace_id, "0", "1")
+    assert store.request_of(disagreed.trace_id) is not None  # its image, for the labelling page and the export
+    assert service.metrics.hard_examples._value.get() == 1

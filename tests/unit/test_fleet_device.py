@@ -141,3 +141,17 @@ def test_the_heartbeat_counts_frames_escalations_and_confidences(runtime):
     assert beat.fps > 0 and beat.escalations_per_s == 0 and beat.memory_mb > 0
     assert (beat.outbox_rows, beat.outbox_oldest_age_s) == (3, 1.5)
     assert sum(runtime.heartbeat.snapshot(0, 0.0).confidence_histogram) == 0
+    assert beat.camera_fps.keys() == {runtime.config.cameras[0].source_id}  # frames/s per camera
+    assert beat.camera_fps[runtime.config.cameras[0].source_id] == pytest.approx(beat.fps)
+
+
+def test_a_heartbeat_names_at_most_max_cameras_and_no_negative_rate():
+    beat = {
+        "schema_version": 1, "device_id": "cam-1", "sent_at": 1.0, "interval_s": 5, "fps": 1, "escalations_per_s": 0,
+        "fallbacks_per_s": 0, "outbox_rows": 0, "outbox_oldest_age_s": 0, "confidence_histogram": [0] * 10,
+        "cpu_percent": 0, "memory_mb": 0,
+    }  # fmt: skip
+    assert fleet.decode(json.dumps(beat).encode(), fleet.Telemetry).camera_fps == {}  # an older device: none
+    for cameras in ({"gate": -1.0}, {f"c{i}": 1.0 for i in range(fleet.MAX_CAMERAS + 1)}):
+        with pytest.raises(MalformedMessage, match="camera"):
+            fleet.decode(json.dumps({**beat, "camera_fps": cameras}).encode(), fleet.Telemetry)
