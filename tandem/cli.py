@@ -105,6 +105,11 @@ def _add_demo_command(commands: argparse._SubParsersAction) -> None:
         help="TLS everywhere: a fleet CA for this run, the device enrolled through the admin API, Mosquitto's "
         "TLS listeners with per-device ACLs, gRPC with client certificates",
     )
+    demo.add_argument(
+        "--stay",
+        action="store_true",
+        help="after the stream ends, keep the hub, the device and the fleet console up until Ctrl-C",
+    )
     demo.set_defaults(handler=_demo)
 
 

@@ -357,6 +357,17 @@ def _png(image: np.ndarray) -> EncodedImage:
     return EncodedImage("image/png", data.tobytes(), int(image.shape[1]), int(image.shape[0]))
 
 
+def _stay(console: str) -> None:
+    """--stay: the stream has ended; the hub, the device (still sending heartbeats) and the console stay up."""
+    print(f"demo: the stream has ended; the hub and the device stay up for the console ({console}) until Ctrl-C",
+          flush=True)  # fmt: skip
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print("demo: stopping", flush=True)
+
+
 def run_demo(args: argparse.Namespace) -> int:
     if args.secure and args.broker == "embedded":
         print("tandem demo: --secure needs Mosquitto (its TLS listeners and ACL), not the embedded broker")
@@ -394,6 +405,8 @@ def run_demo(args: argparse.Namespace) -> int:
                 if secure is not None:
                     edge = secure.enrol(edge, url, security.grpc_port)
                 printer = DecisionPrinter(url, token=secure.token if secure else None, ca=secure.ca if secure else None)
+                login = f"log in with the token {secure.token}" if secure else "open: the demo configures no operators"
+                print(f"console: {url}/console/ ({login})", flush=True)
                 with printer, EdgeRuntime(edge) as runtime:
                     t0 = time.monotonic()
                     frames = runtime.run(max_frames=args.frames)
@@ -401,6 +414,8 @@ def run_demo(args: argparse.Namespace) -> int:
                     run_s = time.monotonic() - t0
                     summary = summarize(runtime.store)
                     about = {**workload.about, **_sent(runtime)} if workload.about else {}
+                    if args.stay:
+                        _stay(f"{url}/console/")
                 over_tls = secure.described(edge.mqtt.port) if secure is not None else None
             finally:
                 stop_hub()

@@ -362,8 +362,16 @@ def _request(traces: TraceStore, trace_id: str) -> Any:
 
 
 def _trace_row(traces: TraceStore, trace: Any) -> dict[str, Any]:
+    verdict = None
+    if trace.result is not None:
+        try:
+            final = decode_result(trace.result).final
+        except ProtocolError:
+            final = None
+        verdict = f"{final.label} ({final.confidence:.2f})" if final is not None else None
     return {
         "trace_id": trace.trace_id,
+        "verdict": verdict,
         "status": trace.status.value,
         "route": trace.route,
         "received_at": trace.received_at,

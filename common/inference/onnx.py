@@ -72,8 +72,9 @@ class OrtRunner(Runner):
         running = self.session.get_providers()
         if self._wanted is None or running[0] == self._wanted:
             return ""
-        if ort is not None and self._wanted not in ort.get_available_providers():
-            return f"{self._wanted} is not in this onnxruntime build (it has: {', '.join(ort.get_available_providers())})"
+        have = ort.get_available_providers() if ort is not None else []
+        if self._wanted not in have:
+            return f"{self._wanted} is not in this onnxruntime build (it has: {', '.join(have)})"
         return f"{self._wanted} did not load; running on {running[0]}"
 
     def metadata(self) -> dict[str, str]:

@@ -54,7 +54,6 @@ from tests.support.waiting import wait_for
 
 TOKENS = {"viewer": "tok-viewer", "operator": "tok-operator", "approver": "tok-approver", "admin": TOKEN}
 GROUP = "console"
-PROPOSED_FOR = "sim-0"  # a group of one simulated device in three: the guardrails let a proposal touch it
 PAGE_TIMEOUT_MS = 30_000
 BOX_FLOOR = 0.3  # the trace page draws boxes scoring this or more unless asked (console.js: BOX_FLOOR)
 
@@ -138,7 +137,8 @@ def console(tmp_path_factory, demo_assets, detect_models, mosquitto, hub) -> Ite
     runner = HubThread(Hub(config, LocalPool(config.artifacts_dir(), config.max_image_pixels)))
     with runner as hub_object, HttpThread(hub_object.http_app(), port):
         api = Api(port)
-        # The group the proposals name, with a device whose heartbeats say its threshold in effect.
+        # The groups proposals name (sim-0, sim-1, sim-2: one device in three each, so the guardrails let a proposal
+        # touch one), with devices whose heartbeats say their threshold in effect.
         with SimulatedFleet(mosquitto.port, 3, "sim-console", groups=3, every_s=0.5):
             wait_for(lambda: hub_object.fleet.store.get("sim-console-0002") is not None, 30, "the groups' devices")
             yield Console(hub_object, f"http://127.0.0.1:{port}", api, webhook, work, mosquitto.port)
@@ -198,7 +198,7 @@ def test_each_role_logs_in_and_sees_what_it_may(console, pages):
         "POST",
         "/v1/admin/proposals",
         json={
-            "action": {"tool": "set_judge_threshold", "group": PROPOSED_FOR, "confidence_threshold": 0.64},
+            "action": {"tool": "set_judge_threshold", "group": "sim-0", "confidence_threshold": 0.64},
             "reason": "t",
         },
     )
@@ -330,7 +330,7 @@ def test_a_rollout_is_started_watched_and_aborted_from_the_page(console, pages, 
     page.wait_for_selector("h2:has-text('Abort rules') ~ table td:has-text('failure share')")
     screenshot(page, "console-rollout")
     page.goto(f"{console.url}/console/#/fleet")
-    page.wait_for_selector(f"tr[data-device='cam-roll-1'] td a:has-text('{rollout_id}')")
+    page.wait_for_selector(f"#fleet-table td a:has-text('{rollout_id}')")  # the first wave's device
     screenshot(page, "console-fleet", docs=True)
     page.goto(f"{console.url}/console/#/rollouts/{rollout_id}")
     page.once("dialog", lambda dialog: dialog.accept())
@@ -352,7 +352,7 @@ def test_an_approver_approves_a_proposal_on_the_page(console, pages):
         "POST",
         "/v1/admin/proposals",
         json={
-            "action": {"tool": "set_judge_threshold", "group": PROPOSED_FOR, "confidence_threshold": 0.62},
+            "action": {"tool": "set_judge_threshold", "group": "sim-1", "confidence_threshold": 0.62},
             "reason": "r",
         },
     )
@@ -511,19 +511,20 @@ def test_a_thousand_devices_load(console, pages):
         wait_for(lambda: len(console.hub.fleet.store.devices()) >= 1000, 120, "the hub to hear of 1,000 devices")
     page = pages(console, "viewer")
     page.wait_for_selector("#fleet-table")
-    timings = []
+    drawn_ms = []
     for _ in range(3):
-        started = time.monotonic()
-        page.goto(f"{console.url}/console/#/fleet")
         page.reload()
         page.wait_for_function("() => document.querySelectorAll('#fleet-table tbody tr').length >= 1000")
-        timings.append(time.monotonic() - started)
+        drawn_ms.append(page.evaluate("window.tandemFleetDrawnMs"))  # from navigation start, as the browser saw it
     screenshot(page, "console-fleet-1000")
-    print(f"\nconsole: the Fleet page with {len(console.hub.fleet.store.devices())} devices loaded in "
-          f"{', '.join(f'{t:.2f}' for t in timings)} s (reload to every row drawn)")  # fmt: skip
+    print(f"\nconsole: the Fleet page with {len(console.hub.fleet.store.devices())} devices drawn "
+          f"{', '.join(f'{ms / 1000:.2f}' for ms in drawn_ms)} s after navigation began")  # fmt: skip
     page.fill("#fleet-text", "sim-0999")
     page.wait_for_function("() => document.querySelectorAll('#fleet-table tbody tr').length === 1")
     page.fill("#fleet-text", "")
     page.click("#fleet-table th[data-key='outbox_rows']")
     page.click("#fleet-table th[data-key='outbox_rows']")  # again: the deepest outboxes first
-    assert page.inner_text("#fleet-table tbody tr:first-child td:nth-child(10)").startswith("2 · oldest")
+    with httpx.Client(base_url=console.url, timeout=30) as client:
+        rows = client.get("/console/api/fleet", headers={"Authorization": f"Bearer {TOKENS['viewer']}"}).json()["rows"]
+    deepest = max(r["outbox_rows"] or 0 for r in rows)
+    assert page.inner_text("#fleet-table tbody tr:first-child td:nth-child(10)").startswith(f"{deepest}")

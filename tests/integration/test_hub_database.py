@@ -79,7 +79,10 @@ def test_hard_examples_keep_the_request_and_take_a_label_and_images_are_forgotte
         assert store.label_hard_example("t1", "dog", "ana", 9.0) and not store.label_hard_example("t9", "x", "a", 9.0)
         (example,) = store.hard_examples(labelled=True)
         assert (example.edge_label, example.cloud_label, example.label, example.labelled_by) == (
-            "cat", "dog", "dog", "ana"
+            "cat",
+            "dog",
+            "dog",
+            "ana",
         )
         assert store.hard_examples(labelled=False) == []
         for i in range(5, 9):

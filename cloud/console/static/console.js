@@ -132,8 +132,9 @@ async function logout() {
 async function start(me) {
   state.me = me;
   $("#nav").hidden = false;
-  $("#who").innerHTML = `${esc(me.name)} · ${esc(me.role)} <button class="secondary" id="logout">Log out</button>`;
-  $("#logout").addEventListener("click", logout);
+  const open = me.name === "anonymous"; // no operators configured: nothing to log out of
+  $("#who").innerHTML = `${esc(me.name)} · ${esc(me.role)}${open ? "" : ' <button class="secondary" id="logout">Log out</button>'}`;
+  if (!open) $("#logout").addEventListener("click", logout);
   const fleet = await api("/console/api/fleet");
   state.offset = fleet.now - Date.now() / 1000;
   state.rows = new Map(fleet.rows.map((r) => [r.device_id, r]));
@@ -158,9 +159,14 @@ function listen() {
   events.addEventListener("fleet", (event) => {
     const data = JSON.parse(event.data);
     state.offset = data.now - Date.now() / 1000;
-    for (const row of data.changed) state.rows.set(row.device_id, row);
+    let different = data.removed.length > 0; // the stream's first event repeats what the page loaded: no redraw
+    for (const row of data.changed) {
+      const had = state.rows.get(row.device_id);
+      if (!had || JSON.stringify({ ...had, last_seen_age_s: 0 }) !== JSON.stringify({ ...row, last_seen_age_s: 0 })) different = true;
+      state.rows.set(row.device_id, row);
+    }
     for (const id of data.removed) state.rows.delete(id);
-    if (state.view === "fleet") drawFleetRows();
+    if (state.view === "fleet" && different) drawFleetRows();
     if (state.view === "device" && data.changed.some((r) => r.device_id === state.viewArg)) refresh();
   });
   events.addEventListener("rollouts", (event) => {
@@ -309,9 +315,11 @@ function drawFleetRows() {
     (!text || [r.device_id, r.model, r.version, r.backend, r.group, r.rollout].some((v) => (v || "").toLowerCase().includes(text))));
   const key = f.sort;
   rows.sort((a, b) => {
-    const x = a[key] ?? "", y = b[key] ?? "";
+    const x = a[key], y = b[key];
+    const xMissing = x === null || x === undefined || x === "", yMissing = y === null || y === undefined || y === "";
+    if (xMissing || yMissing) return xMissing - yMissing || a.device_id.localeCompare(b.device_id); // blanks last
     const order = typeof x === "number" && typeof y === "number" ? x - y : String(x).localeCompare(String(y));
-    return f.desc ? -order : order;
+    return (f.desc ? -order : order) || a.device_id.localeCompare(b.device_id);
   });
   body.innerHTML = rows.map(fleetRow).join("");
   for (const th of document.querySelectorAll("#fleet-table th")) {
@@ -322,7 +330,8 @@ function drawFleetRows() {
   for (const r of state.rows.values()) counts[r.status] = (counts[r.status] || 0) + 1;
   $("#fleet-count").textContent = `${rows.length} of ${state.rows.size} · ` +
     Object.entries(counts).map(([s, n]) => `${n} ${s}`).join(", ");
-  if (state.loadedAt === null && state.rows.size) state.loadedAt = performance.now();
+  // When the page first showed every row: milliseconds since navigation began (the browser tests read it).
+  if (state.loadedAt === null && state.rows.size) window.tandemFleetDrawnMs = state.loadedAt = performance.now();
 }
 
 setInterval(() => {
@@ -367,10 +376,10 @@ async function viewDevice(id) {
     <h2>Model history</h2>${table(["Rollout", "Bundle", "From", "State", "Reason", "When"], page.models.map((m) => [
       `<a href="#/rollouts/${encodeURIComponent(m.rollout_id)}">${esc(m.rollout_id)}</a>`, esc(m.bundle_id), esc(m.from_bundle || "its own"),
       `<span class="state-${esc(m.state)}">${esc(m.state)}</span>`, esc(m.reason), when(m.at)]), "no rollout has reached it")}
-    <h2>Recent escalations</h2>${table(["Frame", "Trace", "Status", "Route", "Received"], page.escalations.map((t) => [
+    <h2>Recent escalations</h2>${table(["Frame", "Trace", "Status", "Verdict", "Route", "Received"], page.escalations.map((t) => [
       `<img class="thumb" loading="lazy" alt="" src="/console/api/traces/${t.trace_id}/image" onerror="this.replaceWith('–')">`,
       `<a href="#/traces/${t.trace_id}">${t.trace_id.slice(0, 12)}…</a>${t.hard_example ? " · hard" : ""}`,
-      `<span class="state-${esc(t.status)}">${esc(t.status)}</span>`, esc(t.route || "–"), when(t.received_at)]), "none yet")}`);
+      `<span class="state-${esc(t.status)}">${esc(t.status)}</span>`, esc(t.verdict || "–"), esc(t.route || "–"), when(t.received_at)]), "none yet")}`);
 }
 
 // -- Rollouts -----------------------------------------------------------------------------------------------------
