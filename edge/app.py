@@ -130,7 +130,7 @@ class EdgeRuntime:
             config.escalation,
             camera_judges(config, config.judge),
         )
-        self.heartbeat = Heartbeat(config.device_id, clock)
+        self.heartbeat = Heartbeat(config.device_id, clock, cameras=[c.source_id for c in config.cameras])
         self.identity = Identity.of(config)
         self.models = ModelHost(
             config,

@@ -12,7 +12,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Optional
 
@@ -48,10 +48,13 @@ def memory_mb() -> float:
 class Heartbeat:
     """Counters between two snapshots; thread-safe."""
 
-    def __init__(self, device_id: str, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, device_id: str, clock: Callable[[], float] = time.time, cameras: Sequence[str] = ()) -> None:
+        """``cameras``: the device's sources, each reported in every heartbeat (0 frames/s when it gave none: a
+        hung camera shows as one); a source not named here counts from its first frame on."""
         self.device_id = device_id
         self._clock = clock
         self._lock = threading.Lock()
+        self._cameras = dict.fromkeys(list(dict.fromkeys(cameras))[: fleet.MAX_CAMERAS])  # an ordered set
         self._reset(time.monotonic(), os.times())
         self.new_model()
 
@@ -83,7 +86,9 @@ class Heartbeat:
     ) -> None:
         with self._lock:
             self._frames += 1
-            if camera and (camera in self._camera_frames or len(self._camera_frames) < fleet.MAX_CAMERAS):
+            if camera and camera not in self._cameras and len(self._cameras) < fleet.MAX_CAMERAS:
+                self._cameras[camera] = None
+            if camera in self._cameras:
                 self._camera_frames[camera] += 1
             self._escalations += escalated
             if inference_ms is None or confidence is None or not 0.0 <= confidence <= 1.0:
@@ -110,7 +115,7 @@ class Heartbeat:
             elapsed = max(now - self._since, 1e-6)
             busy = (cpu.user + cpu.system) - (self._cpu.user + self._cpu.system)
             frames, escalations, fallbacks, bins = self._frames, self._escalations, self._fallbacks, self._bins
-            cameras = dict(self._camera_frames)
+            cameras = {camera: self._camera_frames[camera] for camera in self._cameras}
             latencies = self._latencies
             model = (self._model_frames, self._model_uncertain, tuple(self._model_bins), list(self._model_latencies))
             self._reset(now, cpu)

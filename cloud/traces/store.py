@@ -110,6 +110,9 @@ MIGRATIONS = (
         " received_at REAL NOT NULL, edge_label TEXT NOT NULL, cloud_label TEXT NOT NULL, request BLOB NOT NULL,"
         " label TEXT, labelled_by TEXT, labelled_at REAL)",
         "CREATE INDEX IF NOT EXISTS idx_hard_examples_received_at ON hard_examples (received_at)",
+        # Only the traces that still hold their request (the unfinished, and the newest finished ones): what
+        # forget_requests looks through every few seconds, however many traces the store keeps.
+        "CREATE INDEX IF NOT EXISTS idx_traces_with_request ON traces (finished_at) WHERE request IS NOT NULL",
     ),
 )
 # Columns added before migrations existed: a SQLite file written then gains them at open.
@@ -288,17 +291,20 @@ class TraceStore:
         return deleted
 
     def forget_requests(self, keep: int) -> int:
-        """Drop the request bytes (the image) of finished traces but the newest ``keep``; returns how many."""
+        """Drop the request bytes (the image) of finished traces but the ``keep`` finished last; returns how many.
+        (Finished: finished_at is set. Both statements read only the partial index of the rows with a request.)"""
+        if keep <= 0:
+            sql = "UPDATE traces SET request = NULL WHERE request IS NOT NULL AND finished_at IS NOT NULL"
+            return self._run(sql)[1]
         newest = self._execute(
-            f"SELECT received_at FROM traces WHERE {_FINISHED_SQL} AND request IS NOT NULL"
-            " ORDER BY received_at DESC LIMIT 1 OFFSET ?",
-            (max(0, keep - 1),),
+            "SELECT finished_at FROM traces WHERE request IS NOT NULL AND finished_at IS NOT NULL"
+            " ORDER BY finished_at DESC LIMIT 1 OFFSET ?",
+            (keep - 1,),
         )
         if not newest:
             return 0
         _, changed = self._run(
-            f"UPDATE traces SET request = NULL WHERE {_FINISHED_SQL} AND request IS NOT NULL AND received_at < ?",
-            (newest[0][0],),
+            "UPDATE traces SET request = NULL WHERE request IS NOT NULL AND finished_at < ?", (newest[0][0],)
         )
         return changed
 

@@ -63,7 +63,8 @@ def test_the_detection_demo_answers_every_escalation_and_its_console_shows_it_li
             assert "cam-a" in cameras and "cam-b" in cameras  # frames/s per camera
             screenshot(page, "console-demo-fleet")
             page.goto(f"{console}#/traces?device_id={DEVICE}")
-            page.click("#main table tbody tr:first-child a")
+            page.wait_for_selector("#trace-search")  # the Traces view, not the Fleet table it replaces
+            page.click("#main table tbody tr:first-child a[href^='#/traces/']")
             page.wait_for_function("() => document.querySelector('#trace-image')?.naturalWidth > 0")
             screenshot(page, "console-demo-trace")
     finally:

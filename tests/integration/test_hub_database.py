@@ -91,6 +91,7 @@ def test_hard_examples_keep_the_request_and_take_a_label_and_images_are_forgotte
             store.add_hard_example(f"t{i}", "a", "b")
         assert store.trim_hard_examples(keep=2) == 2  # unlabelled t5, t6 go; labelled t1 stays
         assert sorted(h.trace_id for h in store.hard_examples()) == ["t1", "t7", "t8"]
+        assert store.forget_requests(keep=0) == 6 and store.request_of("t8") == b"r"  # t3-t8; t8 kept as an example
         assert [h.trace_id for h in store.hard_examples(device_globs=["cam-1"])] == ["t1"]
     finally:
         store.close()

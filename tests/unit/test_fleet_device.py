@@ -10,6 +10,7 @@ from edge.comms.link import Handled
 from edge.config import DetectorConfig, EdgeConfig, FleetConfig, JudgeConfig, SourceConfig
 from edge.judge import TraceState
 from edge.models.settings import SettingsRefused, merge
+from edge.telemetry import Heartbeat
 from protocol import fleet
 from protocol.errors import MalformedMessage, UnsupportedSchemaVersion
 
@@ -155,3 +156,16 @@ def test_a_heartbeat_names_at_most_max_cameras_and_no_negative_rate():
     for cameras in ({"gate": -1.0}, {f"c{i}": 1.0 for i in range(fleet.MAX_CAMERAS + 1)}):
         with pytest.raises(MalformedMessage, match="camera"):
             fleet.decode(json.dumps({**beat, "camera_fps": cameras}).encode(), fleet.Telemetry)
+
+
+def test_a_camera_that_gives_no_frames_is_reported_at_zero_frames_per_second():
+    """A hung camera shows as one: every source the device reads is in every heartbeat."""
+    heartbeat = Heartbeat("cam-1", cameras=["gate", "yard"])
+    heartbeat.snapshot(0, 0.0)
+    for _ in range(5):
+        heartbeat.frame(0.9, False, 1.0, camera="gate")
+    heartbeat.frame(0.9, False, 1.0, camera="dock")  # a source named later counts from its first frame
+    beat = heartbeat.snapshot(0, 0.0)
+    assert list(beat.camera_fps) == ["gate", "yard", "dock"]
+    assert beat.camera_fps["yard"] == 0.0 and beat.camera_fps["gate"] > 0
+    assert heartbeat.snapshot(0, 0.0).camera_fps.keys() == {"gate", "yard", "dock"}  # still there, at 0
