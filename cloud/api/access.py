@@ -12,14 +12,14 @@ changes (scope ``all``, tags, the hub's models and bundles, replicas, routes) ne
 operator of a tenant sees only the tenant's devices (by id) and their traces, acts on its groups (theirs, if
 narrower), and manages the tenant's own models and bundles (``cloud.api.registry``, ``cloud.api.rollouts``).
 401 without a valid token, 403 outside the role or the scope, 429 past ``quotas.operator_requests_per_s`` (per
-token, so one client cannot starve the rest).
+token, so one client cannot starve the rest). With no operators configured the API is open, as ``anonymous``
+with every permission (the hub says so in its log).
 
 The fleet console (``cloud.console``) sends the same token in a cookie (``tandem_console``: HttpOnly,
 SameSite=Strict), set when an operator logs in, since a browser's EventSource cannot send a header. A request
 carried by the cookie that changes something must also carry ``X-Tandem-Console`` (a custom header, which no
 other site's page can add without the hub's consent), so a forged cross-site form cannot act for a logged-in
-operator. With no operators configured the API is open, as ``anonymous``
-with every permission (the hub says so in its log).
+operator.
 """
 
 from __future__ import annotations

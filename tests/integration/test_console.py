@@ -179,9 +179,12 @@ def login(page, role: str) -> None:
     page.wait_for_selector(f"#who:has-text('ops-{role} · {role}')")
 
 
-def status_of(page, device_id: str) -> str:
-    cell = page.query_selector(f"tr[data-device='{device_id}'] td.status")
-    return cell.inner_text() if cell else ""
+def propose(console: Console, group: str, threshold: float) -> str:
+    """An operator's proposal (it waits for an approver): a group's judge threshold. Returns its id."""
+    action = {"tool": "set_judge_threshold", "group": group, "confidence_threshold": threshold}
+    made = console.call("operator", "POST", "/v1/admin/proposals", json={"action": action, "reason": "a test"})
+    assert made.status_code == 201, made.text
+    return str(made.json()["proposal_id"])
 
 
 # -- roles ---------------------------------------------------------------------------------------------------------
@@ -193,16 +196,7 @@ def test_each_role_logs_in_and_sees_what_it_may(console, pages):
     page.click("#login button[type=submit]")
     page.wait_for_selector("#login-error:has-text('not an operator')")
 
-    proposal = console.call(
-        "operator",
-        "POST",
-        "/v1/admin/proposals",
-        json={
-            "action": {"tool": "set_judge_threshold", "group": "sim-0", "confidence_threshold": 0.64},
-            "reason": "t",
-        },
-    )
-    assert proposal.status_code == 201, proposal.text
+    propose(console, "sim-0", 0.64)
     seen = {}
     for role in TOKENS:
         page = pages(console, role)
@@ -347,17 +341,7 @@ def test_a_rollout_is_started_watched_and_aborted_from_the_page(console, pages, 
 
 
 def test_an_approver_approves_a_proposal_on_the_page(console, pages):
-    made = console.call(
-        "operator",
-        "POST",
-        "/v1/admin/proposals",
-        json={
-            "action": {"tool": "set_judge_threshold", "group": "sim-1", "confidence_threshold": 0.62},
-            "reason": "r",
-        },
-    )
-    assert made.status_code == 201, made.text
-    proposal_id = made.json()["proposal_id"]
+    proposal_id = propose(console, "sim-1", 0.62)
     page = pages(console, "approver")
     page.wait_for_selector("#proposals-badge:not([hidden])")
     page.goto(f"{console.url}/console/#/orchestrator")
