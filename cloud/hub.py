@@ -521,6 +521,7 @@ class Hub:
             orchestrator=(lambda: self.orchestrator, lambda: self._loop),
             console=self.feed if self.config.console.enabled else None,
             orchestrator_on=self.config.orchestrator.mode is not Mode.OFF,
+            https=self.config.security is not None,
             operators=self.config.fleet.operators,
             tenants=self.config.tenants,
             quotas=self.config.quotas,

@@ -62,10 +62,12 @@ def build_http_app(
     quotas: Optional[QuotaConfig] = None,
     console: Optional[FleetFeed] = None,
     orchestrator_on: bool = True,
+    https: bool = False,
 ) -> FastAPI:
     """``max_body_bytes`` bounds every request body (413 past it) but model uploads, bounded by max_artifact_bytes,
     and enrolments, bounded by MAX_ENROL_BODY. ``identities``: device enrolment and revocation (a secured hub).
-    ``console``: the fleet console's feed, to serve the console under /console (it needs ``fleet``)."""
+    ``console``: the fleet console's feed, to serve the console under /console (it needs ``fleet``); ``https``: the
+    hub serves HTTPS, so the console's cookie is marked Secure."""
     app = FastAPI(title="Tandem hub", version="1")
 
     def refused(reason: str) -> None:
@@ -109,7 +111,7 @@ def build_http_app(
         app.include_router(identity_routes(identities, require))
     if console is not None and fleet is not None:
         orchestrator_of = orchestrator[0] if orchestrator is not None and orchestrator_on else None
-        app.include_router(console_routes(ConsoleAccess(console, fleet, traces, orchestrator_of), require))
+        app.include_router(console_routes(ConsoleAccess(console, fleet, traces, orchestrator_of), require, https))
         app.mount("/console/static", StaticFiles(directory=STATIC), name="console-static")
 
     @app.get("/healthz")

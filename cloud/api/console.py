@@ -112,7 +112,7 @@ def console_routes(access: ConsoleAccess, require: Require, secure_cookie: bool 
     def login(body: Login, request: Request, response: Response) -> dict[str, Any]:
         """A valid token (any role: every role reads) becomes the page's cookie."""
         operator = reader(request, f"Bearer {body.token}")
-        response.set_cookie(
+        response.set_cookie(  # Secure on a hub that serves HTTPS (a secured hub): never sent in plain text
             CONSOLE_COOKIE,
             body.token,
             max_age=COOKIE_MAX_AGE_S,
@@ -143,17 +143,14 @@ def console_routes(access: ConsoleAccess, require: Require, secure_cookie: bool 
         if device is None or not operator.sees_device(device.device_id, device.group):
             raise HTTPException(404, f"no device {device_id}")
         service = fleet()
-        rollouts = access.fleet.rollouts()
+        store = access.fleet.rollouts().store
         models = []
-        for rollout in rollouts.store.rollouts():
-            for row in rollouts.store.devices(rollout.rollout_id):
-                if row.device_id == device_id:
-                    models.append(
-                        {"rollout_id": rollout.rollout_id, "bundle_id": rollout.spec["bundle_id"],
-                         "from_bundle": row.from_bundle, "state": row.state, "reason": row.reason,
-                         "at": row.updated_at}
-                    )  # fmt: skip
-        models.sort(key=lambda m: m["at"], reverse=True)
+        for row in store.rows_of_device(device_id):
+            rollout = store.get(row.rollout_id)
+            models.append(
+                {"rollout_id": row.rollout_id, "bundle_id": rollout.spec["bundle_id"] if rollout else "",
+                 "from_bundle": row.from_bundle, "state": row.state, "reason": row.reason, "at": row.updated_at}
+            )  # fmt: skip
         recent = [_trace_row(access.traces, t) for t in access.traces.query(device_id=device_id, limit=20)]
         return {
             "now": time.time(),

@@ -97,6 +97,15 @@ class RolloutStore(Store):
             ).fetchall()
         return [DeviceRow(*r) for r in found]
 
+    def rows_of_device(self, device_id: str) -> list[DeviceRow]:
+        """One device's row in every rollout that reached it (its model history), newest change first."""
+        with self.connection() as db:
+            found = db.execute(
+                f"SELECT {', '.join(_D)} FROM rollout_devices WHERE device_id = ? ORDER BY updated_at DESC",
+                (device_id,),
+            ).fetchall()
+        return [DeviceRow(*r) for r in found]
+
 
 def _rollout(row: tuple[Any, ...]) -> RolloutRow:
     values = dict(zip(_R, row, strict=True))

@@ -332,6 +332,8 @@ def test_a_rollout_is_started_watched_and_aborted_from_the_page(console, pages, 
     page.wait_for_selector("#rollout-state:has-text('ABORTED')")
     audit = console.api.get("/v1/admin/audit")
     assert any(e["action"] == "rollout_abort" and e["who"] == "ops-admin" and e["target"] == rollout_id for e in audit)
+    page.goto(f"{console.url}/console/#/device/cam-roll-1")
+    page.wait_for_selector(f"h2:has-text('Model history') + table td:has-text('{rollout_id}')")
     page.goto(f"{console.url}/console/#/alerts")
     page.wait_for_selector(f"td:has-text('rollout {rollout_id}')")
     wait_for(lambda: "raised" in console.webhook.events(f"rollout_aborted:{rollout_id}"), 30, "the webhook")
