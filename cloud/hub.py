@@ -19,6 +19,7 @@ import logging
 import os
 import secrets
 import socket
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -71,6 +72,7 @@ from protocol.topics import DeviceTopic
 logger = logging.getLogger(__name__)
 
 REGISTRY_REPORT_S = 10.0  # how often the hub writes serving versions' health and replicas to the registry
+PRELOAD_AGAIN_S = 60.0  # a model preloaded for a new device is not preloaded again for another this soon
 PRUNE_S = 3600.0  # how often the trace store drops traces past trace_retention_s
 ORPHAN_CHECK_S = 5.0  # how often the hub looks for accepted traces whose run died, or whose replica did
 LEASE_S = 20.0  # a replica's claim on a trace it runs, renewed every LEASE_S / 4 while the run lasts
@@ -236,6 +238,8 @@ class Hub:
         self._tasks: list[asyncio.Task[None]] = []
         self._identities: Optional[Identities] = None
         self._gateway: Optional[DeviceGateway] = None
+        self._preloaded: dict[str, float] = {}  # model sha256 -> when a new device last had it preloaded
+        self._preload_lock = threading.Lock()
         self.feed = FleetFeed(lambda: self.fleet)
         self.alerts = AlertWatch(
             self.fleet_store, lambda: self.fleet, lambda: self.rollouts, self.config.console.alerts, self.metrics
@@ -592,7 +596,14 @@ class Hub:
         if not self.config.fleet.preload or self._loop is None or self._service is None:
             return
         names = self._service.router.models_for(device.device_id, device.group)
-        wanted = sorted({self._artifacts[n] for n in names if n in self._artifacts})
+        now = time.monotonic()
+        with self._preload_lock:  # many new devices at once (a fleet after a hub restart): one load per model
+            wanted = sorted(
+                sha
+                for sha in {self._artifacts[n] for n in names if n in self._artifacts}
+                if now - self._preloaded.get(sha, float("-inf")) >= PRELOAD_AGAIN_S
+            )
+            self._preloaded.update(dict.fromkeys(wanted, now))
         if wanted:
             logger.info("fleet: preloading %d models for %s", len(wanted), device.device_id)
             asyncio.run_coroutine_threadsafe(self._preload(wanted), self._loop)
@@ -603,6 +614,8 @@ class Hub:
                 await self.pool.preload(sha256)
             except Exception as exc:  # the first request loads it instead, and says why if it cannot
                 logger.warning("fleet: preloading %s failed: %s", sha256[:12], exc)
+                with self._preload_lock:
+                    self._preloaded.pop(sha256, None)  # the next new device tries again
 
     async def _console_check(self) -> None:
         """The alerts (raised, cleared, sent to the webhook); images past console.trace_images_kept forgotten, and
