@@ -45,7 +45,7 @@ from cloud.fleet.rollout_spec import RolloutState
 from cloud.fleet.rollouts import RolloutService
 from cloud.orchestrator.loop import Orchestrator
 from cloud.orchestrator.store import ProposalState
-from cloud.traces.store import HardExample, TraceStore
+from cloud.traces.store import HardExample, HubTrace, TraceStore
 from protocol.codec import decode_request, decode_result
 from protocol.errors import ProtocolError
 from protocol.messages import EncodedImage, Prediction, validate_trace_id
@@ -164,8 +164,7 @@ def console_routes(access: ConsoleAccess, require: Require, secure_cookie: bool 
     @router.get("/console/api/traces/{trace_id}")
     def trace_page(trace_id: str, operator: Operator = Depends(reader)) -> dict[str, Any]:
         """A trace as one page shows it: the device's answer and its image, each model's answer, hops, cost."""
-        device_id = _visible_trace(trace_id, operator)
-        trace = access.traces.get(trace_id)
+        trace, device_id = _visible_trace(trace_id, operator)
         found: dict[str, Any] = {"trace_id": trace_id, "device_id": device_id, "request": None, "result": None}
         if trace is not None:
             found.update(
@@ -208,7 +207,9 @@ def console_routes(access: ConsoleAccess, require: Require, secure_cookie: bool 
             request.input.data, media_type=request.input.media_type, headers={"Cache-Control": "private, max-age=3600"}
         )
 
-    def _visible_trace(trace_id: str, operator: Operator) -> str:
+    def _visible_trace(trace_id: str, operator: Operator) -> tuple[Optional[HubTrace], str]:
+        """The trace (None once pruned, if it is kept as a hard example) and its device, or 404 for an operator who
+        does not see that device."""
         try:
             validate_trace_id(trace_id)
         except ProtocolError as exc:
@@ -220,7 +221,7 @@ def console_routes(access: ConsoleAccess, require: Require, secure_cookie: bool 
             device_id = example.device_id if example is not None else None
         if device_id is None or not visible(operator, device_id):
             raise HTTPException(404, f"no trace {trace_id}")
-        return device_id
+        return trace, device_id
 
     @router.get("/console/api/hard-examples")
     def hard_examples(

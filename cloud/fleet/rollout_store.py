@@ -90,20 +90,15 @@ class RolloutStore(Store):
         return [r for r in found if states is None or r.state in states]
 
     def devices(self, rollout_id: str) -> list[DeviceRow]:
-        with self.connection() as db:
-            found = db.execute(
-                f"SELECT {', '.join(_D)} FROM rollout_devices WHERE rollout_id = ? ORDER BY wave, device_id",
-                (rollout_id,),
-            ).fetchall()
-        return [DeviceRow(*r) for r in found]
+        return self._device_rows("rollout_id = ? ORDER BY wave, device_id", rollout_id)
 
     def rows_of_device(self, device_id: str) -> list[DeviceRow]:
         """One device's row in every rollout that reached it (its model history), newest change first."""
+        return self._device_rows("device_id = ? ORDER BY updated_at DESC", device_id)
+
+    def _device_rows(self, where: str, value: str) -> list[DeviceRow]:
         with self.connection() as db:
-            found = db.execute(
-                f"SELECT {', '.join(_D)} FROM rollout_devices WHERE device_id = ? ORDER BY updated_at DESC",
-                (device_id,),
-            ).fetchall()
+            found = db.execute(f"SELECT {', '.join(_D)} FROM rollout_devices WHERE {where}", (value,)).fetchall()
         return [DeviceRow(*r) for r in found]
 
 
